@@ -1,0 +1,62 @@
+// The import run: WeCom archive -> mapped, rendered, size-checked items ->
+// local sink (Maildir/EML), as a oneTBB pipeline:
+//   read (serial) -> parse/map/render/limit/deliver (parallel) -> report (serial, in order)
+// Memory is bounded by batches in flight (max_batches_in_flight x batch size).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "engine/limits/size_policy.h"
+#include "engine/pipeline/report.h"
+#include "formats/core/file.h"
+
+namespace wxa::pipeline {
+
+struct ImportOptions {
+  std::string source_dir;        // holds *.jsonl and media/
+  std::string directory_csv;     // userid,name,mobile,email
+  std::string mapping_csv;       // optional: mobile,mailbox
+  std::string mailboxes_file;    // optional: known mailboxes, one per line
+  std::string target;            // maildir:DIR or eml:DIR
+  std::string report_path;       // optional JSON report
+  std::string folder = "WeChat Archiver";
+  std::string corp = "default";  // enters the item key: keep it stable across runs
+  std::string default_region = "CN";
+  limits::SizeLimit limit;
+
+  // Bounds (STYLE rule 8). 0 threads = all cores.
+  size_t threads = 0;
+  size_t batch_records = 256;
+  size_t batch_bytes = 4u << 20;
+  size_t max_batches_in_flight = 0;  // 0 = 2 x threads + 2
+
+  core::Env* env = nullptr;                 // null = Env::Default()
+  const std::atomic<bool>* stop = nullptr;  // set to stop reading (Ctrl-C); the run drains
+  // Called from the serial stage at most every progress_interval_ms.
+  std::function<void(const Counts&, double elapsed_s)> on_progress;
+  uint32_t progress_interval_ms = 500;
+};
+
+struct ImportSummary {
+  Counts counts;
+  std::map<std::string, uint64_t> deliveries_by_mailbox;  // new deliveries per mailbox
+  std::map<std::string, std::pair<uint64_t, std::string>> unmapped_participants;  // id -> (items, why)
+  uint64_t mailboxes_touched = 0;
+  size_t source_files = 0;
+  double elapsed_s = 0;
+  size_t threads = 0;
+  bool interrupted = false;   // stopped by options.stop before the end
+  Status fatal;               // a sink failure that stopped the run (disk full, ...)
+  std::string report_path;
+};
+
+// Runs the import. Returns an error only when the run cannot start (missing
+// source, unreadable CSV, bad target). A fatal sink error during the run ends
+// it early: summary.fatal says why, the report is still written.
+Result<ImportSummary> RunImport(const ImportOptions& options);
+
+}  // namespace wxa::pipeline

@@ -1,0 +1,95 @@
+// The JSON run report: counts per outcome, per-mailbox deliveries, and one
+// entry per item that was not imported (unmapped, oversize, malformed) or was
+// imported with a warning (missing or corrupt media, repaired record,
+// unknown type). Entries are streamed to a side file while the run goes, so
+// memory stays flat however many there are; Finish() assembles the report
+// and renames it into place.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "formats/core/file.h"
+#include "formats/core/item.h"
+
+namespace wxa::pipeline {
+
+enum class Outcome : uint8_t {
+  kUnmapped,       // no participant maps to a valid mailbox: not imported
+  kOversize,       // over the size limit: not imported
+  kMalformed,      // the record could not be read: not imported
+  kFailed,         // rendering or writing failed for this item: not imported
+  kSwitch,         // action=switch: not a message, report only
+  kMissingMedia,   // imported, but a media file is missing
+  kCorruptMedia,   // imported, but a media file does not match the record
+  kRepaired,       // imported, but the record had to be repaired
+  kUnknownType,    // imported generically with the raw record attached
+  kInputIssue,     // a row of an input CSV that was not used
+};
+const char* OutcomeName(Outcome o);
+bool IsNotImported(Outcome o);
+
+struct ReportEntry {
+  Outcome outcome = Outcome::kMalformed;
+  std::string reason;
+  core::SourcePos pos;           // file empty for CSV issues (then `input` names the file)
+  std::string input;             // for kInputIssue: which CSV
+  std::string msgid;
+  std::string msgtype;
+  std::string item_key;          // hex, when known
+  uint64_t size = 0;             // rendered size (oversize)
+  std::vector<std::string> participants;  // for unmapped: who was in it
+};
+
+struct Counts {
+  uint64_t records = 0;            // non-blank lines read
+  uint64_t items = 0;              // records that are items (not switch, not malformed)
+  uint64_t imported = 0;           // items with at least one new delivery
+  uint64_t already_present = 0;    // items whose every delivery existed before
+  uint64_t deliveries = 0;         // (item, mailbox) written by this run
+  uint64_t deliveries_present = 0; // (item, mailbox) found already delivered
+  uint64_t bytes_written = 0;
+  uint64_t unmapped = 0;
+  uint64_t oversize = 0;
+  uint64_t malformed = 0;
+  uint64_t failed = 0;
+  uint64_t switches = 0;
+  uint64_t missing_media = 0;
+  uint64_t corrupt_media = 0;
+  uint64_t repaired = 0;
+  uint64_t unknown_type = 0;
+  uint64_t input_issues = 0;
+  uint64_t source_bytes = 0;
+};
+
+class ReportWriter {
+ public:
+  // An empty path keeps counts only (no file). Otherwise the report goes to
+  // `path` at Finish(); entries stream to "<path>.entries.tmp" meanwhile.
+  static Result<ReportWriter> Open(const std::string& path);
+  ReportWriter() = default;
+  ReportWriter(ReportWriter&&) = default;
+  ReportWriter& operator=(ReportWriter&&) = default;
+  ~ReportWriter();
+
+  // Not thread-safe: called from the pipeline's serial stage.
+  Status Add(const ReportEntry& e);
+  uint64_t entries() const { return entries_; }
+
+  // `summary_json` is a JSON object's members without braces (written by the
+  // caller), placed before "entries".
+  Status Finish(const std::string& summary_json);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::string entries_path_;
+  core::UniqueFd entries_fd_;
+  std::string buf_;
+  uint64_t entries_ = 0;
+  Status Flush();
+};
+
+}  // namespace wxa::pipeline

@@ -1,0 +1,99 @@
+// Files: RAII for descriptors and mappings, and Env, the seam between the
+// writers and the OS (leveldb's Env idea) so tests can fail writes on demand.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "formats/core/status.h"
+
+namespace wxa::core {
+
+// Owns a file descriptor; closes it on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { Reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.Release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      fd_ = o.Release();
+    }
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+  void Reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// A read-only mapping of a whole file. The view lives as long as the object.
+class MappedFile {
+ public:
+  static Result<MappedFile> Open(const std::string& path);
+  MappedFile() = default;
+  ~MappedFile();
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  std::string_view data() const { return {static_cast<const char*>(addr_), size_}; }
+  size_t size() const { return size_; }
+
+ private:
+  void* addr_ = nullptr;
+  size_t size_ = 0;
+};
+
+Result<std::string> ReadWholeFile(const std::string& path);
+bool PathExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+// Joins with exactly one '/' between the parts.
+std::string JoinPath(std::string_view a, std::string_view b);
+
+// What writers need from the OS. The default (Env::Default()) is POSIX;
+// tests wrap it to inject ENOSPC, EIO or crashes at chosen calls.
+// All methods are thread-safe.
+class Env {
+ public:
+  virtual ~Env() = default;
+  static Env* Default();  // process-lifetime singleton, never deleted
+
+  // Creates `path` and its missing parents (mode 0700 for new ones).
+  virtual Status CreateDirs(const std::string& path);
+  // open(O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0600).
+  virtual Result<UniqueFd> CreateExclusive(const std::string& path);
+  // Writes all of data, retrying on EINTR and short writes.
+  virtual Status WriteAll(int fd, std::string_view data, const std::string& path_for_errors);
+  virtual Status Sync(int fd, const std::string& path_for_errors);
+  // fsync of a directory, so a rename or create in it is durable.
+  virtual Status SyncDir(const std::string& dir);
+  virtual Status Rename(const std::string& from, const std::string& to);
+  // Creates `to` as a hard link to `from`; fails with kAlreadyExists if `to` exists.
+  virtual Status Link(const std::string& from, const std::string& to);
+  virtual Status Remove(const std::string& path);
+  // kNotFound when absent; size in *size when non-null.
+  virtual Status Stat(const std::string& path, uint64_t* size);
+};
+
+// Creates `path` with `data` durably and atomically, through `tmp_path`:
+// O_EXCL create, write, fsync, rename, (optionally) fsync of the directory.
+// On failure the temp file is removed and `path` is untouched.
+Status WriteFileAtomic(Env* env, const std::string& tmp_path, const std::string& path,
+                       std::string_view data, bool sync_dir);
+
+}  // namespace wxa::core

@@ -1,0 +1,121 @@
+// The item model: one archived communication (chat message, media, file, call,
+// recall, or a record of a type we do not know), independent of the source
+// format and of how it is rendered. Sources (formats/wecom) fill it; the
+// renderer (formats/mime) reads it; the engine adds mailboxes and outcomes.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace wxa::core {
+
+// 16 bytes of SHA-256 over (source kind, corp id, msgid): the identity of an
+// item everywhere (index key, Message-ID, file names, MIME boundaries).
+struct ItemKey {
+  std::array<unsigned char, 16> bytes{};
+
+  static ItemKey For(std::string_view source_kind, std::string_view corp, std::string_view msgid);
+  std::string Hex() const;  // 32 lowercase hex digits
+  std::string_view View() const {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+  }
+  bool operator==(const ItemKey&) const = default;
+  auto operator<=>(const ItemKey&) const = default;
+};
+
+// Where a record came from: enough to find it again and to resume after it.
+struct SourcePos {
+  std::string file;      // path relative to the source directory
+  uint64_t offset = 0;   // byte offset of the record's first byte
+  uint64_t line = 0;     // 1-based line number
+};
+
+enum class ItemKind : uint8_t {
+  kChat,     // text-like messages: text, markdown, link, card, vote, ...
+  kMedia,    // image, voice, video, emotion
+  kFile,     // file, qydiskfile, shared documents
+  kCall,     // voiptext, meeting_voice_call, voip_doc_share, meeting
+  kRecall,   // action=recall / msgtype=revoke
+  kUnknown,  // a msgtype we do not know: rendered generically, raw record attached
+};
+const char* ItemKindName(ItemKind k);
+
+enum class MediaState : uint8_t {
+  kUnresolved,  // not looked up yet
+  kOk,          // bytes present and matching the record
+  kMissing,     // no bytes (absent, unreadable, or no usable name)
+  kCorrupt,     // bytes present but size or MD5 differ from the record; attached as found
+};
+
+// A binary payload stored beside the records (media/), referenced by the record.
+struct MediaRef {
+  std::string role;          // "image", "voice", "video", "file", "emotion", "recording", ...
+  std::string sdkfileid;
+  std::string md5sum;        // lowercase hex as given by the record; may be empty
+  std::optional<uint64_t> declared_size;
+  std::string filename;      // as given by the record (unsanitized); may be empty
+  std::string extension;     // without the dot, lowercase; may be empty
+  // Filled by the media store:
+  MediaState state = MediaState::kUnresolved;
+  std::string path;          // path of the bytes (kOk, kCorrupt); empty otherwise
+  uint64_t size = 0;         // actual size of the bytes at `path`
+  std::string problem;       // what is wrong (kMissing, kCorrupt); empty when kOk
+  bool has_bytes() const { return !path.empty(); }
+};
+
+// A labelled fact of the payload shown in the body (title, URL, address, ...).
+struct Fact {
+  std::string label;
+  std::string value;
+};
+
+// One entry of a forwarded chat history (chatrecord) or of a mixed message.
+struct Entry {
+  std::string type;                 // e.g. "ChatRecordText", "image"
+  std::optional<int64_t> time_s;    // seconds since epoch, when given
+  std::string text;                 // what the entry says, rendered as text
+};
+
+struct CallInfo {
+  std::string call_type;            // e.g. "voice call (1:1)", "meeting recording"
+  std::optional<int64_t> duration_s;
+  std::optional<int64_t> start_s;
+  std::optional<int64_t> end_s;
+};
+
+struct Item {
+  ItemKey key;
+  std::string source_kind = "wecom";
+  // Envelope, as in the record.
+  std::string msgid;
+  std::string action;                // send / recall
+  std::string msgtype;
+  std::string from;                  // participant id
+  std::vector<std::string> to;       // participant ids, in record order
+  std::string roomid;                // empty for 1:1
+  int64_t msgtime_ms = 0;
+  // Content, normalized.
+  ItemKind kind = ItemKind::kChat;
+  std::string label;                 // short descriptor for subjects: "image", "file report.pdf"
+  std::string text;                  // the main text of the message, may be empty
+  std::vector<Fact> facts;
+  std::vector<Entry> entries;
+  std::vector<MediaRef> media;
+  std::optional<CallInfo> call;
+  std::string recalled_msgid;        // for kRecall
+  std::optional<ItemKey> recalled_key;  // key of the recalled item (same source and corp)
+  std::vector<std::string> notes;    // what the parser had to repair or could not use
+  std::string raw;                   // the record line as read (for generic rendering)
+  bool attach_raw = false;           // attach `raw` as a part (unknown or repaired records)
+  SourcePos pos;
+
+  bool is_group() const { return !roomid.empty(); }
+  // from + to, de-duplicated, in order of first appearance.
+  std::vector<std::string> Participants() const;
+};
+
+}  // namespace wxa::core

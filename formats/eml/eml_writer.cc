@@ -1,0 +1,85 @@
+#include "formats/eml/eml_writer.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include <fmt/format.h>
+
+#include "formats/core/text.h"
+#include "formats/maildir/maildir_writer.h"
+
+namespace wxa::eml {
+
+Result<std::string> FolderPath(std::string_view folder) {
+  std::string out;
+  size_t start = 0;
+  while (true) {
+    size_t slash = folder.find('/', start);
+    std::string_view comp =
+        folder.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
+    std::string safe = core::SanitizeFileName(comp, "");
+    if (safe.empty()) {
+      return Status::InvalidArgument(fmt::format("folder name '{}' has an empty level", folder));
+    }
+    if (!out.empty()) out.push_back('/');
+    out += safe;
+    if (slash == std::string_view::npos) break;
+    start = slash + 1;
+  }
+  return out;
+}
+
+EmlWriter::EmlWriter(core::Env* env, std::string root, std::string folder_path)
+    : env_(env), root_(std::move(root)), folder_path_(std::move(folder_path)) {}
+
+std::string EmlWriter::Dir(const std::string& mailbox_dir) const {
+  return core::JoinPath(core::JoinPath(root_, mailbox_dir), folder_path_);
+}
+
+Status EmlWriter::PrepareMailbox(const std::string& mailbox_dir) {
+  return env_->CreateDirs(Dir(mailbox_dir));
+}
+
+std::string EmlWriter::PathFor(const std::string& mailbox_dir, const core::ItemKey& key,
+                               int64_t msgtime_ms) const {
+  return core::JoinPath(Dir(mailbox_dir), maildir::BaseName(key, msgtime_ms) + ".eml");
+}
+
+Result<bool> EmlWriter::Exists(const std::string& mailbox_dir, const core::ItemKey& key,
+                               int64_t msgtime_ms) {
+  Status s = env_->Stat(PathFor(mailbox_dir, key, msgtime_ms), nullptr);
+  if (s.ok()) return true;
+  if (s.IsNotFound()) return false;
+  return s;
+}
+
+Status EmlWriter::Deliver(const std::string& mailbox_dir, const core::ItemKey& key,
+                          int64_t msgtime_ms, std::string_view bytes) {
+  static std::atomic<uint64_t> counter{0};
+  // Temp files start with '.' and end in ".tmp" so no reader takes them for items.
+  const std::string tmp = core::JoinPath(
+      Dir(mailbox_dir), fmt::format(".{}.{}_{}.tmp", maildir::BaseName(key, msgtime_ms), ::getpid(),
+                                    counter.fetch_add(1)));
+  return core::WriteFileAtomic(env_, tmp, PathFor(mailbox_dir, key, msgtime_ms), bytes,
+                               /*sync_dir=*/false);
+}
+
+Status EmlWriter::SyncFolder(const std::string& mailbox_dir) { return env_->SyncDir(Dir(mailbox_dir)); }
+
+Result<size_t> EmlWriter::CleanTemp(const std::string& mailbox_dir) {
+  const std::string dir = Dir(mailbox_dir);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return size_t{0};
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() > 5 && n[0] == '.' && n.compare(n.size() - 4, 4, ".tmp") == 0) names.push_back(n);
+  }
+  ::closedir(d);
+  for (const auto& n : names) WXA_RETURN_IF_ERROR(env_->Remove(core::JoinPath(dir, n)));
+  return names.size();
+}
+
+}  // namespace wxa::eml

@@ -1,0 +1,64 @@
+// Item -> RFC 5322 / MIME bytes, with GMime (ARCHITECTURE section 5).
+// Deterministic: Message-ID, MIME boundaries, file names and dates derive
+// from the item, never from the clock or a random source, so rendering the
+// same item twice gives the same bytes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "formats/core/item.h"
+#include "formats/core/status.h"
+
+namespace wxa::mime {
+
+// Calls g_mime_init() once per process. Call before starting threads.
+void InitGMime();
+
+// A participant as shown in headers: display name and e-mail address.
+struct Person {
+  std::string id;       // WeCom id (X-WeChat-From / X-WeChat-To)
+  std::string name;     // display name; the id when unknown
+  std::string address;  // mapped mailbox, directory e-mail, or SyntheticAddress(id)
+};
+
+struct RenderInput {
+  const core::Item* item = nullptr;
+  Person from;
+  std::vector<Person> to;
+};
+
+// "<32 hex>@wxarchiver" (without angle brackets) for an item key.
+std::string MessageIdFor(const core::ItemKey& key);
+// An address that never routes, for participants without one:
+// "<id>@wecom.invalid" with unsafe characters of the id replaced.
+std::string SyntheticAddress(std::string_view id);
+// The Subject header text (before RFC 2047 encoding).
+std::string SubjectFor(const RenderInput& in);
+// Content type for an attachment: by extension, then by the first bytes.
+std::string GuessContentType(std::string_view extension, std::string_view head);
+// Lower bound of the rendered size: the base64 size of every attachment.
+// An item whose bound exceeds a limit is oversize without rendering it.
+uint64_t RenderedSizeLowerBound(const core::Item& item);
+
+// Not thread-safe: one per thread; it keeps reusable GMime format options.
+class Renderer {
+ public:
+  Renderer();
+  ~Renderer();
+  Renderer(const Renderer&) = delete;
+  Renderer& operator=(const Renderer&) = delete;
+
+  // The whole message, CRLF line ends.
+  Result<std::string> Render(const RenderInput& in);
+  // The exact size Render would produce, without keeping the bytes.
+  Result<uint64_t> MeasureSize(const RenderInput& in);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace wxa::mime

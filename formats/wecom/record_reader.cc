@@ -1,0 +1,174 @@
+#include "formats/wecom/record_reader.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+namespace wxa::wecom {
+
+namespace {
+constexpr size_t kReadChunk = 1u << 20;
+}
+
+Result<RecordReader> RecordReader::Open(const std::string& source_dir) {
+  DIR* d = ::opendir(source_dir.c_str());
+  if (d == nullptr) return core::Status::FromErrno("open source directory", source_dir, errno);
+  RecordReader r;
+  r.dir_ = source_dir;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() > 6 && name.compare(name.size() - 6, 6, ".jsonl") == 0 && name[0] != '.') {
+      r.files_.push_back(name);
+    }
+  }
+  ::closedir(d);
+  std::sort(r.files_.begin(), r.files_.end());
+  for (const auto& f : r.files_) {
+    struct stat st {};
+    std::string p = core::JoinPath(source_dir, f);
+    if (::stat(p.c_str(), &st) != 0) return core::Status::FromErrno("stat", p, errno);
+    r.sizes_.push_back(static_cast<uint64_t>(st.st_size));
+  }
+  r.starts_.assign(r.files_.size(), FileStart{});
+  r.skip_.assign(r.files_.size(), false);
+  return r;
+}
+
+void RecordReader::SetStart(uint32_t i, FileStart start) { starts_[i] = start; }
+void RecordReader::SkipFile(uint32_t i) { skip_[i] = true; }
+
+core::Status RecordReader::OpenFile(uint32_t i) {
+  std::string p = core::JoinPath(dir_, files_[i]);
+  fd_ = core::UniqueFd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd_.valid()) return core::Status::FromErrno("open", p, errno);
+  ::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  const FileStart& s = starts_[i];
+  if (s.offset > 0 && ::lseek(fd_.get(), static_cast<off_t>(s.offset), SEEK_SET) < 0) {
+    return core::Status::FromErrno("seek", p, errno);
+  }
+  buf_.clear();
+  pos_ = 0;
+  buf_offset_ = s.offset;
+  line_ = s.line;
+  eof_ = false;
+  open_ = true;
+  return core::Status::Ok();
+}
+
+Result<bool> RecordReader::Fill() {
+  if (eof_) return false;
+  // Drop consumed bytes, then append one chunk.
+  if (pos_ > 0) {
+    buf_.erase(0, pos_);
+    buf_offset_ += pos_;
+    pos_ = 0;
+  }
+  size_t old = buf_.size();
+  buf_.resize(old + kReadChunk);
+  ssize_t n;
+  do {
+    n = ::read(fd_.get(), buf_.data() + old, kReadChunk);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    int err = errno;
+    buf_.resize(old);
+    return core::Status::FromErrno("read", core::JoinPath(dir_, files_[cur_]), err);
+  }
+  buf_.resize(old + static_cast<size_t>(n));
+  bytes_read_ += static_cast<uint64_t>(n);
+  if (n == 0) eof_ = true;
+  return n > 0;
+}
+
+Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
+                                     std::vector<RawRecord>* out) {
+  size_t added = 0, bytes = 0;
+  while (added < max_records && bytes < max_bytes) {
+    if (!open_) {
+      while (cur_ < files_.size() && skip_[cur_]) ++cur_;
+      if (cur_ >= files_.size()) break;
+      WXA_RETURN_IF_ERROR(OpenFile(cur_));
+    }
+    // Find the next line end, refilling as needed.
+    // Fill() shifts the buffer, so remember how far past pos_ we have looked.
+    size_t scanned = 0;
+    size_t nl;
+    bool too_long = false;
+    while ((nl = buf_.find('\n', pos_ + scanned)) == std::string::npos) {
+      scanned = buf_.size() - pos_;
+      if (scanned > kMaxRecordBytes) {
+        too_long = true;
+        break;
+      }
+      WXA_ASSIGN_OR_RETURN(bool more, Fill());
+      if (!more) break;
+    }
+    if (too_long) {
+      // Report the prefix, then discard up to the next newline (or EOF).
+      RawRecord rec;
+      rec.file_index = cur_;
+      rec.offset = buf_offset_ + pos_;
+      rec.line = ++line_;
+      rec.too_long = true;
+      rec.bytes.reserve(4096 + kRecordPadding);
+      rec.bytes.assign(buf_, pos_, 4096);
+      while (true) {
+        nl = buf_.find('\n', pos_);
+        if (nl != std::string::npos) {
+          pos_ = nl + 1;
+          break;
+        }
+        pos_ = buf_.size();
+        WXA_ASSIGN_OR_RETURN(bool more, Fill());
+        if (!more) break;
+      }
+      rec.next_offset = buf_offset_ + pos_;
+      out->push_back(std::move(rec));
+      ++added;
+      continue;
+    }
+    if (nl == std::string::npos && pos_ >= buf_.size()) {
+      // End of this file.
+      fd_.Reset();
+      open_ = false;
+      ++cur_;
+      continue;
+    }
+    RawRecord rec;
+    rec.file_index = cur_;
+    rec.offset = buf_offset_ + pos_;
+    rec.line = ++line_;
+    size_t end = (nl == std::string::npos) ? buf_.size() : nl;
+    rec.unterminated = (nl == std::string::npos);
+    size_t next = (nl == std::string::npos) ? buf_.size() : nl + 1;
+    size_t content_end = end;
+    if (content_end > pos_ && buf_[content_end - 1] == '\r') --content_end;
+    rec.next_offset = buf_offset_ + next;
+    bool blank = true;
+    for (size_t k = pos_; k < content_end; ++k) {
+      char c = buf_[k];
+      if (c != ' ' && c != '\t' && c != '\r') {
+        blank = false;
+        break;
+      }
+    }
+    const size_t start = pos_;
+    const size_t len = content_end - start;
+    pos_ = next;
+    if (blank) continue;  // blank lines are not records
+    rec.bytes.reserve(len + kRecordPadding);
+    rec.bytes.assign(buf_, start, len);
+    bytes += len;
+    out->push_back(std::move(rec));
+    ++added;
+  }
+  return added > 0;
+}
+
+}  // namespace wxa::wecom

@@ -1,0 +1,79 @@
+// Streams the JSON-lines files of a WeCom archive export, one record per line,
+// each with its byte offset and line number: the resume cursor.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "formats/core/file.h"
+#include "formats/core/status.h"
+
+namespace wxa::wecom {
+
+// Bytes beyond size() that every RawRecord::bytes keeps allocated, so the JSON
+// parser (simdjson needs 64) can read past the end without a copy.
+inline constexpr size_t kRecordPadding = 64;
+// Lines longer than this are reported as malformed without being parsed.
+inline constexpr size_t kMaxRecordBytes = 64u << 20;
+
+struct RawRecord {
+  uint32_t file_index = 0;   // index into RecordReader::files()
+  uint64_t offset = 0;       // byte offset of the first byte of the line
+  uint64_t line = 0;         // 1-based
+  uint64_t next_offset = 0;  // offset just past the line and its newline: where to resume
+  std::string bytes;         // the line without its line ending; capacity >= size + padding
+  bool unterminated = false; // last line of the file had no newline (possibly truncated)
+  bool too_long = false;     // longer than kMaxRecordBytes; bytes holds only a prefix
+};
+
+// Where to start reading a file (resume).
+struct FileStart {
+  uint64_t offset = 0;
+  uint64_t line = 0;  // lines before `offset`
+};
+
+class RecordReader {
+ public:
+  // Lists the *.jsonl files directly in source_dir, sorted by name. An empty
+  // directory is fine (no records); a missing or unreadable one is an error.
+  static Result<RecordReader> Open(const std::string& source_dir);
+
+  const std::string& source_dir() const { return dir_; }
+  // Paths relative to source_dir; the index of a file is its position here.
+  const std::vector<std::string>& files() const { return files_; }
+  uint64_t FileSize(uint32_t i) const { return sizes_[i]; }
+  // Starts file i at `start` instead of its beginning. Call before reading it.
+  void SetStart(uint32_t i, FileStart start);
+  // Skips file i entirely (already fully read by an earlier run).
+  void SkipFile(uint32_t i);
+
+  // Appends records to *out until max_records or max_bytes is reached or the
+  // files are exhausted. Returns false when no record was added (the end).
+  Result<bool> NextBatch(size_t max_records, size_t max_bytes, std::vector<RawRecord>* out);
+
+  uint64_t bytes_read() const { return bytes_read_; }
+
+ private:
+  Status OpenFile(uint32_t i);
+  // Refills buf_ from fd_ keeping [pos_, end). Returns false at EOF.
+  Result<bool> Fill();
+
+  std::string dir_;
+  std::vector<std::string> files_;
+  std::vector<uint64_t> sizes_;
+  std::vector<FileStart> starts_;
+  std::vector<bool> skip_;
+
+  uint32_t cur_ = 0;          // current file index
+  bool open_ = false;
+  core::UniqueFd fd_;
+  std::string buf_;           // read buffer
+  size_t pos_ = 0;            // first unconsumed byte in buf_
+  uint64_t buf_offset_ = 0;   // file offset of buf_[0]
+  uint64_t line_ = 0;         // lines consumed in the current file
+  bool eof_ = false;
+  uint64_t bytes_read_ = 0;
+};
+
+}  // namespace wxa::wecom
