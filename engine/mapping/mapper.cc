@@ -2,6 +2,7 @@
 
 #include <phonenumbers/phonenumberutil.h>
 
+#include <algorithm>
 #include <set>
 
 #include <fmt/format.h>
@@ -201,6 +202,34 @@ Resolution Mapper::Resolve(std::string_view participant_id) const {
     default: r.why_not = "not in the user directory"; break;
   }
   return r;
+}
+
+mime::Person Mapper::PersonFor(const std::string& id) const {
+  mime::Person p;
+  p.id = id;
+  const wecom::DirectoryEntry* e = directory_ != nullptr ? directory_->Find(id) : nullptr;
+  p.name = (e != nullptr && !e->name.empty()) ? e->name : id;
+  Resolution r = Resolve(id);
+  if (r.mapped()) {
+    p.address = r.mailbox;
+  } else if (e != nullptr) {
+    if (auto a = NormalizeMailbox(e->email)) p.address = *a;
+  }
+  if (p.address.empty()) p.address = mime::SyntheticAddress(id);
+  return p;
+}
+
+mime::RenderInput Mapper::RenderInputFor(const core::Item& item) const {
+  mime::RenderInput in;
+  in.item = &item;
+  in.from = PersonFor(item.from);
+  std::vector<std::string> seen{item.from};
+  for (const auto& id : item.to) {
+    if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
+    seen.push_back(id);
+    in.to.push_back(PersonFor(id));
+  }
+  return in;
 }
 
 }  // namespace wxa::mapping

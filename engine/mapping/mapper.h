@@ -15,7 +15,9 @@
 #include <unordered_set>
 #include <vector>
 
+#include "formats/core/item.h"
 #include "formats/core/status.h"
+#include "formats/mime/renderer.h"
 #include "formats/wecom/directory.h"
 
 namespace wxa::mapping {
@@ -48,6 +50,12 @@ class Mapper {
 
   // Thread-safe (read-only after Create).
   Resolution Resolve(std::string_view participant_id) const;
+
+  // A participant as the renderer shows it: directory name, and the mapped
+  // mailbox, else the directory e-mail, else a non-routable address.
+  mime::Person PersonFor(const std::string& id) const;
+  // From and To of an item (To without the sender and without repeats).
+  mime::RenderInput RenderInputFor(const core::Item& item) const;
 
   // Rows of the mapping CSV or mailbox list that were not used, and why.
   const std::vector<wecom::CsvIssue>& issues() const { return issues_; }

@@ -93,21 +93,6 @@ class ImportRun {
     failed_ = true;
   }
 
-  mime::Person PersonFor(const std::string& id) const {
-    mime::Person p;
-    p.id = id;
-    const wecom::DirectoryEntry* e = dir_.Find(id);
-    p.name = (e != nullptr && !e->name.empty()) ? e->name : id;
-    mapping::Resolution r = mapper_.Resolve(id);
-    if (r.mapped()) {
-      p.address = r.mailbox;
-    } else if (e != nullptr) {
-      if (auto a = mapping::NormalizeMailbox(e->email)) p.address = *a;
-    }
-    if (p.address.empty()) p.address = mime::SyntheticAddress(id);
-    return p;
-  }
-
   static ReportEntry EntryFor(const core::Item& item, Outcome o, std::string reason) {
     ReportEntry e;
     e.outcome = o;
@@ -190,15 +175,7 @@ class ImportRun {
     }
 
     for (auto& m : item.media) media_.Resolve(m);
-    mime::RenderInput in;
-    in.item = &item;
-    in.from = PersonFor(item.from);
-    std::vector<std::string> seen{item.from};
-    for (const auto& id : item.to) {
-      if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
-      seen.push_back(id);
-      in.to.push_back(PersonFor(id));
-    }
+    mime::RenderInput in = mapper_.RenderInputFor(item);
 
     // Size first when the attachments alone are over the limit: measured
     // exactly, never held in memory.

@@ -74,7 +74,6 @@ std::string ReadHead(const std::string& path) {
 
 std::vector<AttachmentInfo> PlanAttachments(const core::Item& item) {
   std::vector<AttachmentInfo> out;
-  std::vector<std::string> used;
   for (const auto& m : item.media) {
     if (!m.has_bytes()) continue;
     AttachmentInfo a;
@@ -82,21 +81,30 @@ std::vector<AttachmentInfo> PlanAttachments(const core::Item& item) {
     std::string fallback = fmt::format("{}-{}", m.role.empty() ? "attachment" : m.role, out.size() + 1);
     if (!m.extension.empty()) fallback += "." + core::SanitizeFileName(m.extension, "bin");
     a.filename = core::SanitizeFileName(m.filename, fallback);
-    // Two attachments with one name confuse every mail client: number them.
-    std::string base = a.filename;
-    for (int n = 2; std::find(used.begin(), used.end(), a.filename) != used.end(); ++n) {
-      size_t dot = base.rfind('.');
-      a.filename = dot == std::string::npos || dot == 0
-                       ? fmt::format("{} ({})", base, n)
-                       : fmt::format("{} ({}){}", base.substr(0, dot), n, base.substr(dot));
-    }
-    used.push_back(a.filename);
     std::string ext = m.extension;
-    if (ext.empty()) {
-      size_t dot = a.filename.rfind('.');
-      if (dot != std::string::npos) ext = core::AsciiLower(a.filename.substr(dot + 1));
-    }
+    size_t dot = a.filename.rfind('.');
+    if (ext.empty() && dot != std::string::npos) ext = core::AsciiLower(a.filename.substr(dot + 1));
     a.content_type = GuessContentType(ext, ReadHead(m.path));
+    if (ext.empty()) {
+      // A name without extension (call recordings): give it the sniffed type's,
+      // so mail clients know how to open it.
+      std::string_view sub = std::string_view(a.content_type).substr(a.content_type.find('/') + 1);
+      if (sub == "amr" || sub == "jpeg" || sub == "png" || sub == "gif" || sub == "mp4" ||
+          sub == "pdf" || sub == "zip" || sub == "wav" || sub == "silk") {
+        a.filename += "." + std::string(sub == "jpeg" ? "jpg" : sub);
+      }
+    }
+    // Two attachments with one name confuse every mail client: number them.
+    const std::string base = a.filename;
+    auto taken = [&](const std::string& n) {
+      return std::any_of(out.begin(), out.end(), [&](const AttachmentInfo& x) { return x.filename == n; });
+    };
+    for (int n = 2; taken(a.filename); ++n) {
+      size_t d = base.rfind('.');
+      a.filename = d == std::string::npos || d == 0
+                       ? fmt::format("{} ({})", base, n)
+                       : fmt::format("{} ({}){}", base.substr(0, d), n, base.substr(d));
+    }
     out.push_back(std::move(a));
   }
   return out;
@@ -285,6 +293,10 @@ Result<GPtr<GMimePart>> MakeFilePart(const AttachmentInfo& a) {
   return part;
 }
 
+std::string RawRecordName(const core::Item& item) {
+  return fmt::format("wecom-record-{}.json", item.key.Hex().substr(0, 12));
+}
+
 GPtr<GMimePart> MakeRawRecordPart(const core::Item& item) {
   bool utf8 = core::IsValidUtf8(item.raw);
   GPtr<GMimePart> part(utf8 ? g_mime_part_new_with_type("application", "json")
@@ -293,7 +305,7 @@ GPtr<GMimePart> MakeRawRecordPart(const core::Item& item) {
   GPtr<GMimeDataWrapper> wrapper(
       g_mime_data_wrapper_new_with_stream(stream.get(), GMIME_CONTENT_ENCODING_DEFAULT));
   g_mime_part_set_content(part.get(), wrapper.get());
-  std::string name = fmt::format("wecom-record-{}.json", item.key.Hex().substr(0, 12));
+  std::string name = RawRecordName(item);
   g_mime_part_set_filename(part.get(), name.c_str());
   g_mime_object_set_disposition(GMIME_OBJECT(part.get()), GMIME_DISPOSITION_ATTACHMENT);
   g_mime_object_set_content_disposition_parameter(GMIME_OBJECT(part.get()), "filename",
@@ -470,6 +482,13 @@ std::string GuessContentType(std::string_view extension, std::string_view head) 
   if (starts("%PDF")) return "application/pdf";
   if (starts("PK\x03\x04")) return "application/zip";
   return "application/octet-stream";
+}
+
+std::vector<std::string> AttachmentFileNames(const core::Item& item) {
+  std::vector<std::string> names;
+  for (const auto& a : PlanAttachments(item)) names.push_back(a.filename);
+  if (item.attach_raw && !item.raw.empty()) names.push_back(RawRecordName(item));
+  return names;
 }
 
 uint64_t RenderedSizeLowerBound(const core::Item& item) {

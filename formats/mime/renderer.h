@@ -39,6 +39,9 @@ std::string SyntheticAddress(std::string_view id);
 std::string SubjectFor(const RenderInput& in);
 // Content type for an attachment: by extension, then by the first bytes.
 std::string GuessContentType(std::string_view extension, std::string_view head);
+// The attachment file names Render uses, in order: media with bytes, then the
+// raw record when attached.
+std::vector<std::string> AttachmentFileNames(const core::Item& item);
 // Lower bound of the rendered size: the base64 size of every attachment.
 // An item whose bound exceeds a limit is oversize without rendering it.
 uint64_t RenderedSizeLowerBound(const core::Item& item);

@@ -1,0 +1,330 @@
+// End-to-end: a small corpus through RunImport into Maildir/EML, checking
+// outcomes, the JSON report, the output tree, reruns and failures.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include "engine/pipeline/import.h"
+#include "formats/core/hash.h"
+#include "formats/maildir/maildir_writer.h"
+#include "tests/test_util.h"
+
+namespace wxa::pipeline {
+namespace {
+
+constexpr int64_t kT = 1603875600000;
+
+std::string Text(const std::string& msgid, const std::string& from, const std::string& to,
+                 const std::string& room = "", const std::string& content = "hi") {
+  return fmt::format(
+      R"({{"msgid":"{}","action":"send","from":"{}","tolist":["{}"],"roomid":"{}","msgtime":{},"msgtype":"text","text":{{"content":"{}"}}}})",
+      msgid, from, to, room, kT, content);
+}
+
+std::string File(const std::string& msgid, const std::string& md5, uint64_t size,
+                 const std::string& name, const std::string& to = "bob") {
+  return fmt::format(
+      R"({{"msgid":"{}","action":"send","from":"alice","tolist":["{}"],"roomid":"","msgtime":{},"msgtype":"file","file":{{"md5sum":"{}","filename":"{}","fileext":"pdf","filesize":{},"sdkfileid":"x"}}}})",
+      msgid, to, kT, md5, name, size);
+}
+
+class ImportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test::WriteFile(tmp_ / "src/directory.csv",
+                    "userid,name,mobile,email\n"
+                    "alice,Alice,+86 138 0013 8000,alice@corp.com\n"
+                    "bob,Bob,,bob@corp.com\n"
+                    "carol,Carol,13900139000,\n"
+                    "dave,Dave,,\n");
+    test::WriteFile(tmp_ / "src/mapping.csv", "mobile,mailbox\n13900139000,carol@corp.com\n"
+                                              "8613800138000,alice@corp.com\n");
+    ::mkdir((tmp_ / "src/media").c_str(), 0700);
+  }
+
+  std::string AddMedia(const std::string& bytes) {
+    std::string md5 = core::ToHex(core::Md5(bytes));
+    test::WriteFile(tmp_ / ("src/media/" + md5), bytes);
+    return md5;
+  }
+
+  void WriteRecords(const std::string& name, const std::vector<std::string>& lines, bool final_newline = true) {
+    std::string s;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      s += lines[i];
+      if (i + 1 < lines.size() || final_newline) s += "\n";
+    }
+    test::WriteFile(tmp_ / ("src/" + name), s);
+  }
+
+  ImportOptions Options(const std::string& target_kind = "maildir") {
+    ImportOptions o;
+    o.source_dir = tmp_ / "src";
+    o.directory_csv = tmp_ / "src/directory.csv";
+    o.mapping_csv = tmp_ / "src/mapping.csv";
+    o.target = target_kind + ":" + tmp_ / "out";
+    o.report_path = tmp_ / "report.json";
+    o.threads = 2;
+    o.batch_records = 3;  // several batches even for small corpora
+    return o;
+  }
+
+  ImportSummary Import(const ImportOptions& o) {
+    auto r = RunImport(o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE(r->fatal.ok()) << r->fatal.ToString();
+    return r.ok() ? std::move(*r) : ImportSummary{};
+  }
+
+  // outcome -> entries (as JSON text) from the report.
+  std::multimap<std::string, std::string> ReportEntries() {
+    report_text_ = simdjson::padded_string(test::ReadFile(tmp_ / "report.json"));
+    simdjson::dom::element root;
+    EXPECT_EQ(parser_.parse(report_text_).get(root), simdjson::SUCCESS) << "report is not JSON";
+    std::multimap<std::string, std::string> out;
+    for (simdjson::dom::element e : root["entries"].get_array()) {
+      out.emplace(std::string(e["outcome"].get_string().value()), simdjson::minify(e));
+    }
+    return out;
+  }
+
+  size_t CountItems(const std::string& mailbox) {
+    size_t n = 0;
+    for (const auto& f : test::ListFiles(tmp_ / ("out/" + mailbox + "/.WeChat Archiver/cur"))) n += f.find(".wxa:2,S") != std::string::npos;
+    return n;
+  }
+
+  test::TempDir tmp_;
+  simdjson::dom::parser parser_;
+  simdjson::padded_string report_text_;
+};
+
+TEST_F(ImportTest, BadInputIsReportedAndTheRunContinues) {
+  std::string pdf = AddMedia("%PDF-1.4 good");
+  std::string txt = AddMedia("plain text");
+  std::string bad = AddMedia("%PDF-1.4 bytes that do not match");
+  WriteRecords("a.jsonl", {
+      Text("ok-1", "alice", "bob"),
+      R"({"msgid":"broken","action":"send","from":)",                            // malformed
+      std::string(R"({"msgid":"utf8","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":1603875600000,"msgtype":"text","text":{"content":"x)") + "\xFF" + R"(y"}})",
+      File("missing", std::string(32, 'e'), 10, "gone.pdf"),                     // missing media
+      File("corrupt", bad, 5, "corrupt.pdf"),                                    // size mismatch
+      File("traversal", txt, 10, "../../etc/passwd"),
+      File("crlfname", pdf, 13, "a\\r\\nBcc: x@evil.example.pdf"),
+      Text("crlfhdr", "alice", "bob", "wr\\r\\nBcc: x@evil.example"),
+      R"({"msgid":"unk","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":1603875600000,"msgtype":"brand_new","brand_new":{"k":"v"}})",
+      R"({"msgid":"sw","action":"switch","time":1603875600000,"user":"alice"})",
+      Text("unmapped", "dave", "wmErxtDgAA9AW32YyyuYRimKr7D1KWlw"),
+  });
+  WriteRecords("b.jsonl", {Text("ok-2", "bob", "alice"), R"({"msgid":"cut","act)"}, false);
+  auto s = Import(Options());
+  const Counts& c = s.counts;
+  EXPECT_EQ(c.records, 13u);
+  EXPECT_EQ(c.malformed, 2u);
+  EXPECT_EQ(c.items, 10u);
+  EXPECT_EQ(c.imported, 9u);
+  EXPECT_EQ(c.unmapped, 1u);
+  EXPECT_EQ(c.missing_media, 1u);
+  EXPECT_EQ(c.corrupt_media, 1u);
+  EXPECT_EQ(c.repaired, 1u);
+  EXPECT_EQ(c.unknown_type, 1u);
+  EXPECT_EQ(c.switches, 1u);
+  EXPECT_EQ(c.deliveries, 18u);  // alice and bob each get the 9 imported items
+
+  auto entries = ReportEntries();
+  EXPECT_EQ(entries.count("malformed"), 2u);
+  auto cut = entries.equal_range("malformed");
+  bool saw_truncated = false, saw_position = false;
+  for (auto it = cut.first; it != cut.second; ++it) {
+    saw_truncated |= it->second.find("truncated") != std::string::npos;
+    saw_position |= it->second.find(R"("file":"a.jsonl","offset":)") != std::string::npos &&
+                    it->second.find(R"("line":2)") != std::string::npos;
+  }
+  EXPECT_TRUE(saw_truncated);
+  EXPECT_TRUE(saw_position);
+  EXPECT_NE(entries.find("unmapped")->second.find("external contact"), std::string::npos);
+  EXPECT_NE(entries.find("unmapped")->second.find(R"("participants":["dave")"), std::string::npos);
+  EXPECT_NE(entries.find("missing_media")->second.find("gone.pdf"), std::string::npos);
+  EXPECT_NE(entries.find("corrupt_media")->second.find("record says 5 bytes"), std::string::npos);
+  EXPECT_NE(entries.find("repaired")->second.find("UTF-8"), std::string::npos);
+  EXPECT_EQ(entries.count("switch"), 1u);
+
+  // Everything went into the output directory and nowhere else.
+  for (const auto& f : test::ListFiles(tmp_.path())) {
+    bool ok = f.rfind("src/", 0) == 0 || f.rfind("out/", 0) == 0 || f == "report.json";
+    EXPECT_TRUE(ok) << "unexpected file " << f;
+  }
+  EXPECT_EQ(CountItems("alice@corp.com"), 9u);
+  EXPECT_EQ(CountItems("bob@corp.com"), 9u);
+  // No injected header made it into any message.
+  for (const auto& f : test::ListFiles(tmp_ / "out")) {
+    std::string m = test::ReadFile(tmp_ / ("out/" + f));
+    std::string head = m.substr(0, m.find("\r\n\r\n"));
+    EXPECT_EQ(head.find("\r\nBcc:"), std::string::npos) << f;
+  }
+}
+
+TEST_F(ImportTest, RerunWritesNothing) {
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), Text("m2", "bob", "alice"), Text("m3", "alice", "carol")});
+  auto first = Import(Options());
+  EXPECT_EQ(first.counts.deliveries, 6u);
+  auto before = test::ListFiles(tmp_ / "out");
+  auto second = Import(Options());
+  EXPECT_EQ(second.counts.deliveries, 0u);
+  EXPECT_EQ(second.counts.imported, 0u);
+  EXPECT_EQ(second.counts.already_present, 3u);
+  EXPECT_EQ(second.counts.deliveries_present, 6u);
+  EXPECT_EQ(test::ListFiles(tmp_ / "out"), before);
+}
+
+TEST_F(ImportTest, OverlappingExportsGiveNoDuplicates) {
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), Text("m2", "bob", "alice")});
+  WriteRecords("b.jsonl", {Text("m2", "bob", "alice"), Text("m1", "alice", "bob")});
+  auto s = Import(Options());
+  EXPECT_EQ(s.counts.items, 4u);
+  EXPECT_EQ(CountItems("alice@corp.com"), 2u);
+  EXPECT_EQ(CountItems("bob@corp.com"), 2u);
+}
+
+TEST_F(ImportTest, FanOutOneDeliveryPerMailbox) {
+  // carol maps through the CSV; two participants share one mailbox.
+  test::WriteFile(tmp_ / "src/directory.csv",
+                  "userid,name,mobile,email\nalice,Alice,,alice@corp.com\nbob,Bob,,bob@corp.com\n"
+                  "carol,Carol,13900139000,\nalias,Alice again,,Alice@Corp.com\ndave,Dave,,\n");
+  WriteRecords("a.jsonl", {
+      R"({"msgid":"g1","action":"send","from":"alice","tolist":["bob","carol","alias","dave","wmErxtDgAA9AW32YyyuYRimKr7D1KWlw"],"roomid":"wrRoom","msgtime":1603875600000,"msgtype":"text","text":{"content":"group"}})"});
+  auto s = Import(Options());
+  EXPECT_EQ(s.counts.deliveries, 3u);
+  EXPECT_EQ(s.deliveries_by_mailbox.size(), 3u);
+  EXPECT_EQ(CountItems("alice@corp.com"), 1u);
+  EXPECT_EQ(CountItems("bob@corp.com"), 1u);
+  EXPECT_EQ(CountItems("carol@corp.com"), 1u);
+  EXPECT_EQ(s.unmapped_participants.size(), 2u);  // dave and the external contact
+}
+
+TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
+  std::string data(20000, 'x');
+  std::string md5 = AddMedia(data);
+  WriteRecords("a.jsonl", {File("big", md5, data.size(), "big.pdf")});
+  // Measure the rendered size with a generous limit first.
+  auto o = Options("eml");
+  auto first = Import(o);
+  ASSERT_EQ(first.counts.deliveries, 2u);
+  const auto files = test::ListFiles(tmp_ / "out");
+  const uint64_t size = test::ReadFile(tmp_ / ("out/" + files[0])).size();
+
+  // One byte under the item: rejected, reported with its exact size.
+  std::filesystem::remove_all(tmp_ / "out");
+  o.limit.max_bytes = size - 1;
+  auto rejected = Import(o);
+  EXPECT_EQ(rejected.counts.oversize, 1u);
+  EXPECT_EQ(rejected.counts.deliveries, 0u);
+  auto entries = ReportEntries();
+  ASSERT_EQ(entries.count("oversize"), 1u);
+  EXPECT_NE(entries.find("oversize")->second.find(fmt::format(R"("size":{})", size)), std::string::npos);
+  EXPECT_TRUE(test::ListFiles(tmp_ / "out").empty());
+
+  // Exactly at the limit: accepted.
+  o.limit.max_bytes = size;
+  auto accepted = Import(o);
+  EXPECT_EQ(accepted.counts.oversize, 0u);
+  EXPECT_EQ(accepted.counts.deliveries, 2u);
+
+  // Attachments alone far over the limit: rejected without rendering into memory.
+  std::filesystem::remove_all(tmp_ / "out");
+  o.limit.max_bytes = 1000;
+  auto tiny = Import(o);
+  EXPECT_EQ(tiny.counts.oversize, 1u);
+  ReportEntries();
+  EXPECT_NE(ReportEntries().find("oversize")->second.find(fmt::format(R"("size":{})", size)),
+            std::string::npos);
+}
+
+TEST_F(ImportTest, EmptySourceAndClearStartErrors) {
+  auto s = Import(Options());
+  EXPECT_EQ(s.counts.records, 0u);
+  EXPECT_EQ(s.source_files, 0u);
+
+  auto o = Options();
+  o.source_dir = tmp_ / "nope";
+  auto r = RunImport(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("does not exist"), std::string::npos);
+
+  o = Options();
+  o.directory_csv = tmp_ / "missing.csv";
+  r = RunImport(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("user directory"), std::string::npos);
+
+  o = Options();
+  o.target = "pst:" + tmp_ / "x";
+  r = RunImport(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not supported"), std::string::npos);
+
+  o = Options();
+  o.folder = "a.b";
+  EXPECT_FALSE(RunImport(o).ok());
+}
+
+TEST_F(ImportTest, DiskFullStopsTheRunAndARerunCompletes) {
+  std::vector<std::string> lines;
+  for (int i = 0; i < 30; ++i) lines.push_back(Text(fmt::format("m{}", i), "alice", "bob"));
+  WriteRecords("a.jsonl", lines);
+  test::FaultEnv env;
+  env.fail_writes_after = 10;
+  auto o = Options();
+  o.env = &env;
+  auto r = RunImport(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->fatal.ok());
+  EXPECT_NE(r->fatal.ToString().find("No space left"), std::string::npos) << r->fatal.ToString();
+  EXPECT_LT(r->counts.deliveries, 60u);
+  // What a failed run counted as delivered is on disk.
+  EXPECT_LE(r->counts.deliveries, CountItems("alice@corp.com") + CountItems("bob@corp.com"));
+  // The report says the run is incomplete.
+  std::string report = test::ReadFile(tmp_ / "report.json");
+  EXPECT_NE(report.find(R"("complete":false)"), std::string::npos);
+  EXPECT_NE(report.find("fatal_error"), std::string::npos);
+
+  auto again = Import(Options());
+  EXPECT_EQ(CountItems("alice@corp.com"), 30u);
+  EXPECT_EQ(CountItems("bob@corp.com"), 30u);
+  for (const auto& f : test::ListFiles(tmp_ / "out")) {
+    EXPECT_EQ(f.find("/tmp/"), std::string::npos) << "temp file left: " << f;
+  }
+}
+
+TEST_F(ImportTest, CommandLine) {
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob")});
+  std::string out;
+  const std::string cli = WXA_CLI;
+  int rc = test::Run(fmt::format("{} import --source {} --directory {} --to maildir:{} --report {}",
+                                 cli, test::ShellQuote(tmp_ / "src"),
+                                 test::ShellQuote(tmp_ / "src/directory.csv"),
+                                 test::ShellQuote(tmp_ / "out"), test::ShellQuote(tmp_ / "r.json")),
+                     &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("imported         1 items as 2 deliveries"), std::string::npos) << out;
+  out.clear();
+  rc = test::Run(cli + " import --source /nonexistent --directory x --to maildir:/tmp/x", &out);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("does not exist"), std::string::npos) << out;
+  out.clear();
+  EXPECT_NE(test::Run(cli + " import --directory x", &out), 0);  // missing required flags
+  out.clear();
+  rc = test::Run(cli + " import --source " + test::ShellQuote(tmp_ / "src") + " --directory " +
+                     test::ShellQuote(tmp_ / "src/directory.csv") + " --to maildir:" +
+                     test::ShellQuote(tmp_ / "out") + " --max-item-size 10XB",
+                 &out);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("unknown size unit"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace wxa::pipeline
