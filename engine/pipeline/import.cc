@@ -349,6 +349,10 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   WXA_RETURN_IF_ERROR(add_issues(directory.issues(), o.directory_csv));
   WXA_RETURN_IF_ERROR(add_issues(mapper.issues(), !o.mapping_csv.empty() ? o.mapping_csv : o.mailboxes_file));
   WXA_RETURN_IF_ERROR(add_issues(media.issues(), core::JoinPath(o.source_dir, "media/index.csv")));
+  if (reader.files().empty()) {
+    WXA_RETURN_IF_ERROR(add_issues(
+        {{0, "the source directory holds no *.jsonl files: nothing to import"}}, o.source_dir));
+  }
 
   size_t threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
   summary.threads = threads;

@@ -248,6 +248,9 @@ TEST_F(ImportTest, EmptySourceAndClearStartErrors) {
   auto s = Import(Options());
   EXPECT_EQ(s.counts.records, 0u);
   EXPECT_EQ(s.source_files, 0u);
+  auto entries = ReportEntries();
+  ASSERT_EQ(entries.count("input_issue"), 1u);
+  EXPECT_NE(entries.find("input_issue")->second.find("no *.jsonl files"), std::string::npos);
 
   auto o = Options();
   o.source_dir = tmp_ / "nope";
