@@ -1,7 +1,14 @@
 #include "engine/pipeline/import.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <climits>
 #include <chrono>
+#include <deque>
+#include <future>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -12,8 +19,10 @@
 #include <tbb/global_control.h>
 #include <tbb/parallel_pipeline.h>
 
+#include "engine/index/index.h"
 #include "engine/mapping/mapper.h"
 #include "engine/sinks/local_sinks.h"
+#include "formats/core/hash.h"
 #include "formats/core/json_writer.h"
 #include "formats/core/text.h"
 #include "formats/mime/renderer.h"
@@ -28,23 +37,28 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// What the parallel stage learned about one record; folded into the counts
-// by the serial stage, in source order.
-struct RecordResult {
+// One record's way through the stages. The parallel stages fill it; the
+// serial stages read it in source order.
+struct RecordWork {
   enum class Kind : uint8_t { kSkipped, kItem, kSwitch, kMalformed } kind = Kind::kSkipped;
-  bool imported = false;          // at least one new delivery
-  bool all_present = false;       // every delivery existed already
+  std::optional<core::Item> item;              // kept while deliveries are pending
+  std::vector<std::string> needed;             // mailboxes without a done delivery (plan)
+  std::vector<std::string> claimed;            // mailboxes this run must deliver (claim)
+  std::vector<std::string> delivered;          // written and synced, or found on disk (deliver)
+  std::vector<std::string> released;           // claimed but not delivered (oversize, failure)
+  std::optional<index::ItemRecord> item_record;  // what the index learns about the item
+  bool settled = false;                        // nothing left to do for this record
+  bool imported = false;
   uint64_t deliveries_new = 0;
   uint64_t deliveries_present = 0;
   uint64_t bytes_written = 0;
-  std::vector<std::string> new_mailboxes;
   std::vector<std::pair<std::string, std::string>> unmapped;  // participant id, why
   std::vector<ReportEntry> entries;
 };
 
 struct Batch {
   std::vector<wecom::RawRecord> records;
-  std::vector<RecordResult> results;
+  std::vector<RecordWork> work;
 };
 
 // Per-thread heavy contexts (STYLE rule 5).
@@ -54,61 +68,199 @@ struct Worker {
   mime::Renderer renderer;
 };
 
+ReportEntry EntryFor(const core::Item& item, Outcome o, std::string reason) {
+  ReportEntry e;
+  e.outcome = o;
+  e.reason = std::move(reason);
+  e.pos = item.pos;
+  e.msgid = item.msgid;
+  e.msgtype = item.msgtype;
+  e.item_key = item.key.Hex();
+  return e;
+}
+
 class ImportRun {
  public:
-  ImportRun(const ImportOptions& o, const wecom::Directory& dir, const mapping::Mapper& mapper,
-            wecom::MediaStore& media, sinks::LocalSink& sink, const std::vector<std::string>& files)
-      : o_(o), dir_(dir), mapper_(mapper), media_(media), sink_(sink), files_(files) {}
-
-  void ProcessBatch(Worker& w, Batch& b) {
-    b.results.resize(b.records.size());
-    std::set<std::string> touched;
-    for (size_t i = 0; i < b.records.size(); ++i) {
-      if (failed_.load(std::memory_order_relaxed)) return;
-      ProcessRecord(w, b.records[i], b.results[i], touched);
-    }
-    // One directory fsync per mailbox per batch makes all its renames durable
-    // before the serial stage counts them (group commit for local sinks).
-    for (const auto& mb : touched) {
-      Status s = sink_.Sync(mb);
-      if (!s.ok()) {
-        Fail(s);
-        // Nothing of this batch may count as delivered.
-        for (auto& r : b.results) r = RecordResult{};
-        return;
-      }
-    }
-  }
+  ImportRun(const ImportOptions& o, const mapping::Mapper& mapper, wecom::MediaStore& media,
+            sinks::LocalSink& sink, index::Index& idx, uint16_t sink_id,
+            const std::vector<std::string>& files, const std::vector<uint32_t>& file_ids)
+      : o_(o), mapper_(mapper), media_(media), sink_(sink), idx_(idx), sink_id_(sink_id),
+        files_(files), file_ids_(file_ids) {}
 
   bool failed() const { return failed_.load(); }
   Status fatal() const {
     std::lock_guard<std::mutex> lock(mu_);
     return fatal_;
   }
-
- private:
   void Fail(const Status& s) {
     std::lock_guard<std::mutex> lock(mu_);
     if (fatal_.ok()) fatal_ = s;
     failed_ = true;
   }
 
-  static ReportEntry EntryFor(const core::Item& item, Outcome o, std::string reason) {
-    ReportEntry e;
-    e.outcome = o;
-    e.reason = std::move(reason);
-    e.pos = item.pos;
-    e.msgid = item.msgid;
-    e.msgtype = item.msgtype;
-    e.item_key = item.key.Hex();
-    return e;
+  // Stage 2 (parallel): parse, map, and ask the index what is left to do.
+  // Nothing is rendered here: a record whose deliveries are all done costs a
+  // parse, a few hash lookups and an LMDB read.
+  void Plan(Worker& w, Batch& b) {
+    b.work.resize(b.records.size());
+    std::vector<index::DeliveryKey> keys;
+    std::vector<std::pair<size_t, size_t>> owner;  // (record, index in its mailboxes)
+    std::vector<std::vector<std::string>> mailboxes(b.records.size());
+    for (size_t i = 0; i < b.records.size(); ++i) {
+      if (failed()) return;
+      PlanRecord(w, b.records[i], b.work[i], &mailboxes[i]);
+      for (size_t m = 0; m < mailboxes[i].size(); ++m) {
+        keys.push_back({sink_id_, mailboxes[i][m], b.work[i].item->key, 0});
+        owner.emplace_back(i, m);
+      }
+    }
+    std::vector<std::optional<index::DeliveryState>> states;
+    Status s = idx_.GetDeliveries(keys, &states);
+    if (!s.ok()) {
+      Fail(s.WithContext("reading the index"));
+      return;
+    }
+    for (size_t k = 0; k < keys.size(); ++k) {
+      RecordWork& rw = b.work[owner[k].first];
+      if (states[k] == index::DeliveryState::kDone) {
+        ++rw.deliveries_present;
+      } else {
+        rw.needed.push_back(keys[k].mailbox);
+      }
+    }
+    for (auto& rw : b.work) {
+      if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.needed.empty()) {
+        rw.settled = true;  // every delivery done before: skipped without rendering
+        rw.item.reset();
+      }
+    }
   }
 
-  void ProcessRecord(Worker& w, const wecom::RawRecord& rec, RecordResult& out,
-                     std::set<std::string>& touched) {
+  // Stage 3 (serial): claim the needed deliveries durably before writing any.
+  void Claim(Batch& b) {
+    if (failed()) return;
+    index::WriteBatch wb;
+    std::vector<std::pair<RecordWork*, const std::string*>> owner;  // parallel to wb.claims
+    for (auto& rw : b.work) {
+      for (const auto& mb : rw.needed) {
+        wb.claims.push_back({sink_id_, mb, rw.item->key, rw.item->msgtime_ms});
+        owner.emplace_back(&rw, &mb);
+      }
+    }
+    if (wb.claims.empty()) return;
+    auto r = idx_.Write(std::move(wb));
+    if (!r.ok()) {
+      Fail(r.status().WithContext("recording intents in the index"));
+      return;
+    }
+    for (size_t k = 0; k < owner.size(); ++k) {
+      RecordWork& rw = *owner[k].first;
+      switch (r->claims[k]) {
+        case index::ClaimResult::kClaimed: rw.claimed.push_back(*owner[k].second); break;
+        // Done or in flight: another record with the same msgid got there
+        // first (overlapping exports). One delivery per mailbox, whatever.
+        case index::ClaimResult::kDone:
+        case index::ClaimResult::kInFlight: ++rw.deliveries_present; break;
+      }
+    }
+    for (auto& rw : b.work) {
+      if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.claimed.empty()) {
+        rw.settled = true;
+        rw.item.reset();
+      }
+    }
+  }
+
+  // Stage 4 (parallel): render once, write each claimed delivery, sync.
+  void Deliver(Worker& w, Batch& b) {
+    std::set<std::string> touched;
+    for (auto& rw : b.work) {
+      if (rw.claimed.empty()) continue;
+      if (failed()) {
+        rw.released = std::move(rw.claimed);  // never written: give the claim back
+        rw.claimed.clear();
+        continue;
+      }
+      DeliverRecord(w, rw, touched);
+    }
+    // One directory fsync per mailbox per batch makes its renames durable
+    // before anything is marked done (group commit for local sinks).
+    for (const auto& mb : touched) {
+      Status s = sink_.Sync(mb);
+      if (!s.ok()) {
+        Fail(s.WithContext(fmt::format("syncing mailbox {}", mb)));
+        for (auto& rw : b.work) {
+          if (rw.delivered.empty()) continue;
+          for (auto& d : rw.delivered) rw.released.push_back(d);
+          rw.delivered.clear();
+          rw.item_record.reset();
+          rw.entries.clear();
+          rw.imported = false;
+          rw.deliveries_new = 0;
+          rw.bytes_written = 0;
+          rw.settled = false;
+        }
+        return;
+      }
+    }
+  }
+
+  // Stage 5 (serial, in order) builds the index write for a batch: done
+  // marks, released intents, item states and the cursor, in one transaction.
+  // The cursor moves only past records that are fully settled.
+  index::WriteBatch Commit(Batch& b, bool* cursor_ok) {
+    index::WriteBatch wb;
+    for (auto& rw : b.work) {
+      if (!rw.item) continue;
+      const core::Item& item = *rw.item;
+      for (const auto& mb : rw.delivered) wb.done.push_back({sink_id_, mb, item.key, item.msgtime_ms});
+      for (const auto& mb : rw.released) wb.released.push_back({sink_id_, mb, item.key, item.msgtime_ms});
+      if (rw.item_record) wb.items.emplace_back(item.key, *rw.item_record);
+    }
+    // Cursor: the end of the last record of each file, if every record of
+    // the batch is settled (a failed run leaves it where it was).
+    bool all_settled = !failed();
+    for (const auto& rw : b.work) all_settled = all_settled && rw.settled;
+    *cursor_ok = all_settled;
+    if (all_settled) {
+      std::map<uint32_t, const wecom::RawRecord*> last;
+      for (const auto& rec : b.records) last[rec.file_index] = &rec;
+      for (const auto& [fi, rec] : last) {
+        index::Cursor c = cursor_template_[fi];
+        c.offset = rec->next_offset;
+        c.line = rec->line;
+        wb.cursors.emplace_back(CursorKey(sink_id_, files_[fi]), c);
+      }
+    }
+    return wb;
+  }
+
+  void SetCursorTemplates(std::vector<index::Cursor> t) { cursor_template_ = std::move(t); }
+  static std::string CursorKey(uint16_t sink, const std::string& file) {
+    return fmt::format("{}/{}", sink, file);
+  }
+
+ private:
+  index::ItemRecord RecordFor(const core::Item& item, index::ItemState st, std::string reason) const {
+    index::ItemRecord r;
+    r.state = st;
+    r.msgtime_ms = item.msgtime_ms;
+    r.file_id = file_ids_.at(FileIndexOf(item.pos.file));
+    r.offset = item.pos.offset;
+    r.line = item.pos.line;
+    r.reason = std::move(reason);
+    return r;
+  }
+  size_t FileIndexOf(const std::string& file) const {
+    return static_cast<size_t>(std::find(files_.begin(), files_.end(), file) - files_.begin());
+  }
+
+  void PlanRecord(Worker& w, const wecom::RawRecord& rec, RecordWork& out,
+                  std::vector<std::string>* mailboxes) {
     auto parsed = w.parser.Parse(rec, files_[rec.file_index]);
     if (!parsed.ok()) {
-      out.kind = RecordResult::Kind::kMalformed;
+      out.kind = RecordWork::Kind::kMalformed;
+      out.settled = true;
       ReportEntry e;
       e.outcome = Outcome::kMalformed;
       e.reason = parsed.status().message();
@@ -117,7 +269,8 @@ class ImportRun {
       return;
     }
     if (parsed->kind == wecom::Parsed::Kind::kSwitch) {
-      out.kind = RecordResult::Kind::kSwitch;
+      out.kind = RecordWork::Kind::kSwitch;
+      out.settled = true;
       const auto& sw = parsed->sw;
       ReportEntry e;
       e.outcome = Outcome::kSwitch;
@@ -128,123 +281,142 @@ class ImportRun {
       out.entries.push_back(std::move(e));
       return;
     }
-    out.kind = RecordResult::Kind::kItem;
-    core::Item& item = parsed->item;
-
-    // Map: one delivery per distinct mailbox of the participants.
-    std::vector<std::string> mailboxes;
+    out.kind = RecordWork::Kind::kItem;
+    out.item = std::move(parsed->item);
+    const core::Item& item = *out.item;
     std::vector<std::string> why;
     for (const auto& id : item.Participants()) {
       mapping::Resolution r = mapper_.Resolve(id);
       if (r.mapped()) {
-        if (std::find(mailboxes.begin(), mailboxes.end(), r.mailbox) == mailboxes.end()) {
-          mailboxes.push_back(r.mailbox);
+        if (std::find(mailboxes->begin(), mailboxes->end(), r.mailbox) == mailboxes->end()) {
+          mailboxes->push_back(r.mailbox);
         }
       } else {
         why.push_back(fmt::format("{}: {}", id, r.why_not));
         out.unmapped.emplace_back(id, r.why_not);
       }
     }
-    if (mailboxes.empty()) {
-      ReportEntry e = EntryFor(item, Outcome::kUnmapped,
-                               why.empty() ? "the record names no participant"
-                                           : fmt::format("no participant maps to a mailbox ({})",
-                                                         fmt::join(why, "; ")));
+    if (mailboxes->empty()) {
+      std::string reason = why.empty() ? "the record names no participant"
+                                       : fmt::format("no participant maps to a mailbox ({})",
+                                                     fmt::join(why, "; "));
+      ReportEntry e = EntryFor(item, Outcome::kUnmapped, reason);
       e.participants = item.Participants();
       out.entries.push_back(std::move(e));
-      return;
+      out.item_record = RecordFor(item, index::ItemState::kUnmapped, reason);
+      out.settled = true;
     }
+  }
 
-    // Skip what is already delivered, before any rendering I/O.
-    std::vector<std::string> todo;
-    for (const auto& mb : mailboxes) {
+  void DeliverRecord(Worker& w, RecordWork& rw, std::set<std::string>& touched) {
+    core::Item& item = *rw.item;
+    // What a crashed run wrote but could not mark done is adopted, not rewritten.
+    std::vector<std::string> to_write;
+    for (const auto& mb : rw.claimed) {
       auto exists = sink_.Exists(mb, item.key, item.msgtime_ms);
       if (!exists.ok()) {
         Fail(exists.status());
+        rw.released = rw.claimed;
         return;
       }
       if (*exists) {
-        ++out.deliveries_present;
+        rw.delivered.push_back(mb);
+        ++rw.deliveries_present;
       } else {
-        todo.push_back(mb);
+        to_write.push_back(mb);
       }
     }
-    if (todo.empty()) {
-      out.all_present = true;
+    if (to_write.empty()) {
+      rw.item_record = RecordFor(item, index::ItemState::kDone, "");
+      rw.settled = true;
       return;
     }
 
     for (auto& m : item.media) media_.Resolve(m);
     mime::RenderInput in = mapper_.RenderInputFor(item);
-
+    const uint64_t limit = o_.limit.max_bytes;
+    auto reject = [&](uint64_t size) {
+      ReportEntry e = EntryFor(item, Outcome::kOversize, limits::OversizeReason(o_.limit, size));
+      e.size = size;
+      rw.entries.push_back(std::move(e));
+      rw.item_record = RecordFor(item, index::ItemState::kRejected, rw.entries.back().reason);
+      rw.item_record->size = size;
+      rw.released = to_write;
+      rw.settled = true;
+    };
     // Size first when the attachments alone are over the limit: measured
     // exactly, never held in memory.
-    const uint64_t limit = o_.limit.max_bytes;
     if (mime::RenderedSizeLowerBound(item) > limit) {
       auto size = w.renderer.MeasureSize(in);
-      if (!size.ok()) {
-        out.entries.push_back(EntryFor(item, Outcome::kFailed, size.status().ToString()));
+      if (size.ok()) {
+        reject(*size);
         return;
       }
-      ReportEntry e = EntryFor(item, Outcome::kOversize, limits::OversizeReason(o_.limit, *size));
-      e.size = *size;
-      out.entries.push_back(std::move(e));
-      return;
     }
     auto bytes = w.renderer.Render(in);
     if (!bytes.ok()) {
-      out.entries.push_back(EntryFor(item, Outcome::kFailed, bytes.status().ToString()));
+      rw.entries.push_back(EntryFor(item, Outcome::kFailed, bytes.status().ToString()));
+      rw.item_record = RecordFor(item, index::ItemState::kFailed, bytes.status().ToString());
+      rw.released = to_write;
+      rw.settled = true;
       return;
     }
     if (bytes->size() > limit) {
-      ReportEntry e = EntryFor(item, Outcome::kOversize, limits::OversizeReason(o_.limit, bytes->size()));
-      e.size = bytes->size();
-      out.entries.push_back(std::move(e));
+      reject(bytes->size());
       return;
     }
-
-    for (const auto& mb : todo) {
+    for (size_t i = 0; i < to_write.size(); ++i) {
+      const std::string& mb = to_write[i];
       Status s = sink_.Deliver(mb, item.key, item.msgtime_ms, *bytes);
       if (!s.ok()) {
-        // Disk full, I/O error, permissions: the sink cannot go on. Stop the
-        // run; what was not synced is not counted, and a rerun redoes it.
+        // Disk full, I/O error, permissions: the sink cannot go on. Stop; the
+        // claims not written are given back, and a rerun does them.
         Fail(s.WithContext(fmt::format("writing to mailbox {}", mb)));
-        out = RecordResult{};
+        rw.released.insert(rw.released.end(), to_write.begin() + static_cast<long>(i), to_write.end());
         return;
       }
       touched.insert(mb);
+      rw.delivered.push_back(mb);
     }
-    out.imported = true;
-    out.deliveries_new = todo.size();
-    out.bytes_written = bytes->size() * todo.size();
-    out.new_mailboxes = std::move(todo);
+    rw.imported = true;
+    rw.deliveries_new = to_write.size();
+    rw.bytes_written = bytes->size() * to_write.size();
+    index::ItemRecord rec = RecordFor(item, index::ItemState::kDone, "");
+    rec.size = bytes->size();
+    core::Sha256Digest h = core::Sha256(*bytes);
+    rec.content_hash.assign(reinterpret_cast<const char*>(h.data()), 16);
+    rw.item_record = std::move(rec);
+    rw.settled = true;
 
     // Imported, with warnings where something was not right.
     for (const auto& m : item.media) {
       if (m.state == core::MediaState::kMissing) {
-        out.entries.push_back(EntryFor(item, Outcome::kMissingMedia,
-                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
+        rw.entries.push_back(EntryFor(item, Outcome::kMissingMedia,
+                                      fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
       } else if (m.state == core::MediaState::kCorrupt) {
-        out.entries.push_back(EntryFor(item, Outcome::kCorruptMedia,
-                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
+        rw.entries.push_back(EntryFor(item, Outcome::kCorruptMedia,
+                                      fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
       }
     }
     if (item.kind == core::ItemKind::kUnknown) {
-      out.entries.push_back(EntryFor(
+      rw.entries.push_back(EntryFor(
           item, Outcome::kUnknownType,
           fmt::format("unknown msgtype '{}': imported generically with the record attached",
                       item.msgtype)));
     } else if (!item.notes.empty()) {
-      out.entries.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
+      rw.entries.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
     }
   }
 
   const ImportOptions& o_;
-  const wecom::Directory& dir_;
   const mapping::Mapper& mapper_;
   wecom::MediaStore& media_;
   sinks::LocalSink& sink_;
+  index::Index& idx_;
+  const uint16_t sink_id_;
   const std::vector<std::string>& files_;
+  const std::vector<uint32_t>& file_ids_;
+  std::vector<index::Cursor> cursor_template_;
   mutable std::mutex mu_;
   Status fatal_;  // GUARDED_BY(mu_)
   std::atomic<bool> failed_{false};
@@ -268,7 +440,6 @@ void AddCounts(Counts& c, Outcome o) {
 std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   std::string out;
   core::JsonWriter j(&out);
-  // Members only: the caller wraps them in the report object.
   j.BeginObject();
   j.Field("tool", "wxarchiver");
   j.Field("command", "import");
@@ -293,6 +464,18 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Field("unknown_type", c.unknown_type).Field("input_issues", c.input_issues);
   j.Field("source_bytes", c.source_bytes);
   j.EndObject();
+  const IndexSummary& x = s.index;
+  j.Key("index").BeginObject();
+  j.Field("dir", x.dir);
+  j.Field("settled_done", x.settled_done).Field("settled_redo", x.settled_redo);
+  j.Field("files_resumed", static_cast<uint64_t>(x.files_resumed));
+  j.Field("files_complete", static_cast<uint64_t>(x.files_complete));
+  j.Field("files_restarted", static_cast<uint64_t>(x.files_restarted));
+  if (!x.rescan_reason.empty()) j.Field("rescan_reason", x.rescan_reason);
+  j.Field("items_done", x.items_done).Field("items_unmapped", x.items_unmapped);
+  j.Field("items_rejected", x.items_rejected).Field("deliveries_done", x.deliveries_done);
+  j.Field("deliveries_in_doubt", x.deliveries_in_doubt).Field("commits", x.commits);
+  j.EndObject();
   j.Key("deliveries_by_mailbox").BeginObject();
   for (const auto& [mb, n] : s.deliveries_by_mailbox) j.Field(mb, n);
   j.EndObject();
@@ -302,8 +485,47 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   }
   j.EndObject();
   j.EndObject();
-  // Strip the braces: ReportWriter::Finish adds "entries" inside the same object.
-  return out.substr(1, out.size() - 2);
+  return out.substr(1, out.size() - 2);  // members only: Finish adds "entries"
+}
+
+// A fingerprint of everything the mapping depends on.
+Result<std::string> MappingFingerprint(const ImportOptions& o) {
+  core::Sha256Stream h;
+  for (const std::string& path : {o.directory_csv, o.mapping_csv, o.mailboxes_file}) {
+    h.Update(path.empty() ? std::string_view("-") : std::string_view("+"));
+    if (!path.empty()) {
+      WXA_ASSIGN_OR_RETURN(std::string bytes, core::ReadWholeFile(path));
+      h.Update(core::ToHex(core::Sha256(bytes)));
+    }
+  }
+  h.Update(o.default_region);
+  return core::ToHex(h.Finish()).substr(0, 32);
+}
+
+// Hash of the first `len` bytes of a file (cursor identity).
+Result<std::string> PrefixHash(const std::string& path, uint32_t len) {
+  core::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open", path, errno);
+  std::string buf(len, '\0');
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = ::pread(fd.get(), buf.data() + got, len - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno("read", path, errno);
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  buf.resize(got);
+  core::Sha256Digest d = core::Sha256(buf);
+  return std::string(reinterpret_cast<const char*>(d.data()), 16);
+}
+
+std::string CanonicalTarget(const std::string& target) {
+  size_t colon = target.find(':');
+  std::string dir = target.substr(colon + 1);
+  char buf[PATH_MAX];
+  if (::realpath(dir.c_str(), buf) != nullptr) dir = buf;
+  return target.substr(0, colon) + ":" + dir;
 }
 
 }  // namespace
@@ -325,15 +547,107 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                        wecom::MediaStore::Open(core::JoinPath(o.source_dir, "media")));
   WXA_ASSIGN_OR_RETURN(std::unique_ptr<sinks::LocalSink> sink,
                        sinks::MakeLocalSink(o.target, o.folder, env));
-  WXA_ASSIGN_OR_RETURN(ReportWriter report, ReportWriter::Open(o.report_path));
   mime::InitGMime();
 
+  // ---- the index: identity, sink, settling, cursors ----
   ImportSummary summary;
-  summary.source_files = reader.files().size();
+  IndexSummary& xs = summary.index;
+  xs.dir = !o.index_dir.empty() ? o.index_dir : index::DefaultIndexDir(o.target);
+  index::IndexOptions iopts;
+  if (o.index_map_size != 0) iopts.initial_map_size = o.index_map_size;
+  WXA_ASSIGN_OR_RETURN(std::unique_ptr<index::Index> idx, index::Index::Open(xs.dir, iopts));
+  WXA_RETURN_IF_ERROR(idx->BindCorp(o.corp));
+  WXA_ASSIGN_OR_RETURN(uint16_t sink_id, idx->SinkId(CanonicalTarget(o.target)));
+
+  // Deliveries a crash left in doubt: the file is there (complete: it was
+  // renamed into place) or it is not (delivered again when its record is read).
+  {
+    WXA_ASSIGN_OR_RETURN(auto pending, idx->PendingDeliveries());
+    index::WriteBatch wb;
+    for (auto& [k, rec] : pending) {
+      if (k.sink != sink_id) continue;
+      WXA_ASSIGN_OR_RETURN(bool there, sink->Exists(k.mailbox, k.item, k.msgtime_ms));
+      if (there) {
+        wb.done.push_back(k);
+        ++xs.settled_done;
+      } else {
+        wb.released.push_back(k);
+        ++xs.settled_redo;
+      }
+    }
+    if (wb.ops() > 0) {
+      auto settled = idx->Write(std::move(wb));
+      if (!settled.ok()) return settled.status();
+    }
+  }
+
+  // Mapping or limit changed since the last run: read everything again, so
+  // items recorded unmapped or rejected are retried (and newly mapped
+  // participants of delivered items get theirs).
+  const std::string cfg_prefix = fmt::format("config/{}/", sink_id);
+  WXA_ASSIGN_OR_RETURN(std::string mapping_fp, MappingFingerprint(o));
+  const std::string limit_fp = fmt::format("{}:{}", o.limit.max_bytes, limits::PolicyName(o.limit.policy));
+  bool rescan = o.rescan;
+  if (rescan) xs.rescan_reason = "--rescan";
+  auto old_mapping = idx->GetMeta(cfg_prefix + "mapping");
+  auto old_limit = idx->GetMeta(cfg_prefix + "limit");
+  if (old_mapping.ok() && *old_mapping != mapping_fp) {
+    rescan = true;
+    xs.rescan_reason = "the directory, mapping or mailbox list changed since the last run";
+  } else if (old_limit.ok() && *old_limit != limit_fp) {
+    rescan = true;
+    xs.rescan_reason = "the item size limit changed since the last run";
+  }
+
+  // File ids, and cursors (validated against the file's first bytes).
+  const auto& files = reader.files();
+  std::vector<uint32_t> file_ids;
+  std::vector<index::Cursor> templates(files.size());
+  {
+    index::WriteBatch wb;
+    wb.files = files;
+    wb.meta.emplace_back(cfg_prefix + "mapping", mapping_fp);
+    wb.meta.emplace_back(cfg_prefix + "limit", limit_fp);
+    for (size_t i = 0; i < files.size(); ++i) {
+      const std::string path = core::JoinPath(o.source_dir, files[i]);
+      index::Cursor& t = templates[i];
+      t.prefix_len = static_cast<uint32_t>(std::min<uint64_t>(4096, reader.FileSize(static_cast<uint32_t>(i))));
+      WXA_ASSIGN_OR_RETURN(t.prefix_hash, PrefixHash(path, t.prefix_len));
+      WXA_ASSIGN_OR_RETURN(auto cur, idx->GetCursor(ImportRun::CursorKey(sink_id, files[i])));
+      if (rescan) {
+        // Reset in the same transaction as the new fingerprints, so a crash
+        // during the rescan resumes the rescan rather than forgetting it.
+        index::Cursor zero = t;
+        wb.cursors.emplace_back(ImportRun::CursorKey(sink_id, files[i]), zero);
+        continue;
+      }
+      if (!cur) continue;
+      bool same_file = false;
+      if (cur->prefix_len <= reader.FileSize(static_cast<uint32_t>(i)) && cur->offset <= reader.FileSize(static_cast<uint32_t>(i))) {
+        WXA_ASSIGN_OR_RETURN(std::string h, PrefixHash(path, cur->prefix_len));
+        same_file = h == cur->prefix_hash;
+      }
+      if (!same_file) {
+        ++xs.files_restarted;  // replaced or truncated: read it all (done items are skipped)
+        continue;
+      }
+      if (cur->offset == reader.FileSize(static_cast<uint32_t>(i))) {
+        ++xs.files_complete;
+      } else if (cur->offset > 0) {
+        ++xs.files_resumed;
+      }
+      reader.SetStart(static_cast<uint32_t>(i), {cur->offset, cur->line});
+    }
+    WXA_ASSIGN_OR_RETURN(auto r, idx->Write(std::move(wb)));
+    file_ids = r.file_ids;
+    for (size_t i = 0; i < files.size(); ++i) templates[i].file_id = file_ids[i];
+  }
+
+  WXA_ASSIGN_OR_RETURN(ReportWriter report, ReportWriter::Open(o.report_path));
+  summary.source_files = files.size();
   summary.report_path = o.report_path;
   Counts& counts = summary.counts;
 
-  // Input CSV rows that were not used are part of the report too.
   auto add_issues = [&](const std::vector<wecom::CsvIssue>& issues, const std::string& input) -> Status {
     for (const auto& i : issues) {
       ReportEntry e;
@@ -349,7 +663,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   WXA_RETURN_IF_ERROR(add_issues(directory.issues(), o.directory_csv));
   WXA_RETURN_IF_ERROR(add_issues(mapper.issues(), !o.mapping_csv.empty() ? o.mapping_csv : o.mailboxes_file));
   WXA_RETURN_IF_ERROR(add_issues(media.issues(), core::JoinPath(o.source_dir, "media/index.csv")));
-  if (reader.files().empty()) {
+  if (files.empty()) {
     WXA_RETURN_IF_ERROR(add_issues(
         {{0, "the source directory holds no *.jsonl files: nothing to import"}}, o.source_dir));
   }
@@ -359,14 +673,24 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, threads);
   const size_t tokens = o.max_batches_in_flight != 0 ? o.max_batches_in_flight : 2 * threads + 2;
 
-  ImportRun run(o, directory, mapper, media, *sink, reader.files());
+  ImportRun run(o, mapper, media, *sink, *idx, sink_id, files, file_ids);
+  run.SetCursorTemplates(templates);
   wecom::ParseOptions popts;
   popts.corp = o.corp;
   tbb::enumerable_thread_specific<std::unique_ptr<Worker>> workers(
       [&popts] { return std::make_unique<Worker>(popts); });
-  Status read_error;
+  Status stage_error;
   auto last_progress = Clock::now();
   std::set<std::string> mailboxes_touched;
+  std::deque<std::future<Result<index::WriteResult>>> commits;  // in flight, oldest first
+  auto reap = [&](bool wait) {
+    while (!commits.empty() &&
+           (wait || commits.front().wait_for(std::chrono::seconds(0)) == std::future_status::ready)) {
+      auto r = commits.front().get();
+      commits.pop_front();
+      if (!r.ok()) run.Fail(r.status().WithContext("committing to the index"));
+    }
+  };
 
   try {
     tbb::parallel_pipeline(
@@ -381,7 +705,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
               auto b = std::make_unique<Batch>();
               auto more = reader.NextBatch(o.batch_records, o.batch_bytes, &b->records);
               if (!more.ok()) {
-                read_error = more.status();
+                run.Fail(more.status());
                 fc.stop();
                 return nullptr;
               }
@@ -393,25 +717,43 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
             }) &
             tbb::make_filter<Batch*, Batch*>(tbb::filter_mode::parallel,
                                              [&](Batch* b) -> Batch* {
-                                               run.ProcessBatch(*workers.local(), *b);
+                                               run.Plan(*workers.local(), *b);
+                                               return b;
+                                             }) &
+            tbb::make_filter<Batch*, Batch*>(tbb::filter_mode::serial_in_order,
+                                             [&](Batch* b) -> Batch* {
+                                               run.Claim(*b);
+                                               return b;
+                                             }) &
+            tbb::make_filter<Batch*, Batch*>(tbb::filter_mode::parallel,
+                                             [&](Batch* b) -> Batch* {
+                                               run.Deliver(*workers.local(), *b);
                                                return b;
                                              }) &
             tbb::make_filter<Batch*, void>(
                 tbb::filter_mode::serial_in_order, [&](Batch* raw) {
                   std::unique_ptr<Batch> b(raw);
-                  for (size_t i = 0; i < b->results.size(); ++i) {
-                    const RecordResult& r = b->results[i];
-                    if (r.kind == RecordResult::Kind::kSkipped) continue;  // run failed first
+                  bool cursor_ok = false;
+                  index::WriteBatch wb = run.Commit(*b, &cursor_ok);
+                  if (wb.ops() > 0) commits.push_back(idx->Submit(std::move(wb)));
+                  reap(false);
+                  for (const RecordWork& r : b->work) {
+                    if (r.kind == RecordWork::Kind::kSkipped) continue;  // run failed first
                     ++counts.records;
-                    if (r.kind == RecordResult::Kind::kItem) ++counts.items;
+                    if (r.kind == RecordWork::Kind::kItem) ++counts.items;
                     if (r.imported) ++counts.imported;
-                    if (r.all_present) ++counts.already_present;
+                    if (r.kind == RecordWork::Kind::kItem && !r.imported && r.settled &&
+                        r.deliveries_present > 0 && r.entries.empty()) {
+                      ++counts.already_present;
+                    }
                     counts.deliveries += r.deliveries_new;
                     counts.deliveries_present += r.deliveries_present;
                     counts.bytes_written += r.bytes_written;
-                    for (const auto& mb : r.new_mailboxes) {
-                      ++summary.deliveries_by_mailbox[mb];
-                      mailboxes_touched.insert(mb);
+                    if (r.imported) {
+                      for (const auto& mb : r.delivered) {
+                        ++summary.deliveries_by_mailbox[mb];
+                        mailboxes_touched.insert(mb);
+                      }
                     }
                     for (const auto& [id, why] : r.unmapped) {
                       auto& u = summary.unmapped_participants[id];
@@ -421,7 +763,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                     for (const auto& e : r.entries) {
                       AddCounts(counts, e.outcome);
                       Status s = report.Add(e);
-                      if (!s.ok() && read_error.ok()) read_error = s;
+                      if (!s.ok() && stage_error.ok()) stage_error = s;
                     }
                   }
                   counts.source_bytes = reader.bytes_read();
@@ -435,13 +777,22 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                 }));
   } catch (const std::exception& e) {
     // TBB and the standard library may throw; nothing escapes this stage edge.
-    read_error = Status::Aborted(fmt::format("pipeline stopped: {}", e.what()));
+    stage_error = Status::Aborted(fmt::format("pipeline stopped: {}", e.what()));
   }
+  reap(true);
 
-  summary.fatal = !run.fatal().ok() ? run.fatal() : read_error;
+  summary.fatal = !run.fatal().ok() ? run.fatal() : stage_error;
   summary.interrupted = o.stop != nullptr && o.stop->load();
   summary.mailboxes_touched = mailboxes_touched.size();
   counts.source_bytes = reader.bytes_read();
+  if (auto c = idx->GetCounters(); c.ok()) {
+    xs.items_done = c->items[static_cast<int>(index::ItemState::kDone)];
+    xs.items_unmapped = c->items[static_cast<int>(index::ItemState::kUnmapped)];
+    xs.items_rejected = c->items[static_cast<int>(index::ItemState::kRejected)];
+    xs.deliveries_done = c->deliveries[static_cast<int>(index::DeliveryState::kDone)];
+    xs.deliveries_in_doubt = c->deliveries[static_cast<int>(index::DeliveryState::kIntent)];
+  }
+  xs.commits = idx->commits();
   summary.elapsed_s = std::chrono::duration<double>(Clock::now() - started).count();
   Status fin = report.Finish(SummaryJson(o, summary));
   if (!fin.ok() && summary.fatal.ok()) summary.fatal = fin.WithContext("writing the report");

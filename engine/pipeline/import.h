@@ -27,6 +27,9 @@ struct ImportOptions {
   std::string corp = "default";  // enters the item key: keep it stable across runs
   std::string default_region = "CN";
   limits::SizeLimit limit;
+  std::string index_dir;         // LMDB index; empty = <target dir>/.wxarchiver
+  bool rescan = false;           // ignore cursors: re-read every record (done ones are skipped)
+  uint64_t index_map_size = 0;   // initial LMDB map size; 0 = the index default
 
   // Bounds (STYLE rule 8). 0 threads = all cores.
   size_t threads = 0;
@@ -41,8 +44,26 @@ struct ImportOptions {
   uint32_t progress_interval_ms = 500;
 };
 
+// What the index said and did at the start of the run, and its totals after.
+struct IndexSummary {
+  std::string dir;
+  uint64_t settled_done = 0;      // in-doubt deliveries found complete on disk
+  uint64_t settled_redo = 0;      // in-doubt deliveries not on disk: delivered again
+  size_t files_resumed = 0;       // source files continued from a cursor
+  size_t files_complete = 0;      // source files already read to the end
+  size_t files_restarted = 0;     // cursor no longer matches the file: read again
+  std::string rescan_reason;      // why every record is read again, if so
+  uint64_t items_done = 0;        // totals in the index after the run
+  uint64_t items_unmapped = 0;
+  uint64_t items_rejected = 0;
+  uint64_t deliveries_done = 0;
+  uint64_t deliveries_in_doubt = 0;
+  uint64_t commits = 0;
+};
+
 struct ImportSummary {
   Counts counts;
+  IndexSummary index;
   std::map<std::string, uint64_t> deliveries_by_mailbox;  // new deliveries per mailbox
   std::map<std::string, std::pair<uint64_t, std::string>> unmapped_participants;  // id -> (items, why)
   uint64_t mailboxes_touched = 0;

@@ -92,6 +92,15 @@ class ImportTest : public ::testing::Test {
     return out;
   }
 
+  // Files under out/ that are mail (not the index).
+  std::vector<std::string> MailFiles() {
+    std::vector<std::string> out;
+    for (const auto& f : test::ListFiles(tmp_ / "out")) {
+      if (f.rfind(".wxarchiver/", 0) != 0) out.push_back(f);
+    }
+    return out;
+  }
+
   size_t CountItems(const std::string& mailbox) {
     size_t n = 0;
     for (const auto& f : test::ListFiles(tmp_ / ("out/" + mailbox + "/.WeChat Archiver/cur"))) n += f.find(".wxa:2,S") != std::string::npos;
@@ -172,13 +181,76 @@ TEST_F(ImportTest, RerunWritesNothing) {
   WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), Text("m2", "bob", "alice"), Text("m3", "alice", "carol")});
   auto first = Import(Options());
   EXPECT_EQ(first.counts.deliveries, 6u);
-  auto before = test::ListFiles(tmp_ / "out");
+  EXPECT_EQ(first.index.items_done, 3u);
+  EXPECT_EQ(first.index.deliveries_done, 6u);
+  auto mail = [&] {
+    std::vector<std::string> out;
+    for (const auto& f : test::ListFiles(tmp_ / "out")) {
+      if (f.rfind(".wxarchiver/", 0) != 0) out.push_back(f + ":" + test::ReadFile(tmp_ / ("out/" + f)));
+    }
+    return out;
+  };
+  auto before = mail();
+  // The cursors say every file was read to the end: nothing is even read.
   auto second = Import(Options());
+  EXPECT_EQ(second.counts.records, 0u);
   EXPECT_EQ(second.counts.deliveries, 0u);
-  EXPECT_EQ(second.counts.imported, 0u);
-  EXPECT_EQ(second.counts.already_present, 3u);
-  EXPECT_EQ(second.counts.deliveries_present, 6u);
-  EXPECT_EQ(test::ListFiles(tmp_ / "out"), before);
+  EXPECT_EQ(second.index.files_complete, 1u);
+  EXPECT_EQ(second.index.items_done, 3u);
+  EXPECT_EQ(second.index.deliveries_done, 6u);
+  EXPECT_EQ(mail(), before);
+  // --rescan reads every record again; the index skips them without rendering.
+  auto o = Options();
+  o.rescan = true;
+  auto third = Import(o);
+  EXPECT_EQ(third.counts.records, 3u);
+  EXPECT_EQ(third.counts.imported, 0u);
+  EXPECT_EQ(third.counts.already_present, 3u);
+  EXPECT_EQ(third.counts.deliveries_present, 6u);
+  EXPECT_EQ(third.counts.deliveries, 0u);
+  EXPECT_EQ(mail(), before);
+  std::string report = test::ReadFile(tmp_ / "report.json");
+  EXPECT_NE(report.find(R"("rescan_reason":"--rescan")"), std::string::npos);
+}
+
+TEST_F(ImportTest, AppendedRecordsAreReadFromTheCursor) {
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), Text("m2", "bob", "alice")});
+  auto first = Import(Options());
+  EXPECT_EQ(first.counts.records, 2u);
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), Text("m2", "bob", "alice"), Text("m3", "alice", "bob")});
+  auto second = Import(Options());
+  EXPECT_EQ(second.counts.records, 1u) << "only the appended record is read";
+  EXPECT_EQ(second.counts.deliveries, 2u);
+  EXPECT_EQ(second.index.files_resumed, 1u);
+  // A file replaced by another one with other content is read again.
+  WriteRecords("a.jsonl", {Text("x1", "alice", "bob"), Text("m1", "alice", "bob")});
+  auto third = Import(Options());
+  EXPECT_EQ(third.index.files_restarted, 1u);
+  EXPECT_EQ(third.counts.records, 2u);
+  EXPECT_EQ(third.counts.deliveries, 2u);  // x1 to alice and bob; m1 was done
+}
+
+TEST_F(ImportTest, UnmappedItemsAreRetriedWhenTheMappingChanges) {
+  WriteRecords("a.jsonl", {Text("m1", "dave", "wmErxtDgAA9AW32YyyuYRimKr7D1KWlw"), Text("m2", "alice", "bob")});
+  auto first = Import(Options());
+  EXPECT_EQ(first.counts.unmapped, 1u);
+  EXPECT_EQ(first.index.items_unmapped, 1u);
+  // Same mapping: nothing is retried (and nothing is read).
+  auto same = Import(Options());
+  EXPECT_EQ(same.counts.records, 0u);
+  // dave gets a mailbox through the mapping CSV: the run rescans and imports him.
+  test::WriteFile(tmp_ / "src/directory.csv",
+                  "userid,name,mobile,email\nalice,Alice,,alice@corp.com\nbob,Bob,,bob@corp.com\n"
+                  "dave,Dave,13700137000,\n");
+  test::WriteFile(tmp_ / "src/mapping.csv", "mobile,mailbox\n+86 137 0013 7000,dave@corp.com\n");
+  auto retry = Import(Options());
+  EXPECT_NE(retry.index.rescan_reason.find("mapping"), std::string::npos);
+  EXPECT_EQ(retry.counts.unmapped, 0u);
+  EXPECT_EQ(retry.counts.deliveries, 1u);
+  EXPECT_EQ(retry.counts.already_present, 1u);
+  EXPECT_EQ(retry.index.items_unmapped, 0u);
+  EXPECT_EQ(retry.index.items_done, 2u);
+  EXPECT_EQ(CountItems("dave@corp.com"), 1u);
 }
 
 TEST_F(ImportTest, OverlappingExportsGiveNoDuplicates) {
@@ -214,8 +286,12 @@ TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   auto o = Options("eml");
   auto first = Import(o);
   ASSERT_EQ(first.counts.deliveries, 2u);
-  const auto files = test::ListFiles(tmp_ / "out");
-  const uint64_t size = test::ReadFile(tmp_ / ("out/" + files[0])).size();
+  std::string eml;
+  for (const auto& f : test::ListFiles(tmp_ / "out")) {
+    if (f.size() > 4 && f.substr(f.size() - 4) == ".eml") eml = f;
+  }
+  ASSERT_FALSE(eml.empty());
+  const uint64_t size = test::ReadFile(tmp_ / ("out/" + eml)).size();
 
   // One byte under the item: rejected, reported with its exact size.
   std::filesystem::remove_all(tmp_ / "out");
@@ -226,13 +302,15 @@ TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   auto entries = ReportEntries();
   ASSERT_EQ(entries.count("oversize"), 1u);
   EXPECT_NE(entries.find("oversize")->second.find(fmt::format(R"("size":{})", size)), std::string::npos);
-  EXPECT_TRUE(test::ListFiles(tmp_ / "out").empty());
+  EXPECT_TRUE(MailFiles().empty());
 
-  // Exactly at the limit: accepted.
+  // Exactly at the limit: accepted (the changed limit retries the rejected item).
   o.limit.max_bytes = size;
   auto accepted = Import(o);
+  EXPECT_NE(accepted.index.rescan_reason.find("limit"), std::string::npos);
   EXPECT_EQ(accepted.counts.oversize, 0u);
   EXPECT_EQ(accepted.counts.deliveries, 2u);
+  EXPECT_EQ(accepted.index.items_rejected, 0u);
 
   // Attachments alone far over the limit: rejected without rendering into memory.
   std::filesystem::remove_all(tmp_ / "out");

@@ -1,0 +1,930 @@
+#include "engine/index/index.h"
+
+#include <fcntl.h>
+#include <lmdb.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "engine/index/codec.h"
+#include "formats/core/file.h"
+
+namespace wxa::index {
+
+// ---------------------------------------------------------------------------
+// Value encodings
+
+const char* ItemStateName(ItemState s) {
+  switch (s) {
+    case ItemState::kDone: return "done";
+    case ItemState::kUnmapped: return "unmapped";
+    case ItemState::kRejected: return "rejected";
+    case ItemState::kFailed: return "failed";
+  }
+  return "?";
+}
+
+const char* DeliveryStateName(DeliveryState s) {
+  switch (s) {
+    case DeliveryState::kIntent: return "intent";
+    case DeliveryState::kDone: return "done";
+    case DeliveryState::kFailed: return "failed";
+  }
+  return "?";
+}
+
+namespace {
+uint64_t ZigZag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
+int64_t UnZigZag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
+}  // namespace
+
+std::string ItemRecord::Encode() const {
+  std::string out;
+  out.push_back(static_cast<char>(state));
+  PutVarint(&out, ZigZag(msgtime_ms));
+  PutVarint(&out, size);
+  PutBytes(&out, content_hash);
+  PutVarint(&out, file_id);
+  PutVarint(&out, offset);
+  PutVarint(&out, line);
+  PutBytes(&out, reason);
+  return out;
+}
+
+std::optional<ItemRecord> ItemRecord::Decode(std::string_view v) {
+  Decoder d(v);
+  ItemRecord r;
+  auto state = d.Fixed(1);
+  if (!d.ok()) return std::nullopt;
+  r.state = static_cast<ItemState>(state[0]);
+  r.msgtime_ms = UnZigZag(d.Varint());
+  r.size = d.Varint();
+  r.content_hash = std::string(d.Bytes());
+  r.file_id = static_cast<uint32_t>(d.Varint());
+  r.offset = d.Varint();
+  r.line = d.Varint();
+  r.reason = std::string(d.Bytes());
+  if (!d.ok() || r.state < ItemState::kDone || r.state > ItemState::kFailed) return std::nullopt;
+  return r;
+}
+
+std::string DeliveryRecord::Encode() const {
+  std::string out;
+  out.push_back(static_cast<char>(state));
+  PutVarint(&out, attempts);
+  PutVarint(&out, ZigZag(msgtime_ms));
+  PutBytes(&out, remote_ref);
+  PutBytes(&out, last_error);
+  return out;
+}
+
+std::optional<DeliveryRecord> DeliveryRecord::Decode(std::string_view v) {
+  Decoder d(v);
+  DeliveryRecord r;
+  auto state = d.Fixed(1);
+  if (!d.ok()) return std::nullopt;
+  r.state = static_cast<DeliveryState>(state[0]);
+  r.attempts = static_cast<uint32_t>(d.Varint());
+  r.msgtime_ms = UnZigZag(d.Varint());
+  r.remote_ref = std::string(d.Bytes());
+  r.last_error = std::string(d.Bytes());
+  if (!d.ok() || r.state < DeliveryState::kIntent || r.state > DeliveryState::kFailed) {
+    return std::nullopt;
+  }
+  return r;
+}
+
+std::string Cursor::Encode() const {
+  std::string out;
+  PutVarint(&out, file_id);
+  PutVarint(&out, offset);
+  PutVarint(&out, line);
+  PutVarint(&out, prefix_len);
+  PutBytes(&out, prefix_hash);
+  return out;
+}
+
+std::optional<Cursor> Cursor::Decode(std::string_view v) {
+  Decoder d(v);
+  Cursor c;
+  c.file_id = static_cast<uint32_t>(d.Varint());
+  c.offset = d.Varint();
+  c.line = d.Varint();
+  c.prefix_len = static_cast<uint32_t>(d.Varint());
+  c.prefix_hash = std::string(d.Bytes());
+  if (!d.ok()) return std::nullopt;
+  return c;
+}
+
+std::string DefaultIndexDir(const std::string& target) {
+  size_t colon = target.find(':');
+  std::string dir = colon == std::string::npos ? target : target.substr(colon + 1);
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return core::JoinPath(dir, ".wxarchiver");
+}
+
+// ---------------------------------------------------------------------------
+// LMDB plumbing: the only place mdb_*_close/abort appear (STYLE rule 2).
+
+namespace {
+
+Status MdbError(std::string_view what, int rc) {
+  return Status::IOError(fmt::format("LMDB {}: {}", what, mdb_strerror(rc)));
+}
+
+MDB_val Val(std::string_view s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
+std::string_view View(const MDB_val& v) { return {static_cast<const char*>(v.mv_data), v.mv_size}; }
+
+class Txn {
+ public:
+  Txn() = default;
+  ~Txn() { Abort(); }
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+  Status Begin(MDB_env* env, unsigned flags) {
+    int rc = mdb_txn_begin(env, nullptr, flags, &t_);
+    if (rc != 0) {
+      t_ = nullptr;
+      return MdbError("begin transaction", rc);
+    }
+    return Status::Ok();
+  }
+  int Commit() {
+    int rc = mdb_txn_commit(t_);
+    t_ = nullptr;  // freed by commit whatever the result
+    return rc;
+  }
+  void Abort() {
+    if (t_ != nullptr) mdb_txn_abort(t_);
+    t_ = nullptr;
+  }
+  MDB_txn* get() const { return t_; }
+
+ private:
+  MDB_txn* t_ = nullptr;
+};
+
+class MdbCursor {
+ public:
+  ~MdbCursor() {
+    if (c_ != nullptr) mdb_cursor_close(c_);
+  }
+  Status Open(MDB_txn* txn, MDB_dbi dbi) {
+    int rc = mdb_cursor_open(txn, dbi, &c_);
+    return rc == 0 ? Status::Ok() : MdbError("open cursor", rc);
+  }
+  // Iterates every entry: fn(key, value).
+  template <typename Fn>
+  Status ForEach(Fn&& fn) {
+    MDB_val k, v;
+    int rc = mdb_cursor_get(c_, &k, &v, MDB_FIRST);
+    while (rc == 0) {
+      fn(View(k), View(v));
+      rc = mdb_cursor_get(c_, &k, &v, MDB_NEXT);
+    }
+    return rc == MDB_NOTFOUND ? Status::Ok() : MdbError("iterate", rc);
+  }
+
+ private:
+  MDB_cursor* c_ = nullptr;
+};
+
+std::string DeliveryKeyBytes(uint16_t sink, uint32_t mailbox_id, const core::ItemKey& item) {
+  std::string k;
+  k.reserve(22);
+  k.push_back(static_cast<char>(sink >> 8));
+  k.push_back(static_cast<char>(sink & 0xFF));
+  PutU32BE(&k, mailbox_id);
+  k.append(item.View());
+  return k;
+}
+
+}  // namespace
+
+struct Index::Impl {
+  IndexOptions options;
+  MDB_env* env = nullptr;  // closed in ~Impl
+  MDB_dbi meta = 0, items = 0, deliveries = 0, pending = 0, cursors = 0, mailboxes = 0;
+  core::UniqueFd lock_fd;
+
+  // Readers hold it shared while a read txn is open; the writer takes it
+  // exclusively to grow the map (LMDB requires no active txn then).
+  std::shared_mutex env_mu;
+
+  // Mailbox ids, complete for this index (all allocation goes through the writer).
+  std::shared_mutex ids_mu;
+  std::unordered_map<std::string, uint32_t> mailbox_ids;   // GUARDED_BY(ids_mu)
+  std::unordered_map<uint32_t, std::string> mailbox_names; // GUARDED_BY(ids_mu)
+
+  // Writer thread and its queue.
+  struct Pending {
+    WriteBatch batch;
+    std::promise<Result<WriteResult>> promise;
+  };
+  std::mutex qmu;
+  std::condition_variable qcv;
+  std::deque<Pending> queue;  // GUARDED_BY(qmu)
+  bool stopping = false;      // GUARDED_BY(qmu)
+  std::thread writer;
+  std::atomic<uint64_t> commits{0};
+  std::atomic<uint64_t> grows{0};
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> l(qmu);
+      stopping = true;
+    }
+    qcv.notify_all();
+    if (writer.joinable()) writer.join();
+    if (env != nullptr) mdb_env_close(env);
+  }
+
+  // Counter deltas of the transaction being built; written to meta before commit.
+  struct Delta {
+    int64_t items[5] = {};
+    int64_t deliveries[4] = {};
+  };
+  static const char* ItemCounterKey(int s) {
+    static const char* k[] = {"", "count/items/done", "count/items/unmapped", "count/items/rejected", "count/items/failed"};
+    return k[s];
+  }
+  static const char* DeliveryCounterKey(int s) {
+    static const char* k[] = {"", "count/deliveries/intent", "count/deliveries/done", "count/deliveries/failed"};
+    return k[s];
+  }
+  int ApplyDelta(MDB_txn* t, const Delta& d) {
+    auto bump = [&](const char* key, int64_t by) -> int {
+      if (by == 0) return 0;
+      std::string_view v;
+      int64_t cur = 0;
+      int rc = Get(t, meta, key, &v);
+      if (rc == 0) cur = std::stoll(std::string(v));
+      else if (rc != MDB_NOTFOUND) return rc;
+      return Put(t, meta, key, std::to_string(cur + by));
+    };
+    int rc;
+    for (int i = 1; i <= 4; ++i) {
+      if ((rc = bump(ItemCounterKey(i), d.items[i])) != 0) return rc;
+    }
+    for (int i = 1; i <= 3; ++i) {
+      if ((rc = bump(DeliveryCounterKey(i), d.deliveries[i])) != 0) return rc;
+    }
+    return 0;
+  }
+  static int StateOf(std::string_view record) {
+    return record.empty() ? 0 : static_cast<unsigned char>(record[0]);
+  }
+
+  // ---- helpers inside a txn ----
+  static int Get(MDB_txn* t, MDB_dbi db, std::string_view key, std::string_view* out) {
+    MDB_val k = Val(key), v;
+    int rc = mdb_get(t, db, &k, &v);
+    if (rc == 0) *out = View(v);
+    return rc;
+  }
+  static int Put(MDB_txn* t, MDB_dbi db, std::string_view key, std::string_view value,
+                 unsigned flags = 0) {
+    MDB_val k = Val(key), v = Val(value);
+    return mdb_put(t, db, &k, &v, flags);
+  }
+  static int Del(MDB_txn* t, MDB_dbi db, std::string_view key) {
+    MDB_val k = Val(key);
+    int rc = mdb_del(t, db, &k, nullptr);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+  }
+
+  // Next value of a counter in meta, inside a write txn.
+  int NextId(MDB_txn* t, const char* counter, uint32_t* id) {
+    std::string_view v;
+    int rc = Get(t, meta, counter, &v);
+    uint32_t next = 1;
+    if (rc == 0) next = static_cast<uint32_t>(std::stoul(std::string(v)));
+    else if (rc != MDB_NOTFOUND) return rc;
+    *id = next;
+    return Put(t, meta, counter, std::to_string(next + 1));
+  }
+
+  // Id of a named thing kept in meta under prefix ("sink/", "file/").
+  int NamedId(MDB_txn* t, const std::string& prefix, const std::string& name, const char* counter,
+              uint32_t* id) {
+    std::string key = prefix + name;
+    std::string_view v;
+    int rc = Get(t, meta, key, &v);
+    if (rc == 0) {
+      *id = static_cast<uint32_t>(std::stoul(std::string(v)));
+      return 0;
+    }
+    if (rc != MDB_NOTFOUND) return rc;
+    if ((rc = NextId(t, counter, id)) != 0) return rc;
+    return Put(t, meta, key, std::to_string(*id));
+  }
+
+  // The mailbox id inside a write txn, allocating it when new. New ids go to
+  // *fresh, published to the shared cache only after the commit.
+  int MailboxIdTx(MDB_txn* t, const std::string& address,
+                  std::unordered_map<std::string, uint32_t>* fresh, uint32_t* id) {
+    {
+      std::shared_lock l(ids_mu);
+      auto it = mailbox_ids.find(address);
+      if (it != mailbox_ids.end()) {
+        *id = it->second;
+        return 0;
+      }
+    }
+    if (auto it = fresh->find(address); it != fresh->end()) {
+      *id = it->second;
+      return 0;
+    }
+    int rc = NextId(t, "next_mailbox_id", id);
+    if (rc != 0) return rc;
+    std::string idkey = "i";
+    PutU32BE(&idkey, *id);
+    if ((rc = Put(t, mailboxes, "a" + address, idkey.substr(1))) != 0) return rc;
+    if ((rc = Put(t, mailboxes, idkey, address)) != 0) return rc;
+    (*fresh)[address] = *id;
+    return 0;
+  }
+
+  std::optional<uint32_t> CachedMailboxId(const std::string& address) {
+    std::shared_lock l(ids_mu);
+    auto it = mailbox_ids.find(address);
+    if (it == mailbox_ids.end()) return std::nullopt;
+    return it->second;
+  }
+
+  // Applies a group of batches in one txn. Returns an LMDB rc (0 = ok).
+  int Apply(MDB_txn* t, std::vector<Pending*>& group, std::vector<WriteResult>* results,
+            std::unordered_map<std::string, uint32_t>* fresh) {
+    results->assign(group.size(), WriteResult{});
+    Delta delta;
+    for (size_t g = 0; g < group.size(); ++g) {
+      const WriteBatch& b = group[g]->batch;
+      WriteResult& res = (*results)[g];
+      int rc;
+      for (const auto& c : b.claims) {
+        uint32_t mid;
+        if ((rc = MailboxIdTx(t, c.mailbox, fresh, &mid)) != 0) return rc;
+        std::string key = DeliveryKeyBytes(c.sink, mid, c.item);
+        DeliveryRecord rec;
+        rec.state = DeliveryState::kIntent;
+        rec.attempts = 1;
+        rec.msgtime_ms = c.msgtime_ms;
+        std::string_view existing;
+        rc = Get(t, deliveries, key, &existing);
+        if (rc == 0) {
+          auto old = DeliveryRecord::Decode(existing);
+          if (old && old->state == DeliveryState::kDone) {
+            res.claims.push_back(ClaimResult::kDone);
+            continue;
+          }
+          if (old && old->state == DeliveryState::kIntent) {
+            res.claims.push_back(ClaimResult::kInFlight);
+            continue;
+          }
+          if (old) rec.attempts = old->attempts + 1;  // failed before: try again
+          delta.deliveries[StateOf(existing)]--;
+        } else if (rc != MDB_NOTFOUND) {
+          return rc;
+        }
+        if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
+        if ((rc = Put(t, pending, key, "")) != 0) return rc;
+        delta.deliveries[static_cast<int>(DeliveryState::kIntent)]++;
+        res.claims.push_back(ClaimResult::kClaimed);
+      }
+      for (const auto& d : b.done) {
+        uint32_t mid;
+        if ((rc = MailboxIdTx(t, d.mailbox, fresh, &mid)) != 0) return rc;
+        std::string key = DeliveryKeyBytes(d.sink, mid, d.item);
+        DeliveryRecord rec;
+        rec.state = DeliveryState::kDone;
+        rec.attempts = 1;
+        rec.msgtime_ms = d.msgtime_ms;
+        std::string_view existing;
+        if ((rc = Get(t, deliveries, key, &existing)) == 0) {
+          if (auto old = DeliveryRecord::Decode(existing)) rec.attempts = std::max(1u, old->attempts);
+          delta.deliveries[StateOf(existing)]--;
+        } else if (rc != MDB_NOTFOUND) {
+          return rc;
+        }
+        if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
+        if ((rc = Del(t, pending, key)) != 0) return rc;
+        delta.deliveries[static_cast<int>(DeliveryState::kDone)]++;
+      }
+      for (const auto& d : b.released) {
+        auto mid = CachedMailboxId(d.mailbox);
+        if (!mid) {
+          if (auto it = fresh->find(d.mailbox); it != fresh->end()) mid = it->second;
+        }
+        if (!mid) continue;
+        std::string key = DeliveryKeyBytes(d.sink, *mid, d.item);
+        std::string_view existing;
+        if ((rc = Get(t, deliveries, key, &existing)) == 0) {
+          delta.deliveries[StateOf(existing)]--;
+        } else if (rc != MDB_NOTFOUND) {
+          return rc;
+        }
+        if ((rc = Del(t, deliveries, key)) != 0) return rc;
+        if ((rc = Del(t, pending, key)) != 0) return rc;
+      }
+      for (const auto& [k, rec] : b.items) {
+        std::string_view existing;
+        if ((rc = Get(t, items, k.View(), &existing)) == 0) {
+          delta.items[StateOf(existing)]--;
+        } else if (rc != MDB_NOTFOUND) {
+          return rc;
+        }
+        if ((rc = Put(t, items, k.View(), rec.Encode())) != 0) return rc;
+        delta.items[static_cast<int>(rec.state)]++;
+      }
+      for (const auto& [name, cur] : b.cursors) {
+        if ((rc = Put(t, cursors, name, cur.Encode())) != 0) return rc;
+      }
+      for (const auto& [k, v] : b.meta) {
+        if ((rc = Put(t, meta, k, v)) != 0) return rc;
+      }
+      for (const auto& name : b.sinks) {
+        uint32_t id;
+        if ((rc = NamedId(t, "sink/", name, "next_sink_id", &id)) != 0) return rc;
+        res.sink_ids.push_back(static_cast<uint16_t>(id));
+      }
+      for (const auto& name : b.files) {
+        uint32_t id;
+        if ((rc = NamedId(t, "file/", name, "next_file_id", &id)) != 0) return rc;
+        res.file_ids.push_back(id);
+      }
+    }
+    return ApplyDelta(t, delta);
+  }
+
+  Status Grow() {
+    std::unique_lock l(env_mu);  // no read txn may be open
+    MDB_envinfo info;
+    mdb_env_info(env, &info);
+    size_t next = info.me_mapsize * 2;
+    int rc = mdb_env_set_mapsize(env, next);
+    if (rc != 0) return MdbError("grow map", rc);
+    ++grows;
+    return Status::Ok();
+  }
+
+  void WriterLoop() {
+    while (true) {
+      std::vector<Pending> group;
+      {
+        std::unique_lock<std::mutex> l(qmu);
+        qcv.wait(l, [&] { return !queue.empty() || stopping; });
+        if (queue.empty() && stopping) return;
+        size_t ops = 0;
+        auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::microseconds(options.max_commit_delay_us);
+        // Take what is queued (leveldb's batch group), waiting up to the delay
+        // for more while the group is small.
+        while (true) {
+          while (!queue.empty() && (group.empty() || ops + queue.front().batch.ops() <= options.max_ops_per_commit)) {
+            ops += queue.front().batch.ops();
+            group.push_back(std::move(queue.front()));
+            queue.pop_front();
+          }
+          if (ops >= options.max_ops_per_commit || options.max_commit_delay_us == 0 || stopping) break;
+          if (qcv.wait_until(l, deadline) == std::cv_status::timeout) {
+            // Take what arrived exactly at the deadline, then commit.
+            while (!queue.empty() && ops + queue.front().batch.ops() <= options.max_ops_per_commit) {
+              ops += queue.front().batch.ops();
+              group.push_back(std::move(queue.front()));
+              queue.pop_front();
+            }
+            break;
+          }
+        }
+      }
+      std::vector<Pending*> ptrs;
+      for (auto& p : group) ptrs.push_back(&p);
+      std::vector<WriteResult> results;
+      Status st = CommitGroup(ptrs, &results);
+      for (size_t i = 0; i < group.size(); ++i) {
+        if (st.ok()) {
+          group[i].promise.set_value(std::move(results[i]));
+        } else {
+          group[i].promise.set_value(st);
+        }
+      }
+    }
+  }
+
+  Status CommitGroup(std::vector<Pending*>& group, std::vector<WriteResult>* results) {
+    for (int attempt = 0; attempt < 40; ++attempt) {
+      std::unordered_map<std::string, uint32_t> fresh;
+      int rc;
+      {
+        std::shared_lock l(env_mu);
+        Txn t;
+        WXA_RETURN_IF_ERROR(t.Begin(env, 0));
+        rc = Apply(t.get(), group, results, &fresh);
+        if (rc == 0) rc = t.Commit();
+      }
+      if (rc == 0) {
+        ++commits;
+        std::unique_lock l(ids_mu);
+        for (auto& [addr, id] : fresh) {
+          mailbox_ids[addr] = id;
+          mailbox_names[id] = addr;
+        }
+        return Status::Ok();
+      }
+      if (rc == MDB_MAP_FULL) {
+        WXA_RETURN_IF_ERROR(Grow());
+        continue;
+      }
+      return MdbError("commit", rc);
+    }
+    return Status::IOError("LMDB commit: the map could not be grown enough");
+  }
+};
+
+Index::Index(std::string dir) : dir_(std::move(dir)), impl_(std::make_unique<Impl>()) {}
+Index::~Index() = default;
+
+Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions options) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+    return Status::InvalidArgument(fmt::format("index {} is not a directory", dir));
+  }
+  if (options.read_only) {
+    if (!core::PathExists(core::JoinPath(dir, "data.mdb"))) {
+      return Status::NotFound(fmt::format("no wxarchiver index at {}", dir));
+    }
+  } else {
+    WXA_RETURN_IF_ERROR(core::Env::Default()->CreateDirs(dir));
+  }
+  std::unique_ptr<Index> idx(new Index(dir));
+  Impl& im = *idx->impl_;
+  im.options = options;
+
+  if (!options.read_only) {
+    // One run per index: LMDB would serialize two writers, but two pipelines
+    // claiming and settling the same deliveries would not be exactly-once.
+    std::string lock = core::JoinPath(dir, "wxarchiver.lock");
+    im.lock_fd = core::UniqueFd(::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (!im.lock_fd.valid()) return Status::FromErrno("open", lock, errno);
+    if (::flock(im.lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      return Status::Aborted(fmt::format(
+          "another wxarchiver run is using the index {} (wait for it, or stop it)", dir));
+    }
+  }
+
+  int rc = mdb_env_create(&im.env);
+  if (rc != 0) return MdbError("create environment", rc);
+  mdb_env_set_maxdbs(im.env, 8);
+  mdb_env_set_mapsize(im.env, options.initial_map_size);
+  unsigned flags = MDB_NOTLS | (options.read_only ? MDB_RDONLY : 0);
+  rc = mdb_env_open(im.env, dir.c_str(), flags, 0644);
+  if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
+    return Status::Corruption(fmt::format(
+        "{} does not hold an LMDB index (data.mdb: {}); point --index at an empty or "
+        "wxarchiver directory",
+        dir, mdb_strerror(rc)));
+  }
+  if (rc != 0) return MdbError(fmt::format("open {}", dir), rc);
+  {
+    // A map smaller than the file (an index grown by an earlier run) is
+    // raised by LMDB on open; make sure we are at least at the file size.
+    MDB_envinfo info;
+    mdb_env_info(im.env, &info);
+    if (info.me_mapsize < options.initial_map_size) mdb_env_set_mapsize(im.env, options.initial_map_size);
+  }
+
+  // Open (or create) the named databases and check the schema.
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(im.env, options.read_only ? MDB_RDONLY : 0));
+  MDB_dbi main_db;
+  if ((rc = mdb_dbi_open(t.get(), nullptr, 0, &main_db)) != 0) return MdbError("open main db", rc);
+  bool empty = true, has_meta = false;
+  {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), main_db));
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view) {
+      empty = false;
+      has_meta |= (k == "meta");
+    }));
+  }
+  if (!empty && !has_meta) {
+    return Status::Corruption(fmt::format(
+        "{} holds an LMDB database that is not a wxarchiver index", dir));
+  }
+  if (empty && options.read_only) return Status::NotFound(fmt::format("the index at {} is empty", dir));
+  const unsigned create = options.read_only ? 0 : MDB_CREATE;
+  struct {
+    const char* name;
+    MDB_dbi* dbi;
+  } dbs[] = {{"meta", &im.meta},       {"items", &im.items},     {"deliveries", &im.deliveries},
+             {"pending", &im.pending}, {"cursors", &im.cursors}, {"mailboxes", &im.mailboxes}};
+  for (auto& d : dbs) {
+    rc = mdb_dbi_open(t.get(), d.name, create, d.dbi);
+    if (rc == MDB_INCOMPATIBLE) {
+      return Status::Corruption(fmt::format("{}: '{}' is not a database: not a wxarchiver index", dir, d.name));
+    }
+    if (rc == MDB_NOTFOUND && options.read_only) {
+      return Status::Corruption(fmt::format("{}: the index has no '{}' database", dir, d.name));
+    }
+    if (rc != 0) return MdbError(fmt::format("open database {}", d.name), rc);
+  }
+  std::string_view ver;
+  rc = Impl::Get(t.get(), im.meta, "schema_version", &ver);
+  if (rc == MDB_NOTFOUND) {
+    if (!empty) return Status::Corruption(fmt::format("{}: the index has no schema version", dir));
+    if ((rc = Impl::Put(t.get(), im.meta, "schema_version", std::to_string(kSchemaVersion))) != 0) {
+      return MdbError("write schema version", rc);
+    }
+  } else if (rc != 0) {
+    return MdbError("read schema version", rc);
+  } else {
+    std::string v(ver);
+    uint32_t n = 0;
+    try {
+      n = static_cast<uint32_t>(std::stoul(v));
+    } catch (...) {
+      return Status::Corruption(fmt::format("{}: unreadable schema version '{}'", dir, v));
+    }
+    if (n > kSchemaVersion) {
+      return Status::Unsupported(fmt::format(
+          "the index at {} has schema {}, newer than this wxarchiver understands ({}); use a "
+          "newer wxarchiver",
+          dir, n, kSchemaVersion));
+    }
+    if (n < kSchemaVersion) {
+      return Status::Unsupported(fmt::format("the index at {} has old schema {} (expected {})", dir, n, kSchemaVersion));
+    }
+  }
+  // Load the mailbox ids.
+  {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), im.mailboxes));
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+      if (!k.empty() && k[0] == 'a' && v.size() == 4) {
+        uint32_t id = GetU32BE(v);
+        im.mailbox_ids.emplace(std::string(k.substr(1)), id);
+        im.mailbox_names.emplace(id, std::string(k.substr(1)));
+      }
+    }));
+  }
+  if (options.read_only) {
+    t.Abort();
+  } else if ((rc = t.Commit()) != 0) {
+    return MdbError("commit", rc);
+  }
+  if (!options.read_only) im.writer = std::thread([&im] { im.WriterLoop(); });
+  return idx;
+}
+
+std::future<Result<WriteResult>> Index::Submit(WriteBatch batch) {
+  Impl::Pending p;
+  p.batch = std::move(batch);
+  auto fut = p.promise.get_future();
+  if (impl_->options.read_only) {
+    p.promise.set_value(Status::InvalidArgument("the index is open read-only"));
+    return fut;
+  }
+  {
+    std::lock_guard<std::mutex> l(impl_->qmu);
+    impl_->queue.push_back(std::move(p));
+  }
+  impl_->qcv.notify_one();
+  return fut;
+}
+
+Result<WriteResult> Index::Write(WriteBatch batch) { return Submit(std::move(batch)).get(); }
+
+uint64_t Index::commits() const { return impl_->commits.load(); }
+
+Result<std::string> Index::GetMeta(const std::string& key) {
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  std::string_view v;
+  int rc = Impl::Get(t.get(), impl_->meta, key, &v);
+  if (rc == MDB_NOTFOUND) return Status::NotFound(key);
+  if (rc != 0) return MdbError("read meta", rc);
+  return std::string(v);
+}
+
+Status Index::BindCorp(const std::string& corp) {
+  auto have = GetMeta("corp");
+  if (have.ok()) {
+    if (*have != corp) {
+      return Status::InvalidArgument(fmt::format(
+          "the index at {} was built with --corp '{}', not '{}': item keys would change and "
+          "every item would be imported again",
+          dir_, *have, corp));
+    }
+    return Status::Ok();
+  }
+  if (!have.status().IsNotFound()) return have.status();
+  WriteBatch b;
+  b.meta.emplace_back("corp", corp);
+  auto r = Write(std::move(b));
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+Result<uint16_t> Index::SinkId(const std::string& target) {
+  WriteBatch b;
+  b.sinks.push_back(target);
+  WXA_ASSIGN_OR_RETURN(WriteResult r, Write(std::move(b)));
+  if (r.sink_ids.at(0) == 0) return Status::Unsupported("too many sinks in one index");
+  return r.sink_ids[0];
+}
+
+Result<uint32_t> Index::FileId(const std::string& name) {
+  WriteBatch b;
+  b.files.push_back(name);
+  WXA_ASSIGN_OR_RETURN(WriteResult r, Write(std::move(b)));
+  return r.file_ids.at(0);
+}
+
+Result<std::optional<DeliveryRecord>> Index::GetDelivery(const DeliveryKey& k) {
+  auto mid = impl_->CachedMailboxId(k.mailbox);
+  if (!mid) return std::optional<DeliveryRecord>();
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  std::string_view v;
+  int rc = Impl::Get(t.get(), impl_->deliveries, DeliveryKeyBytes(k.sink, *mid, k.item), &v);
+  if (rc == MDB_NOTFOUND) return std::optional<DeliveryRecord>();
+  if (rc != 0) return MdbError("read delivery", rc);
+  auto rec = DeliveryRecord::Decode(v);
+  if (!rec) return Status::Corruption("unreadable delivery record in the index");
+  return std::optional<DeliveryRecord>(std::move(*rec));
+}
+
+Status Index::GetDeliveries(const std::vector<DeliveryKey>& keys,
+                            std::vector<std::optional<DeliveryState>>* out) {
+  out->assign(keys.size(), std::nullopt);
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto mid = impl_->CachedMailboxId(keys[i].mailbox);
+    if (!mid) continue;
+    std::string_view v;
+    int rc = Impl::Get(t.get(), impl_->deliveries, DeliveryKeyBytes(keys[i].sink, *mid, keys[i].item), &v);
+    if (rc == MDB_NOTFOUND) continue;
+    if (rc != 0) return MdbError("read delivery", rc);
+    if (v.empty()) return Status::Corruption("empty delivery record in the index");
+    (*out)[i] = static_cast<DeliveryState>(v[0]);
+  }
+  return Status::Ok();
+}
+
+Result<std::optional<ItemRecord>> Index::GetItem(const core::ItemKey& k) {
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  std::string_view v;
+  int rc = Impl::Get(t.get(), impl_->items, k.View(), &v);
+  if (rc == MDB_NOTFOUND) return std::optional<ItemRecord>();
+  if (rc != 0) return MdbError("read item", rc);
+  auto rec = ItemRecord::Decode(v);
+  if (!rec) return Status::Corruption("unreadable item record in the index");
+  return std::optional<ItemRecord>(std::move(*rec));
+}
+
+Result<std::optional<Cursor>> Index::GetCursor(const std::string& file) {
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  std::string_view v;
+  int rc = Impl::Get(t.get(), impl_->cursors, file, &v);
+  if (rc == MDB_NOTFOUND) return std::optional<Cursor>();
+  if (rc != 0) return MdbError("read cursor", rc);
+  auto c = Cursor::Decode(v);
+  if (!c) return Status::Corruption("unreadable cursor in the index");
+  return std::optional<Cursor>(std::move(*c));
+}
+
+Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> Index::PendingDeliveries() {
+  std::vector<std::pair<DeliveryKey, DeliveryRecord>> out;
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  MdbCursor c;
+  WXA_RETURN_IF_ERROR(c.Open(t.get(), impl_->pending));
+  Status bad;
+  WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view) {
+    if (k.size() != 22) {
+      bad = Status::Corruption("malformed pending key in the index");
+      return;
+    }
+    DeliveryKey dk;
+    dk.sink = static_cast<uint16_t>((static_cast<unsigned char>(k[0]) << 8) | static_cast<unsigned char>(k[1]));
+    uint32_t mid = GetU32BE(k.substr(2, 4));
+    std::memcpy(dk.item.bytes.data(), k.data() + 6, 16);
+    {
+      std::shared_lock il(impl_->ids_mu);
+      auto it = impl_->mailbox_names.find(mid);
+      if (it != impl_->mailbox_names.end()) dk.mailbox = it->second;
+    }
+    std::string_view v;
+    DeliveryRecord rec;
+    if (Impl::Get(t.get(), impl_->deliveries, k, &v) == 0) {
+      if (auto r = DeliveryRecord::Decode(v)) rec = *r;
+    }
+    dk.msgtime_ms = rec.msgtime_ms;
+    out.emplace_back(std::move(dk), std::move(rec));
+  }));
+  if (!bad.ok()) return bad;
+  return out;
+}
+
+Result<Counters> Index::GetCounters() {
+  Counters c;
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  std::string_view v;
+  for (int i = 1; i <= 4; ++i) {
+    if (Impl::Get(t.get(), impl_->meta, Impl::ItemCounterKey(i), &v) == 0) c.items[i] = std::stoull(std::string(v));
+  }
+  for (int i = 1; i <= 3; ++i) {
+    if (Impl::Get(t.get(), impl_->meta, Impl::DeliveryCounterKey(i), &v) == 0) c.deliveries[i] = std::stoull(std::string(v));
+  }
+  return c;
+}
+
+Result<IndexStats> Index::Stats() {
+  IndexStats s;
+  Impl& im = *impl_;
+  std::shared_lock l(im.env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(im.env, MDB_RDONLY));
+  {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), im.items));
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view, std::string_view v) {
+      if (!v.empty() && v[0] >= 1 && v[0] <= 4) s.items_by_state[static_cast<int>(v[0])]++;
+    }));
+  }
+  std::unordered_map<uint32_t, IndexStats::Mailbox> per_mailbox;
+  {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), im.deliveries));
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+      if (v.empty() || k.size() != 22) return;
+      int st = v[0];
+      if (st >= 1 && st <= 3) s.deliveries_by_state[st]++;
+      auto& m = per_mailbox[GetU32BE(k.substr(2, 4))];
+      if (st == static_cast<int>(DeliveryState::kDone)) m.done++;
+      if (st == static_cast<int>(DeliveryState::kIntent)) m.intent++;
+      if (st == static_cast<int>(DeliveryState::kFailed)) m.failed++;
+    }));
+  }
+  {
+    std::shared_lock il(im.ids_mu);
+    for (auto& [id, m] : per_mailbox) {
+      auto it = im.mailbox_names.find(id);
+      m.address = it != im.mailbox_names.end() ? it->second : fmt::format("#{}", id);
+      s.mailboxes.push_back(m);
+    }
+  }
+  std::sort(s.mailboxes.begin(), s.mailboxes.end(),
+            [](const auto& a, const auto& b) { return a.address < b.address; });
+  {
+    MDB_stat ms;
+    mdb_stat(t.get(), im.pending, &ms);
+    s.pending = ms.ms_entries;
+  }
+  {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), im.cursors));
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+      if (auto cur = Cursor::Decode(v)) s.files.push_back({std::string(k), *cur});
+    }));
+  }
+  std::string_view v;
+  if (Impl::Get(t.get(), im.meta, "schema_version", &v) == 0) s.schema_version = static_cast<uint32_t>(std::stoul(std::string(v)));
+  if (Impl::Get(t.get(), im.meta, "corp", &v) == 0) s.corp = std::string(v);
+  MDB_envinfo info;
+  mdb_env_info(im.env, &info);
+  MDB_stat est;
+  mdb_env_stat(im.env, &est);
+  s.map_size = info.me_mapsize;
+  s.used_bytes = (info.me_last_pgno + 1) * static_cast<uint64_t>(est.ms_psize);
+  uint64_t size = 0;
+  if (core::Env::Default()->Stat(core::JoinPath(dir_, "data.mdb"), &size).ok()) s.data_file_bytes = size;
+  s.commits = im.commits;
+  s.map_grows = im.grows;
+  return s;
+}
+
+}  // namespace wxa::index

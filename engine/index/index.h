@@ -1,0 +1,206 @@
+// The LMDB dedup and resume index (ARCHITECTURE section 7): the single source
+// of truth for what is done. One environment per run directory, named
+// databases:
+//   meta        schema version, corp id, sink ids, config fingerprints, counters
+//   items       item key (16) -> state, message time, rendered size, content
+//               hash, source position, reason
+//   deliveries  sink (2) + mailbox id (4) + item key (16) -> state
+//               (intent / done / failed), attempts, remote reference, last error
+//   pending     the same keys, for deliveries in state intent only: what a crash
+//               can leave in doubt, found without scanning every delivery
+//   cursors     source file name -> file id, resume offset and line, prefix hash
+//   mailboxes   "a" + address -> id, "i" + id -> address
+//
+// Writes go through one writer thread (STYLE rule 6). Callers Submit() a
+// WriteBatch; the writer merges whatever is queued into one transaction
+// (group commit, bounded by op count and by time), commits, and then answers
+// each batch. A full map is grown and the transaction retried. Reads use
+// short read transactions from any thread.
+#pragma once
+
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "formats/core/item.h"
+#include "formats/core/status.h"
+
+namespace wxa::index {
+
+inline constexpr uint32_t kSchemaVersion = 1;
+
+enum class ItemState : uint8_t {
+  kDone = 1,      // every mapped delivery is done
+  kUnmapped = 2,  // no participant mapped to a mailbox (retried when the mapping changes)
+  kRejected = 3,  // over the size limit (retried when the limit changes)
+  kFailed = 4,    // rendering failed
+};
+const char* ItemStateName(ItemState s);
+
+struct ItemRecord {
+  ItemState state = ItemState::kDone;
+  int64_t msgtime_ms = 0;
+  uint64_t size = 0;                   // rendered bytes (done, rejected)
+  std::string content_hash;            // 16 bytes of SHA-256 of the rendered bytes (done)
+  uint32_t file_id = 0;                // source position
+  uint64_t offset = 0;
+  uint64_t line = 0;
+  std::string reason;                  // why not done (unmapped, rejected, failed)
+  std::string Encode() const;
+  static std::optional<ItemRecord> Decode(std::string_view v);
+};
+
+enum class DeliveryState : uint8_t { kIntent = 1, kDone = 2, kFailed = 3 };
+const char* DeliveryStateName(DeliveryState s);
+
+struct DeliveryRecord {
+  DeliveryState state = DeliveryState::kIntent;
+  uint32_t attempts = 0;
+  int64_t msgtime_ms = 0;    // names the local file (settling intents)
+  std::string remote_ref;    // IMAP UIDVALIDITY+UID, Graph id, PST volume; empty for local sinks
+  std::string last_error;
+  std::string Encode() const;
+  static std::optional<DeliveryRecord> Decode(std::string_view v);
+};
+
+struct Cursor {
+  uint32_t file_id = 0;
+  uint64_t offset = 0;       // resume here
+  uint64_t line = 0;         // lines before offset
+  uint32_t prefix_len = 0;   // bytes hashed at the start of the file (<= 4096)
+  std::string prefix_hash;   // 16 bytes: same file, not a replaced one
+  std::string Encode() const;
+  static std::optional<Cursor> Decode(std::string_view v);
+};
+
+// A delivery: which target (sink id), which mailbox (address), which item.
+struct DeliveryKey {
+  uint16_t sink = 0;
+  std::string mailbox;
+  core::ItemKey item;
+  int64_t msgtime_ms = 0;  // not part of the key: recorded with claims and done marks
+};
+
+enum class ClaimResult : uint8_t {
+  kClaimed,      // intent recorded durably: deliver it
+  kDone,         // already delivered (an earlier run, or earlier in this one)
+  kInFlight,     // claimed earlier in this run: another batch is delivering it
+};
+
+// Everything one pipeline step wants recorded, applied atomically.
+struct WriteBatch {
+  std::vector<DeliveryKey> claims;     // answered in the same order
+  std::vector<DeliveryKey> done;
+  std::vector<DeliveryKey> released;   // intents dropped (item rejected after the claim)
+  std::vector<std::pair<core::ItemKey, ItemRecord>> items;
+  std::vector<std::pair<std::string, Cursor>> cursors;  // by file name
+  std::vector<std::pair<std::string, std::string>> meta;
+  std::vector<std::string> sinks;      // ids allocated on first use, answered in order
+  std::vector<std::string> files;      // source file ids, likewise
+  size_t ops() const {
+    return claims.size() + done.size() + released.size() + items.size() + cursors.size() +
+           meta.size() + sinks.size() + files.size();
+  }
+};
+
+struct WriteResult {
+  std::vector<ClaimResult> claims;
+  std::vector<uint16_t> sink_ids;
+  std::vector<uint32_t> file_ids;
+};
+
+struct IndexOptions {
+  uint64_t initial_map_size = 1ull << 30;  // grown by doubling on MDB_MAP_FULL
+  size_t max_ops_per_commit = 50000;       // group commit bounds
+  uint32_t max_commit_delay_us = 2000;     // how long the writer waits to fill a group
+  bool read_only = false;                  // for status: no writer, no lock
+};
+
+// Totals kept by the writer in meta, in the same transactions as the records
+// they count: exact after any crash, and free to read.
+struct Counters {
+  uint64_t items[5] = {};       // by ItemState
+  uint64_t deliveries[4] = {};  // by DeliveryState
+};
+
+struct IndexStats {
+  uint64_t items_by_state[5] = {};              // index by ItemState
+  uint64_t deliveries_by_state[4] = {};         // index by DeliveryState
+  uint64_t pending = 0;
+  struct Mailbox {
+    std::string address;
+    uint64_t done = 0;
+    uint64_t intent = 0;
+    uint64_t failed = 0;
+  };
+  std::vector<Mailbox> mailboxes;
+  struct File {
+    std::string name;
+    Cursor cursor;
+  };
+  std::vector<File> files;
+  uint64_t data_file_bytes = 0;  // data.mdb on disk
+  uint64_t used_bytes = 0;       // pages in use * page size
+  uint64_t map_size = 0;
+  uint32_t schema_version = 0;
+  std::string corp;
+  uint64_t commits = 0;          // group commits by this process
+  uint64_t map_grows = 0;
+};
+
+class Index {
+ public:
+  // Opens or creates the index in `dir` (created if missing). Clear errors for
+  // a path that is not a directory, a file that is not LMDB, an LMDB that is
+  // not a wxarchiver index, a newer schema, or another run holding the lock.
+  static Result<std::unique_ptr<Index>> Open(const std::string& dir, IndexOptions options = {});
+  ~Index();
+  Index(const Index&) = delete;
+  Index& operator=(const Index&) = delete;
+
+  // ---- identity and configuration (call before the run starts) ----
+  // The corp id the index was built with; set on first use. A different one
+  // is refused: every item key would change and everything would be imported twice.
+  Status BindCorp(const std::string& corp);
+  // A stable small id for a target ("maildir:/abs/path").
+  Result<uint16_t> SinkId(const std::string& target);
+  Result<std::string> GetMeta(const std::string& key);  // NotFound when absent
+
+  // ---- reads (any thread) ----
+  // The delivery's state, or nullopt when never claimed.
+  Result<std::optional<DeliveryRecord>> GetDelivery(const DeliveryKey& k);
+  // Several at once in one read transaction (the pipeline's skip path).
+  Status GetDeliveries(const std::vector<DeliveryKey>& keys,
+                       std::vector<std::optional<DeliveryState>>* out);
+  Result<std::optional<ItemRecord>> GetItem(const core::ItemKey& k);
+  Result<std::optional<Cursor>> GetCursor(const std::string& file);
+  // Deliveries left in state intent (in doubt after a crash).
+  Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> PendingDeliveries();
+  // File id for a source file name, allocated on first use.
+  Result<uint32_t> FileId(const std::string& name);
+  Result<IndexStats> Stats();
+  Result<Counters> GetCounters();
+
+  // ---- writes (through the writer thread) ----
+  std::future<Result<WriteResult>> Submit(WriteBatch batch);
+  // Submit and wait.
+  Result<WriteResult> Write(WriteBatch batch);
+
+  const std::string& dir() const { return dir_; }
+  // Group commits made by this process so far.
+  uint64_t commits() const;
+
+ private:
+  struct Impl;
+  explicit Index(std::string dir);
+  std::string dir_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The default index directory for a target: <target dir>/.wxarchiver
+std::string DefaultIndexDir(const std::string& target);
+
+}  // namespace wxa::index
