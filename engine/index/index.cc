@@ -680,11 +680,9 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
       }
     }));
   }
-  if (options.read_only) {
-    t.Abort();
-  } else if ((rc = t.Commit()) != 0) {
-    return MdbError("commit", rc);
-  }
+  // Commit even when read-only: database handles opened in a transaction
+  // are closed again if it is aborted.
+  if ((rc = t.Commit()) != 0) return MdbError("commit", rc);
   if (!options.read_only) im.writer = std::thread([&im] { im.WriterLoop(); });
   return idx;
 }
@@ -813,6 +811,34 @@ Result<std::optional<Cursor>> Index::GetCursor(const std::string& file) {
   return std::optional<Cursor>(std::move(*c));
 }
 
+Status Index::ForEachDelivery(
+    const std::function<void(const DeliveryKey&, const DeliveryRecord&)>& fn) {
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  MdbCursor c;
+  WXA_RETURN_IF_ERROR(c.Open(t.get(), impl_->deliveries));
+  Status bad;
+  WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+    auto rec = DeliveryRecord::Decode(v);
+    if (k.size() != 22 || !rec) {
+      bad = Status::Corruption("malformed delivery record in the index");
+      return;
+    }
+    DeliveryKey dk;
+    dk.sink = static_cast<uint16_t>((static_cast<unsigned char>(k[0]) << 8) | static_cast<unsigned char>(k[1]));
+    std::memcpy(dk.item.bytes.data(), k.data() + 6, 16);
+    {
+      std::shared_lock il(impl_->ids_mu);
+      auto it = impl_->mailbox_names.find(GetU32BE(k.substr(2, 4)));
+      if (it != impl_->mailbox_names.end()) dk.mailbox = it->second;
+    }
+    dk.msgtime_ms = rec->msgtime_ms;
+    fn(dk, *rec);
+  }));
+  return bad;
+}
+
 Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> Index::PendingDeliveries() {
   std::vector<std::pair<DeliveryKey, DeliveryRecord>> out;
   std::shared_lock l(impl_->env_mu);
@@ -909,6 +935,21 @@ Result<IndexStats> Index::Stats() {
     WXA_RETURN_IF_ERROR(c.Open(t.get(), im.cursors));
     WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
       if (auto cur = Cursor::Decode(v)) s.files.push_back({std::string(k), *cur});
+    }));
+  }
+  {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), im.meta));
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+      if (k.rfind("sink/", 0) == 0) {
+        s.sinks.push_back({static_cast<uint16_t>(std::stoul(std::string(v))), std::string(k.substr(5))});
+      }
+      for (int i = 1; i <= 4; ++i) {
+        if (k == Impl::ItemCounterKey(i)) s.counters.items[i] = std::stoull(std::string(v));
+      }
+      for (int i = 1; i <= 3; ++i) {
+        if (k == Impl::DeliveryCounterKey(i)) s.counters.deliveries[i] = std::stoull(std::string(v));
+      }
     }));
   }
   std::string_view v;

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -142,6 +143,12 @@ struct IndexStats {
     Cursor cursor;
   };
   std::vector<File> files;
+  struct Sink {
+    uint16_t id = 0;
+    std::string target;
+  };
+  std::vector<Sink> sinks;
+  Counters counters;             // the writer's running totals (should equal the scan)
   uint64_t data_file_bytes = 0;  // data.mdb on disk
   uint64_t used_bytes = 0;       // pages in use * page size
   uint64_t map_size = 0;
@@ -181,8 +188,12 @@ class Index {
   Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> PendingDeliveries();
   // File id for a source file name, allocated on first use.
   Result<uint32_t> FileId(const std::string& name);
+  // Scans everything (status): counts by state, per mailbox, cursors, sizes.
   Result<IndexStats> Stats();
   Result<Counters> GetCounters();
+  // Every delivery record, in key order (verification and tools).
+  Status ForEachDelivery(
+      const std::function<void(const DeliveryKey&, const DeliveryRecord&)>& fn);
 
   // ---- writes (through the writer thread) ----
   std::future<Result<WriteResult>> Submit(WriteBatch batch);

@@ -229,6 +229,12 @@ class ImportRun {
         index::Cursor c = cursor_template_[fi];
         c.offset = rec->next_offset;
         c.line = rec->line;
+        if (rec->unterminated) {
+          // A last line without its newline may be an export still being
+          // written: read it again next time rather than lose its rest.
+          c.offset = rec->offset;
+          c.line = rec->line - 1;
+        }
         wb.cursors.emplace_back(CursorKey(sink_id_, files_[fi]), c);
       }
     }

@@ -230,6 +230,21 @@ TEST_F(ImportTest, AppendedRecordsAreReadFromTheCursor) {
   EXPECT_EQ(third.counts.deliveries, 2u);  // x1 to alice and bob; m1 was done
 }
 
+TEST_F(ImportTest, ATruncatedLastLineIsReadAgainWhenCompleted) {
+  const std::string full = Text("m2", "bob", "alice");
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), full.substr(0, 30)}, false);
+  auto first = Import(Options());
+  EXPECT_EQ(first.counts.malformed, 1u);
+  EXPECT_EQ(first.counts.deliveries, 2u);
+  // The exporter finishes the line.
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), full});
+  auto second = Import(Options());
+  EXPECT_EQ(second.counts.records, 1u);
+  EXPECT_EQ(second.counts.malformed, 0u);
+  EXPECT_EQ(second.counts.deliveries, 2u);
+  EXPECT_EQ(CountItems("alice@corp.com"), 2u);
+}
+
 TEST_F(ImportTest, UnmappedItemsAreRetriedWhenTheMappingChanges) {
   WriteRecords("a.jsonl", {Text("m1", "dave", "wmErxtDgAA9AW32YyyuYRimKr7D1KWlw"), Text("m2", "alice", "bob")});
   auto first = Import(Options());

@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "engine/index/index.h"
+#include "engine/index/status.h"
 #include "engine/limits/size_policy.h"
 #include "engine/pipeline/import.h"
 #include "formats/mime/renderer.h"
@@ -39,6 +41,9 @@ void PrintSummary(const wxa::pipeline::ImportOptions& o, const wxa::pipeline::Im
   fmt::print("wxarchiver import: {} in {:.1f} s ({} threads)\n", state, s.elapsed_s, s.threads);
   fmt::print("  source           {} file{}, {} records, {}\n", s.source_files,
              s.source_files == 1 ? "" : "s", Thousands(c.records), Mb(c.source_bytes));
+  if (c.records == 0 && s.index.files_complete == s.source_files && s.source_files > 0) {
+    fmt::print("  nothing new      every source file was read to the end by earlier runs\n");
+  }
   fmt::print("  items            {}  ({:.0f} items/s)\n", Thousands(c.items), c.items / secs);
   fmt::print("  imported         {} items as {} deliveries to {} mailboxes, {} ({:.1f} MB/s)\n",
              Thousands(c.imported), Thousands(c.deliveries), s.mailboxes_touched, Mb(c.bytes_written),
@@ -58,6 +63,21 @@ void PrintSummary(const wxa::pipeline::ImportOptions& o, const wxa::pipeline::Im
     fmt::print("  unmapped people  {} participant ids without a mailbox (listed in the report)\n",
                Thousands(s.unmapped_participants.size()));
   }
+  const auto& x = s.index;
+  if (x.settled_done + x.settled_redo > 0) {
+    fmt::print("  settled          {} deliveries a stopped run left in doubt: {} found complete, "
+               "{} written again\n",
+               x.settled_done + x.settled_redo, x.settled_done, x.settled_redo);
+  }
+  if (!x.rescan_reason.empty()) fmt::print("  rescan           every record read again: {}\n", x.rescan_reason);
+  if (x.files_complete + x.files_resumed + x.files_restarted > 0) {
+    fmt::print("  resume           {} files already complete, {} continued from their cursor, "
+               "{} read again (changed)\n",
+               x.files_complete, x.files_resumed, x.files_restarted);
+  }
+  fmt::print("  index            {} items done, {} deliveries done, {} unmapped, {} rejected ({})\n",
+             Thousands(x.items_done), Thousands(x.deliveries_done), Thousands(x.items_unmapped),
+             Thousands(x.items_rejected), x.dir);
   if (!s.report_path.empty()) fmt::print("  report           {}\n", s.report_path);
   if (!s.fatal.ok()) fmt::print(stderr, "error: {}\n", s.fatal.ToString());
   if (s.interrupted) fmt::print("  rerun the same command to continue.\n");
@@ -128,7 +148,16 @@ int main(int argc, char** argv) {
   imp->add_option("--default-region", io.default_region,
                   "region for phone numbers without a country code (default CN)");
   imp->add_option("--threads", io.threads, "worker threads (default: all cores)");
+  imp->add_option("--index", io.index_dir, "LMDB index directory (default: <target dir>/.wxarchiver)");
+  imp->add_flag("--rescan", io.rescan, "read every record again, ignoring the cursors");
   imp->add_flag("--quiet", quiet, "no progress line and no summary");
+
+  std::string status_index, status_target;
+  bool status_json = false;
+  auto* st = app.add_subcommand("status", "what the index says: counts, in-doubt deliveries, cursors");
+  auto* st_index = st->add_option("--index", status_index, "index directory");
+  st->add_option("--to", status_target, "the import target (its default index)")->excludes(st_index);
+  st->add_flag("--json", status_json, "JSON for scripts");
 
   wxa::gen::GenOptions go;
   bool clean = false;
@@ -144,6 +173,27 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (imp->parsed()) return RunImportCommand(io, max_size, policy, quiet);
+  if (st->parsed()) {
+    if (status_index.empty() && status_target.empty()) {
+      fmt::print(stderr, "error: status needs --index DIR or --to TARGET\n");
+      return 2;
+    }
+    std::string dir = !status_index.empty() ? status_index : wxa::index::DefaultIndexDir(status_target);
+    wxa::index::IndexOptions ro;
+    ro.read_only = true;
+    auto idx = wxa::index::Index::Open(dir, ro);
+    if (!idx.ok()) {
+      fmt::print(stderr, "error: {}\n", idx.status().message());
+      return 1;
+    }
+    auto stats = (*idx)->Stats();
+    if (!stats.ok()) {
+      fmt::print(stderr, "error: {}\n", stats.status().message());
+      return 1;
+    }
+    fmt::print("{}", status_json ? wxa::index::StatusJson(dir, *stats) : wxa::index::StatusText(dir, *stats));
+    return 0;
+  }
   if (gen->parsed()) {
     go.broken_records = go.huge_files = !clean;
     auto r = wxa::gen::GenerateCorpus(go);

@@ -1,0 +1,256 @@
+#include <gtest/gtest.h>
+
+#include <lmdb.h>
+
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "engine/index/codec.h"
+#include "engine/index/index.h"
+#include "tests/test_util.h"
+
+namespace wxa::index {
+namespace {
+
+core::ItemKey Key(int i) { return core::ItemKey::For("wecom", "c", fmt::format("msg{}", i)); }
+
+TEST(IndexCodec, RoundTripsAndRejectsGarbage) {
+  ItemRecord r;
+  r.state = ItemState::kRejected;
+  r.msgtime_ms = -5;
+  r.size = 12345678901;
+  r.content_hash = std::string(16, 'h');
+  r.file_id = 7;
+  r.offset = 1ull << 40;
+  r.line = 99;
+  r.reason = "too big";
+  auto back = ItemRecord::Decode(r.Encode());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->state, r.state);
+  EXPECT_EQ(back->msgtime_ms, -5);
+  EXPECT_EQ(back->size, r.size);
+  EXPECT_EQ(back->offset, r.offset);
+  EXPECT_EQ(back->reason, "too big");
+  EXPECT_FALSE(ItemRecord::Decode("").has_value());
+  EXPECT_FALSE(ItemRecord::Decode(std::string("\x01\xff\xff", 3)).has_value());
+  EXPECT_FALSE(ItemRecord::Decode(std::string("\x09", 1) + r.Encode().substr(1)).has_value());
+
+  DeliveryRecord d;
+  d.state = DeliveryState::kDone;
+  d.attempts = 3;
+  d.msgtime_ms = 1603875600000;
+  d.remote_ref = "1234:5";
+  auto dback = DeliveryRecord::Decode(d.Encode());
+  ASSERT_TRUE(dback.has_value());
+  EXPECT_EQ(dback->remote_ref, "1234:5");
+  EXPECT_EQ(dback->msgtime_ms, d.msgtime_ms);
+  DeliveryRecord local;  // a done Maildir/EML delivery: no remote reference, no error
+  local.state = DeliveryState::kDone;
+  local.attempts = 1;
+  local.msgtime_ms = 1603875600000;
+  EXPECT_EQ(local.Encode().size(), 10u) << "a done local delivery costs ten bytes";
+
+  Cursor c{3, 1000, 20, 4096, std::string(16, 'x')};
+  auto cback = Cursor::Decode(c.Encode());
+  ASSERT_TRUE(cback.has_value());
+  EXPECT_EQ(cback->offset, 1000u);
+  EXPECT_EQ(cback->prefix_hash, c.prefix_hash);
+}
+
+TEST(Index, ClaimsDoneReleaseAndCounters) {
+  test::TempDir dir;
+  auto idx = Index::Open(dir / "idx");
+  ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+  Index& x = **idx;
+  auto sink = x.SinkId("maildir:/out");
+  ASSERT_TRUE(sink.ok());
+  EXPECT_EQ(*sink, 1u);
+  EXPECT_EQ(*x.SinkId("maildir:/out"), 1u);
+  EXPECT_EQ(*x.SinkId("eml:/other"), 2u);
+
+  DeliveryKey a{*sink, "a@x.com", Key(1), 1000};
+  DeliveryKey b{*sink, "b@x.com", Key(1), 1000};
+  WriteBatch claim;
+  claim.claims = {a, b, a};  // the same delivery twice in one batch
+  auto r = x.Write(claim);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->claims, (std::vector<ClaimResult>{ClaimResult::kClaimed, ClaimResult::kClaimed,
+                                                 ClaimResult::kInFlight}));
+  auto pending = x.PendingDeliveries();
+  ASSERT_TRUE(pending.ok());
+  ASSERT_EQ(pending->size(), 2u);
+  EXPECT_EQ((*pending)[0].first.msgtime_ms, 1000);
+
+  WriteBatch finish;
+  finish.done = {a};
+  finish.released = {b};
+  ItemRecord ir;
+  ir.state = ItemState::kDone;
+  finish.items.emplace_back(Key(1), ir);
+  ASSERT_TRUE(x.Write(finish).ok());
+  EXPECT_EQ(x.PendingDeliveries()->size(), 0u);
+  EXPECT_EQ((*x.GetDelivery(a))->state, DeliveryState::kDone);
+  EXPECT_FALSE(x.GetDelivery(b)->has_value());
+
+  WriteBatch again;
+  again.claims = {a, b};
+  r = x.Write(again);
+  EXPECT_EQ(r->claims, (std::vector<ClaimResult>{ClaimResult::kDone, ClaimResult::kClaimed}));
+  std::vector<std::optional<DeliveryState>> states;
+  ASSERT_TRUE(x.GetDeliveries({a, b, {*sink, "never@x.com", Key(1), 0}}, &states).ok());
+  EXPECT_EQ(states[0], DeliveryState::kDone);
+  EXPECT_EQ(states[1], DeliveryState::kIntent);
+  EXPECT_FALSE(states[2].has_value());
+
+  auto c = x.GetCounters();
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->deliveries[static_cast<int>(DeliveryState::kDone)], 1u);
+  EXPECT_EQ(c->deliveries[static_cast<int>(DeliveryState::kIntent)], 1u);
+  EXPECT_EQ(c->items[static_cast<int>(ItemState::kDone)], 1u);
+  auto st = x.Stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->deliveries_by_state[static_cast<int>(DeliveryState::kDone)], 1u);
+  EXPECT_EQ(st->pending, 1u);
+  EXPECT_EQ(st->mailboxes.size(), 2u);
+  EXPECT_EQ(st->sinks.size(), 2u);
+
+  // Everything survives a reopen.
+  idx->reset();
+  auto reopened = Index::Open(dir / "idx");
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ((*(*reopened)->GetDelivery(a))->state, DeliveryState::kDone);
+  EXPECT_EQ((*reopened)->PendingDeliveries()->size(), 1u);
+  EXPECT_EQ((*reopened)->PendingDeliveries()->at(0).first.mailbox, "b@x.com");
+}
+
+TEST(Index, MapGrowsWhenFull) {
+  test::TempDir dir;
+  IndexOptions o;
+  o.initial_map_size = 256 << 10;  // 256 KiB: full after a few thousand items
+  auto idx = Index::Open(dir / "idx", o);
+  ASSERT_TRUE(idx.ok());
+  for (int round = 0; round < 10; ++round) {
+    WriteBatch b;
+    for (int i = 0; i < 2000; ++i) {
+      int n = round * 2000 + i;
+      b.claims.push_back({1, fmt::format("u{}@x.com", n % 50), Key(n), n});
+      ItemRecord r;
+      r.reason = std::string(40, 'r');
+      b.items.emplace_back(Key(n), r);
+    }
+    auto r = (*idx)->Write(std::move(b));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  auto st = (*idx)->Stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_GT(st->map_grows, 0u);
+  EXPECT_GT(st->map_size, 256u << 10);
+  EXPECT_EQ(st->deliveries_by_state[static_cast<int>(DeliveryState::kIntent)], 20000u);
+  EXPECT_EQ(st->items_by_state[static_cast<int>(ItemState::kDone)], 20000u);
+}
+
+TEST(Index, GroupCommitMergesConcurrentWriters) {
+  test::TempDir dir;
+  IndexOptions o;
+  o.max_commit_delay_us = 1000;
+  auto idx = Index::Open(dir / "idx", o);
+  ASSERT_TRUE(idx.ok());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        WriteBatch b;
+        b.claims.push_back({1, "a@x.com", Key(t * 1000 + i), 0});
+        ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_LT((*idx)->commits(), 200u) << "batches from several writers share commits";
+  EXPECT_EQ((*idx)->PendingDeliveries()->size(), 200u);
+}
+
+TEST(Index, ClearErrorsForWhatIsNotAnIndex) {
+  test::TempDir dir;
+  // A regular file where the directory should be.
+  test::WriteFile(dir / "file", "x");
+  auto r = Index::Open(dir / "file");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not a directory"), std::string::npos);
+
+  // Random bytes in data.mdb.
+  std::string junk(64 << 10, '\0');
+  for (size_t i = 0; i < junk.size(); ++i) junk[i] = static_cast<char>(i * 7919);
+  test::WriteFile(dir / "junk/data.mdb", junk);
+  r = Index::Open(dir / "junk");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().IsCorruption()) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("LMDB"), std::string::npos);
+
+  // A valid LMDB that is someone else's.
+  {
+    ::mkdir((dir / "foreign").c_str(), 0700);
+    MDB_env* env;
+    ASSERT_EQ(mdb_env_create(&env), 0);
+    ASSERT_EQ(mdb_env_open(env, (dir / "foreign").c_str(), 0, 0644), 0);
+    MDB_txn* t;
+    ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &t), 0);
+    MDB_dbi dbi;
+    ASSERT_EQ(mdb_dbi_open(t, nullptr, 0, &dbi), 0);
+    MDB_val k{3, const_cast<char*>("key")}, v{5, const_cast<char*>("value")};
+    ASSERT_EQ(mdb_put(t, dbi, &k, &v, 0), 0);
+    ASSERT_EQ(mdb_txn_commit(t), 0);
+    mdb_env_close(env);
+  }
+  r = Index::Open(dir / "foreign");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not a wxarchiver index"), std::string::npos);
+
+  // A newer schema.
+  {
+    auto idx = Index::Open(dir / "newer");
+    ASSERT_TRUE(idx.ok());
+    WriteBatch b;
+    b.meta.emplace_back("schema_version", "99");
+    ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
+  }
+  r = Index::Open(dir / "newer");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kUnsupported);
+  EXPECT_NE(r.status().message().find("newer"), std::string::npos);
+
+  // Read-only on nothing.
+  IndexOptions ro;
+  ro.read_only = true;
+  EXPECT_TRUE(Index::Open(dir / "absent", ro).status().IsNotFound());
+}
+
+TEST(Index, OneRunAtATime) {
+  test::TempDir dir;
+  auto first = Index::Open(dir / "idx");
+  ASSERT_TRUE(first.ok());
+  auto second = Index::Open(dir / "idx");
+  ASSERT_FALSE(second.ok());
+  EXPECT_NE(second.status().message().find("another wxarchiver run"), std::string::npos);
+  // status works while a run holds the index (from another process: LMDB
+  // must not be opened twice in one process).
+  std::string out;
+  int rc = test::Run(std::string(WXA_CLI) + " status --json --index " + test::ShellQuote(dir / "idx"), &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"schema_version\":1"), std::string::npos) << out;
+}
+
+TEST(Index, CorpIsBound) {
+  test::TempDir dir;
+  auto idx = Index::Open(dir / "idx");
+  ASSERT_TRUE(idx.ok());
+  EXPECT_TRUE((*idx)->BindCorp("corp1").ok());
+  EXPECT_TRUE((*idx)->BindCorp("corp1").ok());
+  Status s = (*idx)->BindCorp("corp2");
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("corp1"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace wxa::index
