@@ -598,6 +598,9 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
         dir, mdb_strerror(rc)));
   }
   if (rc != 0) return MdbError(fmt::format("open {}", dir), rc);
+  // Reader slots of processes killed mid-read (kill -9) would pin old pages.
+  int dead_readers = 0;
+  mdb_reader_check(im.env, &dead_readers);
   {
     // A map smaller than the file (an index grown by an earlier run) is
     // raised by LMDB on open; make sure we are at least at the file size.
@@ -781,6 +784,24 @@ Status Index::GetDeliveries(const std::vector<DeliveryKey>& keys,
     if (rc != 0) return MdbError("read delivery", rc);
     if (v.empty()) return Status::Corruption("empty delivery record in the index");
     (*out)[i] = static_cast<DeliveryState>(v[0]);
+  }
+  return Status::Ok();
+}
+
+Status Index::GetItemStates(const std::vector<core::ItemKey>& keys,
+                            std::vector<std::optional<ItemState>>* out) {
+  out->assign(keys.size(), std::nullopt);
+  if (keys.empty()) return Status::Ok();
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::string_view v;
+    int rc = Impl::Get(t.get(), impl_->items, keys[i].View(), &v);
+    if (rc == MDB_NOTFOUND) continue;
+    if (rc != 0) return MdbError("read item", rc);
+    if (v.empty()) return Status::Corruption("empty item record in the index");
+    (*out)[i] = static_cast<ItemState>(v[0]);
   }
   return Status::Ok();
 }

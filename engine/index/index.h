@@ -183,6 +183,9 @@ class Index {
   Status GetDeliveries(const std::vector<DeliveryKey>& keys,
                        std::vector<std::optional<DeliveryState>>* out);
   Result<std::optional<ItemRecord>> GetItem(const core::ItemKey& k);
+  // States of several items in one read transaction (nullopt: no record).
+  Status GetItemStates(const std::vector<core::ItemKey>& keys,
+                       std::vector<std::optional<ItemState>>* out);
   Result<std::optional<Cursor>> GetCursor(const std::string& file);
   // Deliveries left in state intent (in doubt after a crash).
   Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> PendingDeliveries();

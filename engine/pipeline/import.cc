@@ -128,10 +128,30 @@ class ImportRun {
         rw.needed.push_back(keys[k].mailbox);
       }
     }
+    // Every delivery done before: skipped without rendering. The item itself
+    // is recorded done if a stopped run could not say so (its deliveries were
+    // settled from in-doubt intents).
+    std::vector<core::ItemKey> done_items;
+    std::vector<RecordWork*> done_work;
     for (auto& rw : b.work) {
       if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.needed.empty()) {
-        rw.settled = true;  // every delivery done before: skipped without rendering
+        rw.settled = true;
+        done_items.push_back(rw.item->key);
+        done_work.push_back(&rw);
+      }
+    }
+    std::vector<std::optional<index::ItemState>> item_states;
+    s = idx_.GetItemStates(done_items, &item_states);
+    if (!s.ok()) {
+      Fail(s.WithContext("reading the index"));
+      return;
+    }
+    for (size_t i = 0; i < done_work.size(); ++i) {
+      RecordWork& rw = *done_work[i];
+      if (item_states[i] == index::ItemState::kDone) {
         rw.item.reset();
+      } else {
+        rw.item_record = RecordFor(*rw.item, index::ItemState::kDone, "");
       }
     }
   }
@@ -165,6 +185,7 @@ class ImportRun {
     }
     for (auto& rw : b.work) {
       if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.claimed.empty()) {
+        // Another record with the same msgid delivers it (or did): it records the item.
         rw.settled = true;
         rw.item.reset();
       }
@@ -570,8 +591,15 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   {
     WXA_ASSIGN_OR_RETURN(auto pending, idx->PendingDeliveries());
     index::WriteBatch wb;
+    std::set<std::string> cleaned;
     for (auto& [k, rec] : pending) {
       if (k.sink != sink_id) continue;
+      // The stopped run may have left temp files there; none of its renames
+      // can happen any more, so they are garbage.
+      if (cleaned.insert(k.mailbox).second) {
+        auto n = sink->CleanTemp(k.mailbox);
+        if (!n.ok()) return n.status();
+      }
       WXA_ASSIGN_OR_RETURN(bool there, sink->Exists(k.mailbox, k.item, k.msgtime_ms));
       if (there) {
         wb.done.push_back(k);

@@ -1,0 +1,183 @@
+// The crash campaign: import a generated corpus while SIGKILLing the process
+// at random moments, rerun after each kill, and check at the end that the
+// output equals an uninterrupted run: every (item, mailbox) present exactly
+// once with the same bytes, no temp files, and `status` agreeing.
+//
+// Small by default (part of the normal suite); the long mode is
+//   WXA_CRASH_RECORDS=50000 WXA_CRASH_KILLS=15 build/tests/wxa_tests --gtest_filter='Crash*'
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include "tests/test_util.h"
+#include "tools/gen/corpus_gen.h"
+
+extern char** environ;
+
+namespace wxa {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+long EnvLong(const char* name, long dflt) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::strtol(v, nullptr, 10) : dflt;
+}
+
+class CrashCampaign : public ::testing::Test {
+ protected:
+  std::vector<std::string> ImportArgs(const std::string& out, const std::string& report) {
+    const std::string c = tmp_ / "corpus";
+    return {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
+            "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
+            "--to", "maildir:" + out, "--report", report};
+  }
+
+  pid_t Spawn(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    pid_t pid = -1;
+    int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    EXPECT_EQ(rc, 0);
+    return pid;
+  }
+
+  int Wait(pid_t pid) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  // Mail files under a target (not the index): relative path -> bytes.
+  std::map<std::string, std::string> Mail(const std::string& out) {
+    std::map<std::string, std::string> m;
+    for (const auto& f : test::ListFiles(out)) {
+      if (f.rfind(".wxarchiver/", 0) == 0) continue;
+      m[f] = test::ReadFile(out + "/" + f);
+    }
+    return m;
+  }
+
+  test::TempDir tmp_;
+};
+
+TEST_F(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
+  const long records = EnvLong("WXA_CRASH_RECORDS", 1200);
+  const long kills = EnvLong("WXA_CRASH_KILLS", 10);
+  std::mt19937_64 rng(static_cast<uint64_t>(EnvLong("WXA_CRASH_SEED", 20261124)));
+
+  gen::GenOptions g;
+  g.out = tmp_ / "corpus";
+  g.users = static_cast<int>(std::max(10L, records / 200));
+  g.days = 4;
+  g.messages_per_user_day = static_cast<double>(records) / (g.users * g.days);
+  g.seed = 11;
+  g.media_scale = 0.01;
+  g.huge_files = false;  // large media only slow the campaign down
+  auto corpus = gen::GenerateCorpus(g);
+  ASSERT_TRUE(corpus.ok()) << corpus.status().ToString();
+
+  // The reference: one uninterrupted run.
+  auto t0 = Clock::now();
+  ASSERT_EQ(Wait(Spawn(ImportArgs(tmp_ / "ref", tmp_ / "ref.json"))), 0);
+  const double full_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  t0 = Clock::now();
+  ASSERT_EQ(Wait(Spawn(ImportArgs(tmp_ / "ref", tmp_ / "ref2.json"))), 0);
+  const double startup_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto reference = Mail(tmp_ / "ref");
+  ASSERT_GT(reference.size(), static_cast<size_t>(records));
+
+  // The campaign: each run is killed after a random time long enough to get
+  // past start-up and short enough that the kills fall inside the work.
+  std::uniform_real_distribution<double> delay(startup_s, startup_s + 1.6 * full_s / kills);
+  long landed = 0, runs = 0;
+  while (landed < kills && runs < kills * 4) {
+    ++runs;
+    pid_t pid = Spawn(ImportArgs(tmp_ / "out", tmp_ / "out.json"));
+    const auto deadline = Clock::now() + std::chrono::duration<double>(delay(rng));
+    int status = 0;
+    bool exited = false;
+    while (Clock::now() < deadline) {
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        exited = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (exited) {
+      ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "run " << runs << " failed";
+      continue;
+    }
+    ::kill(pid, SIGKILL);
+    ASSERT_EQ(Wait(pid), 128 + SIGKILL);
+    ++landed;
+  }
+  EXPECT_GE(landed, std::min(kills, 10L)) << "kills must land inside runs";
+  // The last rerun finishes the work.
+  ASSERT_EQ(Wait(Spawn(ImportArgs(tmp_ / "out", tmp_ / "out.json"))), 0);
+
+  // Every (item, mailbox) exactly once, with the reference's bytes.
+  const auto got = Mail(tmp_ / "out");
+  std::vector<std::string> missing, extra, differ;
+  for (const auto& [f, bytes] : reference) {
+    auto it = got.find(f);
+    if (it == got.end()) missing.push_back(f);
+    else if (it->second != bytes) differ.push_back(f);
+  }
+  for (const auto& [f, bytes] : got) {
+    if (reference.count(f) == 0) extra.push_back(f);
+  }
+  EXPECT_TRUE(missing.empty()) << missing.size() << " missing, e.g. " << missing.front();
+  EXPECT_TRUE(extra.empty()) << extra.size() << " extra (temp or duplicate), e.g. " << extra.front();
+  EXPECT_TRUE(differ.empty()) << differ.size() << " differ, e.g. " << differ.front();
+  size_t mail_items = 0;
+  for (const auto& [f, bytes] : got) {
+    EXPECT_EQ(f.find("/tmp/"), std::string::npos) << "temp file left: " << f;
+    mail_items += f.find("/cur/") != std::string::npos;
+  }
+
+  // status agrees with the disk.
+  std::string out;
+  ASSERT_EQ(test::Run(std::string(WXA_CLI) + " status --json --to maildir:" + test::ShellQuote(tmp_ / "out"), &out), 0) << out;
+  simdjson::dom::parser p;
+  simdjson::padded_string ps(out);
+  simdjson::dom::element st;
+  ASSERT_EQ(p.parse(ps).get(st), simdjson::SUCCESS) << out;
+  EXPECT_EQ(uint64_t(st["in_doubt"]), 0u);
+  EXPECT_EQ(uint64_t(st["deliveries"]["done"]), mail_items);
+  EXPECT_EQ(uint64_t(st["deliveries"]["intent"]), 0u);
+  EXPECT_EQ(uint64_t(st["counters"]["deliveries_done"]), mail_items);
+  std::string ref_out;
+  ASSERT_EQ(test::Run(std::string(WXA_CLI) + " status --json --to maildir:" + test::ShellQuote(tmp_ / "ref"), &ref_out), 0);
+  simdjson::dom::parser p2;
+  simdjson::padded_string ps2(ref_out);
+  simdjson::dom::element ref_st;
+  ASSERT_EQ(p2.parse(ps2).get(ref_st), simdjson::SUCCESS);
+  EXPECT_EQ(uint64_t(st["items"]["done"]), uint64_t(ref_st["items"]["done"]));
+  EXPECT_EQ(uint64_t(st["items"]["unmapped"]), uint64_t(ref_st["items"]["unmapped"]));
+  RecordProperty("kills", static_cast<int>(landed));
+  RecordProperty("runs", static_cast<int>(runs));
+  std::printf("crash campaign: %ld records, %zu deliveries, %ld kills in %ld runs, reference run %.2f s\n",
+              records, mail_items, landed, runs, full_s);
+}
+
+}  // namespace
+}  // namespace wxa
