@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config python3
   libgmime-3.0-dev libsimdjson-dev libcli11-dev libfmt-dev libspdlog-dev
-  libssl-dev liblmdb-dev lmdb-utils libtbb-dev libboost-dev libcurl4-openssl-dev
+  libssl-dev liblmdb-dev lmdb-utils time libtbb-dev libboost-dev libcurl4-openssl-dev
   libtomlplusplus-dev libphonenumber-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )

@@ -106,4 +106,4 @@ BENCHMARK(BM_RenderAttachment)->Arg(64 << 10)->Arg(4 << 20);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+BENCHMARK_MAIN();  // one main for every micro benchmark file

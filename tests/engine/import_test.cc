@@ -8,8 +8,10 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include "engine/index/index.h"
 #include "engine/pipeline/import.h"
 #include "formats/core/hash.h"
+#include "formats/core/file.h"
 #include "formats/maildir/maildir_writer.h"
 #include "tests/test_util.h"
 
@@ -105,6 +107,24 @@ class ImportTest : public ::testing::Test {
     size_t n = 0;
     for (const auto& f : test::ListFiles(tmp_ / ("out/" + mailbox + "/.WeChat Archiver/cur"))) n += f.find(".wxa:2,S") != std::string::npos;
     return n;
+  }
+
+  // The index never claims what is not on disk: every done delivery has its
+  // file, and no intent is left behind by a run that stopped cleanly.
+  void ExpectIndexMatchesDisk(uint64_t* done_out = nullptr) {
+    auto idx = index::Index::Open(tmp_ / "out/.wxarchiver");
+    ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+    uint64_t done = 0;
+    Status s = (*idx)->ForEachDelivery([&](const index::DeliveryKey& k, const index::DeliveryRecord& r) {
+      if (r.state != index::DeliveryState::kDone) return;
+      ++done;
+      std::string path = tmp_ / ("out/" + maildir::MailboxDirName(k.mailbox) + "/.WeChat Archiver/cur/" +
+                                 maildir::BaseName(k.item, k.msgtime_ms) + ":2,S");
+      EXPECT_TRUE(core::PathExists(path)) << "index says done, disk has no " << path;
+    });
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ((*idx)->PendingDeliveries()->size(), 0u);
+    if (done_out != nullptr) *done_out = done;
   }
 
   test::TempDir tmp_;
@@ -388,12 +408,39 @@ TEST_F(ImportTest, DiskFullStopsTheRunAndARerunCompletes) {
   EXPECT_NE(report.find(R"("complete":false)"), std::string::npos);
   EXPECT_NE(report.find("fatal_error"), std::string::npos);
 
+  uint64_t done_after_failure = 0;
+  ExpectIndexMatchesDisk(&done_after_failure);
+  EXPECT_EQ(done_after_failure, r->counts.deliveries);
+
   auto again = Import(Options());
   EXPECT_EQ(CountItems("alice@corp.com"), 30u);
   EXPECT_EQ(CountItems("bob@corp.com"), 30u);
   for (const auto& f : test::ListFiles(tmp_ / "out")) {
     EXPECT_EQ(f.find("/tmp/"), std::string::npos) << "temp file left: " << f;
   }
+  uint64_t done = 0;
+  ExpectIndexMatchesDisk(&done);
+  EXPECT_EQ(done, 60u);
+}
+
+TEST_F(ImportTest, FsyncErrorStopsTheRunAndARerunCompletes) {
+  std::vector<std::string> lines;
+  for (int i = 0; i < 20; ++i) lines.push_back(Text(fmt::format("m{}", i), "alice", "bob"));
+  WriteRecords("a.jsonl", lines);
+  test::FaultEnv env;
+  env.fail_sync = true;  // EIO on every fsync of an item file
+  auto o = Options();
+  o.env = &env;
+  auto r = RunImport(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->fatal.ok());
+  EXPECT_NE(r->fatal.ToString().find("Input/output error"), std::string::npos) << r->fatal.ToString();
+  EXPECT_EQ(r->counts.deliveries, 0u);
+  EXPECT_TRUE(MailFiles().size() <= 2u) << "only the maildirfolder markers";
+  ExpectIndexMatchesDisk();
+  auto again = Import(Options());
+  EXPECT_EQ(again.counts.deliveries, 40u);
+  ExpectIndexMatchesDisk();
 }
 
 TEST_F(ImportTest, CommandLine) {

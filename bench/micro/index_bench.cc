@@ -1,0 +1,139 @@
+// LMDB index micro benchmarks: lookups of the skip path, group-committed
+// writes, and index bytes per item. Each checks its results before timing.
+#include <benchmark/benchmark.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "engine/index/index.h"
+
+namespace {
+
+using wxa::index::DeliveryKey;
+using wxa::index::Index;
+using wxa::index::WriteBatch;
+
+std::string FreshDir(const char* name) {
+  const char* base = std::getenv("TMPDIR");
+  std::string dir = fmt::format("{}/wxa-bench-{}-{}", base ? base : "/tmp", name, ::getpid());
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+wxa::core::ItemKey Key(int64_t i) { return wxa::core::ItemKey::For("wecom", "bench", fmt::format("m{}", i)); }
+
+// Fills an index with n items, each delivered to two of 200 mailboxes, as an
+// import does (claim, then done + item record), in batches of 256 items.
+bool Populate(Index& idx, int64_t n) {
+  for (int64_t base = 0; base < n; base += 256) {
+    WriteBatch claim, done;
+    for (int64_t i = base; i < std::min(n, base + 256); ++i) {
+      for (int m = 0; m < 2; ++m) {
+        DeliveryKey k{1, fmt::format("user{}@corp.example.com", (i + m * 7) % 200), Key(i), 1700000000000 + i};
+        claim.claims.push_back(k);
+        done.done.push_back(k);
+      }
+      wxa::index::ItemRecord r;
+      r.msgtime_ms = 1700000000000 + i;
+      r.size = 1500;
+      r.content_hash = std::string(16, 'h');
+      r.file_id = 1;
+      r.offset = static_cast<uint64_t>(i) * 300;
+      r.line = static_cast<uint64_t>(i);
+      done.items.emplace_back(Key(i), r);
+    }
+    if (!idx.Write(std::move(claim)).ok() || !idx.Write(std::move(done)).ok()) return false;
+  }
+  return true;
+}
+
+// Skip path: is each of 256 (item, mailbox) deliveries done?
+void BM_IndexLookupBatch(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  std::string dir = FreshDir("lookup");
+  auto idx = Index::Open(dir);
+  if (!idx.ok() || !Populate(**idx, n)) {
+    state.SkipWithError("populate failed");
+    return;
+  }
+  std::vector<DeliveryKey> keys;
+  for (int64_t i = 0; i < 256; ++i) {
+    int64_t item = (i * 7919) % n;
+    keys.push_back({1, fmt::format("user{}@corp.example.com", item % 200), Key(item), 0});
+  }
+  std::vector<std::optional<wxa::index::DeliveryState>> out;
+  if (!(*idx)->GetDeliveries(keys, &out).ok() || !out[0] || *out[0] != wxa::index::DeliveryState::kDone) {
+    state.SkipWithError("lookup check failed");
+    return;
+  }
+  for (auto _ : state) {
+    benchmark::DoNotOptimize((*idx)->GetDeliveries(keys, &out));
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(keys.size()));
+  idx->reset();
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_IndexLookupBatch)->Arg(100000)->Unit(benchmark::kMicrosecond);
+
+// Claim + done + item record for range(0) items per commit: what one batch of
+// the pipeline costs the writer (two durable commits).
+void BM_IndexGroupCommit(benchmark::State& state) {
+  const int64_t per_batch = state.range(0);
+  std::string dir = FreshDir("commit");
+  auto idx = Index::Open(dir);
+  if (!idx.ok()) {
+    state.SkipWithError("open failed");
+    return;
+  }
+  int64_t next = 0;
+  for (auto _ : state) {
+    WriteBatch claim, done;
+    for (int64_t i = 0; i < per_batch; ++i, ++next) {
+      DeliveryKey k{1, fmt::format("user{}@corp.example.com", next % 200), Key(next), next};
+      claim.claims.push_back(k);
+      done.done.push_back(k);
+      wxa::index::ItemRecord r;
+      r.size = 1500;
+      done.items.emplace_back(Key(next), r);
+    }
+    auto c = (*idx)->Write(std::move(claim));
+    auto d = (*idx)->Write(std::move(done));
+    if (!c.ok() || !d.ok() || c->claims.at(0) != wxa::index::ClaimResult::kClaimed) {
+      state.SkipWithError("write failed");
+      break;
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * per_batch);
+  idx->reset();
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_IndexGroupCommit)->Arg(1)->Arg(256)->Arg(4096)->Unit(benchmark::kMillisecond);
+
+// Not a timing: index bytes per item (one item record + two deliveries).
+void BM_IndexBytesPerItem(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  double per_item = 0;
+  for (auto _ : state) {
+    std::string dir = FreshDir("size");
+    {
+      auto idx = Index::Open(dir);
+      if (!idx.ok() || !Populate(**idx, n)) {
+        state.SkipWithError("populate failed");
+        return;
+      }
+      auto st = (*idx)->Stats();
+      per_item = static_cast<double>(st->used_bytes) / static_cast<double>(n);
+    }
+    std::filesystem::remove_all(dir);
+  }
+  state.counters["index_bytes_per_item"] = per_item;
+}
+BENCHMARK(BM_IndexBytesPerItem)->Arg(200000)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+}  // namespace
