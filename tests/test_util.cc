@@ -89,4 +89,9 @@ Status FaultEnv::Sync(int fd, const std::string& path) {
   return Env::Sync(fd, path);
 }
 
+Status FaultEnv::SyncFilesystem(const std::string& path) {
+  if (fail_sync.load()) return Status::FromErrno("syncfs", path, EIO);
+  return Env::SyncFilesystem(path);
+}
+
 }  // namespace wxa::test

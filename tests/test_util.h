@@ -35,7 +35,7 @@ int Run(const std::string& command, std::string* out);
 std::string ShellQuote(const std::string& s);
 
 // Fails chosen calls with an errno: WriteAll after `fail_writes_after` more
-// successful writes, or every Sync when fail_sync is set.
+// successful writes, or every fsync/syncfs when fail_sync is set.
 class FaultEnv : public core::Env {
  public:
   std::atomic<long> fail_writes_after{-1};  // -1: never
@@ -45,6 +45,7 @@ class FaultEnv : public core::Env {
 
   Status WriteAll(int fd, std::string_view data, const std::string& path) override;
   Status Sync(int fd, const std::string& path) override;
+  Status SyncFilesystem(const std::string& path) override;
 };
 
 }  // namespace wxa::test

@@ -44,7 +44,8 @@ struct RecordWork {
   std::optional<core::Item> item;              // kept while deliveries are pending
   std::vector<std::string> needed;             // mailboxes without a done delivery (plan)
   std::vector<std::string> claimed;            // mailboxes this run must deliver (claim)
-  std::vector<std::string> delivered;          // written and synced, or found on disk (deliver)
+  std::vector<std::string> staged;             // written to temp files, published per batch
+  std::vector<std::string> delivered;          // published, or found on disk (deliver)
   std::vector<std::string> released;           // claimed but not delivered (oversize, failure)
   std::optional<index::ItemRecord> item_record;  // what the index learns about the item
   bool settled = false;                        // nothing left to do for this record
@@ -192,9 +193,10 @@ class ImportRun {
     }
   }
 
-  // Stage 4 (parallel): render once, write each claimed delivery, sync.
+  // Stage 4 (parallel): render once, stage each claimed delivery, then
+  // publish the batch (one durable file-system commit for all of it).
   void Deliver(Worker& w, Batch& b) {
-    std::set<std::string> touched;
+    std::vector<sinks::StagedDelivery> staged;
     for (auto& rw : b.work) {
       if (rw.claimed.empty()) continue;
       if (failed()) {
@@ -202,27 +204,29 @@ class ImportRun {
         rw.claimed.clear();
         continue;
       }
-      DeliverRecord(w, rw, touched);
+      DeliverRecord(w, rw, &staged);
     }
-    // One directory fsync per mailbox per batch makes its renames durable
-    // before anything is marked done (group commit for local sinks).
-    for (const auto& mb : touched) {
-      Status s = sink_.Sync(mb);
-      if (!s.ok()) {
-        Fail(s.WithContext(fmt::format("syncing mailbox {}", mb)));
-        for (auto& rw : b.work) {
-          if (rw.delivered.empty()) continue;
-          for (auto& d : rw.delivered) rw.released.push_back(d);
-          rw.delivered.clear();
-          rw.item_record.reset();
-          rw.entries.clear();
-          rw.imported = false;
-          rw.deliveries_new = 0;
-          rw.bytes_written = 0;
-          rw.settled = false;
-        }
-        return;
+    Status s = failed() ? Status::Aborted("run failed") : sink_.Publish(&staged);
+    if (!s.ok()) {
+      if (!failed()) Fail(s.WithContext("publishing deliveries"));
+      sink_.Discard(&staged);
+      // Nothing staged in this batch counts as delivered.
+      for (auto& rw : b.work) {
+        if (rw.staged.empty()) continue;
+        rw.released.insert(rw.released.end(), rw.staged.begin(), rw.staged.end());
+        rw.staged.clear();
+        rw.item_record.reset();
+        rw.entries.clear();
+        rw.imported = false;
+        rw.deliveries_new = 0;
+        rw.bytes_written = 0;
+        rw.settled = false;
       }
+      return;
+    }
+    for (auto& rw : b.work) {
+      rw.delivered.insert(rw.delivered.end(), rw.staged.begin(), rw.staged.end());
+      rw.staged.clear();
     }
   }
 
@@ -335,7 +339,7 @@ class ImportRun {
     }
   }
 
-  void DeliverRecord(Worker& w, RecordWork& rw, std::set<std::string>& touched) {
+  void DeliverRecord(Worker& w, RecordWork& rw, std::vector<sinks::StagedDelivery>* staged) {
     core::Item& item = *rw.item;
     // What a crashed run wrote but could not mark done is adopted, not rewritten.
     std::vector<std::string> to_write;
@@ -394,16 +398,16 @@ class ImportRun {
     }
     for (size_t i = 0; i < to_write.size(); ++i) {
       const std::string& mb = to_write[i];
-      Status s = sink_.Deliver(mb, item.key, item.msgtime_ms, *bytes);
+      Status s = sink_.Stage(mb, item.key, item.msgtime_ms, *bytes, staged);
       if (!s.ok()) {
         // Disk full, I/O error, permissions: the sink cannot go on. Stop; the
-        // claims not written are given back, and a rerun does them.
+        // claims not written are given back (the batch's staged ones too), and
+        // a rerun does them.
         Fail(s.WithContext(fmt::format("writing to mailbox {}", mb)));
         rw.released.insert(rw.released.end(), to_write.begin() + static_cast<long>(i), to_write.end());
         return;
       }
-      touched.insert(mb);
-      rw.delivered.push_back(mb);
+      rw.staged.push_back(mb);
     }
     rw.imported = true;
     rw.deliveries_new = to_write.size();
@@ -573,7 +577,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   WXA_ASSIGN_OR_RETURN(wecom::MediaStore media,
                        wecom::MediaStore::Open(core::JoinPath(o.source_dir, "media")));
   WXA_ASSIGN_OR_RETURN(std::unique_ptr<sinks::LocalSink> sink,
-                       sinks::MakeLocalSink(o.target, o.folder, env));
+                       sinks::MakeLocalSink(o.target, o.folder, env, o.sync_mode));
   mime::InitGMime();
 
   // ---- the index: identity, sink, settling, cursors ----

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "engine/limits/size_policy.h"
+#include "engine/sinks/local_sinks.h"
 #include "engine/pipeline/report.h"
 #include "formats/core/file.h"
 
@@ -30,6 +31,7 @@ struct ImportOptions {
   std::string index_dir;         // LMDB index; empty = <target dir>/.wxarchiver
   bool rescan = false;           // ignore cursors: re-read every record (done ones are skipped)
   uint64_t index_map_size = 0;   // initial LMDB map size; 0 = the index default
+  sinks::SyncMode sync_mode = sinks::SyncMode::kBatch;  // durability of local deliveries
 
   // Bounds (STYLE rule 8). 0 threads = all cores.
   size_t threads = 0;

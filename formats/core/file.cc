@@ -171,8 +171,14 @@ Status Env::Stat(const std::string& path, uint64_t* size) {
   return Status::Ok();
 }
 
-Status WriteFileAtomic(Env* env, const std::string& tmp_path, const std::string& path,
-                       std::string_view data, bool sync_dir) {
+Status Env::SyncFilesystem(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open", path, errno);
+  if (::syncfs(fd.get()) != 0) return Status::FromErrno("syncfs", path, errno);
+  return Status::Ok();
+}
+
+Status WriteTempFile(Env* env, const std::string& tmp_path, std::string_view data, bool sync) {
   auto fd = env->CreateExclusive(tmp_path);
   if (!fd.ok() && fd.status().code() == Status::Code::kAlreadyExists) {
     // A temp file left by a crashed run: it was never renamed, so it is garbage.
@@ -181,9 +187,16 @@ Status WriteFileAtomic(Env* env, const std::string& tmp_path, const std::string&
   }
   if (!fd.ok()) return fd.status();
   Status s = env->WriteAll(fd->get(), data, tmp_path);
-  if (s.ok()) s = env->Sync(fd->get(), tmp_path);
+  if (s.ok() && sync) s = env->Sync(fd->get(), tmp_path);
   fd->Reset();
-  if (s.ok()) s = env->Rename(tmp_path, path);
+  if (!s.ok()) (void)env->Remove(tmp_path);
+  return s;
+}
+
+Status WriteFileAtomic(Env* env, const std::string& tmp_path, const std::string& path,
+                       std::string_view data, bool sync_dir) {
+  WXA_RETURN_IF_ERROR(WriteTempFile(env, tmp_path, data, /*sync=*/true));
+  Status s = env->Rename(tmp_path, path);
   if (!s.ok()) {
     (void)env->Remove(tmp_path);
     return s;

@@ -88,7 +88,14 @@ class Env {
   virtual Status Remove(const std::string& path);
   // kNotFound when absent; size in *size when non-null.
   virtual Status Stat(const std::string& path, uint64_t* size);
+  // syncfs(2) of the file system holding `path`: every write and directory
+  // change made on it so far is durable when this returns.
+  virtual Status SyncFilesystem(const std::string& path);
 };
+
+// Creates `tmp_path` (O_EXCL; a stale one from a crashed run is replaced)
+// holding `data`, fsynced when `sync`. On failure nothing is left behind.
+Status WriteTempFile(Env* env, const std::string& tmp_path, std::string_view data, bool sync);
 
 // Creates `path` with `data` durably and atomically, through `tmp_path`:
 // O_EXCL create, write, fsync, rename, (optionally) fsync of the directory.

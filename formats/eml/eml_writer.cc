@@ -55,15 +55,25 @@ Result<bool> EmlWriter::Exists(const std::string& mailbox_dir, const core::ItemK
   return s;
 }
 
+Result<maildir::StagedFile> EmlWriter::Stage(const std::string& mailbox_dir, const core::ItemKey& key,
+                                             int64_t msgtime_ms, std::string_view bytes, bool sync) {
+  static std::atomic<uint64_t> counter{0};
+  maildir::StagedFile f;
+  // Temp files start with '.' and end in ".tmp" so no reader takes them for items.
+  f.tmp = core::JoinPath(Dir(mailbox_dir), fmt::format(".{}.{}_{}.tmp", maildir::BaseName(key, msgtime_ms),
+                                                       ::getpid(), counter.fetch_add(1)));
+  f.final_path = PathFor(mailbox_dir, key, msgtime_ms);
+  f.dir = Dir(mailbox_dir);
+  WXA_RETURN_IF_ERROR(core::WriteTempFile(env_, f.tmp, bytes, sync));
+  return f;
+}
+
 Status EmlWriter::Deliver(const std::string& mailbox_dir, const core::ItemKey& key,
                           int64_t msgtime_ms, std::string_view bytes) {
-  static std::atomic<uint64_t> counter{0};
-  // Temp files start with '.' and end in ".tmp" so no reader takes them for items.
-  const std::string tmp = core::JoinPath(
-      Dir(mailbox_dir), fmt::format(".{}.{}_{}.tmp", maildir::BaseName(key, msgtime_ms), ::getpid(),
-                                    counter.fetch_add(1)));
-  return core::WriteFileAtomic(env_, tmp, PathFor(mailbox_dir, key, msgtime_ms), bytes,
-                               /*sync_dir=*/false);
+  WXA_ASSIGN_OR_RETURN(maildir::StagedFile f, Stage(mailbox_dir, key, msgtime_ms, bytes, /*sync=*/true));
+  Status s = env_->Rename(f.tmp, f.final_path);
+  if (!s.ok()) (void)env_->Remove(f.tmp);
+  return s;
 }
 
 Status EmlWriter::SyncFolder(const std::string& mailbox_dir) { return env_->SyncDir(Dir(mailbox_dir)); }

@@ -9,6 +9,7 @@
 
 #include "formats/core/file.h"
 #include "formats/core/item.h"
+#include "formats/maildir/maildir_writer.h"
 
 namespace wxa::eml {
 
@@ -27,6 +28,9 @@ class EmlWriter {
   Status Deliver(const std::string& mailbox_dir, const core::ItemKey& key, int64_t msgtime_ms,
                  std::string_view bytes);
   Status SyncFolder(const std::string& mailbox_dir);
+  // The temp file only (see MaildirWriter::Stage).
+  Result<maildir::StagedFile> Stage(const std::string& mailbox_dir, const core::ItemKey& key,
+                                    int64_t msgtime_ms, std::string_view bytes, bool sync);
   std::string PathFor(const std::string& mailbox_dir, const core::ItemKey& key,
                       int64_t msgtime_ms) const;
   Result<size_t> CleanTemp(const std::string& mailbox_dir);

@@ -170,15 +170,25 @@ Result<bool> MaildirWriter::Exists(const std::string& mailbox_dir, const core::I
   return false;
 }
 
-Status MaildirWriter::Deliver(const std::string& mailbox_dir, const core::ItemKey& key,
-                              int64_t msgtime_ms, std::string_view bytes) {
+Result<StagedFile> MaildirWriter::Stage(const std::string& mailbox_dir, const core::ItemKey& key,
+                                        int64_t msgtime_ms, std::string_view bytes, bool sync) {
   static std::atomic<uint64_t> counter{0};
   const std::string folder = FolderPath(mailbox_dir);
-  const std::string base = BaseName(key, msgtime_ms);
-  const std::string tmp =
-      core::JoinPath(folder, fmt::format("tmp/{}.{}_{}", base, ::getpid(), counter.fetch_add(1)));
-  return core::WriteFileAtomic(env_, tmp, PathFor(mailbox_dir, key, msgtime_ms), bytes,
-                               /*sync_dir=*/false);
+  StagedFile f;
+  f.tmp = core::JoinPath(folder, fmt::format("tmp/{}.{}_{}", BaseName(key, msgtime_ms), ::getpid(),
+                                             counter.fetch_add(1)));
+  f.final_path = PathFor(mailbox_dir, key, msgtime_ms);
+  f.dir = core::JoinPath(folder, "cur");
+  WXA_RETURN_IF_ERROR(core::WriteTempFile(env_, f.tmp, bytes, sync));
+  return f;
+}
+
+Status MaildirWriter::Deliver(const std::string& mailbox_dir, const core::ItemKey& key,
+                              int64_t msgtime_ms, std::string_view bytes) {
+  WXA_ASSIGN_OR_RETURN(StagedFile f, Stage(mailbox_dir, key, msgtime_ms, bytes, /*sync=*/true));
+  Status s = env_->Rename(f.tmp, f.final_path);
+  if (!s.ok()) (void)env_->Remove(f.tmp);
+  return s;
 }
 
 Status MaildirWriter::SyncFolder(const std::string& mailbox_dir) {

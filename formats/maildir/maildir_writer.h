@@ -27,6 +27,13 @@ std::string MailboxDirName(std::string_view address);
 // "<unix seconds>.<32 hex>.wxa" : sorts by date, unique per item.
 std::string BaseName(const core::ItemKey& key, int64_t msgtime_ms);
 
+// A message written to its temp name, waiting to be renamed into place.
+struct StagedFile {
+  std::string tmp;         // the temp file holding the bytes
+  std::string final_path;  // where the rename puts it
+  std::string dir;         // the directory the rename changes
+};
+
 class MaildirWriter {
  public:
   // `env` is not owned and must outlive the writer.
@@ -42,6 +49,10 @@ class MaildirWriter {
   Status Deliver(const std::string& mailbox_dir, const core::ItemKey& key, int64_t msgtime_ms,
                  std::string_view bytes);
   Status SyncFolder(const std::string& mailbox_dir);
+  // Writes the bytes to a temp file in tmp/ (fsynced when `sync`), without
+  // renaming: the caller renames a whole batch after one file-system sync.
+  Result<StagedFile> Stage(const std::string& mailbox_dir, const core::ItemKey& key,
+                           int64_t msgtime_ms, std::string_view bytes, bool sync);
   // Path of a delivered item (for tests and tools).
   std::string PathFor(const std::string& mailbox_dir, const core::ItemKey& key,
                       int64_t msgtime_ms) const;

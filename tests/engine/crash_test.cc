@@ -107,7 +107,7 @@ TEST_F(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
 
   // The campaign: each run is killed after a random time long enough to get
   // past start-up and short enough that the kills fall inside the work.
-  std::uniform_real_distribution<double> delay(startup_s, startup_s + 1.6 * full_s / kills);
+  std::uniform_real_distribution<double> delay(startup_s, startup_s + 1.0 * full_s / kills);
   long landed = 0, runs = 0;
   while (landed < kills && runs < kills * 4) {
     ++runs;

@@ -388,7 +388,21 @@ TEST_F(ImportTest, EmptySourceAndClearStartErrors) {
   EXPECT_FALSE(RunImport(o).ok());
 }
 
-TEST_F(ImportTest, DiskFullStopsTheRunAndARerunCompletes) {
+class ImportFaultTest : public ImportTest, public ::testing::WithParamInterface<sinks::SyncMode> {
+ protected:
+  ImportOptions Options() {
+    auto o = ImportTest::Options();
+    o.sync_mode = GetParam();
+    return o;
+  }
+};
+INSTANTIATE_TEST_SUITE_P(SyncModes, ImportFaultTest,
+                         ::testing::Values(sinks::SyncMode::kBatch, sinks::SyncMode::kFile),
+                         [](const auto& info) {
+                           return std::string(info.param == sinks::SyncMode::kBatch ? "Batch" : "File");
+                         });
+
+TEST_P(ImportFaultTest, DiskFullStopsTheRunAndARerunCompletes) {
   std::vector<std::string> lines;
   for (int i = 0; i < 30; ++i) lines.push_back(Text(fmt::format("m{}", i), "alice", "bob"));
   WriteRecords("a.jsonl", lines);
@@ -423,7 +437,7 @@ TEST_F(ImportTest, DiskFullStopsTheRunAndARerunCompletes) {
   EXPECT_EQ(done, 60u);
 }
 
-TEST_F(ImportTest, FsyncErrorStopsTheRunAndARerunCompletes) {
+TEST_P(ImportFaultTest, FsyncErrorStopsTheRunAndARerunCompletes) {
   std::vector<std::string> lines;
   for (int i = 0; i < 20; ++i) lines.push_back(Text(fmt::format("m{}", i), "alice", "bob"));
   WriteRecords("a.jsonl", lines);

@@ -150,6 +150,9 @@ int main(int argc, char** argv) {
   imp->add_option("--threads", io.threads, "worker threads (default: all cores)");
   imp->add_option("--index", io.index_dir, "LMDB index directory (default: <target dir>/.wxarchiver)");
   imp->add_flag("--rescan", io.rescan, "read every record again, ignoring the cursors");
+  std::string sync_mode = "batch";
+  imp->add_option("--sync", sync_mode,
+                  "durability of written items: batch (syncfs per batch, default) or file (fsync per item)");
   imp->add_flag("--quiet", quiet, "no progress line and no summary");
 
   std::string status_index, status_target;
@@ -172,7 +175,15 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  if (imp->parsed()) return RunImportCommand(io, max_size, policy, quiet);
+  if (imp->parsed()) {
+    auto mode = wxa::sinks::ParseSyncMode(sync_mode);
+    if (!mode.ok()) {
+      fmt::print(stderr, "error: --sync: {}\n", mode.status().message());
+      return 2;
+    }
+    io.sync_mode = *mode;
+    return RunImportCommand(io, max_size, policy, quiet);
+  }
   if (st->parsed()) {
     if (status_index.empty() && status_target.empty()) {
       fmt::print(stderr, "error: status needs --index DIR or --to TARGET\n");
