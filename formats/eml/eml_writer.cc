@@ -13,20 +13,15 @@
 namespace wxa::eml {
 
 Result<std::string> FolderPath(std::string_view folder) {
+  WXA_ASSIGN_OR_RETURN(auto levels, maildir::FolderLevels(folder));
   std::string out;
-  size_t start = 0;
-  while (true) {
-    size_t slash = folder.find('/', start);
-    std::string_view comp =
-        folder.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
-    std::string safe = core::SanitizeFileName(comp, "");
+  for (std::string_view level : levels) {
+    std::string safe = core::SanitizeFileName(level, "");
     if (safe.empty()) {
-      return Status::InvalidArgument(fmt::format("folder name '{}' has an empty level", folder));
+      return Status::InvalidArgument(fmt::format("folder name '{}': level '{}' is not a usable name", folder, level));
     }
     if (!out.empty()) out.push_back('/');
     out += safe;
-    if (slash == std::string_view::npos) break;
-    start = slash + 1;
   }
   return out;
 }

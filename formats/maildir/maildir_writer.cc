@@ -78,28 +78,36 @@ std::string EncodeModifiedUtf7(std::string_view utf8) {
   return out;
 }
 
-Result<std::string> FolderDirName(std::string_view folder) {
-  std::string out;
+Result<std::vector<std::string_view>> FolderLevels(std::string_view folder) {
+  std::vector<std::string_view> levels;
   size_t start = 0;
   while (true) {
     size_t slash = folder.find('/', start);
-    std::string_view comp =
-        folder.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
-    if (core::Trim(comp).empty()) {
+    std::string_view level = folder.substr(
+        start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
+    if (core::Trim(level).empty()) {
       return Status::InvalidArgument(fmt::format("folder name '{}' has an empty level", folder));
     }
-    if (comp.find('.') != std::string_view::npos) {
+    levels.push_back(level);
+    if (slash == std::string_view::npos) return levels;
+    start = slash + 1;
+  }
+}
+
+Result<std::string> FolderDirName(std::string_view folder) {
+  WXA_ASSIGN_OR_RETURN(auto levels, FolderLevels(folder));
+  std::string out;
+  for (std::string_view level : levels) {
+    if (level.find('.') != std::string_view::npos) {
       return Status::InvalidArgument(fmt::format(
           "folder name '{}': '.' separates levels in Maildir++; use '/' for levels", folder));
     }
-    for (char c : comp) {
+    for (char c : level) {
       if (static_cast<unsigned char>(c) < 0x20) {
         return Status::InvalidArgument("folder name has control characters");
       }
     }
-    out += "." + EncodeModifiedUtf7(comp);
-    if (slash == std::string_view::npos) break;
-    start = slash + 1;
+    out += "." + EncodeModifiedUtf7(level);
   }
   return out;
 }

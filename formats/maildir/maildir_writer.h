@@ -18,6 +18,9 @@ namespace wxa::maildir {
 
 // RFC 3501 section 5.1.3 modified UTF-7 of a UTF-8 folder name component.
 std::string EncodeModifiedUtf7(std::string_view utf8);
+// The levels of a folder name written with '/' ("Archive/WeChat"); an error
+// for an empty name or an empty level.
+Result<std::vector<std::string_view>> FolderLevels(std::string_view folder);
 // ".WeChat Archiver" for "WeChat Archiver"; "A/B" -> ".A.B". Rejects empty
 // components and components containing '.' (the Maildir++ separator).
 Result<std::string> FolderDirName(std::string_view folder);
