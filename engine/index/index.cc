@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -145,6 +146,14 @@ Status MdbError(std::string_view what, int rc) {
   return Status::IOError(fmt::format("LMDB {}: {}", what, mdb_strerror(rc)));
 }
 
+// Meta values are decimal text (readable with mdb_dump). A corrupt one reads
+// as 0 rather than throwing across the module boundary.
+int64_t ParseNum(std::string_view v) {
+  int64_t n = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  return (ec == std::errc() && p == v.data() + v.size()) ? n : 0;
+}
+
 MDB_val Val(std::string_view s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
 std::string_view View(const MDB_val& v) { return {static_cast<const char*>(v.mv_data), v.mv_size}; }
 
@@ -271,7 +280,7 @@ struct Index::Impl {
       std::string_view v;
       int64_t cur = 0;
       int rc = Get(t, meta, key, &v);
-      if (rc == 0) cur = std::stoll(std::string(v));
+      if (rc == 0) cur = ParseNum(v);
       else if (rc != MDB_NOTFOUND) return rc;
       return Put(t, meta, key, std::to_string(cur + by));
     };
@@ -311,7 +320,7 @@ struct Index::Impl {
     std::string_view v;
     int rc = Get(t, meta, counter, &v);
     uint32_t next = 1;
-    if (rc == 0) next = static_cast<uint32_t>(std::stoul(std::string(v)));
+    if (rc == 0) next = static_cast<uint32_t>(std::max<int64_t>(1, ParseNum(v)));
     else if (rc != MDB_NOTFOUND) return rc;
     *id = next;
     return Put(t, meta, counter, std::to_string(next + 1));
@@ -324,7 +333,7 @@ struct Index::Impl {
     std::string_view v;
     int rc = Get(t, meta, key, &v);
     if (rc == 0) {
-      *id = static_cast<uint32_t>(std::stoul(std::string(v)));
+      *id = static_cast<uint32_t>(ParseNum(v));
       return 0;
     }
     if (rc != MDB_NOTFOUND) return rc;
@@ -654,12 +663,9 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   } else if (rc != 0) {
     return MdbError("read schema version", rc);
   } else {
-    std::string v(ver);
-    uint32_t n = 0;
-    try {
-      n = static_cast<uint32_t>(std::stoul(v));
-    } catch (...) {
-      return Status::Corruption(fmt::format("{}: unreadable schema version '{}'", dir, v));
+    const int64_t n = ParseNum(ver);
+    if (n <= 0) {
+      return Status::Corruption(fmt::format("{}: unreadable schema version '{}'", dir, ver));
     }
     if (n > kSchemaVersion) {
       return Status::Unsupported(fmt::format(
@@ -901,10 +907,10 @@ Result<Counters> Index::GetCounters() {
   WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
   std::string_view v;
   for (int i = 1; i <= 4; ++i) {
-    if (Impl::Get(t.get(), impl_->meta, Impl::ItemCounterKey(i), &v) == 0) c.items[i] = std::stoull(std::string(v));
+    if (Impl::Get(t.get(), impl_->meta, Impl::ItemCounterKey(i), &v) == 0) c.items[i] = static_cast<uint64_t>(ParseNum(v));
   }
   for (int i = 1; i <= 3; ++i) {
-    if (Impl::Get(t.get(), impl_->meta, Impl::DeliveryCounterKey(i), &v) == 0) c.deliveries[i] = std::stoull(std::string(v));
+    if (Impl::Get(t.get(), impl_->meta, Impl::DeliveryCounterKey(i), &v) == 0) c.deliveries[i] = static_cast<uint64_t>(ParseNum(v));
   }
   return c;
 }
@@ -963,18 +969,18 @@ Result<IndexStats> Index::Stats() {
     WXA_RETURN_IF_ERROR(c.Open(t.get(), im.meta));
     WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
       if (k.rfind("sink/", 0) == 0) {
-        s.sinks.push_back({static_cast<uint16_t>(std::stoul(std::string(v))), std::string(k.substr(5))});
+        s.sinks.push_back({static_cast<uint16_t>(ParseNum(v)), std::string(k.substr(5))});
       }
       for (int i = 1; i <= 4; ++i) {
-        if (k == Impl::ItemCounterKey(i)) s.counters.items[i] = std::stoull(std::string(v));
+        if (k == Impl::ItemCounterKey(i)) s.counters.items[i] = static_cast<uint64_t>(ParseNum(v));
       }
       for (int i = 1; i <= 3; ++i) {
-        if (k == Impl::DeliveryCounterKey(i)) s.counters.deliveries[i] = std::stoull(std::string(v));
+        if (k == Impl::DeliveryCounterKey(i)) s.counters.deliveries[i] = static_cast<uint64_t>(ParseNum(v));
       }
     }));
   }
   std::string_view v;
-  if (Impl::Get(t.get(), im.meta, "schema_version", &v) == 0) s.schema_version = static_cast<uint32_t>(std::stoul(std::string(v)));
+  if (Impl::Get(t.get(), im.meta, "schema_version", &v) == 0) s.schema_version = static_cast<uint32_t>(ParseNum(v));
   if (Impl::Get(t.get(), im.meta, "corp", &v) == 0) s.corp = std::string(v);
   MDB_envinfo info;
   mdb_env_info(im.env, &info);

@@ -208,9 +208,15 @@ class Generator {
     return convs_.back();
   }
 
+  // A generated corpus needs no durability: temp file and rename (so a
+  // half-written file is never taken for a whole one), but no fsync.
+  Status Put(const std::string& path, std::string_view data) {
+    WXA_RETURN_IF_ERROR(core::WriteTempFile(env_, path + ".tmp", data, /*sync=*/false));
+    return env_->Rename(path + ".tmp", path);
+  }
+
   Status WriteText(const std::string& name, const std::string& text) {
-    std::string path = core::JoinPath(o_.out, name);
-    return core::WriteFileAtomic(env_, path + ".tmp", path, text, false);
+    return Put(core::JoinPath(o_.out, name), text);
   }
 
   Status WriteDirectory() {
@@ -281,7 +287,7 @@ class Generator {
     }
     std::string path = core::JoinPath(media_dir_, name);
     if (!core::PathExists(path)) {
-      WXA_RETURN_IF_ERROR(core::WriteFileAtomic(env_, path + ".tmp", path, data, false));
+      WXA_RETURN_IF_ERROR(Put(path, data));
       summary_.media_files++;
       summary_.media_bytes += data.size();
     }
