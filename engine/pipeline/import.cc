@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <climits>
 #include <chrono>
 #include <deque>
@@ -468,6 +469,33 @@ void AddCounts(Counts& c, Outcome o) {
   }
 }
 
+// Memory figures from /proc/self/status (Linux), in bytes: the peak resident
+// set and, at report time, how much of it is anonymous (heap, stacks) versus
+// file-backed (mostly the LMDB map, which the kernel can drop at will).
+struct ProcessMemory {
+  uint64_t peak_rss = 0, rss_anon = 0, rss_file = 0;
+};
+
+ProcessMemory ReadProcessMemory() {
+  ProcessMemory m;
+  auto text = core::ReadWholeFile("/proc/self/status");
+  if (!text.ok()) return m;
+  std::string_view s = *text;
+  auto field = [&](std::string_view name) -> uint64_t {
+    size_t at = s.find(name);
+    if (at == std::string_view::npos) return 0;
+    at += name.size();
+    while (at < s.size() && (s[at] == ' ' || s[at] == '\t')) ++at;
+    uint64_t kb = 0;
+    std::from_chars(s.data() + at, s.data() + s.size(), kb);
+    return kb * 1024;
+  };
+  m.peak_rss = field("VmHWM:");
+  m.rss_anon = field("RssAnon:");
+  m.rss_file = field("RssFile:");
+  return m;
+}
+
 std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   std::string out;
   core::JsonWriter j(&out);
@@ -506,6 +534,11 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Field("items_done", x.items_done).Field("items_unmapped", x.items_unmapped);
   j.Field("items_rejected", x.items_rejected).Field("deliveries_done", x.deliveries_done);
   j.Field("deliveries_in_doubt", x.deliveries_in_doubt).Field("commits", x.commits);
+  j.EndObject();
+  const ProcessMemory mem = ReadProcessMemory();
+  j.Key("process").BeginObject();
+  j.Field("peak_rss_bytes", mem.peak_rss).Field("rss_anon_bytes", mem.rss_anon);
+  j.Field("rss_file_bytes", mem.rss_file);
   j.EndObject();
   j.Key("deliveries_by_mailbox").BeginObject();
   for (const auto& [mb, n] : s.deliveries_by_mailbox) j.Field(mb, n);

@@ -231,6 +231,16 @@ TEST_F(ImportTest, RerunWritesNothing) {
   EXPECT_EQ(mail(), before);
   std::string report = test::ReadFile(tmp_ / "report.json");
   EXPECT_NE(report.find(R"("rescan_reason":"--rescan")"), std::string::npos);
+  // The report carries the process's memory figures (what the bench quotes).
+  simdjson::padded_string padded(report);
+  simdjson::dom::element root;
+  ASSERT_EQ(parser_.parse(padded).get(root), simdjson::SUCCESS);
+  uint64_t peak = 0, anon = 0;
+  ASSERT_EQ(root["process"]["peak_rss_bytes"].get_uint64().get(peak), simdjson::SUCCESS);
+  ASSERT_EQ(root["process"]["rss_anon_bytes"].get_uint64().get(anon), simdjson::SUCCESS);
+  EXPECT_GT(peak, 1u << 20);
+  EXPECT_GT(anon, 0u);
+  EXPECT_LE(anon, peak);
 }
 
 TEST_F(ImportTest, AppendedRecordsAreReadFromTheCursor) {
