@@ -4,7 +4,8 @@
 // once with the same bytes, no temp files, and `status` agreeing.
 //
 // Small by default (part of the normal suite); the long mode is
-//   WXA_CRASH_RECORDS=50000 WXA_CRASH_KILLS=15 build/tests/wxa_tests --gtest_filter='Crash*'
+//   WXA_CRASH_RECORDS=50000 WXA_CRASH_KILLS=15 build/tests/wxa_tests --gtest_filter='*Crash*'
+// (one campaign per --sync mode; add /batch or /file to the filter for one).
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -37,13 +38,14 @@ long EnvLong(const char* name, long dflt) {
   return v != nullptr ? std::strtol(v, nullptr, 10) : dflt;
 }
 
-class CrashCampaign : public ::testing::Test {
+// Parameter: the --sync mode (both publish paths must survive a kill).
+class CrashCampaign : public ::testing::TestWithParam<const char*> {
  protected:
   std::vector<std::string> ImportArgs(const std::string& out, const std::string& report) {
     const std::string c = tmp_ / "corpus";
     return {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
             "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
-            "--to", "maildir:" + out, "--report", report};
+            "--to", "maildir:" + out, "--report", report, "--sync", GetParam()};
   }
 
   pid_t Spawn(const std::vector<std::string>& args) {
@@ -79,7 +81,7 @@ class CrashCampaign : public ::testing::Test {
   test::TempDir tmp_;
 };
 
-TEST_F(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
+TEST_P(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
   const long records = EnvLong("WXA_CRASH_RECORDS", 1200);
   const long kills = EnvLong("WXA_CRASH_KILLS", 10);
   std::mt19937_64 rng(static_cast<uint64_t>(EnvLong("WXA_CRASH_SEED", 20261124)));
@@ -175,9 +177,12 @@ TEST_F(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
   EXPECT_EQ(uint64_t(st["items"]["unmapped"]), uint64_t(ref_st["items"]["unmapped"]));
   RecordProperty("kills", static_cast<int>(landed));
   RecordProperty("runs", static_cast<int>(runs));
-  std::printf("crash campaign: %ld records, %zu deliveries, %ld kills in %ld runs, reference run %.2f s\n",
-              records, mail_items, landed, runs, full_s);
+  std::printf("crash campaign (--sync %s): %ld records, %zu deliveries, %ld kills in %ld runs, reference run %.2f s\n",
+              GetParam(), records, mail_items, landed, runs, full_s);
 }
+
+INSTANTIATE_TEST_SUITE_P(SyncModes, CrashCampaign, ::testing::Values("batch", "file"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace wxa
