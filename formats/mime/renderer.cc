@@ -315,6 +315,18 @@ GPtr<GMimePart> MakeRawRecordPart(const core::Item& item) {
   return part;
 }
 
+// g_mime_multipart_new_with_subtype() draws a random boundary from
+// /dev/urandom (an open, a read and a close per multipart) that ours then
+// replaces; building the object with its content type and our boundary
+// skips that.
+GPtr<GMimeMultipart> NewMultipart(const char* subtype, const std::string& boundary) {
+  GPtr<GMimeMultipart> mp(GMIME_MULTIPART(g_object_new(GMIME_TYPE_MULTIPART, nullptr)));
+  GPtr<GMimeContentType> type(g_mime_content_type_new("multipart", subtype));
+  g_mime_object_set_content_type(GMIME_OBJECT(mp.get()), type.get());
+  g_mime_multipart_set_boundary(mp.get(), boundary.c_str());
+  return mp;
+}
+
 std::string ConversationId(const core::Item& item) {
   std::string basis;
   if (item.is_group()) {
@@ -382,8 +394,7 @@ Result<GPtr<GMimeMessage>> BuildMessage(const RenderInput& in) {
 
   std::vector<AttachmentInfo> atts = PlanAttachments(item);
   Body body = BuildBody(in, atts);
-  GPtr<GMimeMultipart> alt(g_mime_multipart_new_with_subtype("alternative"));
-  g_mime_multipart_set_boundary(alt.get(), fmt::format("=_wxa_{}_alt", hex).c_str());
+  GPtr<GMimeMultipart> alt = NewMultipart("alternative", fmt::format("=_wxa_{}_alt", hex));
   g_mime_multipart_add(alt.get(), GMIME_OBJECT(MakeTextPart("plain", body.plain).get()));
   g_mime_multipart_add(alt.get(), GMIME_OBJECT(MakeTextPart("html", body.html).get()));
 
@@ -391,8 +402,7 @@ Result<GPtr<GMimeMessage>> BuildMessage(const RenderInput& in) {
     g_mime_message_set_mime_part(msg.get(), GMIME_OBJECT(alt.get()));
     return msg;
   }
-  GPtr<GMimeMultipart> mixed(g_mime_multipart_new_with_subtype("mixed"));
-  g_mime_multipart_set_boundary(mixed.get(), fmt::format("=_wxa_{}_mix", hex).c_str());
+  GPtr<GMimeMultipart> mixed = NewMultipart("mixed", fmt::format("=_wxa_{}_mix", hex));
   g_mime_multipart_add(mixed.get(), GMIME_OBJECT(alt.get()));
   for (const auto& a : atts) {
     WXA_ASSIGN_OR_RETURN(GPtr<GMimePart> part, MakeFilePart(a));
