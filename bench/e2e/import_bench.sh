@@ -20,20 +20,32 @@ command -v /usr/bin/time >/dev/null || { echo "needs GNU time (apt-get install t
 
 days=10
 users=$(( (records + 20 * days - 1) / (20 * days) ))
-rm -rf "$work"
+if [[ -e "$work" ]]; then
+  rm -rf "$work"
+  sync
+  # ext4 without a journal (this machine's root file system) will not reuse
+  # an inode deleted in the last 30-35 s and scans past each one when it
+  # allocates (fs/ext4/ialloc.c, recently_deleted): right after removing a
+  # million files every create is slower. Wait it out so that the timed
+  # steps all start from the same state.
+  sleep "${SETTLE_S:-36}"
+fi
 mkdir -p "$work"
 "$bin" gen --out "$work/corpus" --users "$users" --days "$days" --rate 20 --seed 1 \
   --media-scale "$scale" --clean >/dev/null
 corpus_bytes=$(du -sb "$work/corpus" | cut -f1)
 
-# run NAME CMD...: wall seconds and peak RSS (KB) into $NAME_s / $NAME_kb.
+# run NAME CMD...: wall seconds, peak RSS (KB) and user+system CPU seconds
+# into $NAME_s / $NAME_kb / $NAME_cpu (also kept in $work/NAME.time).
 run() {
   local name=$1; shift
   sync
-  /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" >"$work/$name.out" 2>&1
-  read -r secs kb <"$work/$name.time"
+  /usr/bin/time -f "%e %M %U %S" -o "$work/$name.time" "$@" >"$work/$name.out" 2>&1
+  local secs kb user sys
+  read -r secs kb user sys <"$work/$name.time"
   printf -v "${name}_s" '%s' "$secs"
   printf -v "${name}_kb" '%s' "$kb"
+  printf -v "${name}_cpu" '%s' "$user user + $sys sys"
 }
 args=(import --quiet --source "$work/corpus" --directory "$work/corpus/directory.csv"
       --mapping "$work/corpus/mapping.csv" --mailboxes "$work/corpus/mailboxes.txt"
@@ -45,16 +57,16 @@ run rescan "$bin" "${args[@]}" --rescan --report "$work/rescan.json"
 # The file-system floor for this output: a plain copy of the Maildir tree the
 # import produced (same files, same bytes), made durable. Last, because at a
 # million items it is the slowest step; TREECOPY=0 skips it.
-treecopy_s=0
+treecopy_s=0 treecopy_cpu=-
 if [[ ${TREECOPY:-1} != 0 ]]; then
   run treecopy bash -c "cp -r '$work/out' '$work/out-copy' && rm -rf '$work/out-copy/.wxarchiver' && sync -f '$work/out-copy'"
   rm -rf "$work/out-copy"
 fi
 "$bin" status --json --to "maildir:$work/out" >"$work/status.json"
 
-python3 - "$work" "$corpus_bytes" "$copy_s" "$copy_kb" "$first_s" "$first_kb" "$rerun_s" \
+FIRST_CPU=$first_cpu TREECOPY_CPU=$treecopy_cpu python3 - "$work" "$corpus_bytes" "$copy_s" "$copy_kb" "$first_s" "$first_kb" "$rerun_s" \
   "$rerun_kb" "$rescan_s" "$rescan_kb" "$treecopy_s" <<'PY'
-import json, sys
+import json, os, sys
 w, corpus_bytes = sys.argv[1], int(sys.argv[2])
 copy_s, copy_kb, first_s, first_kb, rerun_s, rerun_kb, rescan_s, rescan_kb, treecopy_s = map(float, sys.argv[3:])
 first_report = json.load(open(f"{w}/first.json"))
@@ -90,6 +102,7 @@ if treecopy_s:
   print(f"tree copy   {treecopy_s:7.2f} s  {r['output_tree_copy']['MB_per_s']:8.1f} MB/s                  (cp -r + sync of the produced Maildir: the file-system floor)")
 print(f"first       {first_s:7.2f} s  {r['first']['items_per_s']:8.0f} items/s {r['first']['MB_per_s']:7.1f} MB/s  "
       f"peak RSS {r['first']['peak_rss_mb']:.0f} MB  ({r['deliveries']:,} deliveries, {first['bytes_written']/1e6:.0f} MB)")
+print(f"            CPU seconds: {os.environ['FIRST_CPU']}; tree copy: {os.environ['TREECOPY_CPU']}")
 print(f"            at exit: {r['first']['rss_anon_mb_at_end']:.0f} MB anonymous, {r['first']['rss_file_mb_at_end']:.0f} MB file-backed (LMDB map)")
 if treecopy_s:
   print(f"            first/tree copy = {r['ratios']['first_over_output_tree_copy']:.2f}x")
