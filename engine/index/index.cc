@@ -918,6 +918,12 @@ Result<Counters> Index::GetCounters() {
 Result<IndexStats> Index::Stats() {
   IndexStats s;
   Impl& im = *impl_;
+  if (im.options.read_only) {
+    // A run holds wxarchiver.lock exclusively for its whole life; if a shared
+    // lock cannot be had, its intents are in flight, not left by a crash.
+    core::UniqueFd fd(::open(core::JoinPath(dir_, "wxarchiver.lock").c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.valid() && ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) s.run_active = true;
+  }
   std::shared_lock l(im.env_mu);
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(im.env, MDB_RDONLY));

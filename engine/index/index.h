@@ -156,6 +156,7 @@ struct IndexStats {
   std::string corp;
   uint64_t commits = 0;          // group commits by this process
   uint64_t map_grows = 0;
+  bool run_active = false;       // another process holds the run lock now
 };
 
 class Index {

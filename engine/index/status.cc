@@ -26,7 +26,10 @@ std::string StatusText(const std::string& dir, const IndexStats& s) {
        Item(s, ItemState::kFailed));
   out += fmt::format("deliveries       {} done, {} in doubt, {} failed\n", Delivery(s, DeliveryState::kDone),
        Delivery(s, DeliveryState::kIntent), Delivery(s, DeliveryState::kFailed));
-  if (s.pending > 0) {
+  if (s.run_active) {
+    out += fmt::format("run              a run is using this index now; its {} in-doubt deliveries are being "
+                       "written\n", s.pending);
+  } else if (s.pending > 0) {
     out += fmt::format("in doubt         {} deliveries were being written when a run stopped; the next run "
                        "settles them\n", s.pending);
   }
@@ -67,6 +70,7 @@ std::string StatusJson(const std::string& dir, const IndexStats& s) {
   }
   j.EndObject();
   j.Field("in_doubt", s.pending);
+  j.Field("run_active", s.run_active);
   j.Key("counters").BeginObject();
   j.Field("items_done", s.counters.items[static_cast<int>(ItemState::kDone)]);
   j.Field("deliveries_done", s.counters.deliveries[static_cast<int>(DeliveryState::kDone)]);

@@ -239,6 +239,15 @@ TEST(Index, OneRunAtATime) {
   int rc = test::Run(std::string(WXA_CLI) + " status --json --index " + test::ShellQuote(dir / "idx"), &out);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("\"schema_version\":1"), std::string::npos) << out;
+  // ... and says a run is active, so its intents are not mistaken for a crash's.
+  EXPECT_NE(out.find("\"run_active\":true"), std::string::npos) << out;
+  rc = test::Run(std::string(WXA_CLI) + " status --index " + test::ShellQuote(dir / "idx"), &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("a run is using this index now"), std::string::npos) << out;
+  first->reset();
+  rc = test::Run(std::string(WXA_CLI) + " status --json --index " + test::ShellQuote(dir / "idx"), &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"run_active\":false"), std::string::npos) << out;
 }
 
 TEST(Index, CorpIsBound) {
