@@ -77,6 +77,7 @@ status = json.load(open(f"{w}/status.json"))
 items = first["items"]
 assert first["imported"] > 0 and rescan["imported"] == 0, "the rescan must import nothing"
 assert rescan["already_present"] == first["imported"], "the rescan must find every item done"
+assert rescan.get("rendered", 0) == 0, "the skip path must not render"
 r = {
   "records": first["records"], "items": items, "deliveries": first["deliveries"],
   "bytes_written": first["bytes_written"], "corpus_bytes": corpus_bytes,

@@ -54,6 +54,7 @@ struct RecordWork {
   uint64_t deliveries_new = 0;
   uint64_t deliveries_present = 0;
   uint64_t bytes_written = 0;
+  bool rendered = false;                       // the renderer ran (or measured) for it
   std::vector<std::pair<std::string, std::string>> unmapped;  // participant id, why
   std::vector<ReportEntry> entries;
 };
@@ -378,6 +379,7 @@ class ImportRun {
     };
     // Size first when the attachments alone are over the limit: measured
     // exactly, never held in memory.
+    rw.rendered = true;
     if (mime::RenderedSizeLowerBound(item) > limit) {
       auto size = w.renderer.MeasureSize(in);
       if (size.ok()) {
@@ -519,7 +521,7 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Field("deliveries_present", c.deliveries_present).Field("bytes_written", c.bytes_written);
   j.Field("unmapped", c.unmapped).Field("oversize", c.oversize).Field("malformed", c.malformed);
   j.Field("failed", c.failed).Field("switch", c.switches).Field("missing_media", c.missing_media);
-  j.Field("corrupt_media", c.corrupt_media).Field("repaired", c.repaired);
+  j.Field("corrupt_media", c.corrupt_media).Field("repaired", c.repaired).Field("rendered", c.rendered);
   j.Field("unknown_type", c.unknown_type).Field("input_issues", c.input_issues);
   j.Field("source_bytes", c.source_bytes);
   j.EndObject();
@@ -820,6 +822,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                     counts.deliveries += r.deliveries_new;
                     counts.deliveries_present += r.deliveries_present;
                     counts.bytes_written += r.bytes_written;
+                    counts.rendered += r.rendered;
                     if (r.imported) {
                       for (const auto& mb : r.delivered) {
                         ++summary.deliveries_by_mailbox[mb];

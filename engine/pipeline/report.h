@@ -62,6 +62,7 @@ struct Counts {
   uint64_t unknown_type = 0;
   uint64_t input_issues = 0;
   uint64_t source_bytes = 0;
+  uint64_t rendered = 0;           // items the renderer ran for (0 on a rerun of done work)
 };
 
 class ReportWriter {

@@ -201,6 +201,7 @@ TEST_F(ImportTest, RerunWritesNothing) {
   WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), Text("m2", "bob", "alice"), Text("m3", "alice", "carol")});
   auto first = Import(Options());
   EXPECT_EQ(first.counts.deliveries, 6u);
+  EXPECT_EQ(first.counts.rendered, 3u);  // once per item, not per mailbox
   EXPECT_EQ(first.index.items_done, 3u);
   EXPECT_EQ(first.index.deliveries_done, 6u);
   auto mail = [&] {
@@ -228,6 +229,7 @@ TEST_F(ImportTest, RerunWritesNothing) {
   EXPECT_EQ(third.counts.already_present, 3u);
   EXPECT_EQ(third.counts.deliveries_present, 6u);
   EXPECT_EQ(third.counts.deliveries, 0u);
+  EXPECT_EQ(third.counts.rendered, 0u);  // the skip path never renders
   EXPECT_EQ(mail(), before);
   std::string report = test::ReadFile(tmp_ / "report.json");
   EXPECT_NE(report.find(R"("rescan_reason":"--rescan")"), std::string::npos);
