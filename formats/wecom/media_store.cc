@@ -1,5 +1,7 @@
 #include "formats/wecom/media_store.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -38,9 +40,10 @@ bool IsMd5Hex(std::string_view s) {
 
 }  // namespace
 
-Result<MediaStore> MediaStore::Open(const std::string& media_dir) {
+Result<MediaStore> MediaStore::Open(const std::string& media_dir, size_t max_cached) {
   MediaStore m;
   m.dir_ = media_dir;
+  m.max_cached_ = std::max<size_t>(1, max_cached);
   m.have_dir_ = core::IsDirectory(media_dir);
   std::string index_path = core::JoinPath(media_dir, "index.csv");
   if (m.have_dir_ && core::PathExists(index_path)) {
@@ -139,6 +142,9 @@ MediaStore::Verdict MediaStore::Check(const std::string& rel, bool need_md5) {
     shared_->stats.files_verified++;
     shared_->stats.bytes_verified += v.size;
   }
+  if (shared_->cache.size() >= max_cached_ && shared_->cache.find(rel) == shared_->cache.end()) {
+    shared_->cache.clear();  // start over: cheaper than LRU bookkeeping per lookup
+  }
   shared_->cache.insert_or_assign(rel, v);
   return v;
 }
@@ -198,7 +204,9 @@ void MediaStore::Resolve(core::MediaRef& ref) {
 
 MediaStats MediaStore::stats() const {
   std::lock_guard<std::mutex> lock(shared_->mu);
-  return shared_->stats;
+  MediaStats s = shared_->stats;
+  s.cached = shared_->cache.size();
+  return s;
 }
 
 }  // namespace wxa::wecom

@@ -2,7 +2,9 @@
 //   media/<md5sum>           when the payload has an md5sum (stored once however often forwarded)
 //   media/<sdkfileid>        otherwise, with '+' -> '-' and '/' -> '_'
 //   media/index.csv          optional "sdkfileid,path" rows (path relative to media/) that win
-// Resolution checks the declared size and MD5 once per file and caches the verdict.
+// Resolution checks the declared size and MD5 once per file and caches the
+// verdict; the cache is bounded (a backfill can reference millions of files),
+// so a file seen again after many others may be checked again.
 #pragma once
 
 #include <memory>
@@ -19,13 +21,17 @@ namespace wxa::wecom {
 struct MediaStats {
   uint64_t files_verified = 0;  // distinct files hashed
   uint64_t bytes_verified = 0;
+  uint64_t cached = 0;          // verdicts held now
 };
 
 class MediaStore {
  public:
   // media_dir may not exist (a corpus without media): every lookup then misses.
   // A malformed index.csv is an error; unusable rows are listed in issues().
-  static Result<MediaStore> Open(const std::string& media_dir);
+  // At most max_cached verdicts are kept (about 250 bytes each); when full
+  // the cache starts over.
+  static constexpr size_t kDefaultMaxCached = size_t{1} << 16;
+  static Result<MediaStore> Open(const std::string& media_dir, size_t max_cached = kDefaultMaxCached);
 
   // Fills ref.path / ref.size / ref.problem. Never fails: a missing, unreadable
   // or mismatching file is described in ref.problem. A file whose bytes do not
@@ -50,6 +56,7 @@ class MediaStore {
 
   std::string dir_;
   bool have_dir_ = false;
+  size_t max_cached_ = kDefaultMaxCached;
   std::unordered_map<std::string, std::string> index_;  // sdkfileid -> relative path
   std::vector<CsvIssue> issues_;
   // Verdicts shared by the pipeline threads; behind a pointer so the store moves.

@@ -303,6 +303,37 @@ TEST_F(MediaStoreTest, ByMd5VerifiedOnce) {
   EXPECT_EQ(issues_.size(), 2u);  // the two unsafe index.csv rows
 }
 
+TEST_F(MediaStoreTest, CacheIsBounded) {
+  std::vector<std::string> md5s;
+  for (int i = 0; i < 10; ++i) {
+    std::string bytes = "file " + std::to_string(i);
+    md5s.push_back(core::ToHex(core::Md5(bytes)));
+    test::WriteFile(dir_ / ("media/" + md5s.back()), bytes);
+  }
+  auto store = MediaStore::Open(dir_ / "media", 4);
+  ASSERT_TRUE(store.ok());
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int i = 0; i < 10; ++i) {
+      core::MediaRef m;
+      m.md5sum = md5s[i];
+      m.declared_size = std::string("file " + std::to_string(i)).size();
+      store->Resolve(m);
+      EXPECT_EQ(m.state, core::MediaState::kOk) << i;
+      EXPECT_LE(store->stats().cached, 4u);
+    }
+  }
+  // Evicted verdicts are checked again, correctly.
+  EXPECT_GT(store->stats().files_verified, 10u);
+  // A file looked up twice in a row is verified once.
+  auto again = MediaStore::Open(dir_ / "media", 4);
+  for (int k = 0; k < 2; ++k) {
+    core::MediaRef m;
+    m.md5sum = md5s[0];
+    again->Resolve(m);
+  }
+  EXPECT_EQ(again->stats().files_verified, 1u);
+}
+
 TEST_F(MediaStoreTest, MissingAndCorrupt) {
   core::MediaRef missing;
   missing.md5sum = std::string(32, 'a');
