@@ -78,7 +78,8 @@ void BM_RenderAttachment(benchmark::State& state) {
   const std::string path = "/tmp/wxa-bench-attachment.bin";
   std::string data(static_cast<size_t>(state.range(0)), '\0');
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 2654435761u >> 24);
-  if (!wxa::core::WriteFileAtomic(wxa::core::Env::Default(), path + ".tmp", path, data, false).ok()) {
+  if (!wxa::core::WriteFileAtomic(wxa::core::Env::Default(), path + ".tmp", path, data,
+                                       wxa::core::Durability::kNone).ok()) {
     state.SkipWithError("cannot write the attachment file");
     return;
   }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdint>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -320,8 +321,14 @@ struct Index::Impl {
     std::string_view v;
     int rc = Get(t, meta, counter, &v);
     uint32_t next = 1;
-    if (rc == 0) next = static_cast<uint32_t>(std::max<int64_t>(1, ParseNum(v)));
-    else if (rc != MDB_NOTFOUND) return rc;
+    if (rc == 0) {
+      // An unreadable counter must not hand out an id again.
+      const int64_t n = ParseNum(v);
+      if (n <= 0 || n > UINT32_MAX) return MDB_CORRUPTED;
+      next = static_cast<uint32_t>(n);
+    } else if (rc != MDB_NOTFOUND) {
+      return rc;
+    }
     *id = next;
     return Put(t, meta, counter, std::to_string(next + 1));
   }
@@ -333,7 +340,9 @@ struct Index::Impl {
     std::string_view v;
     int rc = Get(t, meta, key, &v);
     if (rc == 0) {
-      *id = static_cast<uint32_t>(ParseNum(v));
+      const int64_t n = ParseNum(v);
+      if (n <= 0 || n > UINT32_MAX) return MDB_CORRUPTED;  // ids start at 1
+      *id = static_cast<uint32_t>(n);
       return 0;
     }
     if (rc != MDB_NOTFOUND) return rc;

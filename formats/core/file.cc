@@ -194,14 +194,14 @@ Status WriteTempFile(Env* env, const std::string& tmp_path, std::string_view dat
 }
 
 Status WriteFileAtomic(Env* env, const std::string& tmp_path, const std::string& path,
-                       std::string_view data, bool sync_dir) {
-  WXA_RETURN_IF_ERROR(WriteTempFile(env, tmp_path, data, /*sync=*/true));
+                       std::string_view data, Durability durability) {
+  WXA_RETURN_IF_ERROR(WriteTempFile(env, tmp_path, data, durability != Durability::kNone));
   Status s = env->Rename(tmp_path, path);
   if (!s.ok()) {
     (void)env->Remove(tmp_path);
     return s;
   }
-  if (sync_dir) {
+  if (durability == Durability::kFileAndDir) {
     std::string dir = path.substr(0, path.rfind('/'));
     WXA_RETURN_IF_ERROR(env->SyncDir(dir.empty() ? "/" : dir));
   }

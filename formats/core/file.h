@@ -97,10 +97,17 @@ class Env {
 // holding `data`, fsynced when `sync`. On failure nothing is left behind.
 Status WriteTempFile(Env* env, const std::string& tmp_path, std::string_view data, bool sync);
 
-// Creates `path` with `data` durably and atomically, through `tmp_path`:
-// O_EXCL create, write, fsync, rename, (optionally) fsync of the directory.
+// How durable WriteFileAtomic makes the new file before returning.
+enum class Durability {
+  kNone,        // atomic only (a generated corpus, a bench fixture)
+  kFile,        // the file's bytes are fsynced before the rename
+  kFileAndDir,  // ... and its directory after it
+};
+
+// Creates `path` with `data` atomically, through `tmp_path`: O_EXCL create,
+// write, fsync (per `durability`), rename, fsync of the directory (ditto).
 // On failure the temp file is removed and `path` is untouched.
 Status WriteFileAtomic(Env* env, const std::string& tmp_path, const std::string& path,
-                       std::string_view data, bool sync_dir);
+                       std::string_view data, Durability durability);
 
 }  // namespace wxa::core

@@ -220,6 +220,19 @@ TEST(Index, ClearErrorsForWhatIsNotAnIndex) {
   EXPECT_EQ(r.status().code(), Status::Code::kUnsupported);
   EXPECT_NE(r.status().message().find("newer"), std::string::npos);
 
+  // An unreadable id counter or id is an error, never an id handed out twice.
+  {
+    auto idx = Index::Open(dir / "badid");
+    ASSERT_TRUE(idx.ok());
+    ASSERT_TRUE((*idx)->FileId("a.jsonl").ok());
+    WriteBatch b;
+    b.meta.emplace_back("next_file_id", "x1");
+    b.meta.emplace_back("file/a.jsonl", "");
+    ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
+    EXPECT_FALSE((*idx)->FileId("b.jsonl").ok());
+    EXPECT_FALSE((*idx)->FileId("a.jsonl").ok());
+  }
+
   // Read-only on nothing.
   IndexOptions ro;
   ro.read_only = true;

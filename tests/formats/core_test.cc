@@ -141,13 +141,13 @@ TEST(File, AtomicWriteLeavesNoTempOnFailure) {
   test::TempDir dir;
   test::FaultEnv env;
   env.fail_sync = true;
-  Status s = WriteFileAtomic(&env, dir / "t.tmp", dir / "final", "data", true);
+  Status s = WriteFileAtomic(&env, dir / "t.tmp", dir / "final", "data", Durability::kFileAndDir);
   EXPECT_FALSE(s.ok());
   EXPECT_TRUE(test::ListFiles(dir.path()).empty());
   env.fail_sync = false;
   // A stale temp from a crashed run is replaced.
   test::WriteFile(dir / "t.tmp", "stale");
-  ASSERT_TRUE(WriteFileAtomic(&env, dir / "t.tmp", dir / "final", "data", true).ok());
+  ASSERT_TRUE(WriteFileAtomic(&env, dir / "t.tmp", dir / "final", "data", Durability::kFileAndDir).ok());
   EXPECT_EQ(test::ReadFile(dir / "final"), "data");
   EXPECT_EQ(test::ListFiles(dir.path()), std::vector<std::string>{"final"});
 }

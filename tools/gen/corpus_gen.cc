@@ -208,11 +208,9 @@ class Generator {
     return convs_.back();
   }
 
-  // A generated corpus needs no durability: temp file and rename (so a
-  // half-written file is never taken for a whole one), but no fsync.
+  // A generated corpus needs no durability, only no half-written files.
   Status Put(const std::string& path, std::string_view data) {
-    WXA_RETURN_IF_ERROR(core::WriteTempFile(env_, path + ".tmp", data, /*sync=*/false));
-    return env_->Rename(path + ".tmp", path);
+    return core::WriteFileAtomic(env_, path + ".tmp", path, data, core::Durability::kNone);
   }
 
   Status WriteText(const std::string& name, const std::string& text) {
