@@ -1,0 +1,1 @@
+#include "formats/pst/pst_writer.h"
