@@ -47,9 +47,10 @@ std::string DescribeSize(uint64_t bytes) {
   return fmt::format("{:.1f} MiB ({} bytes)", bytes / 1048576.0, bytes);
 }
 
-std::string OversizeReason(const SizeLimit& limit, uint64_t size) {
-  return fmt::format("rendered item is {}, over the {} limit; policy '{}': not imported",
-                     DescribeSize(size), DescribeSize(limit.max_bytes), PolicyName(limit.policy));
+std::string OversizeReason(const SizeLimit& limit, uint64_t size, bool estimated) {
+  return fmt::format("rendered item {} {}, over the {} limit; policy '{}': not imported",
+                     estimated ? "would be at least" : "is", DescribeSize(size),
+                     DescribeSize(limit.max_bytes), PolicyName(limit.policy));
 }
 
 }  // namespace wxa::limits

@@ -32,7 +32,9 @@ const char* PolicyName(OversizePolicy p);
 // A human size: "10.0 MiB (10485760 bytes)".
 std::string DescribeSize(uint64_t bytes);
 
-// The report reason for an item of `size` bytes that is over the limit.
-std::string OversizeReason(const SizeLimit& limit, uint64_t size);
+// The report reason for an item of `size` bytes that is over the limit;
+// `estimated` when the size is a lower bound computed without rendering
+// (attachments alone are over the limit: they are never read).
+std::string OversizeReason(const SizeLimit& limit, uint64_t size, bool estimated = false);
 
 }  // namespace wxa::limits

@@ -62,6 +62,7 @@ struct RecordWork {
 struct Batch {
   std::vector<wecom::RawRecord> records;
   std::vector<RecordWork> work;
+  std::vector<wecom::FileIssue> file_issues;  // source files skipped while reading this batch
 };
 
 // Per-thread heavy contexts (STYLE rule 5).
@@ -368,26 +369,34 @@ class ImportRun {
     for (auto& m : item.media) media_.Resolve(m);
     mime::RenderInput in = mapper_.RenderInputFor(item);
     const uint64_t limit = o_.limit.max_bytes;
-    auto reject = [&](uint64_t size) {
-      ReportEntry e = EntryFor(item, Outcome::kOversize, limits::OversizeReason(o_.limit, size));
+    auto reject = [&](uint64_t size, bool estimated) {
+      ReportEntry e = EntryFor(item, Outcome::kOversize, limits::OversizeReason(o_.limit, size, estimated));
       e.size = size;
       rw.entries.push_back(std::move(e));
       rw.item_record = RecordFor(item, index::ItemState::kRejected, rw.entries.back().reason);
       rw.item_record->size = size;
       rw.released = to_write;
       rw.settled = true;
+      for (auto& m : item.media) std::string().swap(m.bytes);
     };
-    // Size first when the attachments alone are over the limit: measured
-    // exactly, never held in memory.
-    rw.rendered = true;
-    if (mime::RenderedSizeLowerBound(item) > limit) {
-      auto size = w.renderer.MeasureSize(in);
-      if (size.ok()) {
-        reject(*size);
+    // Over the limit by the media sizes alone: rejected before any byte of
+    // them is read or hashed, so memory per record stays bounded by the limit.
+    const uint64_t estimate = mime::RenderedSizeLowerBound(item);
+    if (estimate > limit) {
+      reject(estimate, true);
+      return;
+    }
+    for (auto& m : item.media) {
+      Status ls = media_.Load(m, limit);
+      if (ls.code() == Status::Code::kTooLarge) {  // grew past the limit since it was found
+        reject(std::max(mime::RenderedSizeLowerBound(item), limit + 1), true);
         return;
       }
     }
+    rw.rendered = true;
     auto bytes = w.renderer.Render(in);
+    // The media bytes are in the rendering now; a batch holds many records.
+    for (auto& m : item.media) std::string().swap(m.bytes);
     if (!bytes.ok()) {
       rw.entries.push_back(EntryFor(item, Outcome::kFailed, bytes.status().ToString()));
       rw.item_record = RecordFor(item, index::ItemState::kFailed, bytes.status().ToString());
@@ -396,7 +405,7 @@ class ImportRun {
       return;
     }
     if (bytes->size() > limit) {
-      reject(bytes->size());
+      reject(bytes->size(), false);
       return;
     }
     for (size_t i = 0; i < to_write.size(); ++i) {
@@ -568,24 +577,6 @@ Result<std::string> MappingFingerprint(const ImportOptions& o) {
   return core::ToHex(h.Finish()).substr(0, 32);
 }
 
-// Hash of the first `len` bytes of a file (cursor identity).
-Result<std::string> PrefixHash(const std::string& path, uint32_t len) {
-  core::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno("open", path, errno);
-  std::string buf(len, '\0');
-  size_t got = 0;
-  while (got < len) {
-    ssize_t n = ::pread(fd.get(), buf.data() + got, len - got, static_cast<off_t>(got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Status::FromErrno("read", path, errno);
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  buf.resize(got);
-  core::Sha256Digest d = core::Sha256(buf);
-  return std::string(reinterpret_cast<const char*>(d.data()), 16);
-}
-
 std::string CanonicalTarget(const std::string& target) {
   size_t colon = target.find(':');
   std::string dir = target.substr(colon + 1);
@@ -610,7 +601,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                        mapping::Mapper::Create(&directory, o.mapping_csv, o.mailboxes_file,
                                                {o.default_region}));
   WXA_ASSIGN_OR_RETURN(wecom::MediaStore media,
-                       wecom::MediaStore::Open(core::JoinPath(o.source_dir, "media")));
+                       wecom::MediaStore::Open(o.source_dir));
   WXA_ASSIGN_OR_RETURN(std::unique_ptr<sinks::LocalSink> sink,
                        sinks::MakeLocalSink(o.target, o.folder, env, o.sync_mode));
   mime::InitGMime();
@@ -682,10 +673,9 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
     wb.meta.emplace_back(cfg_prefix + "mapping", mapping_fp);
     wb.meta.emplace_back(cfg_prefix + "limit", limit_fp);
     for (size_t i = 0; i < files.size(); ++i) {
-      const std::string path = core::JoinPath(o.source_dir, files[i]);
       index::Cursor& t = templates[i];
       t.prefix_len = static_cast<uint32_t>(std::min<uint64_t>(4096, reader.FileSize(static_cast<uint32_t>(i))));
-      WXA_ASSIGN_OR_RETURN(t.prefix_hash, PrefixHash(path, t.prefix_len));
+      WXA_ASSIGN_OR_RETURN(t.prefix_hash, reader.PrefixHash(static_cast<uint32_t>(i), t.prefix_len));
       WXA_ASSIGN_OR_RETURN(auto cur, idx->GetCursor(ImportRun::CursorKey(sink_id, files[i])));
       if (rescan) {
         // Reset in the same transaction as the new fingerprints, so a crash
@@ -697,7 +687,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
       if (!cur) continue;
       bool same_file = false;
       if (cur->prefix_len <= reader.FileSize(static_cast<uint32_t>(i)) && cur->offset <= reader.FileSize(static_cast<uint32_t>(i))) {
-        WXA_ASSIGN_OR_RETURN(std::string h, PrefixHash(path, cur->prefix_len));
+        WXA_ASSIGN_OR_RETURN(std::string h, reader.PrefixHash(static_cast<uint32_t>(i), cur->prefix_len));
         same_file = h == cur->prefix_hash;
       }
       if (!same_file) {
@@ -736,6 +726,18 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   WXA_RETURN_IF_ERROR(add_issues(directory.issues(), o.directory_csv));
   WXA_RETURN_IF_ERROR(add_issues(mapper.issues(), !o.mapping_csv.empty() ? o.mapping_csv : o.mailboxes_file));
   WXA_RETURN_IF_ERROR(add_issues(media.issues(), core::JoinPath(o.source_dir, "media/index.csv")));
+  auto add_file_issues = [&](const std::vector<wecom::FileIssue>& issues) -> Status {
+    for (const auto& fi : issues) {
+      ReportEntry e;
+      e.outcome = Outcome::kInputIssue;
+      e.reason = fmt::format("source file not read: {}", fi.reason);
+      e.input = core::JoinPath(o.source_dir, fi.file);
+      AddCounts(counts, e.outcome);
+      WXA_RETURN_IF_ERROR(report.Add(e));
+    }
+    return Status::Ok();
+  };
+  WXA_RETURN_IF_ERROR(add_file_issues(reader.TakeNewIssues()));
   if (files.empty()) {
     WXA_RETURN_IF_ERROR(add_issues(
         {{0, "the source directory holds no *.jsonl files: nothing to import"}}, o.source_dir));
@@ -782,7 +784,9 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                 fc.stop();
                 return nullptr;
               }
+              b->file_issues = reader.TakeNewIssues();
               if (!*more) {
+                if (!b->file_issues.empty()) return b.release();  // report them, then stop
                 fc.stop();
                 return nullptr;
               }
@@ -806,6 +810,9 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
             tbb::make_filter<Batch*, void>(
                 tbb::filter_mode::serial_in_order, [&](Batch* raw) {
                   std::unique_ptr<Batch> b(raw);
+                  if (Status fs = add_file_issues(b->file_issues); !fs.ok() && stage_error.ok()) {
+                    stage_error = fs;
+                  }
                   bool cursor_ok = false;
                   index::WriteBatch wb = run.Commit(*b, &cursor_ok);
                   if (wb.ops() > 0) commits.push_back(idx->Submit(std::move(wb)));

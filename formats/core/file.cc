@@ -1,10 +1,15 @@
 #include "formats/core/file.h"
 
 #include <cerrno>
+#include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <atomic>
 
 #include <fmt/format.h>
 
@@ -47,6 +52,185 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
     o.size_ = 0;
   }
   return *this;
+}
+
+namespace {
+
+const char* FileTypeName(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISLNK(m)) return "a symlink";
+  return "not a regular file";
+}
+
+// openat2 is missing on kernels before 5.6 (ENOSYS) and may be filtered by
+// seccomp (EPERM); then the walk below is used for the rest of the process.
+std::atomic<bool> g_have_openat2{true};
+
+}  // namespace
+
+void UseOpenat2ForTesting(bool use) { g_have_openat2.store(use); }
+
+Result<RootedDir> RootedDir::Open(const std::string& path) {
+  RootedDir d;
+  d.path_ = path;
+  d.fd_ = UniqueFd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!d.fd_.valid()) {
+    if (errno == ENOENT) return Status::NotFound(fmt::format("{} does not exist", path));
+    if (errno == ENOTDIR) return Status::InvalidArgument(fmt::format("{} is not a directory", path));
+    return Status::FromErrno("open directory", path, errno);
+  }
+  return d;
+}
+
+Result<UniqueFd> RootedDir::OpenBeneath(std::string_view rel, int flags) const {
+  const std::string full = JoinPath(path_, rel);
+  if (rel.empty() || rel.front() == '/') {
+    return Status::InvalidArgument(fmt::format("{}: not a relative path", full));
+  }
+  const std::string r(rel);
+  if (g_have_openat2.load(std::memory_order_relaxed)) {
+    open_how how{};
+    how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    long fd;
+    do {
+      fd = ::syscall(SYS_openat2, fd_.get(), r.c_str(), &how, sizeof how);
+    } while (fd < 0 && (errno == EINTR || errno == EAGAIN));
+    if (fd >= 0) return UniqueFd(static_cast<int>(fd));
+    int err = errno;
+    if (err == ENOSYS || err == EPERM) {
+      g_have_openat2.store(false);
+    } else if (err == EXDEV) {
+      return Status::InvalidArgument(
+          fmt::format("{}: a symlink leads outside {}; not followed", full, path_));
+    } else if (err == ELOOP) {
+      return Status::InvalidArgument(fmt::format("{}: a symlink loop; not followed", full));
+    } else if (err == ENOENT || err == ENOTDIR) {
+      return Status::NotFound(full);
+    } else {
+      return Status::FromErrno("open", full, err);
+    }
+  }
+  // The walk: every component opened with O_NOFOLLOW, so no symlink is used.
+  UniqueFd dir;
+  int at = fd_.get();
+  size_t start = 0;
+  while (true) {
+    size_t slash = r.find('/', start);
+    std::string comp = r.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (comp.empty() || comp == "." || comp == "..") {
+      return Status::InvalidArgument(fmt::format("{}: not a plain relative path", full));
+    }
+    bool last = slash == std::string::npos;
+    int f = last ? (flags | O_NOFOLLOW | O_CLOEXEC) : (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    UniqueFd next(::openat(at, comp.c_str(), f));
+    if (!next.valid()) {
+      int err = errno;
+      if (err == ELOOP || (err == ENOTDIR && !last)) {
+        struct stat lst {};
+        if (::fstatat(at, comp.c_str(), &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(lst.st_mode)) {
+          return Status::InvalidArgument(fmt::format("{}: a symlink; not followed", full));
+        }
+      }
+      if (err == ENOENT || err == ENOTDIR) return Status::NotFound(full);
+      return Status::FromErrno("open", full, err);
+    }
+    if (last) return next;
+    dir = std::move(next);
+    at = dir.get();
+    start = slash + 1;
+  }
+}
+
+Result<UniqueFd> RootedDir::OpenFile(std::string_view rel, struct stat* st) const {
+  WXA_ASSIGN_OR_RETURN(UniqueFd fd, OpenBeneath(rel, O_RDONLY | O_NONBLOCK | O_NOCTTY));
+  struct stat local {};
+  struct stat* s = st != nullptr ? st : &local;
+  const std::string full = JoinPath(path_, rel);
+  if (::fstat(fd.get(), s) != 0) return Status::FromErrno("fstat", full, errno);
+  if (!S_ISREG(s->st_mode)) {
+    return Status::InvalidArgument(fmt::format("{} is {}, not a regular file; not read", full,
+                                               FileTypeName(s->st_mode)));
+  }
+  // Regular files ignore O_NONBLOCK, but drop it so reads behave plainly.
+  int fl = ::fcntl(fd.get(), F_GETFL);
+  if (fl >= 0) (void)::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK);
+  return fd;
+}
+
+Status RootedDir::CheckDirectory(std::string_view rel) const {
+  auto fd = OpenBeneath(rel, O_RDONLY | O_DIRECTORY | O_NONBLOCK);
+  if (fd.ok()) return Status::Ok();
+  if (fd.status().IsNotFound()) {
+    // ENOTDIR reads as absent; something there that is not a directory is not.
+    if (OpenBeneath(rel, O_PATH).ok()) {
+      return Status::InvalidArgument(fmt::format("{} is not a directory", JoinPath(path_, rel)));
+    }
+  }
+  return fd.status();
+}
+
+Result<std::vector<RootedDir::Entry>> RootedDir::List(std::string_view rel) const {
+  UniqueFd dfd;
+  if (rel.empty()) {
+    dfd = UniqueFd(::openat(fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dfd.valid()) return Status::FromErrno("open directory", path_, errno);
+  } else {
+    WXA_ASSIGN_OR_RETURN(dfd, OpenBeneath(rel, O_RDONLY | O_DIRECTORY));
+  }
+  int dup_fd = ::dup(dfd.get());
+  if (dup_fd < 0) return Status::FromErrno("dup", JoinPath(path_, rel), errno);
+  DIR* d = ::fdopendir(dup_fd);
+  if (d == nullptr) {
+    int err = errno;
+    ::close(dup_fd);
+    return Status::FromErrno("read directory", JoinPath(path_, rel), err);
+  }
+  std::vector<Entry> out;
+  errno = 0;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n = e->d_name;
+    if (n == "." || n == "..") continue;
+    Entry en{std::string(n), e->d_type};
+    if (en.type == DT_UNKNOWN) {
+      struct stat st {};
+      if (::fstatat(dfd.get(), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        en.type = S_ISREG(st.st_mode)    ? DT_REG
+                  : S_ISDIR(st.st_mode)  ? DT_DIR
+                  : S_ISLNK(st.st_mode)  ? DT_LNK
+                  : S_ISFIFO(st.st_mode) ? DT_FIFO
+                                         : DT_UNKNOWN;
+      }
+    }
+    out.push_back(std::move(en));
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(d);
+  if (err != 0) return Status::FromErrno("read directory", JoinPath(path_, rel), err);
+  return out;
+}
+
+Status ReadFd(int fd, const std::string& path, uint64_t max_bytes, std::string* out) {
+  char buf[1 << 16];
+  uint64_t got = 0;
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("read", path, errno);
+    }
+    if (n == 0) return Status::Ok();
+    got += static_cast<uint64_t>(n);
+    if (got > max_bytes) {
+      return Status::TooLarge(fmt::format("{}: more than {} bytes", path, max_bytes));
+    }
+    out->append(buf, static_cast<size_t>(n));
+  }
 }
 
 Result<std::string> ReadWholeFile(const std::string& path) {

@@ -2,9 +2,12 @@
 // writers and the OS (leveldb's Env idea) so tests can fail writes on demand.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "formats/core/status.h"
 
@@ -58,6 +61,57 @@ class MappedFile {
   void* addr_ = nullptr;
   size_t size_ = 0;
 };
+
+// A directory whose files are opened by relative path without ever leaving
+// it: openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) where the kernel has it
+// (Linux 5.6+), else a component walk that follows no symlink at all. Files
+// are opened O_NONBLOCK (a FIFO can never block a run) and must be regular
+// files: a FIFO, a device, a socket or a directory is refused with a reason.
+// This is how every input below the source directory is read (records and
+// media), so a symlink planted in an export can never mail /etc/shadow.
+class RootedDir {
+ public:
+  // Opens `path` itself normally (the user chose it, symlink or not).
+  static Result<RootedDir> Open(const std::string& path);
+  RootedDir() = default;
+  RootedDir(RootedDir&&) = default;
+  RootedDir& operator=(RootedDir&&) = default;
+
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_.get(); }
+
+  // Opens `rel` (a relative path below this directory) read-only. *st gets
+  // its fstat. Errors: kNotFound when absent; kInvalidArgument when it is
+  // not a regular file or a symlink would lead out of the directory (the
+  // message says which); kIOError for the rest (EACCES, EMFILE, ...).
+  Result<UniqueFd> OpenFile(std::string_view rel, struct stat* st) const;
+
+  // OK when `rel` is a directory below this one (symlinks inside allowed);
+  // kNotFound when absent; kInvalidArgument when it is something else or
+  // a symlink would lead out.
+  Status CheckDirectory(std::string_view rel) const;
+
+  struct Entry {
+    std::string name;
+    unsigned char type = 0;  // DT_REG, DT_DIR, DT_LNK, DT_FIFO, ... (DT_UNKNOWN resolved by fstatat)
+  };
+  // The entries of directory `rel` ("" = this one), without "." and "..",
+  // unsorted. Symlinked directories are not followed.
+  Result<std::vector<Entry>> List(std::string_view rel) const;
+
+ private:
+  Result<UniqueFd> OpenBeneath(std::string_view rel, int flags) const;
+  UniqueFd fd_;
+  std::string path_;
+};
+
+// Tests only: false makes RootedDir use its no-symlink walk, as on a kernel
+// without openat2 (both paths are tested).
+void UseOpenat2ForTesting(bool use);
+
+// Reads all of an open file descriptor into *out (appending), at most
+// `max_bytes` (more is kTooLarge). `path` names it in errors.
+Status ReadFd(int fd, const std::string& path, uint64_t max_bytes, std::string* out);
 
 Result<std::string> ReadWholeFile(const std::string& path);
 bool PathExists(const std::string& path);

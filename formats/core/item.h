@@ -46,9 +46,11 @@ const char* ItemKindName(ItemKind k);
 
 enum class MediaState : uint8_t {
   kUnresolved,  // not looked up yet
-  kOk,          // bytes present and matching the record
-  kMissing,     // no bytes (absent, unreadable, or no usable name)
-  kCorrupt,     // bytes present but size or MD5 differ from the record; attached as found
+  kFound,       // a regular file is there (size known); its bytes are not read yet
+  kOk,          // bytes read, and they match the record
+  kMissing,     // no bytes (absent, refused, unreadable, or no usable name)
+  kCorrupt,     // bytes read, but size or MD5 differ from the record (or the file
+                // changed while read); attached as read, with a note
 };
 
 // A binary payload stored beside the records (media/), referenced by the record.
@@ -61,10 +63,12 @@ struct MediaRef {
   std::string extension;     // without the dot, lowercase; may be empty
   // Filled by the media store:
   MediaState state = MediaState::kUnresolved;
-  std::string path;          // path of the bytes (kOk, kCorrupt); empty otherwise
-  uint64_t size = 0;         // actual size of the bytes at `path`
-  std::string problem;       // what is wrong (kMissing, kCorrupt); empty when kOk
-  bool has_bytes() const { return !path.empty(); }
+  std::string path;          // where the bytes are, relative to the source ("media/<name>")
+  uint64_t size = 0;         // the file's size when found; the size of `bytes` once read
+  std::string bytes;         // the bytes read (kOk, kCorrupt): exactly what goes into the item
+  std::string problem;       // what is wrong (kMissing, kCorrupt); empty otherwise
+  bool has_bytes() const { return state == MediaState::kOk || state == MediaState::kCorrupt; }
+  bool found() const { return state == MediaState::kFound || has_bytes(); }
 };
 
 // A labelled fact of the payload shown in the body (title, URL, address, ...).

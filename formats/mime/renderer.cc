@@ -1,9 +1,6 @@
 #include "formats/mime/renderer.h"
 
-#include <fcntl.h>
 #include <gmime/gmime.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -63,15 +60,6 @@ struct AttachmentInfo {
   const core::MediaRef* ref = nullptr;
 };
 
-std::string ReadHead(const std::string& path) {
-  char buf[16];
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return {};
-  ssize_t n = ::read(fd, buf, sizeof buf);
-  ::close(fd);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-}
-
 std::vector<AttachmentInfo> PlanAttachments(const core::Item& item) {
   std::vector<AttachmentInfo> out;
   for (const auto& m : item.media) {
@@ -84,7 +72,7 @@ std::vector<AttachmentInfo> PlanAttachments(const core::Item& item) {
     std::string ext = m.extension;
     size_t dot = a.filename.rfind('.');
     if (ext.empty() && dot != std::string::npos) ext = core::AsciiLower(a.filename.substr(dot + 1));
-    a.content_type = GuessContentType(ext, ReadHead(m.path));
+    a.content_type = GuessContentType(ext, std::string_view(m.bytes).substr(0, 16));
     if (ext.empty()) {
       // A name without extension (call recordings): give it the sniffed type's,
       // so mail clients know how to open it.
@@ -264,24 +252,14 @@ GPtr<GMimeTextPart> MakeTextPart(const char* subtype, const std::string& text) {
   return part;
 }
 
-Result<GPtr<GMimePart>> MakeFilePart(const AttachmentInfo& a) {
+GPtr<GMimePart> MakeFilePart(const AttachmentInfo& a) {
   std::string type = a.content_type;
   size_t slash = type.find('/');
   GPtr<GMimePart> part(g_mime_part_new_with_type(type.substr(0, slash).c_str(),
                                                  type.substr(slash + 1).c_str()));
-  GPtr<GMimeStream> stream;
-  if (a.ref->size == 0) {
-    stream = GPtr<GMimeStream>(g_mime_stream_mem_new());
-  } else {
-    int fd = ::open(a.ref->path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return Status::FromErrno("open media", a.ref->path, errno);
-    // The mmap stream owns fd and closes it.
-    stream = GPtr<GMimeStream>(g_mime_stream_mmap_new(fd, PROT_READ, MAP_PRIVATE));
-    if (!stream) {
-      ::close(fd);
-      return Status::IOError(fmt::format("cannot map {}", a.ref->path));
-    }
-  }
+  // The bytes the media store read and verified: exactly what is encoded.
+  const std::string& bytes = a.ref->bytes;
+  GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(bytes.data(), bytes.size()));
   GPtr<GMimeDataWrapper> wrapper(
       g_mime_data_wrapper_new_with_stream(stream.get(), GMIME_CONTENT_ENCODING_DEFAULT));
   g_mime_part_set_content(part.get(), wrapper.get());
@@ -405,8 +383,7 @@ Result<GPtr<GMimeMessage>> BuildMessage(const RenderInput& in) {
   GPtr<GMimeMultipart> mixed = NewMultipart("mixed", fmt::format("=_wxa_{}_mix", hex));
   g_mime_multipart_add(mixed.get(), GMIME_OBJECT(alt.get()));
   for (const auto& a : atts) {
-    WXA_ASSIGN_OR_RETURN(GPtr<GMimePart> part, MakeFilePart(a));
-    g_mime_multipart_add(mixed.get(), GMIME_OBJECT(part.get()));
+    g_mime_multipart_add(mixed.get(), GMIME_OBJECT(MakeFilePart(a).get()));
   }
   if (item.attach_raw && !item.raw.empty()) {
     g_mime_multipart_add(mixed.get(), GMIME_OBJECT(MakeRawRecordPart(item).get()));
@@ -504,7 +481,7 @@ std::vector<std::string> AttachmentFileNames(const core::Item& item) {
 uint64_t RenderedSizeLowerBound(const core::Item& item) {
   uint64_t total = 0;
   for (const auto& m : item.media) {
-    if (!m.has_bytes()) continue;
+    if (!m.found()) continue;
     uint64_t b64 = (m.size + 2) / 3 * 4;
     total += b64 + (b64 / 76) * 2;  // CRLF after every 76 characters
   }

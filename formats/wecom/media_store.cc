@@ -6,11 +6,30 @@
 #include <fmt/ranges.h>
 
 #include "formats/core/csv.h"
-#include "formats/core/file.h"
 #include "formats/core/hash.h"
 #include "formats/core/text.h"
 
 namespace wxa::wecom {
+
+namespace {
+
+constexpr std::string_view kMediaDir = "media";
+// media/index.csv lists one row per media file: a generous bound that still
+// keeps a hostile multi-gigabyte file from being read into memory.
+constexpr uint64_t kMaxIndexCsvBytes = 1ull << 30;
+constexpr size_t kMaxFileNameBytes = 255;
+
+bool IsMd5Hex(std::string_view s) {
+  if (s.size() != 32) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return false;
+  }
+  return true;
+}
+
+std::string MediaPath(std::string_view rel) { return fmt::format("{}/{}", kMediaDir, rel); }
+
+}  // namespace
 
 bool IsSafeRelativePath(std::string_view s) {
   if (s.empty() || s.front() == '/') return false;
@@ -28,47 +47,62 @@ bool IsSafeRelativePath(std::string_view s) {
   return true;
 }
 
-namespace {
-
-bool IsMd5Hex(std::string_view s) {
-  if (s.size() != 32) return false;
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return false;
+std::string SdkFileIdName(std::string_view sdkfileid) {
+  std::string name(sdkfileid);
+  for (char& c : name) {
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
   }
-  return true;
+  if (name.size() > kMaxFileNameBytes) return core::ToHex(core::Sha256(sdkfileid));
+  if (!IsSafeRelativePath(name)) return {};
+  return name;
 }
 
-}  // namespace
-
-Result<MediaStore> MediaStore::Open(const std::string& media_dir, size_t max_cached) {
+Result<MediaStore> MediaStore::Open(const std::string& source_dir) {
   MediaStore m;
-  m.dir_ = media_dir;
-  m.max_cached_ = std::max<size_t>(1, max_cached);
-  m.have_dir_ = core::IsDirectory(media_dir);
-  std::string index_path = core::JoinPath(media_dir, "index.csv");
-  if (m.have_dir_ && core::PathExists(index_path)) {
-    auto table = core::ReadCsvFile(index_path);
-    if (!table.ok()) return table.status().WithContext("media index");
-    int c_id = table->Column({"sdkfileid", "fileid"});
-    int c_path = table->Column({"path", "file", "filename"});
-    if (c_id < 0 || c_path < 0) {
-      return core::Status::InvalidArgument(
-          fmt::format("media index {}: header must have 'sdkfileid' and 'path'", index_path));
+  m.media_dir_ = core::JoinPath(source_dir, kMediaDir);
+  WXA_ASSIGN_OR_RETURN(m.source_, core::RootedDir::Open(source_dir));
+  {
+    // media/ itself must be a real directory inside the source.
+    Status d = m.source_.CheckDirectory(kMediaDir);
+    if (d.ok()) {
+      m.have_dir_ = true;
+    } else if (!d.IsNotFound()) {
+      return d.WithContext("media directory");
     }
-    for (const auto& row : table->rows) {
-      if (row.fields.size() <= static_cast<size_t>(std::max(c_id, c_path))) {
-        m.issues_.push_back({row.line, "row has too few fields"});
-        continue;
-      }
-      const std::string& id = row.fields[c_id];
-      const std::string& path = row.fields[c_path];
-      if (!IsSafeRelativePath(path)) {
-        m.issues_.push_back({row.line, fmt::format("path '{}' leaves media/ or is not relative",
-                                                   core::OneLine(path))});
-        continue;
-      }
-      m.index_.insert_or_assign(id, path);
+  }
+  if (!m.have_dir_) return m;
+  const std::string index_rel = MediaPath("index.csv");
+  const std::string index_path = core::JoinPath(source_dir, index_rel);
+  struct stat st {};
+  auto fd = m.source_.OpenFile(index_rel, &st);
+  if (!fd.ok()) {
+    if (fd.status().IsNotFound()) return m;
+    return fd.status().WithContext("media index");
+  }
+  std::string text;
+  WXA_RETURN_IF_ERROR(core::ReadFd(fd->get(), index_path, kMaxIndexCsvBytes, &text));
+  auto table = core::ParseCsv(text, index_path);
+  if (!table.ok()) return table.status().WithContext("media index");
+  int c_id = table->Column({"sdkfileid", "fileid"});
+  int c_path = table->Column({"path", "file", "filename"});
+  if (c_id < 0 || c_path < 0) {
+    return core::Status::InvalidArgument(
+        fmt::format("media index {}: header must have 'sdkfileid' and 'path'", index_path));
+  }
+  for (const auto& row : table->rows) {
+    if (row.fields.size() <= static_cast<size_t>(std::max(c_id, c_path))) {
+      m.issues_.push_back({row.line, "row has too few fields"});
+      continue;
     }
+    const std::string& id = row.fields[c_id];
+    const std::string& path = row.fields[c_path];
+    if (!IsSafeRelativePath(path)) {
+      m.issues_.push_back({row.line, fmt::format("path '{}' leaves media/ or is not relative",
+                                                 core::OneLine(path))});
+      continue;
+    }
+    m.index_.insert_or_assign(id, path);
   }
   return m;
 }
@@ -78,80 +112,21 @@ std::string MediaStore::LocalName(const core::MediaRef& ref, std::string* why) c
     auto it = index_.find(ref.sdkfileid);
     if (it != index_.end()) return it->second;
   }
-  if (!ref.md5sum.empty()) {
-    if (IsMd5Hex(ref.md5sum)) return core::AsciiLower(ref.md5sum);
-    // A bad md5sum is no reason to give up: fall back to the sdkfileid.
-  }
+  // A bad md5sum is no reason to give up: fall back to the sdkfileid.
+  if (IsMd5Hex(ref.md5sum)) return core::AsciiLower(ref.md5sum);
   if (!ref.sdkfileid.empty()) {
-    std::string name = ref.sdkfileid;
-    for (char& c : name) {
-      if (c == '+') c = '-';
-      if (c == '/') c = '_';
-    }
-    if (!IsSafeRelativePath(name)) {
-      *why = "sdkfileid is not usable as a file name";
-      return {};
-    }
-    if (name.size() > 255) {
-      *why = fmt::format(
-          "sdkfileid is {} bytes, too long for a file name; list it in media/index.csv",
-          name.size());
-      return {};
-    }
+    std::string name = SdkFileIdName(ref.sdkfileid);
+    if (name.empty()) *why = "sdkfileid is not usable as a file name";
     return name;
   }
   *why = "record gives neither md5sum nor sdkfileid";
   return {};
 }
 
-MediaStore::Verdict MediaStore::Check(const std::string& rel, bool need_md5) {
-  {
-    std::lock_guard<std::mutex> lock(shared_->mu);
-    auto it = shared_->cache.find(rel);
-    if (it != shared_->cache.end() &&
-        (!need_md5 || !it->second.md5_hex.empty() || !it->second.exists)) {
-      return it->second;
-    }
-  }
-  // Hash outside the lock: two threads may hash the same file once each at
-  // worst, which is cheaper than serializing every media lookup.
-  Verdict v;
-  std::string path = core::JoinPath(dir_, rel);
-  uint64_t size = 0;
-  core::Status st = core::Env::Default()->Stat(path, &size);
-  if (st.IsNotFound()) {
-    v.exists = false;
-  } else if (!st.ok()) {
-    v.exists = true;
-    v.error = st.ToString();
-  } else {
-    v.exists = true;
-    v.size = size;
-    if (need_md5) {
-      auto mapped = core::MappedFile::Open(path);
-      if (!mapped.ok()) {
-        v.error = mapped.status().ToString();
-      } else {
-        v.md5_hex = core::ToHex(core::Md5(mapped->data()));
-        v.size = mapped->size();
-      }
-    }
-  }
-  std::lock_guard<std::mutex> lock(shared_->mu);
-  if (!v.md5_hex.empty()) {
-    shared_->stats.files_verified++;
-    shared_->stats.bytes_verified += v.size;
-  }
-  if (shared_->cache.size() >= max_cached_ && shared_->cache.find(rel) == shared_->cache.end()) {
-    shared_->cache.clear();  // start over: cheaper than LRU bookkeeping per lookup
-  }
-  shared_->cache.insert_or_assign(rel, v);
-  return v;
-}
-
-void MediaStore::Resolve(core::MediaRef& ref) {
+void MediaStore::Resolve(core::MediaRef& ref) const {
   ref.path.clear();
   ref.problem.clear();
+  ref.bytes.clear();
   ref.size = 0;
   ref.state = core::MediaState::kMissing;
   std::string why;
@@ -161,52 +136,87 @@ void MediaStore::Resolve(core::MediaRef& ref) {
     return;
   }
   if (!have_dir_) {
-    ref.problem = fmt::format("media not found: no media directory ({})", dir_);
+    ref.problem = fmt::format("media not found: no media directory ({})", media_dir_);
     return;
   }
-  const bool declared_md5 = IsMd5Hex(ref.md5sum);
-  Verdict v = Check(rel, declared_md5);
-  if (!v.exists && declared_md5 && !ref.extension.empty()) {
+  struct stat st {};
+  auto fd = source_.OpenFile(MediaPath(rel), &st);
+  if (!fd.ok() && fd.status().IsNotFound() && IsMd5Hex(ref.md5sum) && !ref.extension.empty() &&
+      rel == core::AsciiLower(ref.md5sum)) {
     // Tools that save "<md5><suffix>" (e.g. WxJava's examples).
     std::string alt = rel + "." + ref.extension;
-    Verdict va = Check(alt, true);
-    if (va.exists) {
+    auto fa = source_.OpenFile(MediaPath(alt), &st);
+    if (fa.ok() || !fa.status().IsNotFound()) {
       rel = alt;
-      v = va;
+      fd = std::move(fa);
     }
   }
-  if (!v.exists) {
-    ref.problem = fmt::format("media not found: media/{}", rel);
+  if (!fd.ok()) {
+    const Status& s = fd.status();
+    if (s.IsNotFound()) {
+      ref.problem = fmt::format("media not found: {}", MediaPath(rel));
+    } else if (s.code() == Status::Code::kInvalidArgument) {
+      ref.problem = fmt::format("media not read: {}", s.message());
+    } else {
+      ref.problem = fmt::format("media unreadable: {}", s.message());
+    }
     return;
   }
-  if (!v.error.empty()) {
-    ref.problem = fmt::format("media unreadable: {}", v.error);
-    return;
+  ref.path = MediaPath(rel);
+  ref.size = static_cast<uint64_t>(st.st_size);
+  ref.state = core::MediaState::kFound;
+}
+
+Status MediaStore::Load(core::MediaRef& ref, uint64_t max_bytes) const {
+  if (ref.state != core::MediaState::kFound) return Status::Ok();
+  const std::string full = core::JoinPath(source_.path(), ref.path);
+  auto missing = [&](const Status& s) {
+    ref.state = core::MediaState::kMissing;
+    ref.bytes.clear();
+    ref.problem = fmt::format("media {}: {}", s.IsNotFound() ? "not found" : "not read", s.message());
+    return Status::Ok();
+  };
+  struct stat st {};
+  auto fd = source_.OpenFile(ref.path, &st);
+  if (!fd.ok()) return missing(fd.status());
+  const uint64_t at_open = static_cast<uint64_t>(st.st_size);
+  if (at_open > max_bytes) {
+    ref.size = at_open;
+    return Status::TooLarge(fmt::format("{} has {} bytes", ref.path, at_open));
   }
-  ref.path = core::JoinPath(dir_, rel);
-  ref.size = v.size;
+  std::string bytes;
+  bytes.reserve(at_open);
+  Status rs = core::ReadFd(fd->get(), full, max_bytes, &bytes);
+  if (rs.code() == Status::Code::kTooLarge) {
+    // It grew past the limit while read: the caller rejects the item.
+    ref.size = max_bytes + 1;
+    return rs;
+  }
+  if (!rs.ok()) return missing(rs);
+  ref.bytes = std::move(bytes);
+  ref.size = ref.bytes.size();
   ref.state = core::MediaState::kOk;
   std::vector<std::string> mismatches;
-  if (ref.declared_size && *ref.declared_size != v.size) {
-    mismatches.push_back(
-        fmt::format("record says {} bytes, file has {}", *ref.declared_size, v.size));
+  if (ref.size != at_open) {
+    mismatches.push_back(fmt::format("the file changed while it was read ({} bytes when opened, {} read)",
+                                     at_open, ref.size));
   }
-  if (declared_md5 && core::AsciiLower(ref.md5sum) != v.md5_hex) {
-    mismatches.push_back(
-        fmt::format("record says MD5 {}, file has {}", core::AsciiLower(ref.md5sum), v.md5_hex));
+  if (ref.declared_size && *ref.declared_size != ref.size) {
+    mismatches.push_back(fmt::format("record says {} bytes, file has {}", *ref.declared_size, ref.size));
+  }
+  if (IsMd5Hex(ref.md5sum)) {
+    std::string actual = core::ToHex(core::Md5(ref.bytes));
+    if (core::AsciiLower(ref.md5sum) != actual) {
+      mismatches.push_back(
+          fmt::format("record says MD5 {}, file has {}", core::AsciiLower(ref.md5sum), actual));
+    }
   }
   if (!mismatches.empty()) {
     ref.state = core::MediaState::kCorrupt;
-    ref.problem = fmt::format("media corrupt (media/{}): {}; attached as found", rel,
+    ref.problem = fmt::format("media corrupt ({}): {}; attached as read", ref.path,
                               fmt::join(mismatches, "; "));
   }
-}
-
-MediaStats MediaStore::stats() const {
-  std::lock_guard<std::mutex> lock(shared_->mu);
-  MediaStats s = shared_->stats;
-  s.cached = shared_->cache.size();
-  return s;
+  return Status::Ok();
 }
 
 }  // namespace wxa::wecom

@@ -896,14 +896,17 @@ Result<Parsed> RecordParser::Parse(const RawRecord& rec, std::string_view file) 
   bool repaired = false;
   element root;
   simdjson::error_code err;
+  // A UTF-8 BOM is not JSON: files concatenated with cat keep one mid-file.
+  const size_t bom = std::string_view(rec.bytes).substr(0, 3) == "\xEF\xBB\xBF" ? 3 : 0;
+  const std::string_view body = std::string_view(rec.bytes).substr(bom);
   if (rec.bytes.capacity() >= rec.bytes.size() + simdjson::SIMDJSON_PADDING) {
-    err = im.parser.parse(rec.bytes.data(), rec.bytes.size(), false).get(root);
+    err = im.parser.parse(body.data(), body.size(), false).get(root);
   } else {
-    err = im.parser.parse(rec.bytes.data(), rec.bytes.size(), true).get(root);
+    err = im.parser.parse(body.data(), body.size(), true).get(root);
   }
   if (err == simdjson::UTF8_ERROR || err == simdjson::UNESCAPED_CHARS ||
       err == simdjson::NUMBER_ERROR) {
-    std::string_view text = rec.bytes;
+    std::string_view text = body;
     std::string utf8;
     if (!core::IsValidUtf8(text)) {
       size_t n = core::RepairUtf8(text, &utf8);

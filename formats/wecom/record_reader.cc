@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "formats/core/hash.h"
+
 namespace wxa::wecom {
 
 namespace {
@@ -17,22 +19,30 @@ constexpr size_t kReadChunk = 1u << 20;
 }
 
 Result<RecordReader> RecordReader::Open(const std::string& source_dir) {
-  DIR* d = ::opendir(source_dir.c_str());
-  if (d == nullptr) return core::Status::FromErrno("open source directory", source_dir, errno);
   RecordReader r;
   r.dir_ = source_dir;
-  while (dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
+  auto root = core::RootedDir::Open(source_dir);
+  if (!root.ok()) return root.status().WithContext("source directory");
+  r.root_ = std::move(*root);
+  WXA_ASSIGN_OR_RETURN(auto entries, r.root_.List(""));
+  std::vector<std::string> names;
+  for (const auto& e : entries) {
+    const std::string& name = e.name;
     if (name.size() > 6 && name.compare(name.size() - 6, 6, ".jsonl") == 0 && name[0] != '.') {
-      r.files_.push_back(name);
+      names.push_back(name);
     }
   }
-  ::closedir(d);
-  std::sort(r.files_.begin(), r.files_.end());
-  for (const auto& f : r.files_) {
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
     struct stat st {};
-    std::string p = core::JoinPath(source_dir, f);
-    if (::stat(p.c_str(), &st) != 0) return core::Status::FromErrno("stat", p, errno);
+    auto fd = r.root_.OpenFile(name, &st);
+    if (!fd.ok()) {
+      r.issues_.push_back({name, fd.status().IsNotFound()
+                                     ? fmt::format("{}: a dangling symlink or gone", name)
+                                     : fd.status().message()});
+      continue;
+    }
+    r.files_.push_back(name);
     r.sizes_.push_back(static_cast<uint64_t>(st.st_size));
   }
   r.starts_.assign(r.files_.size(), FileStart{});
@@ -40,17 +50,39 @@ Result<RecordReader> RecordReader::Open(const std::string& source_dir) {
   return r;
 }
 
+std::vector<FileIssue> RecordReader::TakeNewIssues() {
+  std::vector<FileIssue> out(issues_.begin() + static_cast<long>(issues_taken_), issues_.end());
+  issues_taken_ = issues_.size();
+  return out;
+}
+
+Result<std::string> RecordReader::PrefixHash(uint32_t i, uint32_t len) const {
+  const std::string p = core::JoinPath(dir_, files_[i]);
+  auto fd = root_.OpenFile(files_[i], nullptr);
+  if (!fd.ok()) return fd.status();
+  std::string buf(len, '\0');
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = ::pread(fd->get(), buf.data() + got, len - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return core::Status::FromErrno("read", p, errno);
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  buf.resize(got);
+  core::Sha256Digest d = core::Sha256(buf);
+  return std::string(reinterpret_cast<const char*>(d.data()), 16);
+}
+
 void RecordReader::SetStart(uint32_t i, FileStart start) { starts_[i] = start; }
 void RecordReader::SkipFile(uint32_t i) { skip_[i] = true; }
 
 core::Status RecordReader::OpenFile(uint32_t i) {
-  std::string p = core::JoinPath(dir_, files_[i]);
-  fd_ = core::UniqueFd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd_.valid()) return core::Status::FromErrno("open", p, errno);
+  WXA_ASSIGN_OR_RETURN(fd_, root_.OpenFile(files_[i], nullptr));
   ::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   const FileStart& s = starts_[i];
   if (s.offset > 0 && ::lseek(fd_.get(), static_cast<off_t>(s.offset), SEEK_SET) < 0) {
-    return core::Status::FromErrno("seek", p, errno);
+    return core::Status::FromErrno("seek", core::JoinPath(dir_, files_[i]), errno);
   }
   buf_.clear();
   pos_ = 0;
@@ -58,6 +90,15 @@ core::Status RecordReader::OpenFile(uint32_t i) {
   line_ = s.line;
   eof_ = false;
   open_ = true;
+  if (s.offset == 0) {
+    // A UTF-8 byte order mark (editors on Windows write one) is not part of
+    // the first record.
+    while (buf_.size() < 3) {
+      WXA_ASSIGN_OR_RETURN(bool more, Fill());
+      if (!more) break;
+    }
+    if (buf_.compare(0, 3, "\xEF\xBB\xBF") == 0) pos_ = 3;
+  }
   return core::Status::Ok();
 }
 
@@ -93,7 +134,15 @@ Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
     if (!open_) {
       while (cur_ < files_.size() && skip_[cur_]) ++cur_;
       if (cur_ >= files_.size()) break;
-      WXA_RETURN_IF_ERROR(OpenFile(cur_));
+      core::Status os = OpenFile(cur_);
+      if (!os.ok()) {
+        // Replaced by something unreadable since Open(): skip it, say so.
+        // Its cursor does not move, so a rerun reads it when it is fixed.
+        issues_.push_back({files_[cur_], os.message()});
+        fd_.Reset();
+        ++cur_;
+        continue;
+      }
     }
     // Find the next line end, refilling as needed.
     // Fill() shifts the buffer, so remember how far past pos_ we have looked.

@@ -33,10 +33,20 @@ struct FileStart {
   uint64_t line = 0;  // lines before `offset`
 };
 
+// A *.jsonl name in the source that is not read, and why (a directory, a
+// FIFO, a dangling symlink or one leading out of the source, unreadable).
+struct FileIssue {
+  std::string file;
+  std::string reason;
+};
+
 class RecordReader {
  public:
-  // Lists the *.jsonl files directly in source_dir, sorted by name. An empty
-  // directory is fine (no records); a missing or unreadable one is an error.
+  // Lists the *.jsonl files directly in source_dir, sorted by name. Each is
+  // opened beneath source_dir (core::RootedDir): what is not a readable
+  // regular file inside the source is left out and listed in issues(). An
+  // empty directory is fine (no records); a missing or unreadable one is an
+  // error. A UTF-8 BOM at the start of a file is skipped.
   static Result<RecordReader> Open(const std::string& source_dir);
 
   const std::string& source_dir() const { return dir_; }
@@ -54,12 +64,25 @@ class RecordReader {
 
   uint64_t bytes_read() const { return bytes_read_; }
 
+  // Hash of the first `len` bytes of file i (16 bytes of SHA-256): tells a
+  // file that was appended to from one that was replaced.
+  Result<std::string> PrefixHash(uint32_t i, uint32_t len) const;
+
+  // Files left out at Open(), and files that could not be opened when their
+  // turn came (they are skipped; a rerun tries them again). Take() hands over
+  // the ones not taken yet.
+  const std::vector<FileIssue>& issues() const { return issues_; }
+  std::vector<FileIssue> TakeNewIssues();
+
  private:
   Status OpenFile(uint32_t i);
   // Refills buf_ from fd_ keeping [pos_, end). Returns false at EOF.
   Result<bool> Fill();
 
   std::string dir_;
+  core::RootedDir root_;
+  std::vector<FileIssue> issues_;
+  size_t issues_taken_ = 0;
   std::vector<std::string> files_;
   std::vector<uint64_t> sizes_;
   std::vector<FileStart> starts_;

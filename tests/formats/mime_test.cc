@@ -39,7 +39,7 @@ class GoldenFixture : public ::testing::Test {
     auto mapper = mapping::Mapper::Create(directory_, dir + "/mapping.csv", "", {});
     ASSERT_TRUE(mapper.ok()) << mapper.status().ToString();
     mapper_ = new mapping::Mapper(std::move(*mapper));
-    auto media = wecom::MediaStore::Open(dir + "/media");
+    auto media = wecom::MediaStore::Open(dir);
     ASSERT_TRUE(media.ok());
     auto reader = wecom::RecordReader::Open(dir);
     ASSERT_TRUE(reader.ok());
@@ -59,7 +59,10 @@ class GoldenFixture : public ::testing::Test {
       Rendered r;
       r.item = std::move(parsed->item);
       r.name = fmt::format("{:02}-{}.eml", rec.line, r.item.msgtype);
-      for (auto& m : r.item.media) media->Resolve(m);
+      for (auto& m : r.item.media) {
+        media->Resolve(m);
+        ASSERT_TRUE(media->Load(m, 1 << 30).ok());
+      }
       items_->push_back(std::move(r));
       Rendered& back = items_->back();
       back.input = mapper_->RenderInputFor(back.item);
@@ -137,7 +140,7 @@ TEST_F(GoldenFixture, PythonEmailParsesEveryItem) {
     for (const auto& m : r.item.media) {
       if (!m.has_bytes()) continue;
       j.BeginObject().Field("name", names.at(n++));
-      j.Field("sha256", core::ToHex(core::Sha256(test::ReadFile(m.path)))).EndObject();
+      j.Field("sha256", core::ToHex(core::Sha256(m.bytes))).EndObject();
     }
     if (r.item.attach_raw) {
       j.BeginObject().Field("name", names.at(n++));
@@ -233,15 +236,14 @@ TEST(Renderer, HeaderInjectionIsImpossible) {
 
 TEST(Renderer, DuplicateAttachmentNamesAreNumbered) {
   InitGMime();
-  test::TempDir dir;
-  test::WriteFile(dir / "a", "%PDF-1.4 a");
   core::Item it = SimpleItem();
   for (int i = 0; i < 2; ++i) {
     core::MediaRef m;
     m.role = "file";
     m.filename = "same.pdf";
     m.extension = "pdf";
-    m.path = dir / "a";
+    m.path = "media/a";
+    m.bytes = "%PDF-1.4 a";
     m.size = 10;
     m.state = core::MediaState::kOk;
     it.media.push_back(m);

@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <map>
 #include <set>
@@ -68,6 +70,99 @@ TEST(RecordReader, EmptyAndMissingSource) {
   ASSERT_TRUE(more.ok());
   EXPECT_FALSE(*more);
   EXPECT_FALSE(RecordReader::Open(dir / "missing").ok());
+}
+
+// Issue #8 items 2 and 6: what is not a regular file inside the source is
+// left out with a reason, never read, never blocks; the others are read.
+void CheckHostileEntries(bool openat2);
+TEST(RecordReader, HostileEntriesAreReportedAndTheRestIsRead) { CheckHostileEntries(true); }
+TEST(RecordReader, HostileEntriesWithoutOpenat2) {
+  core::UseOpenat2ForTesting(false);
+  CheckHostileEntries(false);
+  core::UseOpenat2ForTesting(true);
+}
+void CheckHostileEntries(bool openat2) {
+  test::TempDir outside;
+  test::WriteFile(outside / "x.jsonl", "{\"outside\":1}\n");
+  test::TempDir dir;
+  test::WriteFile(dir / "good.jsonl", "{\"a\":1}\n");
+  ASSERT_EQ(::mkfifo((dir / "fifo.jsonl").c_str(), 0600), 0);
+  ASSERT_EQ(::symlink("/dev/zero", (dir / "zero.jsonl").c_str()), 0);
+  ASSERT_EQ(::symlink((outside / "x.jsonl").c_str(), (dir / "out.jsonl").c_str()), 0);
+  ASSERT_EQ(::symlink((dir / "nowhere").c_str(), (dir / "dangling.jsonl").c_str()), 0);
+  ASSERT_EQ(::mkdir((dir / "x.jsonl").c_str(), 0700), 0);
+  ASSERT_EQ(::symlink("good.jsonl", (dir / "alias.jsonl").c_str()), 0);  // inside: fine
+  auto r = RecordReader::Open(dir.path());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  std::map<std::string, std::string> why;
+  for (const auto& i : r->issues()) why[i.file] = i.reason;
+  const char* link = openat2 ? "outside" : "symlink";
+  EXPECT_NE(why["fifo.jsonl"].find("FIFO"), std::string::npos) << why["fifo.jsonl"];
+  EXPECT_NE(why["zero.jsonl"].find(link), std::string::npos) << why["zero.jsonl"];
+  EXPECT_NE(why["out.jsonl"].find(link), std::string::npos) << why["out.jsonl"];
+  EXPECT_NE(why["x.jsonl"].find("directory"), std::string::npos) << why["x.jsonl"];
+  if (openat2) {
+    EXPECT_EQ(r->files(), (std::vector<std::string>{"alias.jsonl", "good.jsonl"}));
+    ASSERT_EQ(why.size(), 5u);
+    EXPECT_NE(why["dangling.jsonl"].find("dangling"), std::string::npos) << why["dangling.jsonl"];
+  } else {
+    EXPECT_EQ(r->files(), (std::vector<std::string>{"good.jsonl"}));
+    ASSERT_EQ(why.size(), 6u);  // no link followed, not even inside
+  }
+  auto all = ReadAll(*r);
+  ASSERT_EQ(all.size(), openat2 ? 2u : 1u);
+  EXPECT_EQ(all[0].bytes, "{\"a\":1}");
+}
+
+TEST(RecordReader, UnreadableFileIsReported) {
+  if (::geteuid() == 0) GTEST_SKIP() << "root reads files whatever their mode";
+  test::TempDir dir;
+  test::WriteFile(dir / "a.jsonl", "{\"a\":1}\n");
+  test::WriteFile(dir / "b.jsonl", "{\"b\":1}\n");
+  ASSERT_EQ(::chmod((dir / "a.jsonl").c_str(), 0), 0);
+  auto r = RecordReader::Open(dir.path());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->files(), (std::vector<std::string>{"b.jsonl"}));
+  ASSERT_EQ(r->issues().size(), 1u);
+  EXPECT_NE(r->issues()[0].reason.find("Permission denied"), std::string::npos);
+}
+
+// A file that becomes unreadable after Open() is skipped with an issue.
+TEST(RecordReader, FileReplacedByAFifoAfterOpenIsSkipped) {
+  test::TempDir dir;
+  test::WriteFile(dir / "a.jsonl", "{\"a\":1}\n");
+  test::WriteFile(dir / "b.jsonl", "{\"b\":1}\n");
+  auto r = RecordReader::Open(dir.path());
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->files().size(), 2u);
+  EXPECT_TRUE(r->TakeNewIssues().empty());
+  ASSERT_EQ(::unlink((dir / "a.jsonl").c_str()), 0);
+  ASSERT_EQ(::mkfifo((dir / "a.jsonl").c_str(), 0600), 0);
+  auto all = ReadAll(*r);
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].bytes, "{\"b\":1}");
+  auto issues = r->TakeNewIssues();
+  ASSERT_EQ(issues.size(), 1u);
+  EXPECT_EQ(issues[0].file, "a.jsonl");
+  EXPECT_TRUE(r->TakeNewIssues().empty());
+}
+
+// Issue #8 item 12: a UTF-8 BOM does not cost the first record.
+TEST(RecordReader, ByteOrderMarkIsSkipped) {
+  test::TempDir dir;
+  test::WriteFile(dir / "a.jsonl", "\xEF\xBB\xBF{\"a\":1}\n{\"b\":2}\n");
+  auto r = RecordReader::Open(dir.path());
+  ASSERT_TRUE(r.ok());
+  auto all = ReadAll(*r);
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].bytes, "{\"a\":1}");
+  EXPECT_EQ(all[0].offset, 3u);
+  EXPECT_EQ(all[0].line, 1u);
+  // Files concatenated with cat keep the BOM of the second one mid-file.
+  RecordParser p({"c"});
+  auto parsed = p.ParseLine("\xEF\xBB\xBF{\"msgid\":\"x\",\"msgtype\":\"text\",\"text\":{\"content\":\"hi\"}}");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->item.msgid, "x");
 }
 
 TEST(RecordReader, LinesLongerThanTheReadChunk) {
@@ -278,60 +373,51 @@ class MediaStoreTest : public ::testing::Test {
     test::WriteFile(dir_ / "media/a-b_c", "recording");  // sdkfileid "a+b/c"
     test::WriteFile(dir_ / "media/sub/listed.bin", "listed");
     test::WriteFile(dir_ / "media/index.csv",
-                    "sdkfileid,path\nLISTED,sub/listed.bin\nEVIL,../../etc/passwd\nABS,/etc/passwd\n");
+                    "sdkfileid,path\nLISTED,sub/listed.bin\nEVIL,../../etc/passwd\nABS,/etc/passwd\n"
+                    "LINKDIR,linkdir/passwd\n");
   }
-  core::MediaRef Resolve(core::MediaRef m) {
-    auto store = MediaStore::Open(dir_ / "media");
-    EXPECT_TRUE(store.ok());
+  // Resolve and read, as the pipeline does.
+  core::MediaRef Resolve(core::MediaRef m, uint64_t max_bytes = 1 << 20) {
+    auto store = MediaStore::Open(dir_.path());
+    EXPECT_TRUE(store.ok()) << store.status().ToString();
+    if (!store.ok()) return m;
     store->Resolve(m);
+    EXPECT_TRUE(store->Load(m, max_bytes).ok());
     issues_ = store->issues();
     return m;
   }
+  void CheckHostileMedia(bool openat2);
   test::TempDir dir_;
   std::string good_, good_md5_;
   std::vector<CsvIssue> issues_;
 };
 
-TEST_F(MediaStoreTest, ByMd5VerifiedOnce) {
+TEST_F(MediaStoreTest, ByMd5Verified) {
   core::MediaRef m;
   m.md5sum = good_md5_;
   m.declared_size = good_.size();
   auto r = Resolve(m);
   EXPECT_EQ(r.state, core::MediaState::kOk);
   EXPECT_EQ(r.size, good_.size());
+  EXPECT_EQ(r.bytes, good_);
+  EXPECT_EQ(r.path, "media/" + good_md5_);
   EXPECT_TRUE(r.problem.empty());
   EXPECT_EQ(issues_.size(), 2u);  // the two unsafe index.csv rows
 }
 
-TEST_F(MediaStoreTest, CacheIsBounded) {
-  std::vector<std::string> md5s;
-  for (int i = 0; i < 10; ++i) {
-    std::string bytes = "file " + std::to_string(i);
-    md5s.push_back(core::ToHex(core::Md5(bytes)));
-    test::WriteFile(dir_ / ("media/" + md5s.back()), bytes);
-  }
-  auto store = MediaStore::Open(dir_ / "media", 4);
+TEST_F(MediaStoreTest, ResolveReadsNothingAndLoadRefusesWhatIsTooLarge) {
+  auto store = MediaStore::Open(dir_.path());
   ASSERT_TRUE(store.ok());
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int i = 0; i < 10; ++i) {
-      core::MediaRef m;
-      m.md5sum = md5s[i];
-      m.declared_size = std::string("file " + std::to_string(i)).size();
-      store->Resolve(m);
-      EXPECT_EQ(m.state, core::MediaState::kOk) << i;
-      EXPECT_LE(store->stats().cached, 4u);
-    }
-  }
-  // Evicted verdicts are checked again, correctly.
-  EXPECT_GT(store->stats().files_verified, 10u);
-  // A file looked up twice in a row is verified once.
-  auto again = MediaStore::Open(dir_ / "media", 4);
-  for (int k = 0; k < 2; ++k) {
-    core::MediaRef m;
-    m.md5sum = md5s[0];
-    again->Resolve(m);
-  }
-  EXPECT_EQ(again->stats().files_verified, 1u);
+  core::MediaRef m;
+  m.md5sum = good_md5_;
+  store->Resolve(m);
+  EXPECT_EQ(m.state, core::MediaState::kFound);
+  EXPECT_TRUE(m.bytes.empty());
+  EXPECT_EQ(m.size, good_.size());
+  Status s = store->Load(m, 4);
+  EXPECT_EQ(s.code(), Status::Code::kTooLarge);
+  EXPECT_EQ(m.state, core::MediaState::kFound);
+  EXPECT_TRUE(m.bytes.empty());
 }
 
 TEST_F(MediaStoreTest, MissingAndCorrupt) {
@@ -339,7 +425,7 @@ TEST_F(MediaStoreTest, MissingAndCorrupt) {
   missing.md5sum = std::string(32, 'a');
   auto r = Resolve(missing);
   EXPECT_EQ(r.state, core::MediaState::kMissing);
-  EXPECT_TRUE(r.path.empty());
+  EXPECT_TRUE(r.bytes.empty());
   EXPECT_NE(r.problem.find("not found"), std::string::npos);
 
   core::MediaRef wrong_size;
@@ -347,16 +433,141 @@ TEST_F(MediaStoreTest, MissingAndCorrupt) {
   wrong_size.declared_size = 999;
   r = Resolve(wrong_size);
   EXPECT_EQ(r.state, core::MediaState::kCorrupt);
-  EXPECT_FALSE(r.path.empty()) << "corrupt bytes are still attached";
+  EXPECT_EQ(r.bytes, good_) << "corrupt bytes are still attached";
   EXPECT_NE(r.problem.find("999"), std::string::npos);
 
   // Bytes stored under the record's MD5 name but with other content.
   test::WriteFile(dir_ / ("media/" + std::string(32, 'b')), "tampered");
   core::MediaRef tampered;
-  tampered.md5sum = std::string(32, 'b');
+  tampered.md5sum = std::string(32, 'B');  // upper case is the same digest
   r = Resolve(tampered);
   EXPECT_EQ(r.state, core::MediaState::kCorrupt);
   EXPECT_NE(r.problem.find("MD5"), std::string::npos);
+}
+
+// Issue #8 items 1 and 2: nothing outside the source is ever read, and a
+// FIFO, a device or a directory never blocks or breaks a lookup.
+TEST_F(MediaStoreTest, SymlinksOutOfTheSourceFifosAndDirectoriesAreRefused) {
+  CheckHostileMedia(true);
+}
+TEST_F(MediaStoreTest, SymlinksRefusedWithoutOpenat2Too) {
+  core::UseOpenat2ForTesting(false);
+  CheckHostileMedia(false);
+  core::UseOpenat2ForTesting(true);
+}
+
+void MediaStoreTest::CheckHostileMedia(bool openat2) {
+  test::TempDir outside;
+  test::WriteFile(outside / "secret", "TOP SECRET");
+  test::WriteFile(outside / "passwd", "root:x:0:0");
+  const std::string secret_md5 = core::ToHex(core::Md5(std::string("TOP SECRET")));
+  ASSERT_EQ(::symlink((outside / "secret").c_str(), (dir_ / ("media/" + secret_md5)).c_str()), 0);
+  ASSERT_EQ(::symlink("../../../../../../etc/hostname", (dir_ / "media/relative-out").c_str()), 0);
+  ASSERT_EQ(::symlink(outside.path().c_str(), (dir_ / "media/linkdir").c_str()), 0);
+  ASSERT_EQ(::mkfifo((dir_ / "media/fifo").c_str(), 0600), 0);
+  ASSERT_EQ(::mkdir((dir_ / "media/adir").c_str(), 0700), 0);
+  // A symlink that stays inside the source is fine.
+  ASSERT_EQ(::symlink(good_md5_.c_str(), (dir_ / "media/inside-link").c_str()), 0);
+
+  core::MediaRef by_md5;
+  by_md5.md5sum = secret_md5;
+  // With openat2 the reason says where the link leads; the walk refuses every link.
+  const char* why = openat2 ? "outside" : "symlink";
+  auto r = Resolve(by_md5);
+  EXPECT_EQ(r.state, core::MediaState::kMissing);
+  EXPECT_TRUE(r.bytes.empty());
+  EXPECT_NE(r.problem.find(why), std::string::npos) << r.problem;
+
+  for (const char* id : {"relative-out", "LINKDIR"}) {
+    core::MediaRef m;
+    m.sdkfileid = id;
+    r = Resolve(m);
+    EXPECT_EQ(r.state, core::MediaState::kMissing) << id;
+    EXPECT_TRUE(r.bytes.empty()) << id;
+    EXPECT_NE(r.problem.find(why), std::string::npos) << id << ": " << r.problem;
+  }
+  core::MediaRef fifo;
+  fifo.sdkfileid = "fifo";
+  r = Resolve(fifo);  // must not block
+  EXPECT_EQ(r.state, core::MediaState::kMissing);
+  EXPECT_NE(r.problem.find("FIFO"), std::string::npos) << r.problem;
+
+  core::MediaRef dir;
+  dir.sdkfileid = "adir";
+  r = Resolve(dir);
+  EXPECT_EQ(r.state, core::MediaState::kMissing);
+  EXPECT_NE(r.problem.find("directory"), std::string::npos) << r.problem;
+
+  core::MediaRef inside;
+  inside.sdkfileid = "inside-link";
+  r = Resolve(inside);
+  if (openat2) {
+    EXPECT_EQ(r.state, core::MediaState::kOk);
+    EXPECT_EQ(r.bytes, good_);
+  } else {
+    EXPECT_EQ(r.state, core::MediaState::kMissing);  // the walk follows no link at all
+  }
+}
+
+TEST_F(MediaStoreTest, AMediaDirectoryOrIndexOutsideTheSourceIsAnError) {
+  test::TempDir outside;
+  test::WriteFile(outside / "media/index.csv", "sdkfileid,path\n");
+  test::TempDir src;
+  ASSERT_EQ(::symlink((outside / "media").c_str(), (src / "media").c_str()), 0);
+  auto store = MediaStore::Open(src.path());
+  ASSERT_FALSE(store.ok());
+  EXPECT_NE(store.status().message().find("outside"), std::string::npos) << store.status().ToString();
+
+  test::TempDir src2;
+  ASSERT_EQ(::mkdir((src2 / "media").c_str(), 0700), 0);
+  ASSERT_EQ(::symlink((outside / "media/index.csv").c_str(), (src2 / "media/index.csv").c_str()), 0);
+  store = MediaStore::Open(src2.path());
+  ASSERT_FALSE(store.ok());
+  EXPECT_NE(store.status().message().find("outside"), std::string::npos) << store.status().ToString();
+}
+
+// Issue #8 item 3: the bytes that go into an item are the bytes verified.
+TEST_F(MediaStoreTest, AFileChangedAfterItWasFoundIsVerifiedOnWhatIsRead) {
+  auto store = MediaStore::Open(dir_.path());
+  ASSERT_TRUE(store.ok());
+  std::string original(100000, 'x');
+  const std::string md5 = core::ToHex(core::Md5(original));
+  test::WriteFile(dir_ / ("media/" + md5), original);
+
+  core::MediaRef shrunk;
+  shrunk.md5sum = md5;
+  shrunk.declared_size = original.size();
+  store->Resolve(shrunk);
+  ASSERT_EQ(shrunk.state, core::MediaState::kFound);
+  ASSERT_EQ(::truncate((dir_ / ("media/" + md5)).c_str(), 10), 0);
+  ASSERT_TRUE(store->Load(shrunk, 1 << 20).ok());
+  EXPECT_EQ(shrunk.state, core::MediaState::kCorrupt);
+  EXPECT_EQ(shrunk.bytes, std::string(10, 'x'));
+  EXPECT_NE(shrunk.problem.find("100000"), std::string::npos) << shrunk.problem;
+
+  // Rewritten in place, same size, other bytes.
+  test::WriteFile(dir_ / ("media/" + md5), original);
+  core::MediaRef rewritten;
+  rewritten.md5sum = md5;
+  rewritten.declared_size = original.size();
+  store->Resolve(rewritten);
+  std::string other(100000, 'y');
+  test::WriteFile(dir_ / ("media/" + md5), other);
+  ASSERT_TRUE(store->Load(rewritten, 1 << 20).ok());
+  EXPECT_EQ(rewritten.state, core::MediaState::kCorrupt);
+  EXPECT_EQ(rewritten.bytes, other);
+  EXPECT_NE(rewritten.problem.find(core::ToHex(core::Md5(other))), std::string::npos)
+      << "the note names the MD5 of the bytes attached: " << rewritten.problem;
+
+  // Replaced by a FIFO between Resolve and Load: missing, never blocks.
+  core::MediaRef swapped;
+  swapped.md5sum = md5;
+  store->Resolve(swapped);
+  ASSERT_EQ(::unlink((dir_ / ("media/" + md5)).c_str()), 0);
+  ASSERT_EQ(::mkfifo((dir_ / ("media/" + md5)).c_str(), 0600), 0);
+  ASSERT_TRUE(store->Load(swapped, 1 << 20).ok());
+  EXPECT_EQ(swapped.state, core::MediaState::kMissing);
+  EXPECT_NE(swapped.problem.find("FIFO"), std::string::npos) << swapped.problem;
 }
 
 TEST_F(MediaStoreTest, SdkFileIdIndexAndTraversal) {
@@ -375,7 +586,7 @@ TEST_F(MediaStoreTest, SdkFileIdIndexAndTraversal) {
     evil.sdkfileid = id;
     r = Resolve(evil);
     EXPECT_EQ(r.state, core::MediaState::kMissing) << id;
-    EXPECT_EQ(r.path.find("/etc/passwd"), std::string::npos);
+    EXPECT_TRUE(r.bytes.empty());
   }
   // An md5sum field is only a file name when it is 32 hex digits.
   core::MediaRef sneaky;
@@ -383,13 +594,20 @@ TEST_F(MediaStoreTest, SdkFileIdIndexAndTraversal) {
   sneaky.sdkfileid = "..";
   r = Resolve(sneaky);
   EXPECT_EQ(r.state, core::MediaState::kMissing);
-  EXPECT_TRUE(r.path.empty());
+  EXPECT_TRUE(r.bytes.empty());
 
+  // Issue #8 item 16: an sdkfileid too long for a file name is stored
+  // under the SHA-256 hex of the id.
+  const std::string long_id = std::string(300, 'A') + "+/=";
+  const std::string hashed = core::ToHex(core::Sha256(long_id));
+  EXPECT_EQ(SdkFileIdName(long_id), hashed);
+  test::WriteFile(dir_ / ("media/" + hashed), "long id bytes");
   core::MediaRef too_long;
-  too_long.sdkfileid = std::string(300, 'A');
+  too_long.sdkfileid = long_id;
   r = Resolve(too_long);
-  EXPECT_EQ(r.state, core::MediaState::kMissing);
-  EXPECT_NE(r.problem.find("index.csv"), std::string::npos);
+  EXPECT_EQ(r.state, core::MediaState::kOk) << r.problem;
+  EXPECT_EQ(r.bytes, "long id bytes");
+  EXPECT_EQ(SdkFileIdName(std::string(255, 'A')), std::string(255, 'A'));
 
   EXPECT_FALSE(IsSafeRelativePath("a/../b"));
   EXPECT_FALSE(IsSafeRelativePath("a//b"));
