@@ -195,8 +195,10 @@ uint64_t EstimateMessageBytes(const Message& m) {
     payload += n + 1024 + a.filename.size() * 6 + a.mime_type.size() * 2;
   }
   // Block trailers and 64-byte rounding (< 1%), heap page maps, the PC and
-  // tables (~3 KB), the contents-table row and the index entries.
-  return payload + payload / 64 + 4096;
+  // tables (~3 KB), and the contents table's shared blocks: a full 8 KB row
+  // block or heap block can be flushed during any one Append (amortized they
+  // cost ~150 B per message, but the estimate must bound every single call).
+  return payload + payload / 64 + 4096 + 2 * (kMaxBlockData + 64);
 }
 
 struct Writer::Impl {

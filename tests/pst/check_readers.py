@@ -40,6 +40,13 @@ def bmp_only(s):
     return "".join(c if ord(c) < 0x10000 else "?" for c in s)
 
 
+def pff_subject(s):
+    # libpff 20180714 also garbles the first character of a subject when it
+    # is not ASCII (its subject-prefix handling); readpst gets it right.
+    s = bmp_only(s)
+    return s[1:] if s and ord(s[0]) > 0x7F else s
+
+
 def norm_body(s):
     return s.replace("\r\n", "\n").rstrip("\n")
 
@@ -47,7 +54,8 @@ def norm_body(s):
 def check_readpst(exp, pst, work):
     out = os.path.join(work, "readpst")
     os.makedirs(out, exist_ok=True)
-    run(["readpst", "-e", "-q", "-o", out, pst])
+    # -j 0: readpst's parallel mode loses files of big folders (a readpst race).
+    run(["readpst", "-j", "0", "-e", "-q", "-o", out, pst])
     found = {}
     for root, _, files in os.walk(out):
         for fn in files:
@@ -78,8 +86,11 @@ def check_readpst(exp, pst, work):
                 d = email.utils.parsedate_to_datetime(str(m["Date"]))
                 if int(d.timestamp()) != e["sent_s"]:
                     problem(where + "date %s" % m["Date"])
-            if e["display_to"] and str(m["To"] or "") != e["display_to"]:
-                problem(where + "to %r != %r" % (str(m["To"]), e["display_to"]))
+            # readpst writes To from PidTagDisplayTo, quoted, and only the
+            # first name when there are several.
+            to = str(m["To"] or "").strip('"')
+            if e["display_to"] and not e["display_to"].startswith(to):
+                problem(where + "to %r != %r" % (to, e["display_to"]))
             items = [(k.lower(), str(v)) for k, v in m.items()]
             for h in e["headers"]:
                 k, v = h.split(":", 1)
@@ -102,7 +113,8 @@ def check_readpst(exp, pst, work):
                 problem(where + "plain body differs: %r" % (plain or "")[:200])
             if e["body_html"] and norm_body(html or "") != norm_body(e["body_html"]):
                 problem(where + "html body differs: %r" % (html or "")[:200])
-            if atts != e["attachments"]:
+            # readpst emits attachments in reverse order.
+            if sorted(atts) != sorted(e["attachments"]):
                 problem(where + "attachments %r != %r" % (atts[:3], e["attachments"][:3]))
 
 
@@ -132,7 +144,7 @@ def check_pffexport(exp, pst, work):
             md = os.path.join(d, name)
             where = "pffexport %s %s: " % (path, name)
             oh = read_kv(os.path.join(md, "OutlookHeaders.txt"))
-            if bmp_only(oh.get("Subject", "")) != bmp_only(e["subject"]):
+            if pff_subject(oh.get("Subject", "")) != pff_subject(e["subject"]):
                 problem(where + "subject %r != %r" % (oh.get("Subject"), e["subject"]))
             if e["sender_name"] and bmp_only(oh.get("Sender name", "")) != bmp_only(e["sender_name"]):
                 problem(where + "sender name %r" % oh.get("Sender name"))
@@ -151,7 +163,7 @@ def check_pffexport(exp, pst, work):
                         problem(where + "transport header %r missing" % h)
             if e["body_plain"]:
                 with open(os.path.join(md, "Message.txt"), encoding="utf-8", errors="replace") as f:
-                    if norm_body(f.read()) != norm_body(bmp_only(e["body_plain"])):
+                    if bmp_only(norm_body(f.read())) != norm_body(bmp_only(e["body_plain"])):
                         problem(where + "plain body differs")
             elif e["body_html"]:
                 with open(os.path.join(md, "Message.html"), encoding="utf-8", errors="replace") as f:

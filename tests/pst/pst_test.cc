@@ -335,7 +335,7 @@ std::vector<Message> GoldenMessages() {
   v[1].attachments.push_back(Attachment{"hello.txt", "text/plain", "", "hello, world\n", "", 0});
   return v;
 }
-constexpr char kGoldenSha256[] = "GOLDEN_PLACEHOLDER";
+constexpr char kGoldenSha256[] = "fa015b60eb9363465b7b5645f914845b5b9bdd803327ee84cd90040d9ab610cb";
 
 TEST(PstGolden, ByteForByteStable) {
   TempDir dir;
