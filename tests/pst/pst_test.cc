@@ -29,10 +29,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The readers write one file per message part; on tmpfs that is ten times
+// faster than on the disk, so their output goes there when it exists.
+std::string FastScratchBase() {
+  return access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : fs::temp_directory_path().string();
+}
+
 class TempDir {
  public:
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "wxa-pst-XXXXXX").string();
+  explicit TempDir(const std::string& base = fs::temp_directory_path().string()) {
+    std::string t = base + "/wxa-pst-XXXXXX";
     path_ = mkdtemp(t.data());
   }
   ~TempDir() {
@@ -117,7 +123,8 @@ Status WritePst(const std::string& path, const WriterOptions& o, const std::vect
 
 // Runs both independent readers through check_readers.py.
 void CheckWithReaders(const TempDir& dir, const std::string& pst, const std::string& store, const Folder& folder) {
-  std::string exp = dir / "expected.json", work = dir / "readers", out = dir / "checker.out";
+  TempDir scratch(FastScratchBase());
+  std::string exp = dir / "expected.json", work = scratch / "readers", out = dir / "checker.out";
   fs::create_directories(work);
   WriteExpected(exp, store, folder);
   std::string cmd = "python3 '" WXA_PST_CHECKER "' '" + exp + "' '" + pst + "' '" + work + "' > '" + out + "' 2>&1";
@@ -596,8 +603,13 @@ TEST(PstBig, VolumeOver4GB) {
     ASSERT_EQ(last->message.attachments.size(), 1u);
     EXPECT_TRUE(last->message.attachments[0].data == ReadAll(blob));
   }
-  std::string cmd = "readpst -q -o '" + dir.path() + "' -t e '" + (dir / "big.pst") + "' > /dev/null 2>&1";
+  // lspst walks every item through libpst without extracting 4 GB again.
+  std::string cmd = "lspst '" + (dir / "big.pst") + "' > '" + (dir / "lspst.out") + "' 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0);
+  std::string listing = ReadAll(dir / "lspst.out");
+  size_t emails = 0;
+  for (size_t p = listing.find("Email"); p != std::string::npos; p = listing.find("Email", p + 1)) ++emails;
+  EXPECT_EQ(emails, static_cast<size_t>(i)) << listing.substr(0, 500);
   std::string cmd2 = "pffinfo '" + (dir / "big.pst") + "' > /dev/null 2>&1";
   EXPECT_EQ(std::system(cmd2.c_str()), 0);
 }
