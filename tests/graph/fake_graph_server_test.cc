@@ -1093,6 +1093,80 @@ TEST_F(FakeGraphTest, FakeGraphFaultsInjected429AndTokenEndpoint) {
 }
 
 // ===========================================================================
+// $batch
+
+TEST_F(FakeGraphTest, FakeGraphBatchRunsEachRequestAgainstTheLimits) {
+  Start();
+  std::string user = std::string("/users/") + kAlice;
+  std::string mime_b64 = codec::Base64Encode(Mime("<b2@x>"));
+  std::string batch =
+      "{\"requests\":["
+      "{\"id\":\"1\",\"method\":\"POST\",\"url\":\"" + user + "/mailFolders/inbox/messages\","
+      "\"headers\":{\"Content-Type\":\"application/json\"},\"body\":{\"subject\":\"b1\",\"internetMessageId\":\"<b1@x>\"}},"
+      // A non-JSON body is base64 of the HTTP body (which for MIME is base64 already).
+      "{\"id\":\"2\",\"method\":\"POST\",\"url\":\"" + user + "/mailFolders/inbox/importMime\","
+      "\"headers\":{\"Content-Type\":\"text/plain\"},\"body\":\"" + codec::Base64Encode(mime_b64) + "\"},"
+      "{\"id\":\"3\",\"method\":\"GET\",\"url\":\"" + user + "/mailFolders/inbox/messages/$count\"},"
+      "{\"id\":\"4\",\"method\":\"GET\",\"url\":\"/users/nobody@contoso.test/mailFolders\"}]}";
+  HttpResult r = Request("POST", base_ + "/beta/$batch", Auth({"Content-Type: application/json"}), &batch);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.body.find("{\"id\":\"1\",\"status\":201"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("{\"id\":\"2\",\"status\":201"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("{\"id\":\"4\",\"status\":404"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("\"body\":\"" + codec::Base64Encode("2") + "\""), std::string::npos);  // text/plain count
+  EXPECT_TRUE(server_.FindMessage(kAlice, "<b1@x>")->is_draft);
+  EXPECT_FALSE(server_.FindMessage(kAlice, "<b2@x>")->is_draft);
+  EXPECT_EQ(server_.Stats(kAlice).requests, 3u);  // each individual request counts
+  // More than 20 requests is refused as a whole.
+  std::string big = "{\"requests\":[";
+  for (int i = 0; i < 21; ++i) {
+    big += std::string(i ? "," : "") + "{\"id\":\"" + std::to_string(i) + "\",\"method\":\"GET\",\"url\":\"" + user + "\"}";
+  }
+  big += "]}";
+  EXPECT_EQ(Request("POST", base_ + "/v1.0/$batch", Auth({"Content-Type: application/json"}), &big).status, 400);
+}
+
+TEST_F(FakeGraphTest, FakeGraphBatchDependsOnAndFailedDependency) {
+  Start();
+  std::string user = std::string("/users/") + kAlice;
+  std::string batch =
+      "{\"requests\":["
+      "{\"id\":\"a\",\"method\":\"GET\",\"url\":\"" + user + "/mailFolders/AAMkADmissing=\"},"
+      "{\"id\":\"b\",\"dependsOn\":[\"a\"],\"method\":\"POST\",\"url\":\"" + user + "/mailFolders\","
+      "\"headers\":{\"Content-Type\":\"application/json\"},\"body\":{\"displayName\":\"never\"}}]}";
+  HttpResult r = Request("POST", base_ + "/v1.0/$batch", Auth({"Content-Type: application/json"}), &batch);
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("{\"id\":\"a\",\"status\":404"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("{\"id\":\"b\",\"status\":424"), std::string::npos) << r.body;
+  EXPECT_EQ(server_.Folders(kAlice).size(), 9u);
+}
+
+TEST_F(FakeGraphTest, FakeGraphBatchParallelRequestsShareTheConcurrencyLimit) {
+  FakeGraphServerOptions o = DefaultOptions();
+  o.faults.path_filter = "/inbox/messages";
+  o.faults.delay.every_nth = 1;
+  o.faults.delay_by = milliseconds(500);
+  Start(o);
+  token_ = Token();
+  // One slow request holds a slot while a batch runs 4 requests at once.
+  std::thread slow([&] { Get(std::string("/v1.0/users/") + kAlice + "/mailFolders/inbox/messages"); });
+  std::this_thread::sleep_for(milliseconds(150));
+  std::string user = std::string("/users/") + kAlice;
+  std::string batch = "{\"requests\":[";
+  for (int i = 0; i < 4; ++i) {
+    batch += std::string(i ? "," : "") + "{\"id\":\"" + std::to_string(i) + "\",\"method\":\"GET\",\"url\":\"" + user +
+             "/mailFolders\"}";
+  }
+  batch += "]}";
+  HttpResult r = Request("POST", base_ + "/v1.0/$batch", Auth({"Content-Type: application/json"}), &batch);
+  slow.join();
+  ASSERT_EQ(r.status, 200);  // the batch itself succeeds...
+  EXPECT_NE(r.body.find("\"status\":429"), std::string::npos) << r.body;  // ...one request in it does not
+  EXPECT_NE(r.body.find("\"Retry-After\":\"1\""), std::string::npos);
+  EXPECT_EQ(server_.Stats(kAlice).violation_count(FakeGraphViolation::kConcurrency), 1u);
+}
+
+// ===========================================================================
 // Inspection, stats, reset, the binary
 
 TEST_F(FakeGraphTest, FakeGraphStatsEndpointAndReset) {

@@ -606,7 +606,7 @@ bool GraphService::RuleFires(const FakeGraphFaultRule& rule, uint64_t seq) {
   return fire;
 }
 
-void GraphService::ChooseFaults(const HttpRequest& req, const ParsedTarget& t, Plan* plan) {
+void GraphService::ChooseFaults(const HttpRequest& req, const ParsedTarget& t, Plan* plan, bool in_batch) {
   const FakeGraphFaults& f = options_.faults;
   if (!f.path_filter.empty() && t.raw_path.find(f.path_filter) == std::string::npos) return;
   if (!f.method_filter.empty() && !IEquals(f.method_filter, req.method)) return;
@@ -616,6 +616,15 @@ void GraphService::ChooseFaults(const HttpRequest& req, const ParsedTarget& t, P
   bool drop_before = RuleFires(f.drop_before, seq);
   bool drop_after = RuleFires(f.drop_after, seq);
   Mailbox* mb = plan->mailbox_key.empty() ? nullptr : &mailboxes_.at(plan->mailbox_key);
+  if (in_batch) {
+    // Inside a $batch only error answers make sense; drops and delays apply
+    // to the outer request.
+    if (error) {
+      plan->fault_status = f.error_status;
+      if (mb) ++mb->stats.injected_errors;
+    }
+    return;
+  }
   if (delay && f.delay_by.count() > 0) {
     plan->delay = f.delay_by;
     if (mb) ++mb->stats.injected_delays;
@@ -638,6 +647,9 @@ std::optional<HttpResponse> GraphService::CheckHeader(const HttpRequest& head, u
   if (content_length <= options_.limits.max_request_body_bytes) return std::nullopt;
   ParsedTarget t = ParseTarget(head.target);
   RouteKind kind = Classify(t);
+  // A $batch body is read anyway: the 413 is charged to the mailboxes its
+  // requests name, which only the body tells.
+  if (kind == RouteKind::kGraph && t.segments.size() == 2 && t.segments[1] == "$batch") return std::nullopt;
   Mailbox* mb = nullptr;
   if (kind == RouteKind::kGraph && t.segments.size() >= 3 && IEquals(t.segments[1], "users")) {
     mb = FindMailbox(t.segments[2]);
@@ -652,7 +664,7 @@ std::optional<HttpResponse> GraphService::CheckHeader(const HttpRequest& head, u
   return r;
 }
 
-Plan GraphService::Begin(const HttpRequest& req) {
+Plan GraphService::Begin(const HttpRequest& req, bool in_batch) {
   Plan plan;
   std::lock_guard<std::mutex> lock(mu_);
   plan.target = ParseTarget(req.target);
@@ -669,7 +681,7 @@ Plan GraphService::Begin(const HttpRequest& req) {
     case RouteKind::kFake:
       return plan;
     case RouteKind::kToken:
-      ChooseFaults(req, plan.target, &plan);
+      ChooseFaults(req, plan.target, &plan, in_batch);
       return plan;
     case RouteKind::kUpload: {
       // .../AttachmentSessions('<id>'), matched on the decoded path so a
@@ -697,7 +709,7 @@ Plan GraphService::Begin(const HttpRequest& req) {
       plan.upload_session = id;
       plan.app_id = it->second.app_id;
       plan.mailbox_key = it->second.mailbox_key;
-      ++graph_requests_;
+      CountGraphRequest();
       Admit(req, mailboxes_.at(plan.mailbox_key), &plan);
       break;
     }
@@ -706,11 +718,28 @@ Plan GraphService::Begin(const HttpRequest& req) {
         plan.response = std::move(unauthorized);
         return plan;
       }
-      ++graph_requests_;
       if (seg[0] != "v1.0" && seg[0] != "beta") {
         plan.response = GraphError(400, "BadRequest", "Invalid version: " + seg[0]);
         return plan;
       }
+      if (seg.size() == 2 && seg[1] == "$batch") {
+        // The batch itself is not an Outlook request: each individual
+        // request is evaluated against the limits (json-batching).
+        plan.kind = RouteKind::kBatch;
+        if (in_batch) {
+          plan.response = GraphError(400, "BadRequest", "A batch cannot contain a batch.");
+        } else if (req.body.size() > options_.limits.max_request_body_bytes) {
+          CountBatchBodyTooLarge(req);
+          plan.response = GraphError(413, "RequestEntityTooLarge", "The maximum request length supported is 4MB.");
+          plan.response->Set("Connection", "close");
+        } else if (req.method != "POST") {
+          plan.response = GraphError(405, "BadRequest", "$batch takes POST.");
+        } else {
+          ChooseFaults(req, plan.target, &plan, false);
+        }
+        return plan;
+      }
+      CountGraphRequest();
       if (seg.size() >= 2 && IEquals(seg[1], "me")) {
         plan.response = GraphError(400, "BadRequest", "/me request is only valid with delegated authentication flow.");
         return plan;
@@ -739,13 +768,18 @@ Plan GraphService::Begin(const HttpRequest& req) {
       break;
     }
   }
-  if (!plan.response) ChooseFaults(req, plan.target, &plan);
+  if (!plan.response) ChooseFaults(req, plan.target, &plan, in_batch);
+  return plan;
+}
+
+void GraphService::CountGraphRequest() {
+  // mu_ held. The Nth authenticated request is served; every token dies after it.
+  ++graph_requests_;
   uint64_t every = options_.faults.expire_tokens_every_n;
   if (every > 0 && graph_requests_ % every == 0) {
     auto now = Now();
     for (auto& [k, t] : tokens_) t.expires = std::min(t.expires, now);
   }
-  return plan;
 }
 
 void GraphService::Finish(Plan* plan) {
@@ -786,6 +820,7 @@ HttpResponse GraphService::Execute(const HttpRequest& req, const Plan& plan) {
     case RouteKind::kToken: return HandleToken(req, plan);
     case RouteKind::kUpload: return HandleUpload(req, plan);
     case RouteKind::kGraph: return HandleGraph(req, plan);
+    case RouteKind::kBatch: return HandleBatch(req, plan);
     case RouteKind::kNone: break;
   }
   return GraphError(404, "NotFound", "No resource at this path.");
@@ -1045,6 +1080,192 @@ HttpResponse GraphService::HandleUpload(const HttpRequest& req, const Plan& plan
   r.status = 201;
   r.Set("Location", location);
   return r;
+}
+
+// ---- $batch (json-batching) ----
+void GraphService::CountBatchBodyTooLarge(const HttpRequest& req) {
+  // mu_ held. One violation per mailbox named by the batch's requests.
+  simdjson::dom::element doc, reqs;
+  simdjson::dom::array arr;
+  if (JsonParser().parse(req.body).get(doc) != simdjson::SUCCESS || !Field(doc, "requests", &reqs) ||
+      reqs.get(arr) != simdjson::SUCCESS) {
+    return;
+  }
+  std::vector<Mailbox*> seen;
+  for (auto item : arr) {
+    std::string url = FieldString(item, "url").value_or("");
+    ParsedTarget t = ParseTarget("/v/" + url.substr(url.find_first_not_of('/') == std::string::npos ? 0 : url.find_first_not_of('/')));
+    if (t.segments.size() < 3 || !IEquals(t.segments[1], "users")) continue;
+    Mailbox* mb = FindMailbox(t.segments[2]);
+    if (mb && std::find(seen.begin(), seen.end(), mb) == seen.end()) {
+      seen.push_back(mb);
+      CountViolation(*mb, FakeGraphViolation::kBodyTooLarge);
+    }
+  }
+}
+
+HttpResponse GraphService::HandleBatch(const HttpRequest& req, const Plan& plan) {
+  constexpr size_t kMaxRequests = 20;  // "limited to 20 individual requests"
+  constexpr size_t kParallel = 4;      // Outlook runs up to 4 of them at once
+  const std::string& version = plan.target.segments[0];
+  if (codec::MediaType(req.Header("content-type")) != "application/json") {
+    return GraphError(400, "BadRequest", "A $batch body must be application/json.");
+  }
+  struct Item {
+    std::string id;
+    HttpRequest http;
+    std::vector<std::string> depends;
+    std::optional<HttpResponse> early;  // refused before running
+    HttpResponse response;
+    bool done = false;
+  };
+  std::vector<Item> items;
+  {
+    // Copy everything out of the DOM first: the individual requests reuse
+    // this thread's parser.
+    simdjson::dom::element doc, reqs;
+    simdjson::dom::array arr;
+    if (JsonParser().parse(req.body).get(doc) != simdjson::SUCCESS || !Field(doc, "requests", &reqs) ||
+        reqs.get(arr) != simdjson::SUCCESS) {
+      return GraphError(400, "BadRequest", "Invalid batch payload: 'requests' is required.");
+    }
+    if (arr.size() == 0 || arr.size() > kMaxRequests) {
+      return GraphError(400, "BadRequest", "Number of requests exceeds the limit of 20.");
+    }
+    for (auto e : arr) {
+      Item it;
+      it.id = FieldString(e, "id").value_or("");
+      std::string method = FieldString(e, "method").value_or("");
+      std::string url = FieldString(e, "url").value_or("");
+      if (it.id.empty() || method.empty() || url.empty()) {
+        return GraphError(400, "BadRequest", "Each batch request needs id, method and url.");
+      }
+      for (const auto& other : items) {
+        if (IEquals(other.id, it.id)) return GraphError(400, "BadRequest", "Batch request ids must be unique.");
+      }
+      for (char& c : method) c = char(std::toupper(static_cast<unsigned char>(c)));
+      it.http.method = method;
+      if (codec::IStartsWith(url, "http:") || codec::IStartsWith(url, "https:")) {
+        it.early = GraphError(400, "BadRequest", "Batch request URLs must be relative, e.g. /users/{id}.");
+      }
+      size_t start = url.find_first_not_of('/');
+      it.http.target = "/" + version + "/" + (start == std::string::npos ? "" : url.substr(start));
+      // The individual requests run with the batch's credentials.
+      it.http.headers.emplace_back("authorization", std::string(req.Header("authorization")));
+      simdjson::dom::element h;
+      simdjson::dom::object ho;
+      if (Field(e, "headers", &h) && h.get(ho) == simdjson::SUCCESS) {
+        for (auto kv : ho) {
+          std::string_view v;
+          if (kv.value.get(v) == simdjson::SUCCESS) it.http.headers.emplace_back(codec::Lower(kv.key), std::string(v));
+        }
+      }
+      simdjson::dom::element body;
+      if (Field(e, "body", &body)) {
+        std::string_view text;
+        if (body.get(text) == simdjson::SUCCESS) {
+          // "a base64 URL-encoded value" for non-JSON bodies; the SDKs send
+          // standard base64, so both alphabets are read.
+          auto decoded = codec::Base64Decode(text);
+          if (!decoded) decoded = codec::Base64UrlDecode(text);
+          if (!decoded) {
+            it.early = GraphError(400, "BadRequest", "A string body in a batch must be base64.");
+          } else {
+            it.http.body = std::move(*decoded);
+          }
+        } else {
+          it.http.body = simdjson::to_string(body);
+        }
+        if (it.http.Header("content-type").empty()) {
+          it.early = GraphError(400, "BadRequest", "A batch request with a body needs a Content-Type header.");
+        }
+      }
+      simdjson::dom::element deps;
+      simdjson::dom::array deps_arr;
+      if (Field(e, "dependsOn", &deps) && deps.get(deps_arr) == simdjson::SUCCESS) {
+        for (auto d : deps_arr) {
+          std::string_view v;
+          if (d.get(v) == simdjson::SUCCESS) it.depends.emplace_back(v);
+        }
+      }
+      items.push_back(std::move(it));
+    }
+  }
+
+  auto run_wave = [&](const std::vector<size_t>& wave) {
+    // Admit the whole wave first, so its requests hold their slots together,
+    // as parallel execution in Outlook would.
+    std::vector<Plan> plans(wave.size());
+    for (size_t k = 0; k < wave.size(); ++k) {
+      Item& it = items[wave[k]];
+      if (it.early) continue;
+      plans[k] = Begin(it.http, /*in_batch=*/true);
+    }
+    for (size_t k = 0; k < wave.size(); ++k) {
+      Item& it = items[wave[k]];
+      it.response = it.early ? *it.early : Execute(it.http, plans[k]);
+      Finish(&plans[k]);
+      it.done = true;
+    }
+  };
+  bool sequential = false;
+  for (const auto& it : items) sequential = sequential || !it.depends.empty();
+  if (sequential) {
+    // "Batch should be either fully sequential or fully parallel": with any
+    // dependsOn, the requests run one at a time in array order.
+    for (size_t i = 0; i < items.size(); ++i) {
+      bool failed_dep = false;
+      for (const auto& d : items[i].depends) {
+        for (const auto& other : items) {
+          if (IEquals(other.id, d) && (!other.done || other.response.status / 100 != 2)) failed_dep = true;
+        }
+      }
+      if (failed_dep) {
+        items[i].response = GraphError(424, "FailedDependency", "A request this one depends on failed.");
+        items[i].done = true;
+        continue;
+      }
+      run_wave({i});
+    }
+  } else {
+    for (size_t i = 0; i < items.size(); i += kParallel) {
+      std::vector<size_t> wave;
+      for (size_t k = i; k < std::min(items.size(), i + kParallel); ++k) wave.push_back(k);
+      run_wave(wave);
+    }
+  }
+
+  std::string out = "{\"responses\":[";
+  for (size_t i = 0; i < items.size(); ++i) {
+    const HttpResponse& r = items[i].response;
+    if (i) out += ",";
+    out += "{\"id\":";
+    core::AppendJsonString(&out, items[i].id);
+    out += ",\"status\":" + std::to_string(r.status) + ",\"headers\":{";
+    std::string content_type;
+    bool first = true;
+    for (const auto& [k, v] : r.headers) {
+      if (IEquals(k, "content-type")) content_type = v;
+      if (IEquals(k, "connection")) continue;
+      if (!first) out += ",";
+      first = false;
+      core::AppendJsonString(&out, k);
+      out += ":";
+      core::AppendJsonString(&out, v);
+    }
+    out += "}";
+    if (!r.body.empty()) {
+      out += ",\"body\":";
+      if (content_type.find("json") != std::string::npos) {
+        out += r.body;
+      } else {
+        core::AppendJsonString(&out, codec::Base64Encode(r.body));  // non-JSON bodies come back base64
+      }
+    }
+    out += "}";
+  }
+  out += "]}";
+  return Json(200, std::move(out));
 }
 
 // ---- Graph: /{version}/users/{u}[/...] ----

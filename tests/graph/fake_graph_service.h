@@ -52,7 +52,7 @@ struct ParsedTarget {
   bool ok = true;
 };
 
-enum class RouteKind { kNone, kFake, kToken, kUpload, kGraph };
+enum class RouteKind { kNone, kFake, kToken, kUpload, kGraph, kBatch };
 
 struct Plan {
   RouteKind kind = RouteKind::kNone;
@@ -83,7 +83,9 @@ class GraphService {
   // For "Expect: 100-continue": a final answer (413) when the announced body
   // is over the cap, so the client never sends it.
   std::optional<HttpResponse> CheckHeader(const HttpRequest& head, uint64_t content_length);
-  Plan Begin(const HttpRequest& req);
+  // `in_batch`: an individual request of a $batch (no drops or delays; the
+  // outer request carries those).
+  Plan Begin(const HttpRequest& req, bool in_batch = false);
   HttpResponse Execute(const HttpRequest& req, const Plan& plan);
   void Finish(Plan* plan);
   // A 500 in Graph's error shape, for the I/O layer's exception edge.
@@ -172,7 +174,9 @@ class GraphService {
   Mailbox* FindMailbox(std::string_view id_or_upn);
   const Mailbox* FindMailbox(std::string_view id_or_upn) const;
   void Admit(const HttpRequest& req, Mailbox& mb, Plan* plan);
-  void ChooseFaults(const HttpRequest& req, const ParsedTarget& t, Plan* plan);
+  void ChooseFaults(const HttpRequest& req, const ParsedTarget& t, Plan* plan, bool in_batch);
+  void CountBatchBodyTooLarge(const HttpRequest& req);
+  void CountGraphRequest();
   bool RuleFires(const FakeGraphFaultRule& rule, uint64_t seq);
   uint64_t WindowSum(Window& w, Clock::time_point now, std::chrono::milliseconds len);
   std::chrono::milliseconds WindowWait(Window& w, Clock::time_point now, std::chrono::milliseconds len,
@@ -186,6 +190,7 @@ class GraphService {
   HttpResponse HandleToken(const HttpRequest& req, const Plan& plan);
   HttpResponse HandleUpload(const HttpRequest& req, const Plan& plan);
   HttpResponse HandleGraph(const HttpRequest& req, const Plan& plan);
+  HttpResponse HandleBatch(const HttpRequest& req, const Plan& plan);
   HttpResponse HandleMail(Request& r);
   std::string NextLink(const Request& r, int64_t top, size_t skip) const;
   HttpResponse ListFolders(Request& r, const std::string& parent_id);
