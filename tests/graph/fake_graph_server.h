@@ -202,8 +202,8 @@ struct FakeGraphMailboxStats {
   uint64_t throttled = 0;         // 429 answers (limits and injected)
   uint64_t upload_bytes = 0;      // PATCH/POST/PUT body bytes counted
   int peak_concurrency = 0;       // most requests seen in flight at once, incl. a refused one
-  uint64_t messages = 0;
-  uint64_t drafts = 0;
+  uint64_t messages = 0;  // items created (a DELETE does not lower it)
+  uint64_t drafts = 0;    // of which drafts
   uint64_t upload_range_rejections = 0;  // 416 for re-sent (overlapping) chunks
   uint64_t injected_errors = 0;
   uint64_t injected_delays = 0;

@@ -676,6 +676,7 @@ Plan GraphService::Begin(const HttpRequest& req, bool in_batch) {
   const auto& seg = plan.target.segments;
   switch (plan.kind) {
     case RouteKind::kNone:
+    case RouteKind::kBatch:  // never from Classify; found under kGraph below
       plan.response = GraphError(404, "NotFound", "No resource at this path.");
       return plan;
     case RouteKind::kFake:
@@ -1330,8 +1331,7 @@ HttpResponse GraphService::HandleMail(Request& r) {
     if (tail.empty()) {
       if (m == "GET") return GetMessage(r, *msg);
       if (m == "DELETE") {
-        auto& v = mb.messages;
-        v.erase(std::remove_if(v.begin(), v.end(), [&](const Message& x) { return x.m.id == msg->m.id; }), v.end());
+        RemoveMessage(mb, msg->seq);
         HttpResponse resp;
         resp.status = 204;
         return resp;
@@ -1430,9 +1430,8 @@ const GraphService::Folder* GraphService::ResolveFolder(const Mailbox& mb, std::
 }
 
 uint64_t GraphService::FolderItemCount(const Mailbox& mb, const std::string& folder_id) const {
-  uint64_t n = 0;
-  for (const auto& m : mb.messages) n += m.m.folder_id == folder_id;
-  return n;
+  auto it = mb.folder_counts.find(folder_id);
+  return it == mb.folder_counts.end() ? 0 : it->second.first;
 }
 
 std::string GraphService::FolderName(const Mailbox& mb, const std::string& folder_id) const {
@@ -1446,12 +1445,9 @@ void GraphService::WriteFolderJson(std::string* out, const Mailbox& mb, const Fo
   JsonWriter w(out);
   uint64_t children = 0;
   for (const auto& c : mb.folders) children += c.parent_id == f.id;
-  uint64_t total = 0, unread = 0;
-  for (const auto& m : mb.messages) {
-    if (m.m.folder_id != f.id) continue;
-    ++total;
-    unread += !m.m.is_read;
-  }
+  auto counts = mb.folder_counts.find(f.id);
+  uint64_t total = counts == mb.folder_counts.end() ? 0 : counts->second.first;
+  uint64_t unread = counts == mb.folder_counts.end() ? 0 : counts->second.second;
   w.BeginObject().Field("id", f.id).Field("displayName", f.display_name).Field("parentFolderId", f.parent_id);
   w.Field("childFolderCount", children).Field("unreadItemCount", unread).Field("totalItemCount", total);
   w.Field("isHidden", false).EndObject();
@@ -1538,10 +1534,41 @@ HttpResponse GraphService::CreateFolder(Request& r, const std::string& parent_id
 
 // ---- messages ----
 GraphService::Message* GraphService::FindMessageById(Mailbox& mb, std::string_view id) {
-  for (auto& m : mb.messages) {
-    if (m.m.id == id) return &m;
+  auto it = mb.by_id.find(std::string(id));
+  return it == mb.by_id.end() ? nullptr : &mb.messages.at(it->second);
+}
+
+GraphService::Message& GraphService::StoreMessage(Mailbox& mb, Message msg) {
+  msg.seq = mb.next_seq++;
+  msg.change_key = "CQAAAB" + Hex(msg.seq);
+  msg.m.folder_name = FolderName(mb, msg.m.folder_id);
+  uint64_t seq = msg.seq;
+  mb.by_id[msg.m.id] = seq;
+  mb.by_imid.emplace(msg.m.internet_message_id, seq);
+  auto& counts = mb.folder_counts[msg.m.folder_id];
+  ++counts.first;
+  counts.second += !msg.m.is_read;
+  ++mb.stats.messages;
+  mb.stats.drafts += msg.m.is_draft;
+  return mb.messages.emplace(seq, std::move(msg)).first->second;
+}
+
+void GraphService::RemoveMessage(Mailbox& mb, uint64_t seq) {
+  auto it = mb.messages.find(seq);
+  if (it == mb.messages.end()) return;
+  const FakeGraphMessage& m = it->second.m;
+  mb.by_id.erase(m.id);
+  auto range = mb.by_imid.equal_range(m.internet_message_id);
+  for (auto i = range.first; i != range.second; ++i) {
+    if (i->second == seq) {
+      mb.by_imid.erase(i);
+      break;
+    }
   }
-  return nullptr;
+  auto& counts = mb.folder_counts[m.folder_id];
+  --counts.first;
+  counts.second -= !m.is_read;
+  mb.messages.erase(it);
 }
 
 void GraphService::WriteMessageJson(std::string* out, const Mailbox& mb, const Message& msg,
@@ -1654,10 +1681,19 @@ HttpResponse GraphService::ListMessages(Request& r, const std::string* folder_id
                         "singleValueExtendedProperties/Any(ep: ep/id eq '...' and ep/value eq '...').");
     }
   }
+  // Candidates: the internetMessageId index when that is the filter, else
+  // everything; newest first, like a folder view sorted by receivedDateTime desc.
+  std::vector<const Message*> candidates;
+  if (eq && IEquals(eq->property, "internetMessageId")) {
+    auto range = mb.by_imid.equal_range(eq->value);
+    for (auto i = range.first; i != range.second; ++i) candidates.push_back(&mb.messages.at(i->second));
+    std::sort(candidates.begin(), candidates.end(), [](const Message* a, const Message* b) { return a->seq > b->seq; });
+  } else {
+    for (auto it = mb.messages.rbegin(); it != mb.messages.rend(); ++it) candidates.push_back(&it->second);
+  }
   std::vector<const Message*> match;
-  // Newest first, like a folder view sorted by receivedDateTime desc.
-  for (auto it = mb.messages.rbegin(); it != mb.messages.rend(); ++it) {
-    const FakeGraphMessage& m = it->m;
+  for (const Message* cand : candidates) {
+    const FakeGraphMessage& m = cand->m;
     if (folder_id && m.folder_id != *folder_id) continue;
     if (eq) {
       const std::string& v = IEquals(eq->property, "subject") ? m.subject : m.internet_message_id;
@@ -1670,7 +1706,7 @@ HttpResponse GraphService::ListMessages(Request& r, const std::string* folder_id
       }
       if (!hit) continue;
     }
-    match.push_back(&*it);
+    match.push_back(cand);
   }
   if (count_only) {
     HttpResponse resp;
@@ -1815,17 +1851,12 @@ HttpResponse GraphService::CreateJsonMessage(Request& r, const std::string& fold
   m.id = NewId("AAMkAD", mb.spec.upn + "/msg");
   if (m.internet_message_id.empty()) m.internet_message_id = "<" + Hex(id_counter_) + "@fake.graph.local>";
   if (options_.keep_raw) m.raw_json = r.http.body;
-  m.folder_name = FolderName(mb, folder_id);
-  msg.seq = mb.next_seq++;
   msg.size_bytes = size;
-  msg.change_key = "CQAAAB" + Hex(msg.seq);
-  mb.messages.push_back(std::move(msg));
-  ++mb.stats.messages;
-  mb.stats.drafts += mb.messages.back().m.is_draft;
+  const Message& stored = StoreMessage(mb, std::move(msg));
 
   std::string body;
   std::vector<std::string> no_select;
-  WriteMessageJson(&body, mb, mb.messages.back(), no_select, std::nullopt);
+  WriteMessageJson(&body, mb, stored, no_select, std::nullopt);
   body.insert(1, "\"@odata.context\":\"" + base_url_ + "/" + r.version + "/$metadata#users('" + mb.spec.id +
                      "')/messages/$entity\",");
   return Json(201, std::move(body));
@@ -1889,17 +1920,12 @@ HttpResponse GraphService::CreateMimeMessage(Request& r, const std::string& fold
   m.id = NewId("AAMkAD", mb.spec.upn + "/msg");
   if (m.internet_message_id.empty()) m.internet_message_id = "<" + Hex(id_counter_) + "@fake.graph.local>";
   if (options_.keep_raw) m.raw_mime = mime;
-  m.folder_name = FolderName(mb, folder_id);
-  msg.seq = mb.next_seq++;
   msg.size_bytes = mime.size();
-  msg.change_key = "CQAAAB" + Hex(msg.seq);
-  mb.messages.push_back(std::move(msg));
-  ++mb.stats.messages;
-  mb.stats.drafts += mb.messages.back().m.is_draft;
+  const Message& stored = StoreMessage(mb, std::move(msg));
 
   std::string body;
   std::vector<std::string> no_select;
-  WriteMessageJson(&body, mb, mb.messages.back(), no_select, std::nullopt);
+  WriteMessageJson(&body, mb, stored, no_select, std::nullopt);
   body.insert(1, "\"@odata.context\":\"" + base_url_ + "/" + r.version + "/$metadata#users('" + mb.spec.id +
                      "')/messages/$entity\",");
   return Json(201, std::move(body));
@@ -2006,7 +2032,7 @@ std::vector<FakeGraphMessage> GraphService::Messages(std::string_view mailbox) c
   std::vector<FakeGraphMessage> out;
   const Mailbox* mb = FindMailbox(mailbox);
   if (!mb) return out;
-  for (const auto& m : mb->messages) out.push_back(Snapshot(m));
+  for (const auto& [seq, m] : mb->messages) out.push_back(Snapshot(m));
   return out;
 }
 
@@ -2014,10 +2040,9 @@ std::optional<FakeGraphMessage> GraphService::FindMessage(std::string_view mailb
   std::lock_guard<std::mutex> lock(mu_);
   const Mailbox* mb = FindMailbox(mailbox);
   if (!mb) return std::nullopt;
-  for (const auto& m : mb->messages) {
-    if (m.m.internet_message_id == imid) return Snapshot(m);
-  }
-  return std::nullopt;
+  auto it = mb->by_imid.find(std::string(imid));
+  if (it == mb->by_imid.end()) return std::nullopt;
+  return Snapshot(mb->messages.at(it->second));
 }
 
 FakeGraphMailboxStats GraphService::Stats(std::string_view mailbox) const {
@@ -2062,7 +2087,7 @@ std::string GraphService::StatsJson() const {
     w.Field("peak_concurrency", s.peak_concurrency);
     w.Field("messages", uint64_t(mb.messages.size()));
     uint64_t drafts = 0, attachments = 0;
-    for (const auto& m : mb.messages) {
+    for (const auto& [seq, m] : mb.messages) {
       drafts += m.m.is_draft;
       attachments += m.m.attachments.size();
     }

@@ -138,8 +138,12 @@ class GraphService {
   };
   struct Mailbox {
     FakeGraphMailbox spec;
-    std::vector<Folder> folders;    // creation order; [0] is msgfolderroot
-    std::vector<Message> messages;  // creation order
+    std::vector<Folder> folders;  // creation order; [0] is msgfolderroot
+    std::map<uint64_t, Message> messages;  // by seq = creation order
+    // Indexes, so resume lookups stay O(1) in mailboxes of a million items.
+    std::unordered_map<std::string, uint64_t> by_id;
+    std::unordered_multimap<std::string, uint64_t> by_imid;
+    std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> folder_counts;  // id -> (total, unread)
     std::map<std::string, Usage> usage;  // by app id
     FakeGraphMailboxStats stats;
     uint64_t next_seq = 1;
@@ -206,6 +210,9 @@ class GraphService {
   void BuildMailbox(const FakeGraphMailbox& spec);
   const Folder* ResolveFolder(const Mailbox& mb, std::string_view id_or_name) const;
   Message* FindMessageById(Mailbox& mb, std::string_view id);
+  // Gives `msg` its seq and change key, files it in the indexes and counters.
+  Message& StoreMessage(Mailbox& mb, Message msg);
+  void RemoveMessage(Mailbox& mb, uint64_t seq);
   std::string NewId(std::string_view prefix, std::string_view salt);
   std::string FolderName(const Mailbox& mb, const std::string& folder_id) const;
   uint64_t FolderItemCount(const Mailbox& mb, const std::string& folder_id) const;
