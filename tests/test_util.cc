@@ -94,4 +94,14 @@ Status FaultEnv::SyncFilesystem(const std::string& path) {
   return Env::SyncFilesystem(path);
 }
 
+Status FaultEnv::SyncFilesystemFd(int fd, const std::string& path) {
+  if (fail_sync.load()) return Status::FromErrno("syncfs", path, EIO);
+  return Env::SyncFilesystemFd(fd, path);
+}
+
+Status FaultEnv::SyncDirFd(int fd, const std::string& path) {
+  if (fail_sync.load()) return Status::FromErrno("fsync", path, EIO);
+  return Env::SyncDirFd(fd, path);
+}
+
 }  // namespace wxa::test

@@ -46,6 +46,8 @@ class FaultEnv : public core::Env {
   Status WriteAll(int fd, std::string_view data, const std::string& path) override;
   Status Sync(int fd, const std::string& path) override;
   Status SyncFilesystem(const std::string& path) override;
+  Status SyncFilesystemFd(int fd, const std::string& path) override;
+  Status SyncDirFd(int fd, const std::string& path) override;
 };
 
 }  // namespace wxa::test

@@ -37,7 +37,7 @@ bool Populate(Index& idx, int64_t n) {
       for (int m = 0; m < 2; ++m) {
         DeliveryKey k{1, fmt::format("user{}@corp.example.com", (i + m * 7) % 200), Key(i), 1700000000000 + i};
         claim.claims.push_back(k);
-        done.done.push_back(k);
+        done.done.push_back({k, {}, {}});
       }
       wxa::index::ItemRecord r;
       r.msgtime_ms = 1700000000000 + i;
@@ -97,7 +97,7 @@ void BM_IndexGroupCommit(benchmark::State& state) {
     for (int64_t i = 0; i < per_batch; ++i, ++next) {
       DeliveryKey k{1, fmt::format("user{}@corp.example.com", next % 200), Key(next), next};
       claim.claims.push_back(k);
-      done.done.push_back(k);
+      done.done.push_back({k, {}, {}});
       wxa::index::ItemRecord r;
       r.size = 1500;
       done.items.emplace_back(Key(next), r);

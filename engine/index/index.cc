@@ -143,8 +143,27 @@ std::string DefaultIndexDir(const std::string& target) {
 
 namespace {
 
-Status MdbError(std::string_view what, int rc) {
-  return Status::IOError(fmt::format("LMDB {}: {}", what, mdb_strerror(rc)));
+// Our own failure code inside a write transaction: a counter or id in meta
+// that is not a number (LMDB's codes are negative from -30800 up; errno
+// values are positive).
+constexpr int kBadMetaNumber = -1;
+
+// An LMDB or OS error, naming the index directory: a full disk reads "No
+// space left on device (index <dir>)", not a bare code.
+Status MdbError(std::string_view what, int rc, std::string_view dir = {}) {
+  std::string where = dir.empty() ? std::string() : fmt::format(" (index {})", dir);
+  if (rc == kBadMetaNumber) {
+    return Status::Corruption(fmt::format("LMDB {}: a counter or id in the index's meta is not a number{}",
+                                          what, where));
+  }
+  if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_BAD_TXN || rc == MDB_INVALID) {
+    return Status::Corruption(fmt::format("LMDB {}: {}{}", what, mdb_strerror(rc), where));
+  }
+  if (rc > 0) {
+    // errno from the OS: keep it, so callers can tell ENOSPC from EIO.
+    return Status::FromErrno(fmt::format("LMDB {}", what), dir.empty() ? "index" : fmt::format("index {}", dir), rc);
+  }
+  return Status::IOError(fmt::format("LMDB {}: {}{}", what, mdb_strerror(rc), where));
 }
 
 // Meta values are decimal text (readable with mdb_dump). A corrupt one reads
@@ -251,6 +270,8 @@ struct Index::Impl {
   std::thread writer;
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> grows{0};
+  Status broken;  // the first failed commit (writer thread only)
+  std::string dir;
 
   ~Impl() {
     {
@@ -324,7 +345,7 @@ struct Index::Impl {
     if (rc == 0) {
       // An unreadable counter must not hand out an id again.
       const int64_t n = ParseNum(v);
-      if (n <= 0 || n > UINT32_MAX) return MDB_CORRUPTED;
+      if (n <= 0 || n > UINT32_MAX) return kBadMetaNumber;
       next = static_cast<uint32_t>(n);
     } else if (rc != MDB_NOTFOUND) {
       return rc;
@@ -341,7 +362,7 @@ struct Index::Impl {
     int rc = Get(t, meta, key, &v);
     if (rc == 0) {
       const int64_t n = ParseNum(v);
-      if (n <= 0 || n > UINT32_MAX) return MDB_CORRUPTED;  // ids start at 1
+      if (n <= 0 || n > UINT32_MAX) return kBadMetaNumber;  // ids start at 1
       *id = static_cast<uint32_t>(n);
       return 0;
     }
@@ -422,7 +443,8 @@ struct Index::Impl {
         delta.deliveries[static_cast<int>(DeliveryState::kIntent)]++;
         res.claims.push_back(ClaimResult::kClaimed);
       }
-      for (const auto& d : b.done) {
+      for (const auto& u : b.done) {
+        const DeliveryKey& d = u.key;
         uint32_t mid;
         if ((rc = MailboxIdTx(t, d.mailbox, fresh, &mid)) != 0) return rc;
         std::string key = DeliveryKeyBytes(d.sink, mid, d.item);
@@ -430,6 +452,7 @@ struct Index::Impl {
         rec.state = DeliveryState::kDone;
         rec.attempts = 1;
         rec.msgtime_ms = d.msgtime_ms;
+        rec.remote_ref = u.remote_ref;
         std::string_view existing;
         if ((rc = Get(t, deliveries, key, &existing)) == 0) {
           if (auto old = DeliveryRecord::Decode(existing)) rec.attempts = std::max(1u, old->attempts);
@@ -440,6 +463,29 @@ struct Index::Impl {
         if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
         if ((rc = Del(t, pending, key)) != 0) return rc;
         delta.deliveries[static_cast<int>(DeliveryState::kDone)]++;
+      }
+      for (const auto& u : b.failed) {
+        const DeliveryKey& d = u.key;
+        uint32_t mid;
+        if ((rc = MailboxIdTx(t, d.mailbox, fresh, &mid)) != 0) return rc;
+        std::string key = DeliveryKeyBytes(d.sink, mid, d.item);
+        DeliveryRecord rec;
+        rec.state = DeliveryState::kFailed;
+        rec.attempts = 1;
+        rec.msgtime_ms = d.msgtime_ms;
+        rec.last_error = u.error;
+        std::string_view existing;
+        if ((rc = Get(t, deliveries, key, &existing)) == 0) {
+          auto old = DeliveryRecord::Decode(existing);
+          if (old && old->state == DeliveryState::kDone) continue;  // never undo a done delivery
+          if (old) rec.attempts = std::max(1u, old->attempts);
+          delta.deliveries[StateOf(existing)]--;
+        } else if (rc != MDB_NOTFOUND) {
+          return rc;
+        }
+        if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
+        if ((rc = Del(t, pending, key)) != 0) return rc;
+        delta.deliveries[static_cast<int>(DeliveryState::kFailed)]++;
       }
       for (const auto& d : b.released) {
         auto mid = CachedMailboxId(d.mailbox);
@@ -490,10 +536,11 @@ struct Index::Impl {
   Status Grow() {
     std::unique_lock l(env_mu);  // no read txn may be open
     MDB_envinfo info;
-    mdb_env_info(env, &info);
+    int rc = mdb_env_info(env, &info);
+    if (rc != 0) return MdbError("read environment info", rc, dir);
     size_t next = info.me_mapsize * 2;
-    int rc = mdb_env_set_mapsize(env, next);
-    if (rc != 0) return MdbError("grow map", rc);
+    rc = mdb_env_set_mapsize(env, next);
+    if (rc != 0) return MdbError("grow map", rc, dir);
     ++grows;
     return Status::Ok();
   }
@@ -531,7 +578,10 @@ struct Index::Impl {
       std::vector<Pending*> ptrs;
       for (auto& p : group) ptrs.push_back(&p);
       std::vector<WriteResult> results;
-      Status st = CommitGroup(ptrs, &results);
+      // After one failed commit, none: the caller stops, and a rerun starts
+      // from what the last good commit says.
+      Status st = broken.ok() ? CommitGroup(ptrs, &results) : broken;
+      if (!st.ok() && broken.ok()) broken = st;
       for (size_t i = 0; i < group.size(); ++i) {
         if (st.ok()) {
           group[i].promise.set_value(std::move(results[i]));
@@ -549,7 +599,7 @@ struct Index::Impl {
       {
         std::shared_lock l(env_mu);
         Txn t;
-        WXA_RETURN_IF_ERROR(t.Begin(env, 0));
+        WXA_RETURN_IF_ERROR(t.Begin(env, 0).WithContext(fmt::format("index {}", dir)));
         rc = Apply(t.get(), group, results, &fresh);
         if (rc == 0) rc = t.Commit();
       }
@@ -566,9 +616,9 @@ struct Index::Impl {
         WXA_RETURN_IF_ERROR(Grow());
         continue;
       }
-      return MdbError("commit", rc);
+      return MdbError("commit", rc, dir);
     }
-    return Status::IOError("LMDB commit: the map could not be grown enough");
+    return Status::IOError(fmt::format("LMDB commit: the map could not be grown enough (index {})", dir));
   }
 };
 
@@ -590,6 +640,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   std::unique_ptr<Index> idx(new Index(dir));
   Impl& im = *idx->impl_;
   im.options = options;
+  im.dir = dir;
 
   if (!options.read_only) {
     // One run per index: LMDB would serialize two writers, but two pipelines
@@ -604,9 +655,9 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   }
 
   int rc = mdb_env_create(&im.env);
-  if (rc != 0) return MdbError("create environment", rc);
-  mdb_env_set_maxdbs(im.env, 8);
-  mdb_env_set_mapsize(im.env, options.initial_map_size);
+  if (rc != 0) return MdbError("create environment", rc, dir);
+  if ((rc = mdb_env_set_maxdbs(im.env, 8)) != 0) return MdbError("set max databases", rc, dir);
+  if ((rc = mdb_env_set_mapsize(im.env, options.initial_map_size)) != 0) return MdbError("set map size", rc, dir);
   unsigned flags = MDB_NOTLS | (options.read_only ? MDB_RDONLY : 0);
   rc = mdb_env_open(im.env, dir.c_str(), flags, 0644);
   if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
@@ -615,23 +666,26 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
         "wxarchiver directory",
         dir, mdb_strerror(rc)));
   }
-  if (rc != 0) return MdbError(fmt::format("open {}", dir), rc);
+  if (rc != 0) return MdbError("open", rc, dir);
   // Reader slots of processes killed mid-read (kill -9) would pin old pages.
   int dead_readers = 0;
-  mdb_reader_check(im.env, &dead_readers);
+  if ((rc = mdb_reader_check(im.env, &dead_readers)) != 0) return MdbError("check readers", rc, dir);
   {
     // A map smaller than the file (an index grown by an earlier run) is
     // raised by LMDB on open; make sure we are at least at the file size.
     MDB_envinfo info;
-    mdb_env_info(im.env, &info);
-    if (info.me_mapsize < options.initial_map_size) mdb_env_set_mapsize(im.env, options.initial_map_size);
+    if ((rc = mdb_env_info(im.env, &info)) != 0) return MdbError("read environment info", rc, dir);
+    if (info.me_mapsize < options.initial_map_size &&
+        (rc = mdb_env_set_mapsize(im.env, options.initial_map_size)) != 0) {
+      return MdbError("set map size", rc, dir);
+    }
   }
 
   // Open (or create) the named databases and check the schema.
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(im.env, options.read_only ? MDB_RDONLY : 0));
   MDB_dbi main_db;
-  if ((rc = mdb_dbi_open(t.get(), nullptr, 0, &main_db)) != 0) return MdbError("open main db", rc);
+  if ((rc = mdb_dbi_open(t.get(), nullptr, 0, &main_db)) != 0) return MdbError("open main db", rc, dir);
   bool empty = true, has_meta = false;
   {
     MdbCursor c;
@@ -667,10 +721,10 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   if (rc == MDB_NOTFOUND) {
     if (!empty) return Status::Corruption(fmt::format("{}: the index has no schema version", dir));
     if ((rc = Impl::Put(t.get(), im.meta, "schema_version", std::to_string(kSchemaVersion))) != 0) {
-      return MdbError("write schema version", rc);
+      return MdbError("write schema version", rc, dir);
     }
   } else if (rc != 0) {
-    return MdbError("read schema version", rc);
+    return MdbError("read schema version", rc, dir);
   } else {
     const int64_t n = ParseNum(ver);
     if (n <= 0) {
@@ -700,7 +754,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   }
   // Commit even when read-only: database handles opened in a transaction
   // are closed again if it is aborted.
-  if ((rc = t.Commit()) != 0) return MdbError("commit", rc);
+  if ((rc = t.Commit()) != 0) return MdbError("commit", rc, dir);
   if (!options.read_only) im.writer = std::thread([&im] { im.WriterLoop(); });
   return idx;
 }
@@ -969,7 +1023,8 @@ Result<IndexStats> Index::Stats() {
             [](const auto& a, const auto& b) { return a.address < b.address; });
   {
     MDB_stat ms;
-    mdb_stat(t.get(), im.pending, &ms);
+    int rc = mdb_stat(t.get(), im.pending, &ms);
+    if (rc != 0) return MdbError("stat pending", rc, dir_);
     s.pending = ms.ms_entries;
   }
   {
@@ -998,9 +1053,9 @@ Result<IndexStats> Index::Stats() {
   if (Impl::Get(t.get(), im.meta, "schema_version", &v) == 0) s.schema_version = static_cast<uint32_t>(ParseNum(v));
   if (Impl::Get(t.get(), im.meta, "corp", &v) == 0) s.corp = std::string(v);
   MDB_envinfo info;
-  mdb_env_info(im.env, &info);
+  if (int rc = mdb_env_info(im.env, &info); rc != 0) return MdbError("read environment info", rc, dir_);
   MDB_stat est;
-  mdb_env_stat(im.env, &est);
+  if (int rc = mdb_env_stat(im.env, &est); rc != 0) return MdbError("stat environment", rc, dir_);
   s.map_size = info.me_mapsize;
   s.used_bytes = (info.me_last_pgno + 1) * static_cast<uint64_t>(est.ms_psize);
   uint64_t size = 0;

@@ -91,19 +91,27 @@ enum class ClaimResult : uint8_t {
   kInFlight,     // claimed earlier in this run: another batch is delivering it
 };
 
+// A delivery's outcome as the sink reported it.
+struct DeliveryUpdate {
+  DeliveryKey key;
+  std::string remote_ref;  // done: where it is (IMAP UIDVALIDITY:UID, file name, Graph id, volume)
+  std::string error;       // failed: the last error, in words
+};
+
 // Everything one pipeline step wants recorded, applied atomically.
 struct WriteBatch {
-  std::vector<DeliveryKey> claims;     // answered in the same order
-  std::vector<DeliveryKey> done;
-  std::vector<DeliveryKey> released;   // intents dropped (item rejected after the claim)
+  std::vector<DeliveryKey> claims;       // answered in the same order
+  std::vector<DeliveryUpdate> done;      // state done with the remote reference
+  std::vector<DeliveryUpdate> failed;    // state failed: attempts kept, last error recorded
+  std::vector<DeliveryKey> released;     // intents dropped (item rejected after the claim)
   std::vector<std::pair<core::ItemKey, ItemRecord>> items;
   std::vector<std::pair<std::string, Cursor>> cursors;  // by file name
   std::vector<std::pair<std::string, std::string>> meta;
   std::vector<std::string> sinks;      // ids allocated on first use, answered in order
   std::vector<std::string> files;      // source file ids, likewise
   size_t ops() const {
-    return claims.size() + done.size() + released.size() + items.size() + cursors.size() +
-           meta.size() + sinks.size() + files.size();
+    return claims.size() + done.size() + failed.size() + released.size() + items.size() +
+           cursors.size() + meta.size() + sinks.size() + files.size();
   }
 };
 
@@ -200,6 +208,9 @@ class Index {
       const std::function<void(const DeliveryKey&, const DeliveryRecord&)>& fn);
 
   // ---- writes (through the writer thread) ----
+  // After a commit fails, every later write fails with the same error (as
+  // leveldb does after a failed log write): what is on disk is the last
+  // good commit, and nothing may be built on the lost one.
   std::future<Result<WriteResult>> Submit(WriteBatch batch);
   // Submit and wait.
   Result<WriteResult> Write(WriteBatch batch);

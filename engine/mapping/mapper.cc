@@ -172,7 +172,8 @@ Resolution Mapper::ResolveEntry(const wecom::DirectoryEntry& e) const {
         r.via = Resolution::Via::kMappingCsv;
         return r;
       }
-      why.push_back(fmt::format("mapping CSV gives {}, which is not a known mailbox", it->second));
+      why.push_back(fmt::format("mapping CSV gives {}, which is not a known mailbox{}", it->second,
+                                unknown_to_target_.count(it->second) ? " of the target" : ""));
     } else {
       why.push_back(fmt::format("mobile {} is not in the mapping CSV", *e164));
     }
@@ -182,7 +183,8 @@ Resolution Mapper::ResolveEntry(const wecom::DirectoryEntry& e) const {
   } else if (auto mb = NormalizeMailbox(e.email); !mb) {
     why.push_back(fmt::format("directory e-mail '{}' is not a valid address", core::OneLine(e.email)));
   } else if (!Known(*mb)) {
-    why.push_back(fmt::format("directory e-mail {} is not a known mailbox", *mb));
+    why.push_back(fmt::format("directory e-mail {} is not a known mailbox{}", *mb,
+                              unknown_to_target_.count(*mb) ? " of the target" : ""));
   } else {
     r.mailbox = *mb;
     r.via = Resolution::Via::kDirectoryEmail;
@@ -204,8 +206,8 @@ Resolution Mapper::Resolve(std::string_view participant_id) const {
   return r;
 }
 
-mime::Person Mapper::PersonFor(const std::string& id) const {
-  mime::Person p;
+core::Person Mapper::PersonFor(const std::string& id) const {
+  core::Person p;
   p.id = id;
   const wecom::DirectoryEntry* e = directory_ != nullptr ? directory_->Find(id) : nullptr;
   p.name = (e != nullptr && !e->name.empty()) ? e->name : id;
@@ -215,13 +217,34 @@ mime::Person Mapper::PersonFor(const std::string& id) const {
   } else if (e != nullptr) {
     if (auto a = NormalizeMailbox(e->email)) p.address = *a;
   }
-  if (p.address.empty()) p.address = mime::SyntheticAddress(id);
+  if (p.address.empty()) p.address = core::SyntheticAddress(id);
   return p;
 }
 
-mime::RenderInput Mapper::RenderInputFor(const core::Item& item) const {
-  mime::RenderInput in;
-  in.item = &item;
+std::vector<std::string> Mapper::CandidateMailboxes() const {
+  std::set<std::string> out;
+  for (const auto& [mobile, mb] : by_mobile_) out.insert(mb);
+  if (directory_ != nullptr) {
+    for (const auto& [id, e] : directory_->entries()) {
+      if (auto mb = NormalizeMailbox(e.email)) out.insert(*mb);
+    }
+  }
+  if (!known_.empty()) {
+    for (auto it = out.begin(); it != out.end();) it = known_.count(*it) ? std::next(it) : out.erase(it);
+  }
+  return {out.begin(), out.end()};
+}
+
+void Mapper::SetUnknownToTarget(std::vector<std::string> unknown) {
+  unknown_to_target_ = {unknown.begin(), unknown.end()};
+  resolved_.clear();
+  if (directory_ != nullptr) {
+    for (const auto& [id, entry] : directory_->entries()) resolved_.emplace(id, ResolveEntry(entry));
+  }
+}
+
+core::Participants Mapper::ParticipantsFor(const core::Item& item) const {
+  core::Participants in;
   in.from = PersonFor(item.from);
   std::vector<std::string> seen{item.from};
   for (const auto& id : item.to) {

@@ -17,7 +17,6 @@
 
 #include "formats/core/item.h"
 #include "formats/core/status.h"
-#include "formats/mime/renderer.h"
 #include "formats/wecom/directory.h"
 
 namespace wxa::mapping {
@@ -51,14 +50,22 @@ class Mapper {
   // Thread-safe (read-only after Create).
   Resolution Resolve(std::string_view participant_id) const;
 
-  // A participant as the renderer shows it: directory name, and the mapped
+  // A participant as items show it: directory name, and the mapped
   // mailbox, else the directory e-mail, else a non-routable address.
-  mime::Person PersonFor(const std::string& id) const;
+  core::Person PersonFor(const std::string& id) const;
   // From and To of an item (To without the sender and without repeats).
-  mime::RenderInput RenderInputFor(const core::Item& item) const;
+  core::Participants ParticipantsFor(const core::Item& item) const;
+
+  // Every mailbox a participant could map to (mapping CSV targets and
+  // directory e-mails), so the target can say which it knows.
+  std::vector<std::string> CandidateMailboxes() const;
+  // Mailboxes the target says it does not know: they stop counting, and the
+  // mapping falls back to the next rule (the product's rule). Recomputes
+  // every participant's resolution.
+  void SetUnknownToTarget(std::vector<std::string> unknown);
 
   // Rows of the mapping CSV or mailbox list that were not used, and why.
-  const std::vector<wecom::CsvIssue>& issues() const { return issues_; }
+  const std::vector<core::CsvIssue>& issues() const { return issues_; }
   size_t mapping_rows() const { return by_mobile_.size(); }
   bool has_mailbox_list() const { return !known_.empty(); }
   // Distinct mailboxes the known-mailbox list holds (0 without a list).
@@ -66,14 +73,17 @@ class Mapper {
 
  private:
   Resolution ResolveEntry(const wecom::DirectoryEntry& e) const;
-  bool Known(const std::string& mailbox) const { return known_.empty() || known_.count(mailbox) != 0; }
+  bool Known(const std::string& mailbox) const {
+    return (known_.empty() || known_.count(mailbox) != 0) && unknown_to_target_.count(mailbox) == 0;
+  }
 
   const wecom::Directory* directory_ = nullptr;
   MapperOptions options_;
   std::unordered_map<std::string, std::string> by_mobile_;  // E.164 -> mailbox
   std::unordered_set<std::string> known_;                   // empty: every valid address is known
   std::unordered_map<std::string, Resolution> resolved_;    // userid -> resolution (precomputed)
-  std::vector<wecom::CsvIssue> issues_;
+  std::unordered_set<std::string> unknown_to_target_;      // the target said it does not know these
+  std::vector<core::CsvIssue> issues_;
 };
 
 }  // namespace wxa::mapping

@@ -1,14 +1,9 @@
 #include "engine/pipeline/import.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <charconv>
-#include <climits>
 #include <chrono>
-#include <deque>
-#include <future>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <set>
@@ -22,7 +17,8 @@
 
 #include "engine/index/index.h"
 #include "engine/mapping/mapper.h"
-#include "engine/sinks/local_sinks.h"
+#include "engine/pipeline/batch.h"
+#include "engine/pipeline/tracker.h"
 #include "formats/core/hash.h"
 #include "formats/core/json_writer.h"
 #include "formats/core/text.h"
@@ -37,33 +33,6 @@ namespace wxa::pipeline {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// One record's way through the stages. The parallel stages fill it; the
-// serial stages read it in source order.
-struct RecordWork {
-  enum class Kind : uint8_t { kSkipped, kItem, kSwitch, kMalformed } kind = Kind::kSkipped;
-  std::optional<core::Item> item;              // kept while deliveries are pending
-  std::vector<std::string> needed;             // mailboxes without a done delivery (plan)
-  std::vector<std::string> claimed;            // mailboxes this run must deliver (claim)
-  std::vector<std::string> staged;             // written to temp files, published per batch
-  std::vector<std::string> delivered;          // published, or found on disk (deliver)
-  std::vector<std::string> released;           // claimed but not delivered (oversize, failure)
-  std::optional<index::ItemRecord> item_record;  // what the index learns about the item
-  bool settled = false;                        // nothing left to do for this record
-  bool imported = false;
-  uint64_t deliveries_new = 0;
-  uint64_t deliveries_present = 0;
-  uint64_t bytes_written = 0;
-  bool rendered = false;                       // the renderer ran (or measured) for it
-  std::vector<std::pair<std::string, std::string>> unmapped;  // participant id, why
-  std::vector<ReportEntry> entries;
-};
-
-struct Batch {
-  std::vector<wecom::RawRecord> records;
-  std::vector<RecordWork> work;
-  std::vector<wecom::FileIssue> file_issues;  // source files skipped while reading this batch
-};
 
 // Per-thread heavy contexts (STYLE rule 5).
 struct Worker {
@@ -83,14 +52,28 @@ ReportEntry EntryFor(const core::Item& item, Outcome o, std::string reason) {
   return e;
 }
 
+// What a record keeps once it is rendered: enough for the report and the
+// index (key, time, position, ids), not its text, facts or media.
+void Compact(core::Item& item) {
+  std::string().swap(item.text);
+  std::string().swap(item.raw);
+  std::vector<core::Fact>().swap(item.facts);
+  std::vector<core::Entry>().swap(item.entries);
+  std::vector<core::MediaRef>().swap(item.media);
+  std::vector<std::string>().swap(item.notes);
+  std::vector<std::string>().swap(item.to);
+}
+
+// Everything the stages share. One per run.
 class ImportRun {
  public:
-  ImportRun(const ImportOptions& o, const mapping::Mapper& mapper, wecom::MediaStore& media,
-            sinks::LocalSink& sink, index::Index& idx, uint16_t sink_id,
-            const std::vector<std::string>& files, const std::vector<uint32_t>& file_ids)
-      : o_(o), mapper_(mapper), media_(media), sink_(sink), idx_(idx), sink_id_(sink_id),
-        files_(files), file_ids_(file_ids) {}
+  ImportRun(const ImportOptions& o, const mapping::Mapper& mapper, const wecom::MediaStore& media,
+            index::Index& idx, uint16_t sink_id, const std::vector<std::string>& files,
+            const std::vector<uint32_t>& file_ids)
+      : o_(o), mapper_(mapper), media_(media), idx_(idx), sink_id_(sink_id), files_(files),
+        file_ids_(file_ids) {}
 
+  void SetTracker(Tracker* t) { tracker_ = t; }
   bool failed() const { return failed_.load(); }
   Status fatal() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -102,20 +85,33 @@ class ImportRun {
     failed_ = true;
   }
 
+  index::ItemRecord RecordFor(const core::Item& item, index::ItemState st, std::string reason) const {
+    index::ItemRecord r;
+    r.state = st;
+    r.msgtime_ms = item.msgtime_ms;
+    size_t fi = static_cast<size_t>(std::find(files_.begin(), files_.end(), item.pos.file) - files_.begin());
+    r.file_id = fi < file_ids_.size() ? file_ids_[fi] : 0;
+    r.offset = item.pos.offset;
+    r.line = item.pos.line;
+    r.reason = std::move(reason);
+    return r;
+  }
+
   // Stage 2 (parallel): parse, map, and ask the index what is left to do.
   // Nothing is rendered here: a record whose deliveries are all done costs a
   // parse, a few hash lookups and an LMDB read.
   void Plan(Worker& w, Batch& b) {
     b.work.resize(b.records.size());
     std::vector<index::DeliveryKey> keys;
-    std::vector<std::pair<size_t, size_t>> owner;  // (record, index in its mailboxes)
+    std::vector<size_t> owner;  // record of each key
     std::vector<std::vector<std::string>> mailboxes(b.records.size());
     for (size_t i = 0; i < b.records.size(); ++i) {
       if (failed()) return;
       PlanRecord(w, b.records[i], b.work[i], &mailboxes[i]);
-      for (size_t m = 0; m < mailboxes[i].size(); ++m) {
-        keys.push_back({sink_id_, mailboxes[i][m], b.work[i].item->key, 0});
-        owner.emplace_back(i, m);
+      std::string().swap(b.records[i].bytes);  // the line is parsed: only its position is kept
+      for (const auto& mb : mailboxes[i]) {
+        keys.push_back({sink_id_, mb, b.work[i].item->key, 0});
+        owner.push_back(i);
       }
     }
     std::vector<std::optional<index::DeliveryState>> states;
@@ -125,7 +121,7 @@ class ImportRun {
       return;
     }
     for (size_t k = 0; k < keys.size(); ++k) {
-      RecordWork& rw = b.work[owner[k].first];
+      RecordWork& rw = b.work[owner[k]];
       if (states[k] == index::DeliveryState::kDone) {
         ++rw.deliveries_present;
       } else {
@@ -152,11 +148,10 @@ class ImportRun {
     }
     for (size_t i = 0; i < done_work.size(); ++i) {
       RecordWork& rw = *done_work[i];
-      if (item_states[i] == index::ItemState::kDone) {
-        rw.item.reset();
-      } else {
+      if (item_states[i] != index::ItemState::kDone) {
         rw.item_record = RecordFor(*rw.item, index::ItemState::kDone, "");
       }
+      Compact(*rw.item);
     }
   }
 
@@ -179,27 +174,37 @@ class ImportRun {
     }
     for (size_t k = 0; k < owner.size(); ++k) {
       RecordWork& rw = *owner[k].first;
+      const std::string& mb = *owner[k].second;
+      std::string why;
       switch (r->claims[k]) {
-        case index::ClaimResult::kClaimed: rw.claimed.push_back(*owner[k].second); break;
-        // Done or in flight: another record with the same msgid got there
-        // first (overlapping exports). One delivery per mailbox, whatever.
-        case index::ClaimResult::kDone:
-        case index::ClaimResult::kInFlight: ++rw.deliveries_present; break;
+        case index::ClaimResult::kClaimed: rw.claimed.push_back(mb); break;
+        case index::ClaimResult::kDone: ++rw.deliveries_present; break;
+        case index::ClaimResult::kInFlight:
+          // An intent of a stopped run that could not be probed (its mailbox
+          // failed at start-up) stays in doubt; otherwise another record
+          // with the same msgid delivers it in this run (overlapping exports).
+          if (tracker_->MailboxStopped(mb, &why)) {
+            tracker_->AddInDoubt(rw, mb, fmt::format("in doubt since a stopped run; not checked: {}", why));
+          } else {
+            ++rw.deliveries_present;
+          }
+          break;
       }
     }
     for (auto& rw : b.work) {
-      if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.claimed.empty()) {
+      if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.claimed.empty() &&
+          rw.deliveries.empty()) {
         // Another record with the same msgid delivers it (or did): it records the item.
         rw.settled = true;
-        rw.item.reset();
+        Compact(*rw.item);
       }
     }
   }
 
-  // Stage 4 (parallel): render once, stage each claimed delivery, then
-  // publish the batch (one durable file-system commit for all of it).
-  void Deliver(Worker& w, Batch& b) {
-    std::vector<sinks::StagedDelivery> staged;
+  // Stage 4 (parallel): render each record once, submit its deliveries,
+  // then ask the sink to make the batch durable (local trees: one
+  // file-system commit for the whole batch).
+  void Deliver(Worker& w, Batch& b, sinks::Sink& sink) {
     for (auto& rw : b.work) {
       if (rw.claimed.empty()) continue;
       if (failed()) {
@@ -207,88 +212,13 @@ class ImportRun {
         rw.claimed.clear();
         continue;
       }
-      DeliverRecord(w, rw, &staged);
+      DeliverRecord(w, b, rw);
     }
-    Status s = failed() ? Status::Aborted("run failed") : sink_.Publish(&staged);
-    if (!s.ok()) {
-      if (!failed()) Fail(s.WithContext("publishing deliveries"));
-      sink_.Discard(&staged);
-      // Nothing staged in this batch counts as delivered.
-      for (auto& rw : b.work) {
-        if (rw.staged.empty()) continue;
-        rw.released.insert(rw.released.end(), rw.staged.begin(), rw.staged.end());
-        rw.staged.clear();
-        rw.item_record.reset();
-        rw.entries.clear();
-        rw.imported = false;
-        rw.deliveries_new = 0;
-        rw.bytes_written = 0;
-        rw.settled = false;
-      }
-      return;
-    }
-    for (auto& rw : b.work) {
-      rw.delivered.insert(rw.delivered.end(), rw.staged.begin(), rw.staged.end());
-      rw.staged.clear();
-    }
-  }
-
-  // Stage 5 (serial, in order) builds the index write for a batch: done
-  // marks, released intents, item states and the cursor, in one transaction.
-  // The cursor moves only past records that are fully settled.
-  index::WriteBatch Commit(Batch& b, bool* cursor_ok) {
-    index::WriteBatch wb;
-    for (auto& rw : b.work) {
-      if (!rw.item) continue;
-      const core::Item& item = *rw.item;
-      for (const auto& mb : rw.delivered) wb.done.push_back({sink_id_, mb, item.key, item.msgtime_ms});
-      for (const auto& mb : rw.released) wb.released.push_back({sink_id_, mb, item.key, item.msgtime_ms});
-      if (rw.item_record) wb.items.emplace_back(item.key, *rw.item_record);
-    }
-    // Cursor: the end of the last record of each file, if every record of
-    // the batch is settled (a failed run leaves it where it was).
-    bool all_settled = !failed();
-    for (const auto& rw : b.work) all_settled = all_settled && rw.settled;
-    *cursor_ok = all_settled;
-    if (all_settled) {
-      std::map<uint32_t, const wecom::RawRecord*> last;
-      for (const auto& rec : b.records) last[rec.file_index] = &rec;
-      for (const auto& [fi, rec] : last) {
-        index::Cursor c = cursor_template_[fi];
-        c.offset = rec->next_offset;
-        c.line = rec->line;
-        if (rec->unterminated) {
-          // A last line without its newline may be an export still being
-          // written: read it again next time rather than lose its rest.
-          c.offset = rec->offset;
-          c.line = rec->line - 1;
-        }
-        wb.cursors.emplace_back(CursorKey(sink_id_, files_[fi]), c);
-      }
-    }
-    return wb;
-  }
-
-  void SetCursorTemplates(std::vector<index::Cursor> t) { cursor_template_ = std::move(t); }
-  static std::string CursorKey(uint16_t sink, const std::string& file) {
-    return fmt::format("{}/{}", sink, file);
+    Status s = sink.Barrier();
+    if (!s.ok()) Fail(s.WithContext("making deliveries durable"));
   }
 
  private:
-  index::ItemRecord RecordFor(const core::Item& item, index::ItemState st, std::string reason) const {
-    index::ItemRecord r;
-    r.state = st;
-    r.msgtime_ms = item.msgtime_ms;
-    r.file_id = file_ids_.at(FileIndexOf(item.pos.file));
-    r.offset = item.pos.offset;
-    r.line = item.pos.line;
-    r.reason = std::move(reason);
-    return r;
-  }
-  size_t FileIndexOf(const std::string& file) const {
-    return static_cast<size_t>(std::find(files_.begin(), files_.end(), file) - files_.begin());
-  }
-
   void PlanRecord(Worker& w, const wecom::RawRecord& rec, RecordWork& out,
                   std::vector<std::string>* mailboxes) {
     auto parsed = w.parser.Parse(rec, files_[rec.file_index]);
@@ -339,146 +269,93 @@ class ImportRun {
       out.entries.push_back(std::move(e));
       out.item_record = RecordFor(item, index::ItemState::kUnmapped, reason);
       out.settled = true;
+      Compact(*out.item);
     }
   }
 
-  void DeliverRecord(Worker& w, RecordWork& rw, std::vector<sinks::StagedDelivery>* staged) {
+  void DeliverRecord(Worker& w, Batch& b, RecordWork& rw) {
     core::Item& item = *rw.item;
-    // What a crashed run wrote but could not mark done is adopted, not rewritten.
-    std::vector<std::string> to_write;
-    for (const auto& mb : rw.claimed) {
-      auto exists = sink_.Exists(mb, item.key, item.msgtime_ms);
-      if (!exists.ok()) {
-        Fail(exists.status());
-        rw.released = rw.claimed;
-        return;
-      }
-      if (*exists) {
-        rw.delivered.push_back(mb);
-        ++rw.deliveries_present;
-      } else {
-        to_write.push_back(mb);
-      }
-    }
-    if (to_write.empty()) {
-      rw.item_record = RecordFor(item, index::ItemState::kDone, "");
-      rw.settled = true;
-      return;
-    }
-
     for (auto& m : item.media) media_.Resolve(m);
-    mime::RenderInput in = mapper_.RenderInputFor(item);
     const uint64_t limit = o_.limit.max_bytes;
-    auto reject = [&](uint64_t size, bool estimated) {
-      ReportEntry e = EntryFor(item, Outcome::kOversize, limits::OversizeReason(o_.limit, size, estimated));
+    auto give_back = [&](index::ItemState st, Outcome o, std::string reason, uint64_t size) {
+      ReportEntry e = EntryFor(item, o, reason);
       e.size = size;
       rw.entries.push_back(std::move(e));
-      rw.item_record = RecordFor(item, index::ItemState::kRejected, rw.entries.back().reason);
+      rw.item_record = RecordFor(item, st, std::move(reason));
       rw.item_record->size = size;
-      rw.released = to_write;
+      rw.released = std::move(rw.claimed);
+      rw.claimed.clear();
       rw.settled = true;
-      for (auto& m : item.media) std::string().swap(m.bytes);
+      Compact(item);
     };
     // Over the limit by the media sizes alone: rejected before any byte of
     // them is read or hashed, so memory per record stays bounded by the limit.
     const uint64_t estimate = mime::RenderedSizeLowerBound(item);
     if (estimate > limit) {
-      reject(estimate, true);
+      give_back(index::ItemState::kRejected, Outcome::kOversize,
+                limits::OversizeReason(o_.limit, estimate, true), estimate);
       return;
     }
     for (auto& m : item.media) {
       Status ls = media_.Load(m, limit);
       if (ls.code() == Status::Code::kTooLarge) {  // grew past the limit since it was found
-        reject(std::max(mime::RenderedSizeLowerBound(item), limit + 1), true);
+        uint64_t size = std::max(mime::RenderedSizeLowerBound(item), limit + 1);
+        give_back(index::ItemState::kRejected, Outcome::kOversize,
+                  limits::OversizeReason(o_.limit, size, true), size);
         return;
       }
     }
     rw.rendered = true;
+    core::Participants who = mapper_.ParticipantsFor(item);
+    mime::RenderInput in{&item, std::move(who.from), std::move(who.to)};
     auto bytes = w.renderer.Render(in);
-    // The media bytes are in the rendering now; a batch holds many records.
-    for (auto& m : item.media) std::string().swap(m.bytes);
     if (!bytes.ok()) {
-      rw.entries.push_back(EntryFor(item, Outcome::kFailed, bytes.status().ToString()));
-      rw.item_record = RecordFor(item, index::ItemState::kFailed, bytes.status().ToString());
-      rw.released = to_write;
-      rw.settled = true;
+      give_back(index::ItemState::kFailed, Outcome::kFailed, bytes.status().ToString(), 0);
       return;
     }
     if (bytes->size() > limit) {
-      reject(bytes->size(), false);
+      const uint64_t size = bytes->size();
+      give_back(index::ItemState::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, size), size);
       return;
     }
-    for (size_t i = 0; i < to_write.size(); ++i) {
-      const std::string& mb = to_write[i];
-      Status s = sink_.Stage(mb, item.key, item.msgtime_ms, *bytes, staged);
-      if (!s.ok()) {
-        // Disk full, I/O error, permissions: the sink cannot go on. Stop; the
-        // claims not written are given back (the batch's staged ones too), and
-        // a rerun does them.
-        Fail(s.WithContext(fmt::format("writing to mailbox {}", mb)));
-        rw.released.insert(rw.released.end(), to_write.begin() + static_cast<long>(i), to_write.end());
-        return;
-      }
-      rw.staged.push_back(mb);
-    }
-    rw.imported = true;
-    rw.deliveries_new = to_write.size();
-    rw.bytes_written = bytes->size() * to_write.size();
-    index::ItemRecord rec = RecordFor(item, index::ItemState::kDone, "");
-    rec.size = bytes->size();
+    rw.size = bytes->size();
     core::Sha256Digest h = core::Sha256(*bytes);
-    rec.content_hash.assign(reinterpret_cast<const char*>(h.data()), 16);
-    rw.item_record = std::move(rec);
-    rw.settled = true;
+    rw.content_hash.assign(reinterpret_cast<const char*>(h.data()), 16);
+    rw.bytes = std::make_shared<const std::string>(std::move(*bytes));
 
-    // Imported, with warnings where something was not right.
+    // Warnings, reported if the item is imported.
     for (const auto& m : item.media) {
       if (m.state == core::MediaState::kMissing) {
-        rw.entries.push_back(EntryFor(item, Outcome::kMissingMedia,
-                                      fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
+        rw.warnings.push_back(EntryFor(item, Outcome::kMissingMedia,
+                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
       } else if (m.state == core::MediaState::kCorrupt) {
-        rw.entries.push_back(EntryFor(item, Outcome::kCorruptMedia,
-                                      fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
+        rw.warnings.push_back(EntryFor(item, Outcome::kCorruptMedia,
+                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
       }
     }
     if (item.kind == core::ItemKind::kUnknown) {
-      rw.entries.push_back(EntryFor(
+      rw.warnings.push_back(EntryFor(
           item, Outcome::kUnknownType,
-          fmt::format("unknown msgtype '{}': imported generically with the record attached",
-                      item.msgtype)));
+          fmt::format("unknown msgtype '{}': imported generically with the record attached", item.msgtype)));
     } else if (!item.notes.empty()) {
-      rw.entries.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
+      rw.warnings.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
     }
+    Compact(item);  // the rendering holds everything now
+    tracker_->SubmitRecord(b, rw, item);
   }
 
   const ImportOptions& o_;
   const mapping::Mapper& mapper_;
-  wecom::MediaStore& media_;
-  sinks::LocalSink& sink_;
+  const wecom::MediaStore& media_;
   index::Index& idx_;
   const uint16_t sink_id_;
   const std::vector<std::string>& files_;
   const std::vector<uint32_t>& file_ids_;
-  std::vector<index::Cursor> cursor_template_;
+  Tracker* tracker_ = nullptr;
   mutable std::mutex mu_;
   Status fatal_;  // GUARDED_BY(mu_)
   std::atomic<bool> failed_{false};
 };
-
-void AddCounts(Counts& c, Outcome o) {
-  switch (o) {
-    case Outcome::kUnmapped: ++c.unmapped; break;
-    case Outcome::kOversize: ++c.oversize; break;
-    case Outcome::kMalformed: ++c.malformed; break;
-    case Outcome::kFailed: ++c.failed; break;
-    case Outcome::kSwitch: ++c.switches; break;
-    case Outcome::kMissingMedia: ++c.missing_media; break;
-    case Outcome::kCorruptMedia: ++c.corrupt_media; break;
-    case Outcome::kRepaired: ++c.repaired; break;
-    case Outcome::kUnknownType: ++c.unknown_type; break;
-    case Outcome::kInputIssue: ++c.input_issues; break;
-  }
-}
 
 // Memory figures from /proc/self/status (Linux), in bytes: the peak resident
 // set and, at report time, how much of it is anonymous (heap, stacks) versus
@@ -515,6 +392,7 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Field("command", "import");
   j.Field("source", o.source_dir);
   j.Field("target", o.target);
+  j.Field("target_kind", s.target_kind);
   j.Field("folder", o.folder);
   j.Field("max_item_size", static_cast<uint64_t>(o.limit.max_bytes));
   j.Field("oversize_policy", limits::PolicyName(o.limit.policy));
@@ -527,7 +405,8 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Key("counts").BeginObject();
   j.Field("records", c.records).Field("items", c.items).Field("imported", c.imported);
   j.Field("already_present", c.already_present).Field("deliveries", c.deliveries);
-  j.Field("deliveries_present", c.deliveries_present).Field("bytes_written", c.bytes_written);
+  j.Field("deliveries_present", c.deliveries_present).Field("deliveries_failed", c.deliveries_failed);
+  j.Field("retries", c.retries).Field("bytes_written", c.bytes_written);
   j.Field("unmapped", c.unmapped).Field("oversize", c.oversize).Field("malformed", c.malformed);
   j.Field("failed", c.failed).Field("switch", c.switches).Field("missing_media", c.missing_media);
   j.Field("corrupt_media", c.corrupt_media).Field("repaired", c.repaired).Field("rendered", c.rendered);
@@ -538,13 +417,15 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Key("index").BeginObject();
   j.Field("dir", x.dir);
   j.Field("settled_done", x.settled_done).Field("settled_redo", x.settled_redo);
+  j.Field("settled_unknown", x.settled_unknown);
   j.Field("files_resumed", static_cast<uint64_t>(x.files_resumed));
   j.Field("files_complete", static_cast<uint64_t>(x.files_complete));
   j.Field("files_restarted", static_cast<uint64_t>(x.files_restarted));
   if (!x.rescan_reason.empty()) j.Field("rescan_reason", x.rescan_reason);
   j.Field("items_done", x.items_done).Field("items_unmapped", x.items_unmapped);
   j.Field("items_rejected", x.items_rejected).Field("deliveries_done", x.deliveries_done);
-  j.Field("deliveries_in_doubt", x.deliveries_in_doubt).Field("commits", x.commits);
+  j.Field("deliveries_in_doubt", x.deliveries_in_doubt).Field("deliveries_failed", x.deliveries_failed);
+  j.Field("commits", x.commits);
   j.EndObject();
   const ProcessMemory mem = ReadProcessMemory();
   j.Key("process").BeginObject();
@@ -553,6 +434,9 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.EndObject();
   j.Key("deliveries_by_mailbox").BeginObject();
   for (const auto& [mb, n] : s.deliveries_by_mailbox) j.Field(mb, n);
+  j.EndObject();
+  j.Key("mailboxes_failed").BeginObject();
+  for (const auto& [mb, why] : s.mailboxes_failed) j.Field(mb, why);
   j.EndObject();
   j.Key("unmapped_participants").BeginObject();
   for (const auto& [id, v] : s.unmapped_participants) {
@@ -577,12 +461,219 @@ Result<std::string> MappingFingerprint(const ImportOptions& o) {
   return core::ToHex(h.Finish()).substr(0, 32);
 }
 
-std::string CanonicalTarget(const std::string& target) {
-  size_t colon = target.find(':');
-  std::string dir = target.substr(colon + 1);
-  char buf[PATH_MAX];
-  if (::realpath(dir.c_str(), buf) != nullptr) dir = buf;
-  return target.substr(0, colon) + ":" + dir;
+
+// ---- phases ----------------------------------------------------------------
+
+// Inputs, target and index: everything that can refuse to start.
+struct Opened {
+  std::optional<wecom::RecordReader> reader;
+  std::unique_ptr<wecom::Directory> directory;
+  std::optional<mapping::Mapper> mapper;
+  std::optional<wecom::MediaStore> media;
+  sinks::Target target;
+  std::unique_ptr<sinks::Sink> sink;
+  std::unique_ptr<index::Index> idx;
+  uint16_t sink_id = 0;
+};
+
+Result<std::unique_ptr<sinks::Sink>> DefaultMakeSink(const ImportOptions& o, core::Env* env,
+                                                     const sinks::Target& t) {
+  sinks::LocalSinkOptions lo;
+  lo.folder = o.folder;
+  lo.sync_mode = o.sync_mode;
+  lo.env = env;
+  return sinks::MakeLocalSink(t, lo);
+}
+
+// Which candidate mailboxes the target knows, where it can tell.
+Status CheckMailboxesWithTarget(sinks::Sink& sink, mapping::Mapper& mapper) {
+  if (!sink.capabilities().checks_mailboxes) return Status::Ok();
+  std::vector<std::string> candidates = mapper.CandidateMailboxes();
+  if (candidates.empty()) return Status::Ok();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool answered = false;
+  std::vector<std::string> unknown;
+  sink.CheckMailboxes(candidates, [&](std::vector<std::pair<std::string, sinks::MailboxVerdict>> v) {
+    std::lock_guard<std::mutex> l(mu);
+    for (auto& [mb, verdict] : v) {
+      if (verdict == sinks::MailboxVerdict::kUnknown) unknown.push_back(mb);
+    }
+    answered = true;
+    cv.notify_all();
+  });
+  std::unique_lock<std::mutex> l(mu);
+  cv.wait(l, [&] { return answered; });
+  mapper.SetUnknownToTarget(std::move(unknown));
+  return Status::Ok();
+}
+
+Result<Opened> OpenPhase(const ImportOptions& o, core::Env* env, IndexSummary* xs) {
+  Opened op;
+  if (o.source_dir.empty()) return Status::InvalidArgument("no source directory given (--source)");
+  if (!core::IsDirectory(o.source_dir)) {
+    return Status::InvalidArgument(fmt::format("source directory {} does not exist", o.source_dir));
+  }
+  WXA_ASSIGN_OR_RETURN(op.target, sinks::ParseTarget(o.target));
+  if (o.directory_csv.empty()) return Status::InvalidArgument("no user directory given (--directory)");
+  if (op.target.remote() && o.index_dir.empty()) {
+    return Status::InvalidArgument(fmt::format(
+        "a {} target needs --index DIR: the index is what makes a rerun exactly-once", sinks::TargetKindName(op.target.kind)));
+  }
+  WXA_ASSIGN_OR_RETURN(wecom::RecordReader reader, wecom::RecordReader::Open(o.source_dir));
+  op.reader.emplace(std::move(reader));
+  WXA_ASSIGN_OR_RETURN(wecom::Directory directory, wecom::Directory::Load(o.directory_csv));
+  op.directory = std::make_unique<wecom::Directory>(std::move(directory));
+  WXA_ASSIGN_OR_RETURN(mapping::Mapper mapper, mapping::Mapper::Create(op.directory.get(), o.mapping_csv,
+                                                                       o.mailboxes_file, {o.default_region}));
+  op.mapper.emplace(std::move(mapper));
+  WXA_ASSIGN_OR_RETURN(wecom::MediaStore media, wecom::MediaStore::Open(o.source_dir));
+  op.media.emplace(std::move(media));
+  auto made = o.make_sink ? o.make_sink(op.target) : DefaultMakeSink(o, env, op.target);
+  if (!made.ok()) return made.status();
+  op.sink = std::move(*made);
+  WXA_RETURN_IF_ERROR(op.sink->Open());
+  mime::InitGMime();
+
+  xs->dir = !o.index_dir.empty() ? o.index_dir
+                                 : op.target.kind == sinks::Target::Kind::kNull
+                                       ? std::string()
+                                       : index::DefaultIndexDir(o.target);
+  if (xs->dir.empty()) return Status::InvalidArgument("the null: target needs --index DIR");
+  index::IndexOptions iopts;
+  if (o.index_map_size != 0) iopts.initial_map_size = o.index_map_size;
+  WXA_ASSIGN_OR_RETURN(op.idx, index::Index::Open(xs->dir, iopts));
+  WXA_RETURN_IF_ERROR(op.idx->BindCorp(o.corp));
+  WXA_ASSIGN_OR_RETURN(op.sink_id, op.idx->SinkId(op.target.Canonical()));
+  WXA_RETURN_IF_ERROR(CheckMailboxesWithTarget(*op.sink, *op.mapper));
+  return op;
+}
+
+// Deliveries a stopped run left in doubt: the target says whether each is
+// there (complete: local files are renamed into place only when whole) or
+// not (delivered again when its record is read). One whose mailbox cannot
+// be checked stays in doubt, and that mailbox is stopped for this run.
+Status SettlePhase(Opened& op, IndexSummary* xs, std::map<std::string, std::string>* stopped) {
+  WXA_ASSIGN_OR_RETURN(auto pending, op.idx->PendingDeliveries());
+  std::vector<std::pair<index::DeliveryKey, index::DeliveryRecord>> mine;
+  for (auto& p : pending) {
+    if (p.first.sink == op.sink_id) mine.push_back(std::move(p));
+  }
+  if (mine.empty()) return Status::Ok();
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t answered = 0;
+  std::vector<sinks::ProbeResult> results(mine.size());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    sinks::Delivery d;
+    d.id = i;
+    d.mailbox = mine[i].first.mailbox;
+    d.key = mine[i].first.item;
+    d.msgtime_ms = mine[i].first.msgtime_ms;
+    d.message_id = mime::MessageIdFor(d.key);
+    op.sink->Probe(d, [&](uint64_t id, sinks::ProbeResult r) {
+      std::lock_guard<std::mutex> l(mu);
+      results[id] = std::move(r);
+      ++answered;
+      cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return answered == mine.size(); });
+  }
+  index::WriteBatch wb;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const auto& r = results[i];
+    switch (r.kind) {
+      case sinks::ProbeResult::Kind::kPresent:
+        wb.done.push_back({mine[i].first, r.remote_ref, {}});
+        ++xs->settled_done;
+        break;
+      case sinks::ProbeResult::Kind::kAbsent:
+        wb.released.push_back(mine[i].first);
+        ++xs->settled_redo;
+        break;
+      case sinks::ProbeResult::Kind::kFailed:
+        ++xs->settled_unknown;
+        if (!r.mailbox_bad) {
+          return r.error.WithContext("settling deliveries a stopped run left in doubt");
+        }
+        stopped->emplace(mine[i].first.mailbox, r.error.ToString());
+        break;
+    }
+  }
+  if (wb.ops() > 0) {
+    auto settled = op.idx->Write(std::move(wb));
+    if (!settled.ok()) return settled.status();
+  }
+  return Status::Ok();
+}
+
+struct Planned {
+  std::vector<uint32_t> file_ids;
+  std::vector<index::Cursor> templates;
+};
+
+// Fingerprints (a changed mapping or limit reads everything again, so
+// unmapped and rejected items are retried) and per-file cursors, validated
+// against each file's first bytes.
+Result<Planned> PlanPhase(const ImportOptions& o, Opened& op, IndexSummary* xs) {
+  wecom::RecordReader& reader = *op.reader;
+  const std::string cfg_prefix = fmt::format("config/{}/", op.sink_id);
+  WXA_ASSIGN_OR_RETURN(std::string mapping_fp, MappingFingerprint(o));
+  const std::string limit_fp = fmt::format("{}:{}", o.limit.max_bytes, limits::PolicyName(o.limit.policy));
+  bool rescan = o.rescan;
+  if (rescan) xs->rescan_reason = "--rescan";
+  auto old_mapping = op.idx->GetMeta(cfg_prefix + "mapping");
+  auto old_limit = op.idx->GetMeta(cfg_prefix + "limit");
+  if (old_mapping.ok() && *old_mapping != mapping_fp) {
+    rescan = true;
+    xs->rescan_reason = "the directory, mapping or mailbox list changed since the last run";
+  } else if (old_limit.ok() && *old_limit != limit_fp) {
+    rescan = true;
+    xs->rescan_reason = "the item size limit changed since the last run";
+  }
+  const auto& files = reader.files();
+  Planned p;
+  p.templates.resize(files.size());
+  index::WriteBatch wb;
+  wb.files = files;
+  wb.meta.emplace_back(cfg_prefix + "mapping", mapping_fp);
+  wb.meta.emplace_back(cfg_prefix + "limit", limit_fp);
+  for (size_t i = 0; i < files.size(); ++i) {
+    const auto fi = static_cast<uint32_t>(i);
+    index::Cursor& t = p.templates[i];
+    t.prefix_len = static_cast<uint32_t>(std::min<uint64_t>(4096, reader.FileSize(fi)));
+    WXA_ASSIGN_OR_RETURN(t.prefix_hash, reader.PrefixHash(fi, t.prefix_len));
+    WXA_ASSIGN_OR_RETURN(auto cur, op.idx->GetCursor(CursorKey(op.sink_id, files[i])));
+    if (rescan) {
+      // Reset in the same transaction as the new fingerprints, so a crash
+      // during the rescan resumes the rescan rather than forgetting it.
+      wb.cursors.emplace_back(CursorKey(op.sink_id, files[i]), t);
+      continue;
+    }
+    if (!cur) continue;
+    bool same_file = false;
+    if (cur->prefix_len <= reader.FileSize(fi) && cur->offset <= reader.FileSize(fi)) {
+      WXA_ASSIGN_OR_RETURN(std::string h, reader.PrefixHash(fi, cur->prefix_len));
+      same_file = h == cur->prefix_hash;
+    }
+    if (!same_file) {
+      ++xs->files_restarted;  // replaced or truncated: read it all (done items are skipped)
+      continue;
+    }
+    if (cur->offset == reader.FileSize(fi)) {
+      ++xs->files_complete;
+    } else if (cur->offset > 0) {
+      ++xs->files_resumed;
+    }
+    reader.SetStart(fi, {cur->offset, cur->line});
+  }
+  WXA_ASSIGN_OR_RETURN(auto r, op.idx->Write(std::move(wb)));
+  p.file_ids = r.file_ids;
+  for (size_t i = 0; i < files.size(); ++i) p.templates[i].file_id = p.file_ids[i];
+  return p;
 }
 
 }  // namespace
@@ -590,203 +681,109 @@ std::string CanonicalTarget(const std::string& target) {
 Result<ImportSummary> RunImport(const ImportOptions& o) {
   const auto started = Clock::now();
   core::Env* env = o.env != nullptr ? o.env : core::Env::Default();
-  if (o.source_dir.empty()) return Status::InvalidArgument("no source directory given (--source)");
-  if (!core::IsDirectory(o.source_dir)) {
-    return Status::InvalidArgument(fmt::format("source directory {} does not exist", o.source_dir));
-  }
-  WXA_ASSIGN_OR_RETURN(wecom::RecordReader reader, wecom::RecordReader::Open(o.source_dir));
-  if (o.directory_csv.empty()) return Status::InvalidArgument("no user directory given (--directory)");
-  WXA_ASSIGN_OR_RETURN(wecom::Directory directory, wecom::Directory::Load(o.directory_csv));
-  WXA_ASSIGN_OR_RETURN(mapping::Mapper mapper,
-                       mapping::Mapper::Create(&directory, o.mapping_csv, o.mailboxes_file,
-                                               {o.default_region}));
-  WXA_ASSIGN_OR_RETURN(wecom::MediaStore media,
-                       wecom::MediaStore::Open(o.source_dir));
-  WXA_ASSIGN_OR_RETURN(std::unique_ptr<sinks::LocalSink> sink,
-                       sinks::MakeLocalSink(o.target, o.folder, env, o.sync_mode));
-  mime::InitGMime();
-
-  // ---- the index: identity, sink, settling, cursors ----
   ImportSummary summary;
   IndexSummary& xs = summary.index;
-  xs.dir = !o.index_dir.empty() ? o.index_dir : index::DefaultIndexDir(o.target);
-  index::IndexOptions iopts;
-  if (o.index_map_size != 0) iopts.initial_map_size = o.index_map_size;
-  WXA_ASSIGN_OR_RETURN(std::unique_ptr<index::Index> idx, index::Index::Open(xs.dir, iopts));
-  WXA_RETURN_IF_ERROR(idx->BindCorp(o.corp));
-  WXA_ASSIGN_OR_RETURN(uint16_t sink_id, idx->SinkId(CanonicalTarget(o.target)));
 
-  // Deliveries a crash left in doubt: the file is there (complete: it was
-  // renamed into place) or it is not (delivered again when its record is read).
-  {
-    WXA_ASSIGN_OR_RETURN(auto pending, idx->PendingDeliveries());
-    index::WriteBatch wb;
-    std::set<std::string> cleaned;
-    for (auto& [k, rec] : pending) {
-      if (k.sink != sink_id) continue;
-      // The stopped run may have left temp files there; none of its renames
-      // can happen any more, so they are garbage.
-      if (cleaned.insert(k.mailbox).second) {
-        auto n = sink->CleanTemp(k.mailbox);
-        if (!n.ok()) return n.status();
-      }
-      WXA_ASSIGN_OR_RETURN(bool there, sink->Exists(k.mailbox, k.item, k.msgtime_ms));
-      if (there) {
-        wb.done.push_back(k);
-        ++xs.settled_done;
-      } else {
-        wb.released.push_back(k);
-        ++xs.settled_redo;
-      }
-    }
-    if (wb.ops() > 0) {
-      auto settled = idx->Write(std::move(wb));
-      if (!settled.ok()) return settled.status();
-    }
-  }
-
-  // Mapping or limit changed since the last run: read everything again, so
-  // items recorded unmapped or rejected are retried (and newly mapped
-  // participants of delivered items get theirs).
-  const std::string cfg_prefix = fmt::format("config/{}/", sink_id);
-  WXA_ASSIGN_OR_RETURN(std::string mapping_fp, MappingFingerprint(o));
-  const std::string limit_fp = fmt::format("{}:{}", o.limit.max_bytes, limits::PolicyName(o.limit.policy));
-  bool rescan = o.rescan;
-  if (rescan) xs.rescan_reason = "--rescan";
-  auto old_mapping = idx->GetMeta(cfg_prefix + "mapping");
-  auto old_limit = idx->GetMeta(cfg_prefix + "limit");
-  if (old_mapping.ok() && *old_mapping != mapping_fp) {
-    rescan = true;
-    xs.rescan_reason = "the directory, mapping or mailbox list changed since the last run";
-  } else if (old_limit.ok() && *old_limit != limit_fp) {
-    rescan = true;
-    xs.rescan_reason = "the item size limit changed since the last run";
-  }
-
-  // File ids, and cursors (validated against the file's first bytes).
+  // ---- open, settle, plan ----
+  WXA_ASSIGN_OR_RETURN(Opened op, OpenPhase(o, env, &xs));
+  summary.target_kind = sinks::TargetKindName(op.target.kind);
+  std::map<std::string, std::string> stopped_at_start;
+  WXA_RETURN_IF_ERROR(SettlePhase(op, &xs, &stopped_at_start));
+  WXA_ASSIGN_OR_RETURN(Planned planned, PlanPhase(o, op, &xs));
+  wecom::RecordReader& reader = *op.reader;
   const auto& files = reader.files();
-  std::vector<uint32_t> file_ids;
-  std::vector<index::Cursor> templates(files.size());
-  {
-    index::WriteBatch wb;
-    wb.files = files;
-    wb.meta.emplace_back(cfg_prefix + "mapping", mapping_fp);
-    wb.meta.emplace_back(cfg_prefix + "limit", limit_fp);
-    for (size_t i = 0; i < files.size(); ++i) {
-      index::Cursor& t = templates[i];
-      t.prefix_len = static_cast<uint32_t>(std::min<uint64_t>(4096, reader.FileSize(static_cast<uint32_t>(i))));
-      WXA_ASSIGN_OR_RETURN(t.prefix_hash, reader.PrefixHash(static_cast<uint32_t>(i), t.prefix_len));
-      WXA_ASSIGN_OR_RETURN(auto cur, idx->GetCursor(ImportRun::CursorKey(sink_id, files[i])));
-      if (rescan) {
-        // Reset in the same transaction as the new fingerprints, so a crash
-        // during the rescan resumes the rescan rather than forgetting it.
-        index::Cursor zero = t;
-        wb.cursors.emplace_back(ImportRun::CursorKey(sink_id, files[i]), zero);
-        continue;
-      }
-      if (!cur) continue;
-      bool same_file = false;
-      if (cur->prefix_len <= reader.FileSize(static_cast<uint32_t>(i)) && cur->offset <= reader.FileSize(static_cast<uint32_t>(i))) {
-        WXA_ASSIGN_OR_RETURN(std::string h, reader.PrefixHash(static_cast<uint32_t>(i), cur->prefix_len));
-        same_file = h == cur->prefix_hash;
-      }
-      if (!same_file) {
-        ++xs.files_restarted;  // replaced or truncated: read it all (done items are skipped)
-        continue;
-      }
-      if (cur->offset == reader.FileSize(static_cast<uint32_t>(i))) {
-        ++xs.files_complete;
-      } else if (cur->offset > 0) {
-        ++xs.files_resumed;
-      }
-      reader.SetStart(static_cast<uint32_t>(i), {cur->offset, cur->line});
-    }
-    WXA_ASSIGN_OR_RETURN(auto r, idx->Write(std::move(wb)));
-    file_ids = r.file_ids;
-    for (size_t i = 0; i < files.size(); ++i) templates[i].file_id = file_ids[i];
-  }
 
   WXA_ASSIGN_OR_RETURN(ReportWriter report, ReportWriter::Open(o.report_path));
   summary.source_files = files.size();
   summary.report_path = o.report_path;
-  Counts& counts = summary.counts;
-
-  auto add_issues = [&](const std::vector<wecom::CsvIssue>& issues, const std::string& input) -> Status {
-    for (const auto& i : issues) {
-      ReportEntry e;
-      e.outcome = Outcome::kInputIssue;
-      e.reason = i.reason;
-      e.input = input;
-      e.pos.line = i.line;
-      AddCounts(counts, e.outcome);
-      WXA_RETURN_IF_ERROR(report.Add(e));
-    }
-    return Status::Ok();
+  Counts start_counts;
+  auto add_issue = [&](const std::string& input, size_t line, const std::string& reason) -> Status {
+    ReportEntry e;
+    e.outcome = Outcome::kInputIssue;
+    e.reason = reason;
+    e.input = input;
+    e.pos.line = line;
+    AddCounts(start_counts, e.outcome);
+    return report.Add(e);
   };
-  WXA_RETURN_IF_ERROR(add_issues(directory.issues(), o.directory_csv));
-  WXA_RETURN_IF_ERROR(add_issues(mapper.issues(), !o.mapping_csv.empty() ? o.mapping_csv : o.mailboxes_file));
-  WXA_RETURN_IF_ERROR(add_issues(media.issues(), core::JoinPath(o.source_dir, "media/index.csv")));
-  auto add_file_issues = [&](const std::vector<wecom::FileIssue>& issues) -> Status {
-    for (const auto& fi : issues) {
-      ReportEntry e;
-      e.outcome = Outcome::kInputIssue;
-      e.reason = fmt::format("source file not read: {}", fi.reason);
-      e.input = core::JoinPath(o.source_dir, fi.file);
-      AddCounts(counts, e.outcome);
-      WXA_RETURN_IF_ERROR(report.Add(e));
-    }
-    return Status::Ok();
-  };
-  WXA_RETURN_IF_ERROR(add_file_issues(reader.TakeNewIssues()));
+  for (const auto& i : op.directory->issues()) WXA_RETURN_IF_ERROR(add_issue(o.directory_csv, i.line, i.reason));
+  for (const auto& i : op.mapper->issues()) {
+    WXA_RETURN_IF_ERROR(add_issue(!o.mapping_csv.empty() ? o.mapping_csv : o.mailboxes_file, i.line, i.reason));
+  }
+  for (const auto& i : op.media->issues()) {
+    WXA_RETURN_IF_ERROR(add_issue(core::JoinPath(o.source_dir, "media/index.csv"), i.line, i.reason));
+  }
+  for (const auto& fi : reader.TakeNewIssues()) {
+    WXA_RETURN_IF_ERROR(add_issue(core::JoinPath(o.source_dir, fi.file), 0,
+                                  fmt::format("source file not read: {}", fi.reason)));
+  }
   if (files.empty()) {
-    WXA_RETURN_IF_ERROR(add_issues(
-        {{0, "the source directory holds no *.jsonl files: nothing to import"}}, o.source_dir));
+    WXA_RETURN_IF_ERROR(add_issue(o.source_dir, 0, "the source directory holds no *.jsonl files: nothing to import"));
   }
 
+  // ---- pipeline ----
   size_t threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
   summary.threads = threads;
   tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, threads);
   const size_t tokens = o.max_batches_in_flight != 0 ? o.max_batches_in_flight : 2 * threads + 2;
 
-  ImportRun run(o, mapper, media, *sink, *idx, sink_id, files, file_ids);
-  run.SetCursorTemplates(templates);
+  ImportRun run(o, *op.mapper, *op.media, *op.idx, op.sink_id, files, planned.file_ids);
+  const sinks::Capabilities caps = op.sink->capabilities();
+  TrackerConfig tc;
+  tc.sink = op.sink.get();
+  tc.idx = op.idx.get();
+  tc.report = &report;
+  tc.sink_id = op.sink_id;
+  tc.files = &files;
+  tc.cursor_templates = planned.templates;
+  tc.max_attempts = std::max<uint32_t>(1, o.max_attempts);
+  tc.retry_base_ms = o.retry_base_ms;
+  tc.retry_max_ms = std::max(o.retry_base_ms, o.retry_max_ms);
+  // Completions a sink holds until Close() (PST volumes) cannot be waited
+  // for batch by batch; their records are compact, and bytes are bounded.
+  tc.max_outstanding_batches = caps.holds_until_close ? SIZE_MAX : std::max<size_t>(1, o.max_outstanding_batches);
+  tc.max_outstanding_bytes = o.max_outstanding_bytes;
+  tc.keep_bytes_for_retry = caps.remote;
+  tc.fail = [&run](const Status& s) { run.Fail(s); };
+  tc.record_for = [&run](const core::Item& item, index::ItemState st, std::string reason) {
+    return run.RecordFor(item, st, std::move(reason));
+  };
+  Tracker tracker(std::move(tc));
+  for (const auto& [mb, why] : stopped_at_start) tracker.StopMailbox(mb, why);
+  run.SetTracker(&tracker);
+
   wecom::ParseOptions popts;
   popts.corp = o.corp;
   tbb::enumerable_thread_specific<std::unique_ptr<Worker>> workers(
       [&popts] { return std::make_unique<Worker>(popts); });
   Status stage_error;
   auto last_progress = Clock::now();
-  std::set<std::string> mailboxes_touched;
-  std::deque<std::future<Result<index::WriteResult>>> commits;  // in flight, oldest first
-  auto reap = [&](bool wait) {
-    while (!commits.empty() &&
-           (wait || commits.front().wait_for(std::chrono::seconds(0)) == std::future_status::ready)) {
-      auto r = commits.front().get();
-      commits.pop_front();
-      if (!r.ok()) run.Fail(r.status().WithContext("committing to the index"));
-    }
-  };
-
+  uint64_t seq = 0;
+  auto stopping = [&] { return run.failed() || (o.stop != nullptr && o.stop->load()); };
   try {
     tbb::parallel_pipeline(
         tokens,
         tbb::make_filter<void, Batch*>(
             tbb::filter_mode::serial_in_order,
             [&](tbb::flow_control& fc) -> Batch* {
-              if (run.failed() || (o.stop != nullptr && o.stop->load())) {
+              tracker.WaitForRoom(stopping);
+              if (stopping()) {
                 fc.stop();
                 return nullptr;
               }
               auto b = std::make_unique<Batch>();
+              b->seq = seq++;
               auto more = reader.NextBatch(o.batch_records, o.batch_bytes, &b->records);
               if (!more.ok()) {
                 run.Fail(more.status());
                 fc.stop();
                 return nullptr;
               }
-              b->file_issues = reader.TakeNewIssues();
-              if (!*more) {
-                if (!b->file_issues.empty()) return b.release();  // report them, then stop
+              for (auto& fi : reader.TakeNewIssues()) {
+                fi.file = core::JoinPath(o.source_dir, fi.file);
+                b->file_issues.push_back(std::move(fi));
+              }
+              if (!*more && b->file_issues.empty()) {
                 fc.stop();
                 return nullptr;
               }
@@ -804,77 +801,64 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                                              }) &
             tbb::make_filter<Batch*, Batch*>(tbb::filter_mode::parallel,
                                              [&](Batch* b) -> Batch* {
-                                               run.Deliver(*workers.local(), *b);
+                                               run.Deliver(*workers.local(), *b, *op.sink);
                                                return b;
                                              }) &
             tbb::make_filter<Batch*, void>(
                 tbb::filter_mode::serial_in_order, [&](Batch* raw) {
-                  std::unique_ptr<Batch> b(raw);
-                  if (Status fs = add_file_issues(b->file_issues); !fs.ok() && stage_error.ok()) {
-                    stage_error = fs;
-                  }
-                  bool cursor_ok = false;
-                  index::WriteBatch wb = run.Commit(*b, &cursor_ok);
-                  if (wb.ops() > 0) commits.push_back(idx->Submit(std::move(wb)));
-                  reap(false);
-                  for (const RecordWork& r : b->work) {
-                    if (r.kind == RecordWork::Kind::kSkipped) continue;  // run failed first
-                    ++counts.records;
-                    if (r.kind == RecordWork::Kind::kItem) ++counts.items;
-                    if (r.imported) ++counts.imported;
-                    if (r.kind == RecordWork::Kind::kItem && !r.imported && r.settled &&
-                        r.deliveries_present > 0 && r.entries.empty()) {
-                      ++counts.already_present;
-                    }
-                    counts.deliveries += r.deliveries_new;
-                    counts.deliveries_present += r.deliveries_present;
-                    counts.bytes_written += r.bytes_written;
-                    counts.rendered += r.rendered;
-                    if (r.imported) {
-                      for (const auto& mb : r.delivered) {
-                        ++summary.deliveries_by_mailbox[mb];
-                        mailboxes_touched.insert(mb);
-                      }
-                    }
-                    for (const auto& [id, why] : r.unmapped) {
-                      auto& u = summary.unmapped_participants[id];
-                      ++u.first;
-                      if (u.second.empty()) u.second = why;
-                    }
-                    for (const auto& e : r.entries) {
-                      AddCounts(counts, e.outcome);
-                      Status s = report.Add(e);
-                      if (!s.ok() && stage_error.ok()) stage_error = s;
-                    }
-                  }
-                  counts.source_bytes = reader.bytes_read();
+                  tracker.Seal(std::unique_ptr<Batch>(raw));
                   if (o.on_progress) {
                     auto now = Clock::now();
                     if (now - last_progress >= std::chrono::milliseconds(o.progress_interval_ms)) {
                       last_progress = now;
-                      o.on_progress(counts, std::chrono::duration<double>(now - started).count());
+                      Counts c = tracker.counts();
+                      c.source_bytes = reader.bytes_read();
+                      o.on_progress(c, std::chrono::duration<double>(now - started).count());
                     }
                   }
                 }));
   } catch (const std::exception& e) {
     // TBB and the standard library may throw; nothing escapes this stage edge.
     stage_error = Status::Aborted(fmt::format("pipeline stopped: {}", e.what()));
+    run.Fail(stage_error);
   }
-  reap(true);
 
+  // ---- drain: every submitted delivery gets its outcome recorded ----
+  const bool give_up = stopping();
+  if (caps.holds_until_close) {
+    Status cs = op.sink->Close();
+    if (!cs.ok()) run.Fail(cs.WithContext("closing the target"));
+    tracker.Drain(give_up, std::chrono::seconds(30));
+  } else {
+    tracker.Drain(give_up, std::chrono::seconds(30));
+    Status cs = op.sink->Close();
+    if (!cs.ok()) run.Fail(cs.WithContext("closing the target"));
+  }
+  tracker.WaitForIndex();
+
+  // ---- summarize ----
+  summary.counts = tracker.counts();
+  Counts& counts = summary.counts;
+  counts.input_issues += start_counts.input_issues;
   summary.fatal = !run.fatal().ok() ? run.fatal() : stage_error;
   summary.interrupted = o.stop != nullptr && o.stop->load();
-  summary.mailboxes_touched = mailboxes_touched.size();
+  summary.deliveries_by_mailbox = tracker.deliveries_by_mailbox();
+  summary.unmapped_participants = tracker.unmapped_participants();
+  summary.mailboxes_failed = tracker.stopped_mailboxes();
+  summary.mailboxes_touched = tracker.mailboxes_touched();
   counts.source_bytes = reader.bytes_read();
-  if (auto c = idx->GetCounters(); c.ok()) {
+  if (auto c = op.idx->GetCounters(); c.ok()) {
     xs.items_done = c->items[static_cast<int>(index::ItemState::kDone)];
     xs.items_unmapped = c->items[static_cast<int>(index::ItemState::kUnmapped)];
     xs.items_rejected = c->items[static_cast<int>(index::ItemState::kRejected)];
     xs.deliveries_done = c->deliveries[static_cast<int>(index::DeliveryState::kDone)];
     xs.deliveries_in_doubt = c->deliveries[static_cast<int>(index::DeliveryState::kIntent)];
+    xs.deliveries_failed = c->deliveries[static_cast<int>(index::DeliveryState::kFailed)];
   }
-  xs.commits = idx->commits();
+  xs.commits = op.idx->commits();
   summary.elapsed_s = std::chrono::duration<double>(Clock::now() - started).count();
+  Status rep = tracker.report_error();
+  if (!rep.ok() && summary.fatal.ok()) summary.fatal = rep.WithContext("writing the report");
   Status fin = report.Finish(SummaryJson(o, summary));
   if (!fin.ok() && summary.fatal.ok()) summary.fatal = fin.WithContext("writing the report");
   return summary;

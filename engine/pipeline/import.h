@@ -1,7 +1,15 @@
 // The import run: WeCom archive -> mapped, rendered, size-checked items ->
-// local sink (Maildir/EML), as a oneTBB pipeline:
-//   read (serial) -> parse/map/render/limit/deliver (parallel) -> report (serial, in order)
-// Memory is bounded by batches in flight (max_batches_in_flight x batch size).
+// a sink (engine/sinks/sink.h), in phases:
+//   open      inputs, target, index (clear errors when the run cannot start)
+//   settle    deliveries a stopped run left in doubt, probed in the target
+//   plan      fingerprints, rescan, cursors
+//   pipeline  oneTBB: read (serial) -> parse/map/index lookup (parallel) ->
+//             claim intents (serial) -> render + submit (parallel) -> seal
+//             (serial); completions arrive asynchronously and are recorded
+//             in order, with per-file low-water-mark cursors
+//   summarize report and index totals
+// Memory is bounded by batches in the pipeline (max_batches_in_flight) and by
+// batches waiting for completions (max_outstanding_batches / _bytes).
 #pragma once
 
 #include <atomic>
@@ -11,8 +19,9 @@
 #include <string>
 
 #include "engine/limits/size_policy.h"
-#include "engine/sinks/local_sinks.h"
 #include "engine/pipeline/report.h"
+#include "engine/sinks/local_sinks.h"
+#include "engine/sinks/sink.h"
 #include "formats/core/file.h"
 
 namespace wxa::pipeline {
@@ -22,7 +31,7 @@ struct ImportOptions {
   std::string directory_csv;     // userid,name,mobile,email
   std::string mapping_csv;       // optional: mobile,mailbox
   std::string mailboxes_file;    // optional: known mailboxes, one per line
-  std::string target;            // maildir:DIR or eml:DIR
+  std::string target;            // maildir:DIR, eml:DIR, null:, imap://... (sinks::ParseTarget)
   std::string report_path;       // optional JSON report
   std::string folder = "WeChat Archiver";
   std::string corp = "default";  // enters the item key: keep it stable across runs
@@ -32,12 +41,25 @@ struct ImportOptions {
   bool rescan = false;           // ignore cursors: re-read every record (done ones are skipped)
   uint64_t index_map_size = 0;   // initial LMDB map size; 0 = the index default
   sinks::SyncMode sync_mode = sinks::SyncMode::kBatch;  // durability of local deliveries
+  // Makes the sink for the parsed target; null = the local sinks (maildir,
+  // eml, null). The CLI passes one that knows remote targets; tests pass
+  // fakes that return each failure class.
+  std::function<Result<std::unique_ptr<sinks::Sink>>(const sinks::Target&)> make_sink;
+
+  // Transient failures are retried with exponential backoff and jitter,
+  // honouring the sink's retry_after, at most max_attempts times per
+  // delivery in one run.
+  uint32_t max_attempts = 8;
+  uint32_t retry_base_ms = 200;
+  uint32_t retry_max_ms = 60000;
 
   // Bounds (STYLE rule 8). 0 threads = all cores.
   size_t threads = 0;
   size_t batch_records = 256;
   size_t batch_bytes = 4u << 20;
   size_t max_batches_in_flight = 0;  // 0 = 2 x threads + 2
+  size_t max_outstanding_batches = 64;            // waiting for completions (remote sinks)
+  uint64_t max_outstanding_bytes = 256ull << 20;  // rendered bytes kept until completion
 
   core::Env* env = nullptr;                 // null = Env::Default()
   const std::atomic<bool>* stop = nullptr;  // set to stop reading (Ctrl-C); the run drains
@@ -49,8 +71,9 @@ struct ImportOptions {
 // What the index said and did at the start of the run, and its totals after.
 struct IndexSummary {
   std::string dir;
-  uint64_t settled_done = 0;      // in-doubt deliveries found complete on disk
-  uint64_t settled_redo = 0;      // in-doubt deliveries not on disk: delivered again
+  uint64_t settled_done = 0;      // in-doubt deliveries found in the target
+  uint64_t settled_redo = 0;      // in-doubt deliveries not there: delivered again
+  uint64_t settled_unknown = 0;   // could not be checked (their mailbox failed): still in doubt
   size_t files_resumed = 0;       // source files continued from a cursor
   size_t files_complete = 0;      // source files already read to the end
   size_t files_restarted = 0;     // cursor no longer matches the file: read again
@@ -60,6 +83,7 @@ struct IndexSummary {
   uint64_t items_rejected = 0;
   uint64_t deliveries_done = 0;
   uint64_t deliveries_in_doubt = 0;
+  uint64_t deliveries_failed = 0;
   uint64_t commits = 0;
 };
 
@@ -67,13 +91,15 @@ struct ImportSummary {
   Counts counts;
   IndexSummary index;
   std::map<std::string, uint64_t> deliveries_by_mailbox;  // new deliveries per mailbox
+  std::map<std::string, std::string> mailboxes_failed;    // mailbox -> why it was stopped
   std::map<std::string, std::pair<uint64_t, std::string>> unmapped_participants;  // id -> (items, why)
   uint64_t mailboxes_touched = 0;
   size_t source_files = 0;
   double elapsed_s = 0;
   size_t threads = 0;
   bool interrupted = false;   // stopped by options.stop before the end
-  Status fatal;               // a sink failure that stopped the run (disk full, ...)
+  Status fatal;               // a sink or index failure that stopped the run (disk full, ...)
+  std::string target_kind;
   std::string report_path;
 };
 

@@ -20,7 +20,7 @@ enum class Outcome : uint8_t {
   kUnmapped,       // no participant maps to a valid mailbox: not imported
   kOversize,       // over the size limit: not imported
   kMalformed,      // the record could not be read: not imported
-  kFailed,         // rendering or writing failed for this item: not imported
+  kFailed,         // rendering failed, or a delivery failed: not (fully) imported
   kSwitch,         // action=switch: not a message, report only
   kMissingMedia,   // imported, but a media file is missing
   kCorruptMedia,   // imported, but a media file does not match the record
@@ -50,6 +50,8 @@ struct Counts {
   uint64_t already_present = 0;    // items whose every delivery existed before
   uint64_t deliveries = 0;         // (item, mailbox) written by this run
   uint64_t deliveries_present = 0; // (item, mailbox) found already delivered
+  uint64_t deliveries_failed = 0;  // (item, mailbox) the target refused or could not take
+  uint64_t retries = 0;            // deliveries submitted again after a transient failure
   uint64_t bytes_written = 0;
   uint64_t unmapped = 0;
   uint64_t oversize = 0;

@@ -1,6 +1,15 @@
 #include "engine/sinks/local_sinks.h"
 
-#include <set>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <optional>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -15,138 +24,335 @@ Result<SyncMode> ParseSyncMode(std::string_view s) {
   return Status::InvalidArgument(fmt::format("unknown sync mode '{}' (batch or file)", s));
 }
 
-Result<bool> LocalSink::Exists(const std::string& mailbox, const core::ItemKey& key,
-                               int64_t msgtime_ms) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = folder_existed_.find(mailbox);
-    if (it == folder_existed_.end()) it = folder_existed_.emplace(mailbox, FolderExists(mailbox)).first;
-    // Files this run writes are claimed in the index first, so only a folder
-    // that was there before the run can hold the item already.
-    if (!it->second) return false;
-  }
-  return FileExists(mailbox, key, msgtime_ms);
-}
-
-Status LocalSink::Stage(const std::string& mailbox, const core::ItemKey& key, int64_t msgtime_ms,
-                        std::string_view bytes, std::vector<StagedDelivery>* batch) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (prepared_.count(mailbox) == 0) {
-      WXA_RETURN_IF_ERROR(Prepare(mailbox));
-      // Temp files of a stopped run were never renamed: garbage. Safe here:
-      // nothing of this run has been staged in this mailbox yet.
-      auto cleaned = CleanTemp(mailbox);
-      if (!cleaned.ok()) return cleaned.status();
-      prepared_.insert(mailbox);
-    }
-  }
-  WXA_ASSIGN_OR_RETURN(StagedDelivery d,
-                       StageFile(mailbox, key, msgtime_ms, bytes, mode_ == SyncMode::kFile));
-  d.mailbox = mailbox;
-  batch->push_back(std::move(d));
-  return Status::Ok();
-}
-
-Status LocalSink::Publish(std::vector<StagedDelivery>* batch) {
-  if (batch->empty()) return Status::Ok();
-  Status s;
-  if (mode_ == SyncMode::kBatch) {
-    // The data of every staged file, durable in one file-system commit.
-    s = env_->SyncFilesystem(root_);
-  }
-  size_t renamed = 0;
-  for (; s.ok() && renamed < batch->size(); ++renamed) {
-    s = env_->Rename((*batch)[renamed].tmp, (*batch)[renamed].final_path);
-  }
-  if (s.ok()) {
-    if (mode_ == SyncMode::kBatch) {
-      s = env_->SyncFilesystem(root_);  // the renames, durable
-    } else {
-      std::set<std::string> dirs;
-      for (const auto& d : *batch) dirs.insert(d.dir);
-      for (const auto& dir : dirs) {
-        if (!(s = env_->SyncDir(dir)).ok()) break;
-      }
-    }
-  }
-  if (!s.ok()) {
-    // What was renamed is complete and will be found by Exists() on a rerun;
-    // what was not is removed. Nothing of this batch counts as delivered.
-    for (size_t i = renamed; i < batch->size(); ++i) (void)env_->Remove((*batch)[i].tmp);
-    return s;
-  }
-  return Status::Ok();
-}
-
-void LocalSink::Discard(std::vector<StagedDelivery>* batch) {
-  for (const auto& d : *batch) (void)env_->Remove(d.tmp);
-  batch->clear();
-}
-
 namespace {
 
-template <typename Writer>
-class WriterSink final : public LocalSink {
+Result<std::string> FolderFor(maildir::Layout layout, std::string_view folder) {
+  if (layout == maildir::Layout::kMaildir) return maildir::FolderDirName(folder);
+  return eml::FolderPath(folder);
+}
+
+class LocalTreeSink final : public Sink {
  public:
-  WriterSink(const char* kind, core::Env* env, std::string root, std::string folder, SyncMode mode)
-      : LocalSink(env, root, mode), kind_(kind), w_(env, std::move(root), std::move(folder)) {}
-  const char* kind() const override { return kind_; }
-  std::string PathFor(const std::string& mailbox, const core::ItemKey& key, int64_t t) const override {
-    return w_.PathFor(maildir::MailboxDirName(mailbox), key, t);
-  }
-  Result<size_t> CleanTemp(const std::string& mailbox) override {
-    return w_.CleanTemp(maildir::MailboxDirName(mailbox));
+  LocalTreeSink(Target t, maildir::Layout layout, std::string folder, LocalSinkOptions o)
+      : env_(o.env != nullptr ? o.env : core::Env::Default()), target_(std::move(t)), layout_(layout),
+        folder_(std::move(folder)), o_(std::move(o)) {}
+
+  ~LocalTreeSink() override {
+    // Temp files of deliveries never published are garbage; Close() is the
+    // normal way out, this is the safety net.
+    std::lock_guard<std::mutex> l(mu_);
+    for (const auto& p : pending_) {
+      if (!p.adopted) (void)::unlink(p.tmp_path.c_str());
+    }
   }
 
- protected:
-  Status Prepare(const std::string& mailbox) override {
-    return w_.PrepareMailbox(maildir::MailboxDirName(mailbox));
+  const char* kind() const override { return layout_ == maildir::Layout::kMaildir ? "maildir" : "eml"; }
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.holds_until_barrier = true;
+    return c;
   }
-  Result<bool> FileExists(const std::string& mailbox, const core::ItemKey& key, int64_t t) override {
-    return w_.Exists(maildir::MailboxDirName(mailbox), key, t);
+
+  Status Open() override {
+    WXA_RETURN_IF_ERROR(env_->CreateDirs(target_.dir));
+    root_fd_ = core::UniqueFd(::open(target_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!root_fd_.valid()) return Status::FromErrno("open", target_.dir, errno);
+    // One run at a time per tree, whatever index each uses: two runs would
+    // take each other's temp files for garbage.
+    const std::string lock = core::JoinPath(target_.dir, kTargetLockName);
+    lock_fd_ = core::UniqueFd(::openat(root_fd_.get(), std::string(kTargetLockName).c_str(),
+                                       O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+    if (!lock_fd_.valid()) return Status::FromErrno("open", lock, errno);
+    if (::flock(lock_fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+      return Status::Aborted(fmt::format(
+          "another wxarchiver run is writing into {} (it holds {}); wait for it or stop it",
+          target_.dir, lock));
+    }
+    return Status::Ok();
   }
-  bool FolderExists(const std::string& mailbox) override {
-    std::string probe = w_.PathFor(maildir::MailboxDirName(mailbox), core::ItemKey{}, 0);
-    return core::IsDirectory(probe.substr(0, probe.rfind('/')));
+
+  void Submit(Delivery d, DoneFn done) override {
+    const std::string& mb = d.mailbox;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (auto it = bad_.find(mb); it != bad_.end()) {
+        done(d.id, Completion::MailboxBad(it->second));
+        return;
+      }
+    }
+    auto folder = GetFolder(mb, true);
+    if (!folder.ok()) {
+      Fail(d, folder.status(), done);
+      return;
+    }
+    Folder& f = **folder;
+    Staged s{d.id, mb, d.key, d.msgtime_ms, {}, {}, false, std::move(done)};
+    if (f.existed) {
+      // A stopped run (or another tool) may have put it there already: adopt it.
+      Result<bool> has(false);
+      {
+        std::lock_guard<std::mutex> fl(f.mu);
+        has = f.folder.Contains(d.key, d.msgtime_ms);
+      }
+      if (!has.ok()) {
+        Fail(d, has.status(), s.done);
+        return;
+      }
+      if (*has) {
+        s.adopted = true;
+        std::lock_guard<std::mutex> l(mu_);
+        pending_.push_back(std::move(s));
+        return;
+      }
+    }
+    auto tmp = f.folder.Stage(d.key, d.msgtime_ms, *d.bytes, o_.sync_mode == SyncMode::kFile);
+    if (!tmp.ok()) {
+      Fail(d, tmp.status(), s.done);
+      return;
+    }
+    s.tmp = std::move(*tmp);
+    s.tmp_path = core::JoinPath(layout_ == maildir::Layout::kMaildir ? f.folder.path() + "/tmp"
+                                                                      : f.folder.path(),
+                                s.tmp);
+    std::lock_guard<std::mutex> l(mu_);
+    pending_.push_back(std::move(s));
   }
-  Result<StagedDelivery> StageFile(const std::string& mailbox, const core::ItemKey& key, int64_t t,
-                                   std::string_view bytes, bool sync) override {
-    WXA_ASSIGN_OR_RETURN(maildir::StagedFile f,
-                         w_.Stage(maildir::MailboxDirName(mailbox), key, t, bytes, sync));
-    return StagedDelivery{mailbox, std::move(f.tmp), std::move(f.final_path), std::move(f.dir)};
+
+  Status Barrier() override {
+    std::lock_guard<std::mutex> pl(publish_mu_);
+    std::vector<Staged> batch;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      batch.swap(pending_);
+    }
+    if (batch.empty()) return Status::Ok();
+    std::vector<std::optional<Completion>> result(batch.size());
+    Status fatal;
+    if (o_.sync_mode == SyncMode::kBatch) {
+      // The data of every staged file, durable in one file-system commit.
+      fatal = env_->SyncFilesystemFd(root_fd_.get(), target_.dir);
+    }
+    // Publish per mailbox: one folder open and (kFile) one directory fsync each.
+    std::map<std::string, std::vector<size_t>> by_mailbox;
+    for (size_t i = 0; i < batch.size(); ++i) by_mailbox[batch[i].mailbox].push_back(i);
+    for (auto& [mb, idx] : by_mailbox) {
+      if (!fatal.ok()) break;
+      auto folder = GetFolder(mb, false);
+      Status s = folder.ok() ? Status::Ok() : folder.status();
+      for (size_t i : idx) {
+        Staged& e = batch[i];
+        if (s.ok()) {
+          s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
+                        : (*folder)->folder.Publish(e.tmp, e.key, e.t);
+          if (s.ok()) {
+            result[i] = Completion::Done((*folder)->folder.FinalName(e.key, e.t), e.adopted);
+            e.published = !e.adopted;
+            continue;
+          }
+        }
+        if (ClassifyLocalError(s) == Completion::Kind::kSinkBad) {
+          fatal = s;
+          break;
+        }
+        result[i] = Completion::MailboxBad(s);
+        MarkBad(mb, s);
+      }
+      if (fatal.ok() && o_.sync_mode == SyncMode::kFile && folder.ok()) {
+        Status ds = (*folder)->folder.SyncFinalDir();
+        if (!ds.ok()) fatal = ds;
+      }
+    }
+    if (fatal.ok() && o_.sync_mode == SyncMode::kBatch) {
+      fatal = env_->SyncFilesystemFd(root_fd_.get(), target_.dir);  // the renames, durable
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Staged& e = batch[i];
+      if (!e.published && !e.adopted && !e.tmp_path.empty()) (void)::unlink(e.tmp_path.c_str());
+      // After a fatal error nothing of this batch counts as delivered: what
+      // was renamed is complete and a rerun adopts it.
+      if (!fatal.ok() && (!result[i] || result[i]->kind == Completion::Kind::kDone)) {
+        result[i] = Completion::SinkBad(fatal);
+      }
+      e.done(e.id, std::move(*result[i]));
+    }
+    return fatal;
+  }
+
+  void Probe(const Delivery& d, ProbeFn done) override {
+    ProbeResult r;
+    auto folder = GetFolder(d.mailbox, false);
+    if (!folder.ok()) {
+      if (folder.status().IsNotFound()) {
+        r.kind = ProbeResult::Kind::kAbsent;
+      } else {
+        r.kind = ProbeResult::Kind::kFailed;
+        r.error = folder.status();
+        r.mailbox_bad = ClassifyLocalError(folder.status()) == Completion::Kind::kMailboxBad;
+      }
+      done(d.id, std::move(r));
+      return;
+    }
+    Folder& f = **folder;
+    Result<bool> has(false);
+    {
+      std::lock_guard<std::mutex> fl(f.mu);
+      has = f.folder.Contains(d.key, d.msgtime_ms);
+    }
+    if (!has.ok()) {
+      r.kind = ProbeResult::Kind::kFailed;
+      r.error = has.status();
+      r.mailbox_bad = ClassifyLocalError(has.status()) == Completion::Kind::kMailboxBad;
+    } else if (*has) {
+      r.kind = ProbeResult::Kind::kPresent;
+      r.remote_ref = f.folder.FinalName(d.key, d.msgtime_ms);
+    }
+    done(d.id, std::move(r));
+  }
+
+  Status Close() override {
+    Status s = Barrier();
+    std::lock_guard<std::mutex> l(mu_);
+    cache_.clear();
+    lock_fd_.Reset();
+    return s;
   }
 
  private:
-  const char* kind_;
-  Writer w_;
+  struct Folder {
+    std::mutex mu;                // Contains() keeps a scan
+    maildir::MailFolder folder;
+    bool existed = false;         // there before this run first opened it
+  };
+  struct Staged {
+    uint64_t id = 0;
+    std::string mailbox;
+    core::ItemKey key;
+    int64_t t = 0;
+    std::string tmp;       // temp name in the folder's temp directory
+    std::string tmp_path;  // its full path (cleanup)
+    bool adopted = false;  // already in place: only made durable
+    DoneFn done;
+    bool published = false;
+  };
+
+  void MarkBad(const std::string& mb, const Status& s) {
+    std::lock_guard<std::mutex> l(mu_);
+    bad_.emplace(mb, s);
+  }
+
+  void Fail(const Delivery& d, const Status& s, const DoneFn& done) {
+    Completion::Kind k = ClassifyLocalError(s);
+    Status err = s.WithContext(fmt::format("mailbox {}", d.mailbox));
+    if (k == Completion::Kind::kMailboxBad) {
+      MarkBad(d.mailbox, err);
+      done(d.id, Completion::MailboxBad(err));
+    } else {
+      done(d.id, Completion::SinkBad(err));
+    }
+  }
+
+  Result<std::shared_ptr<Folder>> GetFolder(const std::string& mailbox, bool create) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (auto it = cache_.find(mailbox); it != cache_.end()) return it->second;
+    const std::string mdir = maildir::MailboxDirName(mailbox);
+    auto f = std::make_shared<Folder>();
+    auto opened = maildir::MailFolder::Open(env_, layout_, root_fd_.get(), target_.dir, mdir, folder_, false);
+    bool first_look = seen_.insert(mailbox).second;
+    if (opened.ok()) {
+      if (first_look) f->existed = true;
+    } else if (opened.status().IsNotFound() && create) {
+      opened = maildir::MailFolder::Open(env_, layout_, root_fd_.get(), target_.dir, mdir, folder_, true);
+    }
+    if (!opened.ok()) {
+      if (first_look && !create) seen_.erase(mailbox);
+      return opened.status();
+    }
+    if (!first_look) {
+      auto ex = existed_.find(mailbox);
+      f->existed = ex != existed_.end() && ex->second;
+    } else {
+      existed_[mailbox] = f->existed;
+    }
+    f->folder = std::move(*opened);
+    if (cleaned_.insert(mailbox).second) {
+      // Temp files of a stopped run were never renamed: garbage. Safe: we
+      // hold the tree's lock and have staged nothing in this folder yet.
+      auto n = f->folder.CleanTemp();
+      if (!n.ok()) {
+        cleaned_.erase(mailbox);
+        return n.status();
+      }
+    }
+    if (cache_.size() >= o_.max_open_folders) cache_.erase(cache_.begin());  // holders keep theirs open
+    cache_.emplace(mailbox, f);
+    return f;
+  }
+
+  core::Env* env_;
+  Target target_;
+  maildir::Layout layout_;
+  std::string folder_;  // Maildir++ folder directory name or EML folder path
+  LocalSinkOptions o_;
+  core::UniqueFd root_fd_;
+  core::UniqueFd lock_fd_;
+  std::mutex publish_mu_;  // one Barrier at a time
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<Folder>> cache_;  // GUARDED_BY(mu_)
+  std::unordered_set<std::string> seen_;                            // GUARDED_BY(mu_)
+  std::unordered_map<std::string, bool> existed_;                   // GUARDED_BY(mu_)
+  std::unordered_set<std::string> cleaned_;                         // GUARDED_BY(mu_)
+  std::unordered_map<std::string, Status> bad_;                     // GUARDED_BY(mu_)
+  std::vector<Staged> pending_;                                     // GUARDED_BY(mu_)
+};
+
+// null: renders, counts and discards (measures the core loop; the index is kept).
+class NullSink final : public Sink {
+ public:
+  const char* kind() const override { return "null"; }
+  Capabilities capabilities() const override { return {}; }
+  Status Open() override { return Status::Ok(); }
+  void Submit(Delivery d, DoneFn done) override {
+    bytes_ += d.bytes ? d.bytes->size() : 0;
+    done(d.id, Completion::Done(""));
+  }
+  Status Barrier() override { return Status::Ok(); }
+  Status Close() override { return Status::Ok(); }
+
+ private:
+  std::atomic<uint64_t> bytes_{0};
 };
 
 }  // namespace
 
-Result<std::unique_ptr<LocalSink>> MakeLocalSink(std::string_view target, std::string_view folder,
-                                                 core::Env* env, SyncMode mode) {
-  size_t colon = target.find(':');
-  if (colon == std::string_view::npos || colon + 1 >= target.size()) {
-    return Status::InvalidArgument(
-        fmt::format("target '{}' must be maildir:DIR or eml:DIR", target));
+Result<std::unique_ptr<Sink>> MakeLocalSink(const Target& target, const LocalSinkOptions& options) {
+  switch (target.kind) {
+    case Target::Kind::kMaildir:
+    case Target::Kind::kEml: {
+      auto layout = target.kind == Target::Kind::kMaildir ? maildir::Layout::kMaildir : maildir::Layout::kEml;
+      WXA_ASSIGN_OR_RETURN(std::string folder, FolderFor(layout, options.folder));
+      return std::unique_ptr<Sink>(new LocalTreeSink(target, layout, std::move(folder), options));
+    }
+    case Target::Kind::kNull:
+      return std::unique_ptr<Sink>(new NullSink());
+    default:
+      return Status::InvalidArgument(fmt::format("'{}' is not a local target", target.spec));
   }
-  std::string kind(target.substr(0, colon));
-  std::string dir(target.substr(colon + 1));
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  if (kind == "maildir") {
-    WXA_ASSIGN_OR_RETURN(std::string folder_dir, maildir::FolderDirName(folder));
-    WXA_RETURN_IF_ERROR(env->CreateDirs(dir));
-    return std::unique_ptr<LocalSink>(
-        new WriterSink<maildir::MaildirWriter>("maildir", env, dir, folder_dir, mode));
+}
+
+Result<std::string> LocalItemPath(const Target& target, std::string_view folder,
+                                  const std::string& mailbox, const core::ItemKey& key,
+                                  int64_t msgtime_ms) {
+  const std::string base = maildir::BaseName(key, msgtime_ms);
+  const std::string mdir = core::JoinPath(target.dir, maildir::MailboxDirName(mailbox));
+  if (target.kind == Target::Kind::kMaildir) {
+    WXA_ASSIGN_OR_RETURN(std::string f, maildir::FolderDirName(folder));
+    return core::JoinPath(mdir, f + "/cur/" + base + ":2,S");
   }
-  if (kind == "eml") {
-    WXA_ASSIGN_OR_RETURN(std::string folder_path, eml::FolderPath(folder));
-    WXA_RETURN_IF_ERROR(env->CreateDirs(dir));
-    return std::unique_ptr<LocalSink>(new WriterSink<eml::EmlWriter>("eml", env, dir, folder_path, mode));
+  if (target.kind == Target::Kind::kEml) {
+    WXA_ASSIGN_OR_RETURN(std::string f, eml::FolderPath(folder));
+    return core::JoinPath(mdir, f + "/" + base + ".eml");
   }
-  return Status::InvalidArgument(fmt::format(
-      "target kind '{}' is not supported (supported: maildir:DIR, eml:DIR)", kind));
+  return Status::InvalidArgument(fmt::format("'{}' keeps no files", target.spec));
 }
 
 }  // namespace wxa::sinks

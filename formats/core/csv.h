@@ -12,6 +12,12 @@
 
 namespace wxa::core {
 
+// A row of an input CSV that was not used, and why.
+struct CsvIssue {
+  size_t line = 0;
+  std::string reason;
+};
+
 struct CsvRow {
   size_t line = 0;                  // 1-based line where the row starts
   std::vector<std::string> fields;  // trimmed unless quoted

@@ -362,6 +362,145 @@ Status Env::SyncFilesystem(const std::string& path) {
   return Status::Ok();
 }
 
+Result<UniqueFd> Env::OpenDirAt(int root_fd, const std::string& rel, bool create,
+                               const std::string& path) {
+  if (rel.empty() || rel.front() == '/') {
+    return Status::InvalidArgument(fmt::format("{}: not a relative path", path));
+  }
+  auto symlink_error = [&] {
+    return Status::InvalidArgument(
+        fmt::format("{}: a symlink on the way; not followed (output trees must hold real directories)", path));
+  };
+  if (!create && g_have_openat2.load(std::memory_order_relaxed)) {
+    open_how how{};
+    how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    long fd;
+    do {
+      fd = ::syscall(SYS_openat2, root_fd, rel.c_str(), &how, sizeof how);
+    } while (fd < 0 && (errno == EINTR || errno == EAGAIN));
+    if (fd >= 0) return UniqueFd(static_cast<int>(fd));
+    int err = errno;
+    if (err == ELOOP || err == EXDEV) return symlink_error();
+    if (err == ENOENT) return Status::NotFound(path);
+    if (err == ENOTDIR) return Status::InvalidArgument(fmt::format("{}: not a directory", path));
+    if (err != ENOSYS && err != EPERM) return Status::FromErrno("open directory", path, err);
+    g_have_openat2.store(false);
+  }
+  UniqueFd cur;
+  int at = root_fd;
+  size_t start = 0;
+  while (true) {
+    size_t slash = rel.find('/', start);
+    std::string comp = rel.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (comp.empty() || comp == "." || comp == "..") {
+      return Status::InvalidArgument(fmt::format("{}: not a plain relative path", path));
+    }
+    if (create && ::mkdirat(at, comp.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status::FromErrno("mkdir", path, errno);
+    }
+    UniqueFd next(::openat(at, comp.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!next.valid()) {
+      int err = errno;
+      if (err == ELOOP) return symlink_error();
+      if (err == ENOTDIR) {
+        struct stat lst {};
+        if (::fstatat(at, comp.c_str(), &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(lst.st_mode)) {
+          return symlink_error();
+        }
+        return Status::InvalidArgument(fmt::format("{}: not a directory", path));
+      }
+      if (err == ENOENT) return Status::NotFound(path);
+      return Status::FromErrno("open directory", path, err);
+    }
+    cur = std::move(next);
+    at = cur.get();
+    if (slash == std::string::npos) return cur;
+    start = slash + 1;
+  }
+}
+
+Result<UniqueFd> Env::CreateAt(int dir_fd, const std::string& name, const std::string& path) {
+  UniqueFd fd(::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd.valid()) {
+    if (errno == EEXIST) return Status::AlreadyExists(path);
+    return Status::FromErrno("create", path, errno);
+  }
+  return fd;
+}
+
+Status Env::RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                     const std::string& path) {
+  if (::renameat(from_dir, from.c_str(), to_dir, to.c_str()) != 0) {
+    return Status::FromErrno("rename", path, errno);
+  }
+  return Status::Ok();
+}
+
+Status Env::LinkAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                   const std::string& path) {
+  if (::linkat(from_dir, from.c_str(), to_dir, to.c_str(), 0) != 0) {
+    if (errno == EEXIST) return Status::AlreadyExists(path);
+    return Status::FromErrno("link", path, errno);
+  }
+  return Status::Ok();
+}
+
+Status Env::UnlinkAt(int dir_fd, const std::string& name, const std::string& path) {
+  if (::unlinkat(dir_fd, name.c_str(), 0) != 0 && errno != ENOENT) {
+    return Status::FromErrno("unlink", path, errno);
+  }
+  return Status::Ok();
+}
+
+Status Env::StatAt(int dir_fd, const std::string& name, struct stat* st, const std::string& path) {
+  if (::fstatat(dir_fd, name.c_str(), st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return Status::NotFound(path);
+    return Status::FromErrno("stat", path, errno);
+  }
+  return Status::Ok();
+}
+
+Status Env::SyncDirFd(int dir_fd, const std::string& path) {
+  if (::fsync(dir_fd) != 0) return Status::FromErrno("fsync", path, errno);
+  return Status::Ok();
+}
+
+Status Env::SyncFilesystemFd(int fd, const std::string& path) {
+  if (::syncfs(fd) != 0) return Status::FromErrno("syncfs", path, errno);
+  return Status::Ok();
+}
+
+Status Env::SetTimes(int fd, int64_t unix_seconds, const std::string& path) {
+  struct timespec ts[2];
+  ts[0].tv_sec = ts[1].tv_sec = static_cast<time_t>(unix_seconds);
+  ts[0].tv_nsec = ts[1].tv_nsec = 0;
+  if (::futimens(fd, ts) != 0) return Status::FromErrno("set times of", path, errno);
+  return Status::Ok();
+}
+
+Result<std::vector<std::string>> Env::ListDirFd(int dir_fd, const std::string& path) {
+  int dup_fd = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dup_fd < 0) return Status::FromErrno("open directory", path, errno);
+  DIR* d = ::fdopendir(dup_fd);
+  if (d == nullptr) {
+    int err = errno;
+    ::close(dup_fd);
+    return Status::FromErrno("read directory", path, err);
+  }
+  std::vector<std::string> out;
+  errno = 0;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n = e->d_name;
+    if (n != "." && n != "..") out.emplace_back(n);
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(d);
+  if (err != 0) return Status::FromErrno("read directory", path, err);
+  return out;
+}
+
 Status WriteTempFile(Env* env, const std::string& tmp_path, std::string_view data, bool sync) {
   auto fd = env->CreateExclusive(tmp_path);
   if (!fd.ok() && fd.status().code() == Status::Code::kAlreadyExists) {

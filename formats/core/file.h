@@ -145,6 +145,37 @@ class Env {
   // syncfs(2) of the file system holding `path`: every write and directory
   // change made on it so far is durable when this returns.
   virtual Status SyncFilesystem(const std::string& path);
+
+  // ---- descriptor-based: the output writers work relative to directory
+  // descriptors opened without following any symlink, so a symlink planted
+  // in an output tree can never redirect a write. `path` is the full path of
+  // what is operated on, for errors (and for test environments that track
+  // what was synced). ----
+  // Opens directory `rel` below `root_fd` refusing every symlink on the way
+  // (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or an O_NOFOLLOW walk);
+  // missing levels are created (0700) when `create`. A symlink is
+  // kInvalidArgument ("... is a symlink; not followed"), a missing level
+  // without `create` kNotFound.
+  virtual Result<UniqueFd> OpenDirAt(int root_fd, const std::string& rel, bool create,
+                                     const std::string& path);
+  // openat(O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600); kAlreadyExists if taken.
+  virtual Result<UniqueFd> CreateAt(int dir_fd, const std::string& name, const std::string& path);
+  virtual Status RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                          const std::string& path);
+  // A hard link; kAlreadyExists when `to` exists.
+  virtual Status LinkAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                        const std::string& path);
+  // Removes a file; an absent one is fine.
+  virtual Status UnlinkAt(int dir_fd, const std::string& name, const std::string& path);
+  // lstat semantics (a symlink is reported, not followed); kNotFound when absent.
+  virtual Status StatAt(int dir_fd, const std::string& name, struct stat* st, const std::string& path);
+  // fsync of an open directory: creates and renames in it are durable after.
+  virtual Status SyncDirFd(int dir_fd, const std::string& path);
+  virtual Status SyncFilesystemFd(int fd, const std::string& path);
+  // Sets both the access and modification times of an open file.
+  virtual Status SetTimes(int fd, int64_t unix_seconds, const std::string& path);
+  // The names in an open directory, without "." and "..", unsorted.
+  virtual Result<std::vector<std::string>> ListDirFd(int dir_fd, const std::string& path);
 };
 
 // Creates `tmp_path` (O_EXCL; a stale one from a crashed run is replaced)

@@ -22,6 +22,22 @@ ItemKey ItemKey::For(std::string_view source_kind, std::string_view corp, std::s
 
 std::string ItemKey::Hex() const { return ToHex(bytes); }
 
+std::string SyntheticAddress(std::string_view id) {
+  std::string local;
+  for (char c : id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_';
+    local.push_back(ok ? c : (c == '.' ? '.' : '_'));
+  }
+  // No leading, trailing or doubled dots in a dot-atom.
+  while (!local.empty() && local.front() == '.') local.erase(0, 1);
+  while (!local.empty() && local.back() == '.') local.pop_back();
+  for (size_t i; (i = local.find("..")) != std::string::npos;) local.erase(i, 1);
+  if (local.empty()) local = "unknown";
+  if (local.size() > 64) local = local.substr(0, 64);
+  return local + "@wecom.invalid";
+}
+
 const char* ItemKindName(ItemKind k) {
   switch (k) {
     case ItemKind::kChat: return "chat";

@@ -91,6 +91,23 @@ struct CallInfo {
   std::optional<int64_t> end_s;
 };
 
+// A participant as shown in headers and recipient tables.
+struct Person {
+  std::string id;       // WeCom id (X-WeChat-From / X-WeChat-To)
+  std::string name;     // display name; the id when unknown
+  std::string address;  // mapped mailbox, directory e-mail, or SyntheticAddress(id)
+};
+
+// The people of an item: its sender and the others (without repeats).
+struct Participants {
+  Person from;
+  std::vector<Person> to;
+};
+
+// An address that never routes, for participants without one:
+// "<id>@wecom.invalid" with unsafe characters of the id replaced.
+std::string SyntheticAddress(std::string_view id);
+
 struct Item {
   ItemKey key;
   std::string source_kind = "wecom";

@@ -1,12 +1,14 @@
 #include "formats/maildir/maildir_writer.h"
 
-#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 
 #include <fmt/format.h>
 
+#include "formats/core/hash.h"
 #include "formats/core/text.h"
 
 namespace wxa::maildir {
@@ -107,7 +109,16 @@ Result<std::string> FolderDirName(std::string_view folder) {
         return Status::InvalidArgument("folder name has control characters");
       }
     }
-    out += "." + EncodeModifiedUtf7(level);
+    std::string encoded = EncodeModifiedUtf7(level);
+    if (encoded.size() + 1 > kMaxNameBytes) {
+      return Status::InvalidArgument(
+          fmt::format("folder name '{}': level '{}' is too long for a directory name", folder, level));
+    }
+    out += "." + encoded;
+  }
+  if (out.size() > kMaxNameBytes) {
+    return Status::InvalidArgument(
+        fmt::format("folder name '{}' is too long for a Maildir++ directory name", folder));
   }
   return out;
 }
@@ -128,6 +139,15 @@ std::string MailboxDirName(std::string_view address) {
   if (out.empty()) return "%00";
   // No hidden names, no "." or "..": escape a leading dot.
   if (out[0] == '.') out = "%2E" + out.substr(1);
+  if (out.size() > kMaxNameBytes) {
+    // A stable short form: a readable prefix (never cut inside a %XX escape)
+    // and a hash of the whole address, so distinct addresses stay distinct.
+    size_t keep = 200;
+    for (size_t i = keep > 2 ? keep - 2 : 0; i < keep; ++i) {
+      if (out[i] == '%') keep = i;
+    }
+    out = fmt::format("{}~{}", out.substr(0, keep), core::ToHex(core::Sha256(address)).substr(0, 16));
+  }
   return out;
 }
 
@@ -136,85 +156,185 @@ std::string BaseName(const core::ItemKey& key, int64_t msgtime_ms) {
   return fmt::format("{}.{}.wxa", secs, key.Hex());
 }
 
-MaildirWriter::MaildirWriter(core::Env* env, std::string root, std::string folder_dir)
-    : env_(env), root_(std::move(root)), folder_dir_(std::move(folder_dir)) {}
-
-std::string MaildirWriter::FolderPath(const std::string& mailbox_dir) const {
-  return core::JoinPath(core::JoinPath(root_, mailbox_dir), folder_dir_);
+std::optional<core::ItemKey> KeyFromFileName(std::string_view name) {
+  size_t dot = name.find('.');
+  if (dot == 0 || dot == std::string_view::npos || !core::AllDigits(name.substr(0, dot))) {
+    return std::nullopt;
+  }
+  std::string_view hex = name.substr(dot + 1, 32);
+  if (hex.size() != 32 || name.substr(dot + 33, 4) != ".wxa") return std::nullopt;
+  core::ItemKey k;
+  for (size_t i = 0; i < 16; ++i) {
+    auto nib = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    int hi = nib(hex[2 * i]), lo = nib(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    k.bytes[i] = static_cast<unsigned char>(hi << 4 | lo);
+  }
+  return k;
 }
 
-Status MaildirWriter::PrepareMailbox(const std::string& mailbox_dir) {
-  const std::string mbox = core::JoinPath(root_, mailbox_dir);
-  const std::string folder = FolderPath(mailbox_dir);
-  for (const std::string& base : {mbox, folder}) {
+namespace {
+
+constexpr std::string_view kSeenInfo = ":2,S";
+constexpr std::string_view kEmlSuffix = ".eml";
+
+// A temp name no other writer uses: pid and a process-wide counter.
+std::string TempName(Layout layout, const core::ItemKey& key, int64_t msgtime_ms) {
+  static std::atomic<uint64_t> counter{0};
+  const std::string base = BaseName(key, msgtime_ms);
+  const uint64_t n = counter.fetch_add(1);
+  // EML temp files share the folder with items: '.'-leading, ".tmp" ending,
+  // so no reader takes them for mail.
+  return layout == Layout::kMaildir ? fmt::format("{}.{}_{}", base, ::getpid(), n)
+                                    : fmt::format(".{}.{}_{}.tmp", base, ::getpid(), n);
+}
+
+bool IsOurTemp(Layout layout, std::string_view n) {
+  if (layout == Layout::kMaildir) return n.find(".wxa.") != std::string_view::npos;
+  return n.size() > 5 && n[0] == '.' && n.substr(n.size() - 4) == ".tmp" &&
+         n.find(".wxa.") != std::string_view::npos;
+}
+
+}  // namespace
+
+Result<MailFolder> MailFolder::Open(core::Env* env, Layout layout, int root_fd,
+                                    const std::string& root_path, const std::string& mailbox_dir,
+                                    const std::string& folder, bool create) {
+  MailFolder f;
+  f.env_ = env;
+  f.layout_ = layout;
+  const std::string mbox_path = core::JoinPath(root_path, mailbox_dir);
+  f.path_ = core::JoinPath(mbox_path, folder);
+  WXA_ASSIGN_OR_RETURN(core::UniqueFd mbox, env->OpenDirAt(root_fd, mailbox_dir, create, mbox_path));
+  WXA_ASSIGN_OR_RETURN(core::UniqueFd dir, env->OpenDirAt(mbox.get(), folder, create, f.path_));
+  if (layout == Layout::kEml) {
+    WXA_ASSIGN_OR_RETURN(f.tmp_, env->OpenDirAt(mbox.get(), folder, false, f.path_));
+    f.final_ = std::move(dir);
+    return f;
+  }
+  if (create) {
+    // The mailbox itself is a Maildir too (its INBOX), as Dovecot expects.
     for (const char* sub : {"cur", "new", "tmp"}) {
-      WXA_RETURN_IF_ERROR(env_->CreateDirs(core::JoinPath(base, sub)));
+      WXA_ASSIGN_OR_RETURN(core::UniqueFd d, env->OpenDirAt(mbox.get(), sub, true, core::JoinPath(mbox_path, sub)));
     }
   }
-  // Maildir++ marks subfolders with an empty "maildirfolder" file.
-  const std::string marker = core::JoinPath(folder, "maildirfolder");
-  if (!core::PathExists(marker)) {
-    auto fd = env_->CreateExclusive(marker);
-    if (!fd.ok() && fd.status().code() != Status::Code::kAlreadyExists) return fd.status();
+  WXA_ASSIGN_OR_RETURN(f.tmp_, env->OpenDirAt(dir.get(), "tmp", create, f.path_ + "/tmp"));
+  WXA_ASSIGN_OR_RETURN(f.final_, env->OpenDirAt(dir.get(), "cur", create, f.path_ + "/cur"));
+  WXA_ASSIGN_OR_RETURN(f.new_, env->OpenDirAt(dir.get(), "new", create, f.path_ + "/new"));
+  if (create) {
+    // Maildir++ marks subfolders with an empty "maildirfolder" file.
+    auto marker = env->CreateAt(dir.get(), "maildirfolder", f.path_ + "/maildirfolder");
+    if (!marker.ok() && marker.status().code() != Status::Code::kAlreadyExists) return marker.status();
+  }
+  return f;
+}
+
+std::string MailFolder::FinalName(const core::ItemKey& key, int64_t msgtime_ms) const {
+  std::string base = BaseName(key, msgtime_ms);
+  return layout_ == Layout::kMaildir ? base + std::string(kSeenInfo) : base + std::string(kEmlSuffix);
+}
+
+std::string MailFolder::FinalPath(const core::ItemKey& key, int64_t msgtime_ms) const {
+  return core::JoinPath(layout_ == Layout::kMaildir ? path_ + "/cur" : path_, FinalName(key, msgtime_ms));
+}
+
+Result<std::string> MailFolder::Stage(const core::ItemKey& key, int64_t msgtime_ms,
+                                      std::string_view bytes, bool sync) {
+  const std::string name = TempName(layout_, key, msgtime_ms);
+  const std::string tmp_path =
+      core::JoinPath(layout_ == Layout::kMaildir ? path_ + "/tmp" : path_, name);
+  auto fd = env_->CreateAt(tmp_.get(), name, tmp_path);
+  if (!fd.ok() && fd.status().code() == Status::Code::kAlreadyExists) {
+    // Left by a crashed run that had our pid: never renamed, so garbage.
+    WXA_RETURN_IF_ERROR(env_->UnlinkAt(tmp_.get(), name, tmp_path));
+    fd = env_->CreateAt(tmp_.get(), name, tmp_path);
+  }
+  if (!fd.ok()) return fd.status();
+  Status s = env_->WriteAll(fd->get(), bytes, tmp_path);
+  // INTERNALDATE, as Dovecot reads it from a Maildir file, is its mtime.
+  if (s.ok()) s = env_->SetTimes(fd->get(), msgtime_ms > 0 ? msgtime_ms / 1000 : 0, tmp_path);
+  if (s.ok() && sync) s = env_->Sync(fd->get(), tmp_path);
+  fd->Reset();
+  if (!s.ok()) {
+    (void)env_->UnlinkAt(tmp_.get(), name, tmp_path);
+    return s;
+  }
+  return name;
+}
+
+Status MailFolder::Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms) {
+  return env_->RenameAt(tmp_.get(), tmp_name, final_.get(), FinalName(key, msgtime_ms),
+                        FinalPath(key, msgtime_ms));
+}
+
+Status MailFolder::SyncItem(const core::ItemKey& key, int64_t msgtime_ms) {
+  const std::string path = FinalPath(key, msgtime_ms);
+  core::UniqueFd fd(::openat(final_.get(), FinalName(key, msgtime_ms).c_str(),
+                             O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) {
+    // Maildir: a client may have renamed it (flags) or moved it to new/.
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno("open", path, errno);
+  }
+  return env_->Sync(fd.get(), path);
+}
+
+void MailFolder::Discard(const std::string& tmp_name) {
+  (void)env_->UnlinkAt(tmp_.get(), tmp_name, tmp_name);
+}
+
+Status MailFolder::SyncFinalDir() {
+  return env_->SyncDirFd(final_.get(), layout_ == Layout::kMaildir ? path_ + "/cur" : path_);
+}
+
+Status MailFolder::Scan() {
+  scanned_.emplace();
+  for (int d = 0; d < 2; ++d) {
+    int fd = d == 0 ? final_.get() : new_.get();
+    if (fd < 0) continue;
+    WXA_ASSIGN_OR_RETURN(auto names, env_->ListDirFd(fd, path_));
+    for (const auto& n : names) {
+      if (auto k = KeyFromFileName(n)) scanned_->insert(k->Hex());
+    }
   }
   return Status::Ok();
 }
 
-std::string MaildirWriter::PathFor(const std::string& mailbox_dir, const core::ItemKey& key,
-                                   int64_t msgtime_ms) const {
-  return core::JoinPath(FolderPath(mailbox_dir), "cur/" + BaseName(key, msgtime_ms) + ":2,S");
-}
-
-Result<bool> MaildirWriter::Exists(const std::string& mailbox_dir, const core::ItemKey& key,
-                                   int64_t msgtime_ms) {
-  Status s = env_->Stat(PathFor(mailbox_dir, key, msgtime_ms), nullptr);
-  if (s.ok()) return true;
-  if (!s.IsNotFound()) return s;
-  // A client may have moved it to new/ semantics or changed its flags; look for
-  // the base name in new/ as delivered by other tools.
-  s = env_->Stat(core::JoinPath(FolderPath(mailbox_dir), "new/" + BaseName(key, msgtime_ms)), nullptr);
-  if (s.ok()) return true;
-  if (!s.IsNotFound()) return s;
-  return false;
-}
-
-Result<StagedFile> MaildirWriter::Stage(const std::string& mailbox_dir, const core::ItemKey& key,
-                                        int64_t msgtime_ms, std::string_view bytes, bool sync) {
-  static std::atomic<uint64_t> counter{0};
-  const std::string folder = FolderPath(mailbox_dir);
-  StagedFile f;
-  f.tmp = core::JoinPath(folder, fmt::format("tmp/{}.{}_{}", BaseName(key, msgtime_ms), ::getpid(),
-                                             counter.fetch_add(1)));
-  f.final_path = PathFor(mailbox_dir, key, msgtime_ms);
-  f.dir = core::JoinPath(folder, "cur");
-  WXA_RETURN_IF_ERROR(core::WriteTempFile(env_, f.tmp, bytes, sync));
-  return f;
-}
-
-Status MaildirWriter::Deliver(const std::string& mailbox_dir, const core::ItemKey& key,
-                              int64_t msgtime_ms, std::string_view bytes) {
-  WXA_ASSIGN_OR_RETURN(StagedFile f, Stage(mailbox_dir, key, msgtime_ms, bytes, /*sync=*/true));
-  Status s = env_->Rename(f.tmp, f.final_path);
-  if (!s.ok()) (void)env_->Remove(f.tmp);
-  return s;
-}
-
-Status MaildirWriter::SyncFolder(const std::string& mailbox_dir) {
-  return env_->SyncDir(core::JoinPath(FolderPath(mailbox_dir), "cur"));
-}
-
-Result<size_t> MaildirWriter::CleanTemp(const std::string& mailbox_dir) {
-  const std::string tmp = core::JoinPath(FolderPath(mailbox_dir), "tmp");
-  DIR* d = ::opendir(tmp.c_str());
-  if (d == nullptr) return size_t{0};
-  std::vector<std::string> names;
-  while (dirent* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n.size() > 4 && n.find(".wxa.") != std::string::npos) names.push_back(n);
+Result<bool> MailFolder::Contains(const core::ItemKey& key, int64_t msgtime_ms) {
+  struct stat st {};
+  const std::string name = FinalName(key, msgtime_ms);
+  Status s = env_->StatAt(final_.get(), name, &st, FinalPath(key, msgtime_ms));
+  if (s.ok()) {
+    if (!S_ISREG(st.st_mode)) {
+      return Status::InvalidArgument(
+          fmt::format("{} is not a regular file (a symlink?); not touched", FinalPath(key, msgtime_ms)));
+    }
+    return true;
   }
-  ::closedir(d);
-  for (const auto& n : names) WXA_RETURN_IF_ERROR(env_->Remove(core::JoinPath(tmp, n)));
-  return names.size();
+  if (!s.IsNotFound()) return s;
+  if (layout_ == Layout::kEml) return false;
+  // Maildir: delivered by another tool into new/, or flags changed by a client.
+  s = env_->StatAt(new_.get(), BaseName(key, msgtime_ms), &st, path_ + "/new");
+  if (s.ok()) return true;
+  if (!s.IsNotFound()) return s;
+  if (!scanned_) WXA_RETURN_IF_ERROR(Scan());
+  return scanned_->count(key.Hex()) != 0;
+}
+
+Result<size_t> MailFolder::CleanTemp() {
+  const std::string dir = layout_ == Layout::kMaildir ? path_ + "/tmp" : path_;
+  WXA_ASSIGN_OR_RETURN(auto names, env_->ListDirFd(tmp_.get(), dir));
+  size_t n = 0;
+  for (const auto& name : names) {
+    if (!IsOurTemp(layout_, name)) continue;
+    WXA_RETURN_IF_ERROR(env_->UnlinkAt(tmp_.get(), name, core::JoinPath(dir, name)));
+    ++n;
+  }
+  return n;
 }
 
 }  // namespace wxa::maildir

@@ -1,14 +1,21 @@
-// Maildir++ delivery (as Dovecot and notmuch read it):
-//   <root>/<mailbox>/                  the mailbox (INBOX: cur/ new/ tmp/)
-//   <root>/<mailbox>/.WeChat Archiver/ the folder, with cur/ new/ tmp/ and maildirfolder
-// Folder names are stored in IMAP modified UTF-7, hierarchy levels joined by '.'.
-// A message is written to tmp/, fsynced, and renamed into cur/ with the \Seen
-// flag; its name derives from the item key, so a rerun finds it instead of
-// writing a copy.
+// Maildir++ and EML trees, as Dovecot, notmuch and file managers read them:
+//   Maildir: <root>/<mailbox>/                   the mailbox (INBOX: cur/ new/ tmp/)
+//            <root>/<mailbox>/.WeChat Archiver/  the folder: cur/ new/ tmp/ maildirfolder
+//            items in cur/<secs>.<32 hex>.wxa:2,S (\Seen)
+//   EML:     <root>/<mailbox>/WeChat Archiver/<secs>.<32 hex>.wxa.eml
+// Folder names are IMAP modified UTF-7 in Maildir++ (levels joined by '.').
+// File names derive from the item key, so a rerun finds an item instead of
+// writing a copy. Every directory is opened beneath the root without
+// following any symlink (core::Env::OpenDirAt) and every file operation is
+// relative to those descriptors: a symlink planted in the tree is refused,
+// never followed. Each delivered file's mtime is the message time, which is
+// what Dovecot shows as INTERNALDATE.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "formats/core/file.h"
@@ -22,51 +29,73 @@ std::string EncodeModifiedUtf7(std::string_view utf8);
 // for an empty name or an empty level.
 Result<std::vector<std::string_view>> FolderLevels(std::string_view folder);
 // ".WeChat Archiver" for "WeChat Archiver"; "A/B" -> ".A.B". Rejects empty
-// components and components containing '.' (the Maildir++ separator).
+// components, components containing '.' (the Maildir++ separator), and names
+// too long for a directory entry.
 Result<std::string> FolderDirName(std::string_view folder);
 // A directory name for a mailbox address: lowercase, [a-z0-9@._+-] kept,
-// anything else %XX-escaped; never "", "." or "..".
+// anything else %XX-escaped; never "", "." or "..". Names over 255 bytes
+// (a directory entry's limit) become a stable prefix + "~" + 16 hex digits of
+// the address's SHA-256.
 std::string MailboxDirName(std::string_view address);
+inline constexpr size_t kMaxNameBytes = 255;
 // "<unix seconds>.<32 hex>.wxa" : sorts by date, unique per item.
 std::string BaseName(const core::ItemKey& key, int64_t msgtime_ms);
+// The item key inside a file name made from BaseName (whatever follows it:
+// Maildir flags, ",S=<size>", ".eml"), or nullopt.
+std::optional<core::ItemKey> KeyFromFileName(std::string_view name);
 
-// A message written to its temp name, waiting to be renamed into place.
-struct StagedFile {
-  std::string tmp;         // the temp file holding the bytes
-  std::string final_path;  // where the rename puts it
-  std::string dir;         // the directory the rename changes
-};
+enum class Layout : uint8_t { kMaildir, kEml };
 
-class MaildirWriter {
+// One mailbox's archive folder, with descriptors on its directories. Not
+// thread-safe (one user at a time); `env` must outlive it. Holds at most four
+// descriptors.
+class MailFolder {
  public:
-  // `env` is not owned and must outlive the writer.
-  MaildirWriter(core::Env* env, std::string root, std::string folder_dir);
+  // Opens <mailbox_dir>/<folder> beneath root_fd, creating what is missing
+  // when `create` (Maildir: the mailbox's own cur/new/tmp too, and the
+  // maildirfolder marker). `root_path` is for messages only.
+  static Result<MailFolder> Open(core::Env* env, Layout layout, int root_fd,
+                                 const std::string& root_path, const std::string& mailbox_dir,
+                                 const std::string& folder, bool create);
+  MailFolder() = default;
+  MailFolder(MailFolder&&) = default;
+  MailFolder& operator=(MailFolder&&) = default;
 
-  // Creates the mailbox and folder directories (idempotent).
-  Status PrepareMailbox(const std::string& mailbox_dir);
-  // Whether the item is already delivered to the mailbox (in cur/ or new/).
-  Result<bool> Exists(const std::string& mailbox_dir, const core::ItemKey& key,
-                      int64_t msgtime_ms);
-  // tmp/ -> fsync -> rename into cur/. The rename is durable only after
-  // SyncFolder(mailbox_dir) (batched by the caller: one directory fsync per batch).
-  Status Deliver(const std::string& mailbox_dir, const core::ItemKey& key, int64_t msgtime_ms,
-                 std::string_view bytes);
-  Status SyncFolder(const std::string& mailbox_dir);
-  // Writes the bytes to a temp file in tmp/ (fsynced when `sync`), without
-  // renaming: the caller renames a whole batch after one file-system sync.
-  Result<StagedFile> Stage(const std::string& mailbox_dir, const core::ItemKey& key,
-                           int64_t msgtime_ms, std::string_view bytes, bool sync);
-  // Path of a delivered item (for tests and tools).
-  std::string PathFor(const std::string& mailbox_dir, const core::ItemKey& key,
-                      int64_t msgtime_ms) const;
-  // Removes temp files left in tmp/ by a crashed run. Returns how many.
-  Result<size_t> CleanTemp(const std::string& mailbox_dir);
+  // Writes `bytes` to a new temp file (never taken for an item by readers),
+  // dated `msgtime_ms`, fsynced when `sync`. Returns its name (relative to the
+  // temp directory). On failure nothing is left behind.
+  Result<std::string> Stage(const core::ItemKey& key, int64_t msgtime_ms, std::string_view bytes,
+                            bool sync);
+  // Renames a staged file to its final name. Durable after SyncFinalDir()
+  // (or a file-system sync).
+  Status Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms);
+  // fsync of an item already in place (adopted after a crash: its bytes may
+  // never have reached the disk).
+  Status SyncItem(const core::ItemKey& key, int64_t msgtime_ms);
+  // Removes a staged file that will not be published.
+  void Discard(const std::string& tmp_name);
+  Status SyncFinalDir();
+  // Whether the item is there: Maildir in cur/ or new/ with any flags (a
+  // client may have changed them), EML by its name. The first miss scans the
+  // folder once; the scan is kept for this object's life.
+  Result<bool> Contains(const core::ItemKey& key, int64_t msgtime_ms);
+  // Removes temp files a stopped run left. Returns how many.
+  Result<size_t> CleanTemp();
+  // Full path of where the item is (or would be) stored.
+  std::string FinalPath(const core::ItemKey& key, int64_t msgtime_ms) const;
+  std::string FinalName(const core::ItemKey& key, int64_t msgtime_ms) const;
+  const std::string& path() const { return path_; }
+  int final_dir_fd() const { return final_.get(); }
 
  private:
-  std::string FolderPath(const std::string& mailbox_dir) const;
-  core::Env* env_;
-  std::string root_;
-  std::string folder_dir_;
+  Status Scan();
+  core::Env* env_ = nullptr;
+  Layout layout_ = Layout::kMaildir;
+  std::string path_;       // the folder's full path
+  core::UniqueFd tmp_;     // Maildir: tmp/; EML: the folder
+  core::UniqueFd final_;   // Maildir: cur/; EML: the folder
+  core::UniqueFd new_;     // Maildir: new/
+  std::optional<std::unordered_set<std::string>> scanned_;  // item key hex found by Scan()
 };
 
 }  // namespace wxa::maildir

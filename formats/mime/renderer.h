@@ -17,24 +17,17 @@ namespace wxa::mime {
 // Calls g_mime_init() once per process. Call before starting threads.
 void InitGMime();
 
-// A participant as shown in headers: display name and e-mail address.
-struct Person {
-  std::string id;       // WeCom id (X-WeChat-From / X-WeChat-To)
-  std::string name;     // display name; the id when unknown
-  std::string address;  // mapped mailbox, directory e-mail, or SyntheticAddress(id)
-};
+using core::Person;
+using core::SyntheticAddress;
 
 struct RenderInput {
-  const core::Item* item = nullptr;
+  const core::Item* item = nullptr;  // not owned; must outlive the render
   Person from;
   std::vector<Person> to;
 };
 
 // "<32 hex>@wxarchiver" (without angle brackets) for an item key.
 std::string MessageIdFor(const core::ItemKey& key);
-// An address that never routes, for participants without one:
-// "<id>@wecom.invalid" with unsafe characters of the id replaced.
-std::string SyntheticAddress(std::string_view id);
 // The Subject header text (before RFC 2047 encoding).
 std::string SubjectFor(const RenderInput& in);
 // Content type for an attachment: by extension, then by the first bytes.

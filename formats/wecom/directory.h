@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "formats/core/csv.h"
 #include "formats/core/status.h"
 
 namespace wxa::wecom {
@@ -19,11 +20,7 @@ struct DirectoryEntry {
   std::string email;
 };
 
-// A row of an input CSV that was not used, and why.
-struct CsvIssue {
-  size_t line = 0;
-  std::string reason;
-};
+using core::CsvIssue;
 
 class Directory {
  public:

@@ -98,7 +98,7 @@ class ImportTest : public ::testing::Test {
   std::vector<std::string> MailFiles() {
     std::vector<std::string> out;
     for (const auto& f : test::ListFiles(tmp_ / "out")) {
-      if (f.rfind(".wxarchiver/", 0) != 0) out.push_back(f);
+      if (f.rfind(".wxarchiver/", 0) != 0 && f != ".wxarchiver-target.lock") out.push_back(f);
     }
     return out;
   }
@@ -394,10 +394,16 @@ TEST_F(ImportTest, EmptySourceAndClearStartErrors) {
   EXPECT_NE(r.status().message().find("user directory"), std::string::npos);
 
   o = Options();
-  o.target = "pst:" + tmp_ / "x";
+  o.target = "pigeon:" + tmp_ / "x";
   r = RunImport(o);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not supported"), std::string::npos);
+
+  o = Options();
+  o.target = "imap://127.0.0.1:1";
+  r = RunImport(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("--index"), std::string::npos) << r.status().ToString();
 
   o = Options();
   o.folder = "a.b";

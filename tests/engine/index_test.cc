@@ -83,7 +83,7 @@ TEST(Index, ClaimsDoneReleaseAndCounters) {
   EXPECT_EQ((*pending)[0].first.msgtime_ms, 1000);
 
   WriteBatch finish;
-  finish.done = {a};
+  finish.done = {{a, "1598000000:42", {}}};
   finish.released = {b};
   ItemRecord ir;
   ir.state = ItemState::kDone;
@@ -91,6 +91,7 @@ TEST(Index, ClaimsDoneReleaseAndCounters) {
   ASSERT_TRUE(x.Write(finish).ok());
   EXPECT_EQ(x.PendingDeliveries()->size(), 0u);
   EXPECT_EQ((*x.GetDelivery(a))->state, DeliveryState::kDone);
+  EXPECT_EQ((*x.GetDelivery(a))->remote_ref, "1598000000:42");
   EXPECT_FALSE(x.GetDelivery(b)->has_value());
 
   WriteBatch again;
@@ -122,6 +123,62 @@ TEST(Index, ClaimsDoneReleaseAndCounters) {
   EXPECT_EQ((*(*reopened)->GetDelivery(a))->state, DeliveryState::kDone);
   EXPECT_EQ((*reopened)->PendingDeliveries()->size(), 1u);
   EXPECT_EQ((*reopened)->PendingDeliveries()->at(0).first.mailbox, "b@x.com");
+}
+
+// A failed delivery keeps its attempts and last error; a later claim tries
+// again (attempts + 1); a failed mark never undoes a done delivery.
+TEST(Index, FailedDeliveriesAreRetriedWithTheirHistory) {
+  test::TempDir dir;
+  auto idx = Index::Open(dir.path());
+  ASSERT_TRUE(idx.ok());
+  Index& x = **idx;
+  DeliveryKey a{1, "a@x.com", Key(1), 1000};
+  WriteBatch claim;
+  claim.claims = {a};
+  ASSERT_TRUE(x.Write(claim).ok());
+  WriteBatch fail;
+  fail.failed = {{a, {}, "NO [OVERQUOTA] mailbox full"}};
+  ASSERT_TRUE(x.Write(fail).ok());
+  auto rec = *x.GetDelivery(a);
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->state, DeliveryState::kFailed);
+  EXPECT_EQ(rec->attempts, 1u);
+  EXPECT_EQ(rec->last_error, "NO [OVERQUOTA] mailbox full");
+  EXPECT_EQ(x.PendingDeliveries()->size(), 0u);
+  EXPECT_EQ(x.GetCounters()->deliveries[static_cast<int>(DeliveryState::kFailed)], 1u);
+  auto r = x.Write(claim);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->claims[0], ClaimResult::kClaimed);
+  EXPECT_EQ((*x.GetDelivery(a))->attempts, 2u);
+  WriteBatch done;
+  done.done = {{a, "ref", {}}};
+  ASSERT_TRUE(x.Write(done).ok());
+  ASSERT_TRUE(x.Write(fail).ok());
+  EXPECT_EQ((*x.GetDelivery(a))->state, DeliveryState::kDone);
+  EXPECT_EQ(x.GetCounters()->deliveries[static_cast<int>(DeliveryState::kFailed)], 0u);
+}
+
+// leveldb's rule: after one failed commit the writer accepts nothing more,
+// not even a write that would succeed on its own.
+TEST(Index, WriterStopsAfterItsFirstFailedCommit) {
+  test::TempDir dir;
+  auto idx = Index::Open(dir.path());
+  ASSERT_TRUE(idx.ok());
+  Index& x = **idx;
+  WriteBatch corrupt;
+  corrupt.meta.emplace_back("next_mailbox_id", "garbage");
+  ASSERT_TRUE(x.Write(corrupt).ok());
+  WriteBatch claim;
+  claim.claims = {{1, "new@x.com", Key(1), 0}};
+  auto r = x.Write(claim);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().IsCorruption()) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("not a number"), std::string::npos) << r.status().ToString();
+  WriteBatch harmless;
+  harmless.meta.emplace_back("x", "y");
+  auto h = x.Write(harmless);
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().ToString(), r.status().ToString());
 }
 
 TEST(Index, MapGrowsWhenFull) {

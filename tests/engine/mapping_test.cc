@@ -112,7 +112,7 @@ TEST_F(MapperTest, PersonsForRendering) {
   core::Item it;
   it.from = "both";
   it.to = {"both", "nothing", "nothing", "emailonly"};
-  auto in = m->RenderInputFor(it);
+  auto in = m->ParticipantsFor(it);
   ASSERT_EQ(in.to.size(), 2u);
   EXPECT_EQ(in.to[0].id, "nothing");
   EXPECT_EQ(in.to[1].address, "emailonly@corp.com");

@@ -65,7 +65,8 @@ class GoldenFixture : public ::testing::Test {
       }
       items_->push_back(std::move(r));
       Rendered& back = items_->back();
-      back.input = mapper_->RenderInputFor(back.item);
+      core::Participants who = mapper_->ParticipantsFor(back.item);
+      back.input = RenderInput{&back.item, who.from, who.to};
       auto bytes = renderer.Render(back.input);
       ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
       back.bytes = std::move(*bytes);
