@@ -227,6 +227,8 @@ int main(int argc, char** argv) {
   }
   if (o.apps.empty()) o.apps.push_back({"test-client", "test-secret", ""});
 
+  // A reader that goes away must not kill the server mid-run.
+  signal(SIGPIPE, SIG_IGN);
   // Block the stop signals before any thread starts, so only sigwait sees them.
   sigset_t stop;
   sigemptyset(&stop);

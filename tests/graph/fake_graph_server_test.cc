@@ -327,6 +327,15 @@ TEST_F(FakeGraphJwtTest, FakeGraphTokenJwtAssertionAcceptedWithTheRightKey) {
   EXPECT_EQ(server_.TokensIssued(), 3u);
 }
 
+TEST_F(FakeGraphJwtTest, FakeGraphTokenBadPublicKeyRefusesToStart) {
+  FakeGraphServerOptions o = DefaultOptions();
+  o.apps[0].public_key_pem = "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n";
+  Status st = server_.Start(o);
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), Status::Code::kInvalidArgument);
+  EXPECT_FALSE(server_.running());
+}
+
 TEST_F(FakeGraphJwtTest, FakeGraphTokenJwtAssertionRefused) {
   StartWithKey();
   int64_t exp = NowSeconds() + 600;

@@ -685,6 +685,11 @@ JwtError VerifyJwt(std::string_view jwt, std::string_view public_key_pem, JwtCla
   return ok == 1 ? JwtError::kOk : JwtError::kSignature;
 }
 
+bool IsReadableRsaPublicKey(std::string_view pem) {
+  PkeyPtr key = LoadPublicKey(pem);
+  return key && EVP_PKEY_base_id(key.get()) == EVP_PKEY_RSA;
+}
+
 // ---- strings ----
 bool IEquals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;

@@ -113,6 +113,8 @@ enum class JwtError {
 // (a PEM public key or certificate). Claims are filled whenever the token is
 // well formed, so callers can report time and audience problems separately.
 JwtError VerifyJwt(std::string_view jwt, std::string_view public_key_pem, JwtClaims* claims);
+// True when `pem` holds an RSA public key or a certificate with one.
+bool IsReadableRsaPublicKey(std::string_view pem);
 
 // ---- small string helpers ----
 bool IEquals(std::string_view a, std::string_view b);
