@@ -518,7 +518,7 @@ Result<Opened> OpenPhase(const ImportOptions& o, core::Env* env, IndexSummary* x
   if (o.directory_csv.empty()) return Status::InvalidArgument("no user directory given (--directory)");
   if (op.target.remote() && o.index_dir.empty()) {
     return Status::InvalidArgument(fmt::format(
-        "a {} target needs --index DIR: the index is what makes a rerun exactly-once", sinks::TargetKindName(op.target.kind)));
+        "{}: targets need --index DIR: the index is what makes a rerun exactly-once", sinks::TargetKindName(op.target.kind)));
   }
   WXA_ASSIGN_OR_RETURN(wecom::RecordReader reader, wecom::RecordReader::Open(o.source_dir));
   op.reader.emplace(std::move(reader));
@@ -721,6 +721,12 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
     WXA_RETURN_IF_ERROR(add_issue(o.source_dir, 0, "the source directory holds no *.jsonl files: nothing to import"));
   }
 
+  uint64_t source_total = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const auto fi = static_cast<uint32_t>(i);
+    source_total += reader.FileSize(fi) - std::min(reader.FileSize(fi), reader.StartOffset(fi));
+  }
+
   // ---- pipeline ----
   size_t threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
   summary.threads = threads;
@@ -813,6 +819,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
                       last_progress = now;
                       Counts c = tracker.counts();
                       c.source_bytes = reader.bytes_read();
+                      c.source_total = source_total;
                       o.on_progress(c, std::chrono::duration<double>(now - started).count());
                     }
                   }
@@ -847,6 +854,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   summary.mailboxes_failed = tracker.stopped_mailboxes();
   summary.mailboxes_touched = tracker.mailboxes_touched();
   counts.source_bytes = reader.bytes_read();
+  counts.source_total = source_total;
   if (auto c = op.idx->GetCounters(); c.ok()) {
     xs.items_done = c->items[static_cast<int>(index::ItemState::kDone)];
     xs.items_unmapped = c->items[static_cast<int>(index::ItemState::kUnmapped)];

@@ -63,7 +63,8 @@ struct Counts {
   uint64_t repaired = 0;
   uint64_t unknown_type = 0;
   uint64_t input_issues = 0;
-  uint64_t source_bytes = 0;
+  uint64_t source_bytes = 0;       // bytes of *.jsonl read by this run
+  uint64_t source_total = 0;       // bytes of *.jsonl this run set out to read (progress, ETA)
   uint64_t rendered = 0;           // items the renderer ran for (0 on a rerun of done work)
 };
 

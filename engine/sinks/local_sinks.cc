@@ -209,6 +209,32 @@ class LocalTreeSink final : public Sink {
     done(d.id, std::move(r));
   }
 
+  void Inventory(const std::string& mailbox, InventoryFn done) override {
+    auto folder = GetFolder(mailbox, false);
+    if (!folder.ok()) {
+      if (folder.status().IsNotFound()) {
+        done(std::vector<std::string>{});
+      } else {
+        done(folder.status());
+      }
+      return;
+    }
+    std::vector<std::string> ids;
+    Status s;
+    {
+      std::lock_guard<std::mutex> fl((*folder)->mu);
+      s = (*folder)->folder.ForEachMessage(64 * 1024, [&](const std::string& path, std::string_view head) {
+        auto id = MessageIdOfHeader(head);
+        ids.push_back(id ? *id : "(no Message-ID: " + path + ")");
+      });
+    }
+    if (!s.ok()) {
+      done(s);
+      return;
+    }
+    done(std::move(ids));
+  }
+
   Status Close() override {
     Status s = Barrier();
     std::lock_guard<std::mutex> l(mu_);

@@ -151,6 +151,36 @@ void Sink::CheckMailboxes(const std::vector<std::string>& candidates, CheckFn do
 
 void Sink::Probe(const Delivery& d, ProbeFn done) { done(d.id, ProbeResult{}); }
 
+void Sink::Inventory(const std::string& mailbox, InventoryFn done) {
+  done(Status::Unsupported(fmt::format("this target ({}) cannot list what {} holds", kind(), mailbox)));
+}
+
+std::optional<std::string> MessageIdOfHeader(std::string_view message) {
+  // Header lines up to the first empty line, CRLF or LF.
+  std::vector<std::string_view> lines;
+  size_t pos = 0;
+  while (pos < message.size()) {
+    size_t eol = message.find('\n', pos);
+    std::string_view line = message.substr(pos, eol == std::string_view::npos ? std::string_view::npos : eol - pos);
+    pos = eol == std::string_view::npos ? message.size() : eol + 1;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) break;
+    lines.push_back(line);
+  }
+  for (size_t i = 0; i < lines.size(); ++i) {
+    std::string_view line = lines[i];
+    if (line.size() < 11 || core::AsciiLower(line.substr(0, 11)) != "message-id:") continue;
+    std::string v(core::Trim(line.substr(11)));
+    for (size_t j = i + 1; j < lines.size() && (lines[j].front() == ' ' || lines[j].front() == '\t'); ++j) {
+      v += std::string(core::Trim(lines[j]));  // a folded value
+    }
+    if (!v.empty() && v.front() == '<') v.erase(0, 1);
+    if (!v.empty() && v.back() == '>') v.pop_back();
+    return v;
+  }
+  return std::nullopt;
+}
+
 Completion::Kind ClassifyLocalError(const Status& s) {
   switch (s.code()) {
     case Status::Code::kInvalidArgument:  // a symlink, not a directory, a bad name

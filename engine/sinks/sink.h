@@ -129,6 +129,11 @@ struct ProbeResult {
 };
 using ProbeFn = std::function<void(uint64_t id, ProbeResult r)>;
 
+// Inventory() result: the Message-IDs (without angle brackets) of every
+// message in the mailbox's archive folder, one entry per message (so a
+// duplicate shows twice).
+using InventoryFn = std::function<void(Result<std::vector<std::string>>)>;
+
 // CheckMailboxes() verdicts.
 enum class MailboxVerdict : uint8_t { kKnown, kUnknown, kUnknowable };
 using CheckFn = std::function<void(std::vector<std::pair<std::string, MailboxVerdict>>)>;
@@ -150,10 +155,16 @@ class Sink {
   virtual Status Barrier() = 0;
   // Thread-safe. Default: kAbsent (a target that keeps nothing).
   virtual void Probe(const Delivery& d, ProbeFn done);
+  // What the folder holds, for `wxarchiver verify`. Default: kUnsupported.
+  virtual void Inventory(const std::string& mailbox, InventoryFn done);
   // Completes everything outstanding (or fails it with kTransient when the
   // run is stopping), then releases the target.
   virtual Status Close() = 0;
 };
+
+// The Message-ID (without angle brackets) in a message's header, or nullopt.
+// Accepts LF or CRLF line ends and a folded value.
+std::optional<std::string> MessageIdOfHeader(std::string_view message);
 
 // The failure class of an OS error met while writing a mailbox's files:
 // what is the mailbox's own (permissions, names, symlinks, a missing

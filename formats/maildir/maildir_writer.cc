@@ -325,6 +325,29 @@ Result<bool> MailFolder::Contains(const core::ItemKey& key, int64_t msgtime_ms) 
   return scanned_->count(key.Hex()) != 0;
 }
 
+Status MailFolder::ForEachMessage(size_t head_bytes,
+                                  const std::function<void(const std::string&, std::string_view)>& fn) {
+  std::string head;
+  for (int d = 0; d < 2; ++d) {
+    int dir = d == 0 ? final_.get() : new_.get();
+    if (dir < 0) continue;
+    const std::string dir_path = layout_ == Layout::kEml ? path_ : path_ + (d == 0 ? "/cur" : "/new");
+    WXA_ASSIGN_OR_RETURN(auto names, env_->ListDirFd(dir, dir_path));
+    for (const auto& n : names) {
+      if (layout_ == Layout::kEml && (n.empty() || n[0] == '.')) continue;  // temp files
+      core::UniqueFd fd(::openat(dir, n.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+      if (!fd.valid()) continue;
+      struct stat st {};
+      if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+      head.resize(head_bytes);
+      ssize_t got = ::pread(fd.get(), head.data(), head_bytes, 0);
+      head.resize(got > 0 ? static_cast<size_t>(got) : 0);
+      fn(core::JoinPath(dir_path, n), head);
+    }
+  }
+  return Status::Ok();
+}
+
 Result<size_t> MailFolder::CleanTemp() {
   const std::string dir = layout_ == Layout::kMaildir ? path_ + "/tmp" : path_;
   WXA_ASSIGN_OR_RETURN(auto names, env_->ListDirFd(tmp_.get(), dir));

@@ -12,6 +12,7 @@
 // what Dovecot shows as INTERNALDATE.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -79,6 +80,11 @@ class MailFolder {
   // client may have changed them), EML by its name. The first miss scans the
   // folder once; the scan is kept for this object's life.
   Result<bool> Contains(const core::ItemKey& key, int64_t msgtime_ms);
+  // Every message file of the folder (Maildir: cur/ and new/), with the
+  // first `head_bytes` of each: fn(path, head). Symlinks and other
+  // non-regular entries are skipped.
+  Status ForEachMessage(size_t head_bytes,
+                        const std::function<void(const std::string&, std::string_view)>& fn);
   // Removes temp files a stopped run left. Returns how many.
   Result<size_t> CleanTemp();
   // Full path of where the item is (or would be) stored.

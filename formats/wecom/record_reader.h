@@ -55,6 +55,7 @@ class RecordReader {
   uint64_t FileSize(uint32_t i) const { return sizes_[i]; }
   // Starts file i at `start` instead of its beginning. Call before reading it.
   void SetStart(uint32_t i, FileStart start);
+  uint64_t StartOffset(uint32_t i) const { return skip_[i] ? sizes_[i] : starts_[i].offset; }
   // Skips file i entirely (already fully read by an earlier run).
   void SkipFile(uint32_t i);
 

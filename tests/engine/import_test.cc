@@ -503,6 +503,22 @@ TEST_F(ImportTest, CommandLine) {
                  &out);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_NE(out.find("unknown size unit"), std::string::npos) << out;
+
+  // Issue #8 item 9: every bad flag exits 2 (never CLI11's 104-114), and
+  // nothing is created before the flags are checked.
+  const std::string good = " import --source " + test::ShellQuote(tmp_ / "src") + " --directory " +
+                           test::ShellQuote(tmp_ / "src/directory.csv") + " --to maildir:" +
+                           test::ShellQuote(tmp_ / "fresh");
+  for (const char* bad : {" --threads -1", " --threads x", " --sync sometimes", " --oversize split",
+                          " --no-such-flag", " --folder a.b", " --imap-auth kerberos", " --connections 0"}) {
+    out.clear();
+    rc = test::Run(cli + good + bad, &out);
+    EXPECT_EQ(rc, 2) << bad << ": " << out;
+    EXPECT_FALSE(core::PathExists(tmp_ / "fresh")) << bad << " created the target";
+  }
+  out.clear();
+  EXPECT_EQ(test::Run(cli + " --help", &out), 0);
+  EXPECT_EQ(test::Run(cli + " bogus", &out), 2);
 }
 
 }  // namespace

@@ -110,10 +110,11 @@ Result<std::string> RunTokenCommand(const std::string& cmd, const std::string& m
 
 // One unit of work for a mailbox's connections.
 struct Job {
-  enum class Kind : uint8_t { kAppend, kProbe } kind = Kind::kAppend;
+  enum class Kind : uint8_t { kAppend, kProbe, kInventory } kind = Kind::kAppend;
   Delivery d;
   DoneFn done;
   ProbeFn probe_done;
+  InventoryFn inventory_done;
   bool solo = false;  // send alone: isolating the message a batch was refused for
 };
 
@@ -446,6 +447,18 @@ class ImapSink final : public Sink {
 
   Status Barrier() override { return Status::Ok(); }  // nothing lingers: batches go as they fill
 
+  void Inventory(const std::string& mailbox, InventoryFn done) override {
+    asio::post(io_, [this, mailbox, done = std::move(done)]() mutable {
+      Mbox& mb = mbox(mailbox);
+      Job j;
+      j.kind = Job::Kind::kInventory;
+      j.d.mailbox = mailbox;
+      j.inventory_done = std::move(done);
+      mb.queue.push_back(std::move(j));
+      Schedule(mb);
+    });
+  }
+
   void Probe(const Delivery& d, ProbeFn done) override {
     asio::post(io_, [this, d, done = std::move(done)]() mutable {
       Mbox& mb = mbox(d.mailbox);
@@ -503,6 +516,8 @@ class ImapSink final : public Sink {
     std::deque<std::string> pieces;  // command text kept alive for the async write
     bool fully_sent = false;
     std::vector<uint32_t> search;    // probe: the SEARCH result
+    bool searched = false;
+    std::vector<std::string> ids;    // inventory: Message-IDs fetched
   };
 
   void Stop() {
@@ -535,6 +550,8 @@ class ImapSink final : public Sink {
     for (auto& j : q) {
       if (j.kind == Job::Kind::kAppend) {
         j.done(j.d.id, Completion::Failure(kind, why));
+      } else if (j.kind == Job::Kind::kInventory) {
+        j.inventory_done(why);
       } else {
         ProbeResult r;
         r.kind = ProbeResult::Kind::kFailed;
@@ -832,7 +849,7 @@ class ImapSink final : public Sink {
     co_return name;
   }
 
-  awaitable<Result<uint32_t>> Select(Conn& c, const std::string& name) {
+  awaitable<Result<uint32_t>> Select(Conn& c, const std::string& name, uint32_t* exists) {
     std::vector<Response> untagged;
     auto r = co_await c.Simple(fmt::format("SELECT {}", *imap::Quote(name)), &untagged, CommandTimeout());
     if (!r.ok()) co_return r.status();
@@ -842,6 +859,7 @@ class ImapSink final : public Sink {
     uint32_t validity = 0;
     for (const auto& u : untagged) {
       if (auto v = imap::ParseUidValidity(u.code)) validity = *v;
+      if (u.status == "EXISTS") *exists = static_cast<uint32_t>(u.number);
     }
     co_return validity;
   }
@@ -851,7 +869,7 @@ class ImapSink final : public Sink {
   std::vector<Job> TakeBatch(Mbox& mb, const Conn& c, uint64_t append_limit) {
     std::vector<Job> out;
     if (mb.queue.empty()) return out;
-    if (mb.queue.front().kind == Job::Kind::kProbe) {
+    if (mb.queue.front().kind != Job::Kind::kAppend) {
       out.push_back(std::move(mb.queue.front()));
       mb.queue.pop_front();
       return out;
@@ -970,6 +988,28 @@ class ImapSink final : public Sink {
     return false;
   }
 
+  awaitable<Status> SendInventory(Conn& c, InFlight& f, uint32_t exists) {
+    if (exists == 0) {
+      // "1:*" on an empty folder is an error on some servers: nothing to fetch.
+      f.jobs[0].inventory_done(std::vector<std::string>{});
+      f.jobs.clear();
+      co_return Status::Ok();
+    }
+    f.tag = c.NextTag();
+    f.pieces.push_back(fmt::format("{} UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])\r\n", f.tag));
+    Status s = co_await c.Write(f.pieces.back(), CommandTimeout());
+    if (s.ok()) f.fully_sent = true;
+    co_return s;
+  }
+
+  void CompleteInventory(InFlight& f, const Response& r) {
+    if (r.status == "OK") {
+      f.jobs[0].inventory_done(std::move(f.ids));
+    } else {
+      f.jobs[0].inventory_done(Status::IOError(fmt::format("UID FETCH refused: {} {}", r.status, r.text)));
+    }
+  }
+
   void CompleteProbe(Mbox& mb, InFlight& f, const Response& r) {
     ProbeResult res;
     if (r.status == "OK") {
@@ -992,7 +1032,9 @@ class ImapSink final : public Sink {
     for (auto f = inflight.rbegin(); f != inflight.rend(); ++f) {
       if (f->fully_sent) {
         for (auto& j : f->jobs) {
-          if (j.kind == Job::Kind::kAppend) {
+          if (j.kind == Job::Kind::kInventory) {
+            j.inventory_done(why);
+          } else if (j.kind == Job::Kind::kAppend) {
             j.done(j.d.id, Completion::Transient(why, std::chrono::milliseconds(0), true));
           } else {
             mb.queue.push_front(std::move(j));  // a search is safe to repeat
@@ -1034,7 +1076,8 @@ class ImapSink final : public Sink {
     consecutive_connect_failures_ = 0;
     bool folder_gone = false;
     auto folder = co_await EnsureFolder(c, true);
-    Result<uint32_t> validity = folder.ok() ? co_await Select(c, *folder) : Result<uint32_t>(folder.status());
+    uint32_t exists = 0;
+    Result<uint32_t> validity = folder.ok() ? co_await Select(c, *folder, &exists) : Result<uint32_t>(folder.status());
     if (!validity.ok()) {
       c.Close();
       out.end = validity.status().code() == Status::Code::kInvalidArgument ? End::kMailboxBad : End::kLost;
@@ -1063,10 +1106,22 @@ class ImapSink final : public Sink {
       }
       if (r->kind == Response::Kind::kUntagged) {
         if (r->status == "BYE") co_return Status::IOError(fmt::format("server closed the connection: {}", r->text));
+        if (r->status == "EXISTS") exists = static_cast<uint32_t>(r->number);
+        if (r->status == "FETCH") {
+          for (auto& f : inflight) {
+            if (f.jobs.front().kind != Job::Kind::kInventory) continue;
+            // The literal is spliced after "}\r\n": the header fields asked for.
+            size_t at = r->line.find("}\r\n");
+            auto id = MessageIdOfHeader(at == std::string::npos ? std::string_view() : std::string_view(r->line).substr(at + 3));
+            if (id) f.ids.push_back(std::move(*id));
+            break;
+          }
+        }
         if (r->status == "SEARCH") {
           for (auto& f : inflight) {
-            if (f.jobs.front().kind == Job::Kind::kProbe && f.fully_sent && f.search.empty()) {
+            if (f.jobs.front().kind == Job::Kind::kProbe && f.fully_sent && !f.searched) {
               f.search = imap::ParseSearch(r->line);
+              f.searched = true;
               break;
             }
           }
@@ -1076,7 +1131,9 @@ class ImapSink final : public Sink {
       for (auto it = inflight.begin(); it != inflight.end(); ++it) {
         if (it->tag != r->tag) continue;
         Mbox& mb = mbox(addr);
-        if (it->jobs.front().kind == Job::Kind::kProbe) {
+        if (it->jobs.front().kind == Job::Kind::kInventory) {
+          CompleteInventory(*it, *r);
+        } else if (it->jobs.front().kind == Job::Kind::kProbe) {
           CompleteProbe(mb, *it, *r);
         } else if (CompleteAppend(mb, *it, *r)) {
           folder_gone = true;
@@ -1099,9 +1156,12 @@ class ImapSink final : public Sink {
         inflight.emplace_back();
         InFlight& f = inflight.back();
         f.jobs = std::move(jobs);
-        lost = f.jobs.front().kind == Job::Kind::kProbe ? co_await SendProbe(c, f)
-                                                        : co_await SendAppend(c, f, *folder, read_one);
+        const Job::Kind k = f.jobs.front().kind;
+        lost = k == Job::Kind::kProbe       ? co_await SendProbe(c, f)
+               : k == Job::Kind::kInventory ? co_await SendInventory(c, f, exists)
+                                            : co_await SendAppend(c, f, *folder, read_one);
         if (!lost.ok()) break;
+        if (f.jobs.empty()) inflight.pop_back();  // answered at once
       }
       if (!lost.ok()) break;
       if (!inflight.empty()) {
