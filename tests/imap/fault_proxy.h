@@ -148,9 +148,10 @@ class FaultProxy {
   // Resets every open connection now (a server crash, as the client sees it).
   void DropAllConnections();
 
+  struct Impl;  // opaque; public only so the .cc's session class can name it
+
  private:
   FaultProxy();
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
