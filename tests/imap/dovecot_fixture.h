@@ -101,9 +101,15 @@ class DovecotFixture {
   DovecotFixture(const DovecotFixture&) = delete;
   DovecotFixture& operator=(const DovecotFixture&) = delete;
 
-  // Stops Dovecot (SIGTERM, then SIGKILL to its process group after 5 s) and
-  // removes the directory unless kept. Idempotent.
+  // Stops Dovecot (SIGTERM to its process group, SIGKILL to whatever is
+  // left after 0.5 s) and removes the directory unless kept. Idempotent.
   Status Stop();
+  // A crash: SIGKILL to every Dovecot process, mid-command or not. The
+  // directory stays; Restart() brings the same instance back.
+  Status Kill();
+  // Stops (if running) and starts again with the same configuration, ports
+  // and mail: "the server went away and came back".
+  Status Restart();
   bool running() const { return pid_ > 0; }
 
   uint16_t imap_port() const { return imap_port_; }   // plain, STARTTLS offered when tls
@@ -147,8 +153,9 @@ class DovecotFixture {
 
  private:
   DovecotFixture() = default;
-  Status Launch();
+  Status Launch(bool fresh_logs);
   Status StopProcess();  // Stop() without removing the directory
+  Status Signal(bool graceful);
   Status WaitReady();
   Status WriteConfig();
   std::string CapabilityLine() const;

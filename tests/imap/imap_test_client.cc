@@ -288,7 +288,10 @@ Status ImapTestClient::SendRaw(std::string_view bytes) {
     ssize_t n;
     if (tls()) {
       int r = SSL_write(tls_->ssl, bytes.data() + off, static_cast<int>(bytes.size() - off));
-      if (r <= 0) return Status::IOError("TLS write failed: " + OpenSslErrors());
+      if (r <= 0) {
+        closed_ = true;
+        return Status::IOError("TLS write failed: " + OpenSslErrors());
+      }
       n = r;
     } else {
       pollfd p{fd_, POLLOUT, 0};
@@ -297,6 +300,7 @@ Status ImapTestClient::SendRaw(std::string_view bytes) {
       n = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
       if (n < 0) {
         if (errno == EINTR || errno == EAGAIN) continue;
+        if (errno == EPIPE || errno == ECONNRESET) closed_ = true;
         return Status::FromErrno("send", "", errno);
       }
     }
