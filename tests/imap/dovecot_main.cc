@@ -133,7 +133,9 @@ int main(int argc, char** argv) {
   if (!users_from.empty()) {
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(users_from, ec)) {
-      if (e.is_directory()) o.users.push_back({e.path().filename().string(), password});
+      std::string name = e.path().filename().string();
+      // Not a mailbox: the engine's index (.wxarchiver) and other dot-dirs.
+      if (e.is_directory() && name[0] != '.') o.users.push_back({name, password});
     }
     if (ec) return Usage("cannot list " + users_from + ": " + ec.message());
   }
