@@ -408,6 +408,15 @@ class Session : public std::enable_shared_from_this<Session> {
     } else if (cmd_.name == "IDLE") {
       continuation_tag_ = cmd_.tag;
     } else if (cmd_.name == "STARTTLS") {
+      auto caps = p_->Caps();
+      if (caps.enforce && AnyMatches(caps.hide, "STARTTLS")) {
+        // Hidden so a client stays in plaintext, where faults can be
+        // injected; a client that tries anyway is told no.
+        p_->Count(&FaultProxyCounters::enforced);
+        InjectReply(cmd_.tag, cmd_.tag + " BAD STARTTLS is not advertised (FaultProxy)\r\n");
+        in_command_ = false;
+        return;
+      }
       cmd_.starttls = true;
     } else if (cmd_.name == "APPEND") {
       cmd_.is_append = true;

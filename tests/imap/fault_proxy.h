@@ -37,8 +37,13 @@
 // without LITERAL+ a {n+} literal is refused (allowed up to 4096 bytes when
 // LITERAL- is still advertised); without MULTIAPPEND an APPEND with a second
 // message fails with the server's tagged BAD and nothing stored; without
-// UIDPLUS [APPENDUID]/[COPYUID] codes are removed from replies.
-// After STARTTLS the connection is forwarded blindly (no faults, no rewriting).
+// UIDPLUS [APPENDUID]/[COPYUID] codes are removed from replies; without
+// STARTTLS the command is answered BAD.
+//
+// TLS: after STARTTLS the connection is forwarded blindly (no faults, no
+// rewriting). A client that upgrades whenever STARTTLS is offered must
+// therefore see it hidden (hide_capabilities = {"STARTTLS"}) or talk to a
+// fixture started with tls = false, for faults to apply.
 //
 // Threading: one I/O thread of its own. Every public method is thread-safe.
 #pragma once

@@ -377,6 +377,21 @@ TEST_F(ImapFixtureProxy, StartTlsPassesThroughVerified) {
   EXPECT_EQ(proxy_->counters().append_commands, 0u);
 }
 
+TEST_F(ImapFixtureProxy, HiddenStartTlsKeepsClientsInPlaintext) {
+  FaultProxyOptions po;
+  po.hide_capabilities = {"STARTTLS"};
+  po.faults = {FaultRule::RejectLimit(1)};
+  ASSERT_NO_FATAL_FAILURE(StartBoth(po));
+  auto c = Connect(proxy_->port());
+  EXPECT_EQ(c->last_capabilities().find("STARTTLS"), std::string::npos) << c->last_capabilities();
+  auto st = c->Command("STARTTLS");
+  ASSERT_TRUE(st.ok());
+  EXPECT_TRUE(st->bad()) << st->Dump();
+  ASSERT_TRUE(c->Login("u1", "pw1").ok());
+  EXPECT_TRUE(c->Append(kBox, TestMessage("pt1"))->no());  // faults apply
+  EXPECT_TRUE(c->Append(kBox, TestMessage("pt2"))->ok());
+}
+
 TEST_F(ImapFixtureProxy, DropAllConnectionsResetsClients) {
   ASSERT_NO_FATAL_FAILURE(StartBoth());
   auto c = ProxyClient();
