@@ -142,7 +142,8 @@ bool LoadTree(const Options& o, std::vector<Mailbox>* out, std::string* err) {
   std::error_code ec;
   std::vector<fs::path> boxes;
   for (const auto& e : fs::directory_iterator(o.root, ec)) {
-    if (e.is_directory() && fs::is_directory(e.path() / folder_dir)) boxes.push_back(e.path());
+    std::error_code ec2;
+    if (e.is_directory(ec2) && fs::is_directory(e.path() / folder_dir, ec2)) boxes.push_back(e.path());
   }
   if (ec) {
     *err = "cannot list " + o.root + ": " + ec.message();
@@ -155,7 +156,8 @@ bool LoadTree(const Options& o, std::vector<Mailbox>* out, std::string* err) {
     std::vector<fs::path> files;
     for (const char* sub : {"cur", "new"}) {
       for (const auto& e : fs::directory_iterator(b / folder_dir / sub, ec)) {
-        if (e.is_regular_file()) files.push_back(e.path());
+        std::error_code ec2;
+        if (e.is_regular_file(ec2)) files.push_back(e.path());
       }
       ec.clear();
     }
@@ -165,7 +167,14 @@ bool LoadTree(const Options& o, std::vector<Mailbox>* out, std::string* err) {
       std::ifstream in(f, std::ios::binary);
       m.bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
       struct stat st;
-      if (::stat(f.c_str(), &st) != 0) continue;
+      if (!in.good() && !in.eof()) {
+        *err = "cannot read " + f.string();
+        return false;
+      }
+      if (::stat(f.c_str(), &st) != 0) {
+        *err = "cannot stat " + f.string() + ": " + std::strerror(errno);
+        return false;
+      }
       m.date = ImapDate(st.st_mtime);
       m.flags = FlagsFromName(f.filename().string());
       mb.bytes += m.bytes.size();

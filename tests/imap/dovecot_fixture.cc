@@ -114,7 +114,9 @@ int ReadPid(const std::string& path) {
 // Whether every directory above `path` lets "others" traverse it (when
 // Dovecot runs as another user than the test).
 bool TraversableByOthers(const std::string& path) {
-  fs::path p = fs::absolute(path);
+  std::error_code ec;
+  fs::path p = fs::absolute(path, ec);
+  if (ec) return false;
   for (fs::path cur = p; !cur.empty(); cur = cur.parent_path()) {
     struct stat st;
     if (::stat(cur.c_str(), &st) != 0) return false;

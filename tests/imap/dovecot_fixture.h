@@ -11,7 +11,8 @@
 // directory is handed to that user; otherwise it runs as the test's user.
 // If the test process dies without running destructors, the master gets
 // SIGTERM (PR_SET_PDEATHSIG) and the next Start() removes the leftovers
-// (instances whose owner pid is gone).
+// (instances whose owner pid is gone). PR_SET_PDEATHSIG follows the thread
+// that called Start(): call it from a thread that outlives the instance.
 //
 // Threading: Start() and Stop() from one thread; the const helpers may be
 // called from any thread (each opens its own connection or process).

@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
     for (const auto& e : std::filesystem::directory_iterator(users_from, ec)) {
       std::string name = e.path().filename().string();
       // Not a mailbox: the engine's index (.wxarchiver) and other dot-dirs.
-      if (e.is_directory() && name[0] != '.') o.users.push_back({name, password});
+      if (e.is_directory(ec) && name[0] != '.') o.users.push_back({name, password});
     }
     if (ec) return Usage("cannot list " + users_from + ": " + ec.message());
   }
