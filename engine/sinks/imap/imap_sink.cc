@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -63,6 +65,30 @@ Status LoadImapCredentials(const std::string& csv_path, ImapOptions* options) {
 }
 
 namespace {
+
+// WXA_IMAP_TRACE=1 prints the conversation to stderr (one line per
+// command or response, literals summarised, credentials never shown).
+bool Tracing() {
+  static const bool on = [] {
+    const char* v = std::getenv("WXA_IMAP_TRACE");
+    return v != nullptr && *v != '\0' && *v != '0';
+  }();
+  return on;
+}
+
+void Trace(const void* conn, const char* dir, std::string_view text) {
+  if (!Tracing()) return;
+  std::string_view line = text.substr(0, text.find("\r\n"));
+  std::string shown(line.substr(0, 300));
+  for (const char* secret : {" AUTHENTICATE ", " LOGIN "}) {
+    size_t at = shown.find(secret);
+    if (at != std::string::npos) {
+      size_t mech_end = shown.find(' ', at + std::strlen(secret));
+      shown = shown.substr(0, mech_end == std::string::npos ? shown.size() : mech_end) + " <redacted>";
+    }
+  }
+  fmt::print(stderr, "imap {} {} {}\n", conn, dir, shown);
+}
 
 bool IsLoopback(const std::string& host) {
   if (host == "localhost" || host == "::1") return true;
@@ -211,6 +237,9 @@ class Conn {
 
   awaitable<Status> Write(const std::vector<asio::const_buffer>& bufs, std::chrono::milliseconds timeout) {
     boost::system::error_code ec;
+    if (Tracing() && !bufs.empty()) {
+      Trace(this, "C:", std::string_view(static_cast<const char*>(bufs[0].data()), bufs[0].size()));
+    }
     Arm(timeout);
     if (tls_) {
       co_await asio::async_write(stream_, bufs, asio::redirect_error(use_awaitable, ec));
@@ -241,6 +270,7 @@ class Conn {
       if (!bytes.ok()) co_return bytes.status();
       line += *bytes;
     }
+    Trace(this, "S:", line);
     Response r = imap::ParseResponse(line);
     if (r.kind == Response::Kind::kUntagged && r.status == "CAPABILITY") {
       caps_ = imap::ParseCapabilities(r.text);
@@ -460,6 +490,7 @@ class ImapSink final : public Sink {
   }
 
   void Probe(const Delivery& d, ProbeFn done) override {
+    Trace(this, "probe", d.mailbox + " " + d.message_id);
     asio::post(io_, [this, d, done = std::move(done)]() mutable {
       Mbox& mb = mbox(d.mailbox);
       Job j;
@@ -1029,6 +1060,7 @@ class ImapSink final : public Sink {
   // What a dying connection leaves: sent commands without an answer are in
   // doubt (the engine probes before resending); unsent ones go back.
   void AbandonInFlight(Mbox& mb, std::deque<InFlight>& inflight, const Status& why) {
+    Trace(this, "abandon", fmt::format("{} {} commands: {}", mb.addr, inflight.size(), why.ToString()));
     for (auto f = inflight.rbegin(); f != inflight.rend(); ++f) {
       if (f->fully_sent) {
         for (auto& j : f->jobs) {
@@ -1077,7 +1109,13 @@ class ImapSink final : public Sink {
     bool folder_gone = false;
     auto folder = co_await EnsureFolder(c, true);
     uint32_t exists = 0;
-    Result<uint32_t> validity = folder.ok() ? co_await Select(c, *folder, &exists) : Result<uint32_t>(folder.status());
+    // No co_await inside ?: anywhere in this file: GCC 12 mis-compiles it.
+    Result<uint32_t> validity = uint32_t{0};
+    if (folder.ok()) {
+      validity = co_await Select(c, *folder, &exists);
+    } else {
+      validity = folder.status();
+    }
     if (!validity.ok()) {
       c.Close();
       out.end = validity.status().code() == Status::Code::kInvalidArgument ? End::kMailboxBad : End::kLost;
@@ -1157,9 +1195,13 @@ class ImapSink final : public Sink {
         InFlight& f = inflight.back();
         f.jobs = std::move(jobs);
         const Job::Kind k = f.jobs.front().kind;
-        lost = k == Job::Kind::kProbe       ? co_await SendProbe(c, f)
-               : k == Job::Kind::kInventory ? co_await SendInventory(c, f, exists)
-                                            : co_await SendAppend(c, f, *folder, read_one);
+        if (k == Job::Kind::kProbe) {
+          lost = co_await SendProbe(c, f);
+        } else if (k == Job::Kind::kInventory) {
+          lost = co_await SendInventory(c, f, exists);
+        } else {
+          lost = co_await SendAppend(c, f, *folder, read_one);
+        }
         if (!lost.ok()) break;
         if (f.jobs.empty()) inflight.pop_back();  // answered at once
       }
