@@ -33,11 +33,12 @@ dovecot_pid=""
 cleanup() { [[ -n $dovecot_pid ]] && kill -TERM "$dovecot_pid" 2>/dev/null && wait "$dovecot_pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
-# Text-heavy corpus, 8+ mailboxes: 20 messages per user and day over 10 days.
+# Text-heavy corpus over USERS employees (default 16: 8+ mailboxes once the
+# unmapped ones are left out), RECORDS records over 10 days.
 days=10
-users=$(( (records + 20 * days - 1) / (20 * days) ))
-(( users < 10 )) && users=10
-"$bin" gen --out "$work/corpus" --users "$users" --days "$days" --rate 20 --seed 5 \
+users=${USERS:-16}
+rate=$(( (records + users * days - 1) / (users * days) ))
+"$bin" gen --out "$work/corpus" --users "$users" --days "$days" --rate "$rate" --seed 5 \
   --media-scale "${MEDIA_SCALE:-0.002}" --clean >/dev/null
 c=$work/corpus
 # The pre-rendered tree the other two clients push (same items, same bytes).
@@ -90,6 +91,7 @@ run() {
   /usr/bin/time -f "%e %M %U %S" -o "$work/$name.time" "$@" >"$work/$name.out" 2>&1 || {
     echo "imap_bench: $name failed:" >&2; tail -20 "$work/$name.out" >&2; exit 1; }
   read -r "${name}_s" "${name}_kb" "${name}_user" "${name}_sys" <"$work/$name.time"
+  echo "$name: $(cat "$work/$name.time") (wall s, peak KB, user s, sys s)" >&2
 }
 
 # 1. wxarchiver, from the JSON records.
@@ -121,7 +123,6 @@ IMAPStore far_$n
 Account a_$n
 
 MaildirStore near_$n
-Path $work/tree/$mb/
 Inbox $work/tree/$mb/
 SubFolders Maildir++
 
