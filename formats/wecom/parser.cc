@@ -1,5 +1,6 @@
 #include "formats/wecom/parser.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <functional>
@@ -65,6 +66,14 @@ std::string AsText(element v) {
 std::string Text(element obj, std::string_view key) {
   auto v = Get(obj, key);
   return v ? AsText(*v) : std::string();
+}
+
+// The first of several spellings a field is seen under in real exports.
+std::string TextAny(element obj, std::initializer_list<std::string_view> keys) {
+  for (auto k : keys) {
+    if (auto v = Get(obj, k)) return AsText(*v);
+  }
+  return {};
 }
 
 std::optional<uint64_t> AsU64(element v) {
@@ -251,6 +260,7 @@ core::MediaRef& AddMedia(core::Item& item, element p, std::string role, std::str
   m.md5sum = core::AsciiLower(core::Trim(Text(p, "md5sum")));
   m.declared_size = U64(p, size_key);
   if (!m.declared_size && size_key != "filesize") m.declared_size = U64(p, "filesize");
+  if (!m.declared_size) m.declared_size = U64(p, "size");
   m.filename = Text(p, "filename");
   std::string fileext = core::AsciiLower(core::Trim(Text(p, "fileext")));
   m.extension = !fileext.empty() ? fileext : std::move(ext);
@@ -316,6 +326,21 @@ core::Entry SummarizeEmbedded(Ctx& c, std::string_view type, std::string_view co
     if (!url.empty()) e.text += (e.text.empty() ? "" : " ") + url;
   } else if (t == "location") {
     e.text = fmt::format("[location: {} {}]", Text(p, "title"), Text(p, "address"));
+  } else if (t == "card") {
+    std::string corp = Text(p, "corpname");
+    e.text = fmt::format("[contact card: {}{}]", TextAny(p, {"userid", "Userid", "UserId"}),
+                         corp.empty() ? "" : " (" + corp + ")");
+  } else if (t == "weapp") {
+    e.text = fmt::format("[mini program: {}]", TextAny(p, {"title", "displayname"}));
+  } else if (t == "voiptext") {
+    auto d = I64(p, "callduration");
+    e.text = fmt::format("[call{}]", d ? ", duration " + core::FormatDuration(*d) : std::string());
+  } else if (t == "meetingvoicecall" || t == "meeting_voice_call") {
+    if (!Text(p, "sdkfileid").empty()) AddMedia(c.item, p, "recording", "");
+    e.text = "[voice meeting recording]";
+  } else if (t == "voipdocshare" || t == "voip_doc_share") {
+    AddMedia(c.item, p, "document", "");
+    e.text = "[document shared in a call: " + c.item.media.back().filename + "]";
   } else if (t == "mixed") {
     std::vector<std::string> parts;
     if (auto items = Get(p, "item"); items && items->type() == element_type::ARRAY) {
@@ -386,7 +411,7 @@ void OnCard(Ctx& c) {
   c.item.label = "contact card";
   if (!c.payload) return;
   element p = *c.payload;
-  std::string user = Text(p, "userid"), corp = Text(p, "corpname");
+  std::string user = TextAny(p, {"userid", "Userid", "UserId"}), corp = Text(p, "corpname");
   c.item.text = corp.empty() ? "Contact card: " + user
                              : fmt::format("Contact card: {} ({})", user, corp);
   AddFact(c.item, "User id", user);
@@ -555,8 +580,10 @@ void OnCollect(Ctx& c) {
 }
 
 void OnRedPacket(Ctx& c) {
-  // external_redpacket keeps its payload under "redpacket".
+  // external_redpacket keeps its payload under "redpacket"; some exports
+  // put a plain redpacket under "external_redpacket".
   if (!c.payload) c.payload = Get(c.record, "redpacket");
+  if (!c.payload) c.payload = Get(c.record, "external_redpacket");
   RequirePayload(c);
   c.item.label = "red packet";
   if (!c.payload) return;
@@ -573,33 +600,45 @@ void OnRedPacket(Ctx& c) {
   AddFact(c.item, "Total amount", amount);
 }
 
+// A scheduled meeting (会议邀请): an invitation with its time slot, not a
+// call that happened.
 void OnMeeting(Ctx& c) {
   RequirePayload(c);
-  c.item.kind = core::ItemKind::kCall;
-  c.item.label = "meeting";
+  c.item.label = "meeting invitation";
   if (!c.payload) return;
   element p = *c.payload;
   std::string topic = Text(p, "topic");
-  if (!topic.empty()) c.item.label = "meeting: " + topic;
-  core::CallInfo call;
-  call.call_type = "meeting";
-  call.start_s = EpochSeconds(p, "starttime");
-  call.end_s = EpochSeconds(p, "endtime");
-  if (call.start_s && call.end_s && *call.end_s >= *call.start_s) {
-    call.duration_s = *call.end_s - *call.start_s;
-  }
-  c.item.call = call;
-  c.item.text = "Meeting: " + topic;
+  if (!topic.empty()) c.item.label = "meeting invitation: " + topic;
+  auto start = EpochSeconds(p, "starttime"), end = EpochSeconds(p, "endtime");
+  std::string slot;
+  if (start) slot = core::FormatUtcMillis(*start * 1000);
+  if (end) slot += (slot.empty() ? "until " : " - ") + core::FormatUtcMillis(*end * 1000);
+  c.item.text = "Meeting invitation: " + topic;
+  if (!slot.empty()) c.item.text += "\nWhen: " + slot;
   auto mtype = U64(p, "meetingtype");
   AddFact(c.item, "Topic", topic);
+  AddFact(c.item, "When", slot);
+  if (start && end && *end >= *start) AddFact(c.item, "Scheduled length", core::FormatDuration(*end - *start));
   AddFact(c.item, "Address", Text(p, "address"));
   AddFact(c.item, "Remarks", Text(p, "remarks"));
   AddFact(c.item, "Meeting id", Text(p, "meetingid"));
-  AddFact(c.item, "Action", mtype ? (*mtype == 101 ? "created" : *mtype == 102 ? "responded" : std::to_string(*mtype)) : "");
+  AddFact(c.item, "Action", mtype ? (*mtype == 101 ? "invited" : *mtype == 102 ? "responded" : std::to_string(*mtype)) : "");
   static const char* kStatus[] = {"",        "attending", "declined", "tentative",
                                   "not invited", "cancelled", "expired", "not in the room"};
   auto status = U64(p, "status");
-  AddFact(c.item, "Status", status && *status >= 1 && *status <= 7 ? kStatus[*status] : Text(p, "status"));
+  AddFact(c.item, "Response", status && *status >= 1 && *status <= 7 ? kStatus[*status] : Text(p, "status"));
+}
+
+// 笔记 (note): the field names are not documented; title and content where given.
+void OnNote(Ctx& c) {
+  RequirePayload(c);
+  c.item.label = "note";
+  if (!c.payload) return;
+  element p = *c.payload;
+  std::string title = Text(p, "title");
+  if (!title.empty()) c.item.label = "note: " + title;
+  c.item.text = TextAny(p, {"content", "text", "title"});
+  AddFact(c.item, "Title", title);
 }
 
 void OnCalendar(Ctx& c) {
@@ -631,7 +670,7 @@ void OnDocMsg(Ctx& c) {
   c.item.text = title + "\n" + Text(p, "link_url");
   AddFact(c.item, "Title", title);
   AddFact(c.item, "URL", Text(p, "link_url"));
-  AddFact(c.item, "Creator", Text(p, "doc_creator"));
+  AddFact(c.item, "Creator", TextAny(p, {"doc_creator", "creator"}));
 }
 
 void OnSphFeed(Ctx& c) {
@@ -803,6 +842,81 @@ void OnUnknown(Ctx& c) {
   }
 }
 
+// Payload fields each handler shows. Whatever else a payload (or the record
+// itself) carries goes into the item's facts as it is, so nothing a record
+// says is lost (weapp.appid, weapp.pagepath, fields of newer API versions).
+const std::unordered_map<std::string_view, std::vector<std::string_view>>& ShownKeys() {
+  static const std::unordered_map<std::string_view, std::vector<std::string_view>> kKeys = {
+      {"text", {"content"}},
+      {"markdown", {"content", "markdown"}},
+      {"link", {"title", "description", "link_url", "image_url"}},
+      {"weapp", {"title", "description", "displayname", "username"}},
+      {"card", {"userid", "Userid", "UserId", "corpname"}},
+      {"location", {"title", "address", "latitude", "longitude", "zoom"}},
+      {"emotion", {"type", "width", "height", "imagesize", "sdkfileid", "md5sum", "filesize", "size"}},
+      {"image", {"sdkfileid", "md5sum", "filesize", "size"}},
+      {"voice", {"sdkfileid", "md5sum", "voice_size", "filesize", "size", "play_length"}},
+      {"video", {"sdkfileid", "md5sum", "filesize", "size", "play_length"}},
+      {"file", {"filename", "fileext", "filesize", "size", "md5sum", "sdkfileid"}},
+      {"qydiskfile", {"filename"}},
+      {"chatrecord", {"title", "item"}},
+      {"mixed", {"item"}},
+      {"news", {"item"}},
+      {"todo", {"title", "content"}},
+      {"vote", {"votetitle", "voteitem", "votetype", "voteid"}},
+      {"collect", {"room_name", "creator", "create_time", "title", "details"}},
+      {"redpacket", {"type", "wish", "totalcnt", "totalamount"}},
+      {"external_redpacket", {"type", "wish", "totalcnt", "totalamount"}},
+      {"meeting", {"topic", "starttime", "endtime", "address", "remarks", "meetingtype", "meetingid", "status"}},
+      {"calendar", {"title", "creatorname", "attendeename", "starttime", "endtime", "place", "remarks"}},
+      {"docmsg", {"title", "link_url", "doc_creator", "creator"}},
+      {"sphfeed", {"feed_type", "sph_name", "feed_desc"}},
+      {"agree", {"userid", "agree_time"}},
+      {"disagree", {"userid", "disagree_time"}},
+      {"voiptext", {"callduration", "invitetype"}},
+      {"meeting_voice_call", {"endtime", "sdkfileid", "md5sum", "filesize", "demofiledata", "sharescreendata"}},
+      {"meetingvoicecall", {"endtime", "sdkfileid", "md5sum", "filesize", "demofiledata", "sharescreendata"}},
+      {"voip_doc_share", {"filename", "md5sum", "filesize", "sdkfileid"}},
+      {"voipdocshare", {"filename", "md5sum", "filesize", "sdkfileid"}},
+      {"meeting_notification", {"meeting_id", "notification_type", "content"}},
+      {"note", {"title", "content", "text"}},
+      {"revoke", {"pre_msgid"}},
+  };
+  return kKeys;
+}
+
+// The record's own fields that are not payload: the envelope, and the
+// places where a payload may sit.
+bool IsEnvelopeKey(std::string_view k, std::string_view msgtype) {
+  static const std::string_view kEnvelope[] = {"msgid", "action", "from", "tolist", "roomid", "msgtime",
+                                                "msgtype", "seq", "voiceid", "voipid", "info", "doc",
+                                                "redpacket", "external_redpacket"};
+  for (auto e : kEnvelope) {
+    if (k == e) return true;
+  }
+  return k == msgtype;
+}
+
+void AddUnshownFields(Ctx& c) {
+  auto shown_it = ShownKeys().find(c.item.msgtype);
+  if (shown_it == ShownKeys().end()) return;  // unknown types list everything already
+  const auto& shown = shown_it->second;
+  auto is_shown = [&](std::string_view k) { return std::find(shown.begin(), shown.end(), k) != shown.end(); };
+  auto add = [&](element obj, bool top_level) {
+    simdjson::dom::object o;
+    if (obj.get_object().get(o) != simdjson::SUCCESS) return;
+    for (auto [k, v] : o) {
+      if (top_level ? (IsEnvelopeKey(k, c.item.msgtype) || is_shown(k)) : is_shown(k)) continue;
+      if (v.type() == element_type::NULL_VALUE) continue;
+      AddFact(c.item, k, v.type() == element_type::OBJECT || v.type() == element_type::ARRAY
+                             ? simdjson::minify(v)
+                             : AsText(v));
+    }
+  };
+  if (c.payload && c.payload->type() == element_type::OBJECT) add(*c.payload, false);
+  add(c.record, true);
+}
+
 using Handler = void (*)(Ctx&);
 const std::unordered_map<std::string_view, Handler>& Handlers() {
   static const std::unordered_map<std::string_view, Handler> kHandlers = {
@@ -834,7 +948,10 @@ const std::unordered_map<std::string_view, Handler>& Handlers() {
       {"disagree", [](Ctx& c) { OnAgree(c, false); }},
       {"voiptext", OnVoipText},
       {"meeting_voice_call", OnMeetingVoiceCall},
+      {"meetingvoicecall", OnMeetingVoiceCall},
       {"voip_doc_share", OnVoipDocShare},
+      {"voipdocshare", OnVoipDocShare},
+      {"note", OnNote},
       {"meeting_notification", OnMeetingNotification},
       {"revoke", OnRevoke},
   };
@@ -943,6 +1060,13 @@ Result<Parsed> RecordParser::Parse(const RawRecord& rec, std::string_view file) 
   item.pos.file = std::string(file);
   item.pos.offset = rec.offset;
   item.pos.line = rec.line;
+  // A line of the raw GetChatData reply, or one of its chatdata entries:
+  // still encrypted, nothing to archive until the Finance SDK decrypts it.
+  if (Get(root, "encrypt_chat_msg") || Get(root, "encrypt_random_key") || Get(root, "chatdata")) {
+    return core::Status::Corruption(
+        "an encrypted GetChatData reply (encrypt_random_key/encrypt_chat_msg), not a decrypted "
+        "record: decrypt it first with the WeCom Finance SDK (DecryptData)");
+  }
   item.msgid = Text(root, "msgid");
   item.action = Text(root, "action");
   if (item.msgid.empty()) return core::Status::Corruption("record has no msgid");
@@ -960,14 +1084,34 @@ Result<Parsed> RecordParser::Parse(const RawRecord& rec, std::string_view file) 
   item.from = Text(root, "from");
   item.to = StringList(root, "tolist");
   item.roomid = Text(root, "roomid");
-  if (auto t = I64(root, "msgtime")) {
+  // Dates a message can carry: 1970-01-01 .. 9999-12-31 (what a Date
+  // header, a Maildir name and an IMAP INTERNALDATE can say). Anything else
+  // is clamped and said so: the item is imported, dated where it can be.
+  constexpr int64_t kMaxMs = 253402300799999;  // 9999-12-31 23:59:59.999 UTC
+  auto t = I64(root, "msgtime");
+  if (t) {
     item.msgtime_ms = *t;
     if (*t > 0 && *t < 100000000000LL) {  // before 1973 in ms: almost surely seconds
       item.msgtime_ms = *t * 1000;
       notes.push_back("msgtime looked like seconds, not milliseconds; read as seconds");
+    } else if (*t == 0) {
+      notes.push_back("msgtime is 0 (not given); dated 1970-01-01 00:00:00 UTC");
+      item.attach_raw = true;
+    } else if (*t < 0) {
+      item.msgtime_ms = 0;
+      notes.push_back(fmt::format("msgtime {} is before 1970; dated 1970-01-01 00:00:00 UTC", *t));
+      item.attach_raw = true;
+    } else if (*t > kMaxMs) {
+      item.msgtime_ms = kMaxMs / 1000 * 1000;
+      notes.push_back(fmt::format("msgtime {} is after the year 9999; dated 9999-12-31 23:59:59 UTC", *t));
+      item.attach_raw = true;
     }
   } else {
-    notes.push_back("the record has no usable msgtime; dated 1970-01-01");
+    std::string given = Text(root, "msgtime");
+    notes.push_back(given.empty() ? std::string("the record has no msgtime; dated 1970-01-01 00:00:00 UTC")
+                                  : fmt::format("msgtime '{}' is not a usable time; dated 1970-01-01 00:00:00 UTC",
+                                                core::OneLine(given).substr(0, 40)));
+    item.attach_raw = true;
   }
   if (item.action.empty()) item.action = item.msgtype == "revoke" ? "recall" : "send";
   if (item.from.empty()) notes.push_back("the record has no sender ('from')");
@@ -978,8 +1122,10 @@ Result<Parsed> RecordParser::Parse(const RawRecord& rec, std::string_view file) 
   if (ctx.payload && ctx.payload->type() != element_type::OBJECT) ctx.payload.reset();
   if (item.action == "recall") {
     OnRevoke(ctx);
+    AddUnshownFields(ctx);
   } else if (auto it = Handlers().find(item.msgtype); it != Handlers().end()) {
     it->second(ctx);
+    AddUnshownFields(ctx);
   } else {
     OnUnknown(ctx);
   }

@@ -364,6 +364,130 @@ TEST(Parser, SwitchAndMissingPayload) {
   EXPECT_TRUE(nopayload->item.media.empty());
 }
 
+// Issue #8 item 11: out-of-range times are clamped, dated, and said so.
+TEST(Parser, OutOfRangeTimesAreClampedAndNoted) {
+  RecordParser p({"c"});
+  auto rec = [](const std::string& t) {
+    return R"({"msgid":"m","action":"send","from":"a","tolist":["b"],"msgtime":)" + t +
+           R"(,"msgtype":"text","text":{"content":"x"}})";
+  };
+  struct Case {
+    std::string msgtime;
+    int64_t want_ms;
+    const char* note;
+  } cases[] = {
+      {"9223372036854775807", 253402300799000, "after the year 9999"},
+      {"-5", 0, "before 1970"},
+      {"0", 0, "msgtime is 0"},
+      {"99999999999999999999", 0, "not a usable time"},
+      {"\"soon\"", 0, "not a usable time"},
+      {"1603875600000", 1603875600000, nullptr},
+      {"\"1603875600000\"", 1603875600000, nullptr},
+  };
+  for (const auto& c : cases) {
+    auto r = p.ParseLine(rec(c.msgtime));
+    ASSERT_TRUE(r.ok()) << c.msgtime << ": " << r.status().ToString();
+    EXPECT_EQ(r->item.msgtime_ms, c.want_ms) << c.msgtime;
+    if (c.note == nullptr) {
+      EXPECT_TRUE(r->item.notes.empty()) << c.msgtime;
+    } else {
+      bool said = false;
+      for (const auto& n : r->item.notes) said |= n.find(c.note) != std::string::npos;
+      EXPECT_TRUE(said) << c.msgtime << ": " << (r->item.notes.empty() ? "" : r->item.notes[0]);
+      EXPECT_TRUE(r->item.attach_raw) << "the original record is kept";
+    }
+  }
+  auto missing = p.ParseLine(R"({"msgid":"m","from":"a","tolist":["b"],"msgtype":"text","text":{"content":"x"}})");
+  ASSERT_TRUE(missing.ok());
+  EXPECT_NE(missing->item.notes.at(0).find("no msgtime"), std::string::npos);
+}
+
+// Issue #8 item 12: an encrypted reply line says what to do about it.
+TEST(Parser, EncryptedGetChatDataLinesSayDecryptFirst) {
+  RecordParser p({"c"});
+  for (const char* line :
+       {R"({"seq":196,"msgid":"CAQQ2fbb4QUY0On2rYSAgAMgip/yzgs=","publickey_ver":3,"encrypt_random_key":"ftJ+uz3n","encrypt_chat_msg":"898WSfGM"})",
+        R"({"errcode":0,"errmsg":"ok","chatdata":[{"seq":1,"msgid":"x","encrypt_chat_msg":"y"}]})"}) {
+    auto r = p.ParseLine(line);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("decrypt it first"), std::string::npos) << r.status().ToString();
+  }
+}
+
+// Issue #8 items 14 and 15: shapes seen in public sources parse, and fields
+// the renderer does not use still reach the item.
+TEST(Parser, RealWorldShapesAndNoInformationLoss) {
+  RecordParser p({"c"});
+  auto one = [&](const std::string& line) {
+    auto r = p.ParseLine(line);
+    EXPECT_TRUE(r.ok()) << line << ": " << r.status().ToString();
+    return r.ok() ? r->item : core::Item{};
+  };
+  auto fact = [](const core::Item& it, const std::string& label) {
+    for (const auto& f : it.facts) {
+      if (f.label == label) return f.value;
+    }
+    return std::string("(none)");
+  };
+  const std::string env = R"("msgid":"m","action":"send","from":"a","tolist":["b"],"roomid":"","msgtime":1603875600000,)";
+  auto weapp = one("{" + env + R"("msgtype":"weapp","weapp":{"title":"T","username":"gh_1","appid":"wx42","pagepath":"pages/a?x=1"}})");
+  EXPECT_EQ(fact(weapp, "appid"), "wx42");
+  EXPECT_EQ(fact(weapp, "pagepath"), "pages/a?x=1");
+  EXPECT_EQ(fact(weapp, "Mini program id"), "gh_1");
+  auto extra = one("{" + env + R"("publickey_ver":3,"msgtype":"text","text":{"content":"hi","mentions":["u1","u2"]}})");
+  EXPECT_EQ(fact(extra, "publickey_ver"), "3");
+  EXPECT_EQ(fact(extra, "mentions"), R"(["u1","u2"])");
+  EXPECT_EQ(one("{" + env + R"("msgtype":"card","card":{"corpname":"X","Userid":"zhangsan"}})").text,
+            "Contact card: zhangsan (X)");
+  auto note = one("{" + env + R"("msgtype":"note","note":{"title":"Plan","content":"do it"}})");
+  EXPECT_EQ(note.text, "do it");
+  EXPECT_EQ(note.kind, core::ItemKind::kChat);
+  EXPECT_FALSE(note.attach_raw);
+  auto mvc = one("{" + env + R"("msgtype":"meetingvoicecall","voiceid":"v1","meetingvoicecall":{"endtime":1603875660,"sdkfileid":"abc"}})");
+  EXPECT_EQ(mvc.kind, core::ItemKind::kCall);
+  ASSERT_EQ(mvc.media.size(), 1u);
+  auto vds = one("{" + env + R"("msgtype":"voipdocshare","voipid":"c1","voipdocshare":{"filename":"a.pdf","md5sum":"ABCDEF0123456789ABCDEF0123456789","filesize":3,"sdkfileid":"z"}})");
+  ASSERT_EQ(vds.media.size(), 1u);
+  EXPECT_EQ(vds.media[0].md5sum, "abcdef0123456789abcdef0123456789") << "upper-case md5sum read";
+  auto vote_nested = one("{" + env + R"("msgtype":"vote","vote":{"votetitle":"Lunch?","voteitem":["yes","no"],"votetype":101}})");
+  EXPECT_NE(vote_nested.text.find("Lunch?"), std::string::npos);
+  auto vote_top = one("{" + env + R"("msgtype":"vote","votetitle":"Lunch?","voteitem":["yes"],"votetype":102})");
+  EXPECT_NE(vote_top.text.find("Voted: Lunch?"), std::string::npos);
+  auto red = one("{" + env + R"("msgtype":"redpacket","external_redpacket":{"type":1,"wish":"Happy","totalcnt":2,"totalamount":888}})");
+  EXPECT_EQ(fact(red, "Total amount"), "CNY 8.88");
+  auto doc = one("{" + env + R"("msgtype":"docmsg","doc":{"title":"D","link_url":"u","creator":"lisi"}})");
+  EXPECT_EQ(fact(doc, "Creator"), "lisi");
+  auto voice = one("{" + env + R"("msgtype":"voice","voice":{"sdkfileid":"s","size":1600,"play_length":3}})");
+  EXPECT_EQ(voice.media.at(0).declared_size, 1600u);
+  // mixed content as a JSON string, an object, or plain text.
+  auto mixed = one("{" + env + R"("msgtype":"mixed","mixed":{"item":[{"type":"text","content":"{\"content\":\"one\"}"},{"type":"text","content":{"content":"two"}},{"type":"text","content":"three"}]}})");
+  EXPECT_EQ(mixed.text, "one\ntwo\nthree");
+  // chatrecord item kinds and msgtime in seconds or milliseconds.
+  auto cr = one("{" + env + R"("msgtype":"chatrecord","chatrecord":{"title":"h","item":[)"
+                R"({"type":"ChatRecordVoice","msgtime":1603875610,"content":"{\"sdkfileid\":\"v\",\"voice_size\":10}"},)"
+                R"({"type":"ChatRecordCard","msgtime":1603875611000,"content":"{\"userid\":\"u9\",\"corpname\":\"C\"}"},)"
+                R"({"type":"ChatRecordEmotion","content":"{\"type\":2,\"sdkfileid\":\"e\"}"},)"
+                R"({"type":"ChatRecordWeapp","content":"{\"title\":\"W\"}"},)"
+                R"({"type":"ChatRecordVoiptext","content":"{\"callduration\":65,\"invitetype\":2}"},)"
+                R"({"type":"ChatRecordMeetingVoiceCall","content":"{\"sdkfileid\":\"r\"}"},)"
+                R"({"type":"ChatRecordVoipDocShare","content":"{\"filename\":\"s.pptx\",\"sdkfileid\":\"d\"}"}]}})");
+  ASSERT_EQ(cr.entries.size(), 7u);
+  EXPECT_EQ(cr.entries[0].time_s, 1603875610);
+  EXPECT_EQ(cr.entries[1].time_s, 1603875611);
+  EXPECT_EQ(cr.entries[1].text, "[contact card: u9 (C)]");
+  EXPECT_EQ(cr.entries[3].text, "[mini program: W]");
+  EXPECT_EQ(cr.entries[4].text, "[call, duration 1:05]");
+  EXPECT_EQ(cr.entries[5].text, "[voice meeting recording]");
+  EXPECT_EQ(cr.entries[6].text, "[document shared in a call: s.pptx]");
+  EXPECT_EQ(cr.media.size(), 4u);  // voice, emotion, recording, document
+  // A scheduled meeting is an invitation, not a call that happened.
+  auto meeting = one("{" + env + R"("msgtype":"meeting","meeting":{"topic":"Sync","starttime":1603877400,"endtime":1603881000,"meetingtype":101,"meetingid":11101571002822706744}})");
+  EXPECT_NE(meeting.kind, core::ItemKind::kCall);
+  EXPECT_FALSE(meeting.call.has_value());
+  EXPECT_NE(meeting.text.find("When: 2020-10-28 09:30:00 UTC - 2020-10-28 10:30:00 UTC"), std::string::npos) << meeting.text;
+  EXPECT_EQ(fact(meeting, "Meeting id"), "11101571002822706744");
+}
+
 class MediaStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
