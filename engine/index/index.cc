@@ -63,6 +63,7 @@ std::string ItemRecord::Encode() const {
   PutVarint(&out, offset);
   PutVarint(&out, line);
   PutBytes(&out, reason);
+  PutBytes(&out, record_hash);
   return out;
 }
 
@@ -79,6 +80,9 @@ std::optional<ItemRecord> ItemRecord::Decode(std::string_view v) {
   r.offset = d.Varint();
   r.line = d.Varint();
   r.reason = std::string(d.Bytes());
+  // Records written before record_hash existed end here (same schema: the
+  // field is optional at the end).
+  if (d.ok() && !d.done()) r.record_hash = std::string(d.Bytes());
   if (!d.ok() || r.state < ItemState::kDone || r.state > ItemState::kFailed) return std::nullopt;
   return r;
 }
@@ -873,6 +877,37 @@ Status Index::GetItemStates(const std::vector<core::ItemKey>& keys,
     (*out)[i] = static_cast<ItemState>(v[0]);
   }
   return Status::Ok();
+}
+
+Status Index::GetItems(const std::vector<core::ItemKey>& keys, std::vector<std::optional<ItemRecord>>* out) {
+  out->assign(keys.size(), std::nullopt);
+  if (keys.empty()) return Status::Ok();
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::string_view v;
+    int rc = Impl::Get(t.get(), impl_->items, keys[i].View(), &v);
+    if (rc == MDB_NOTFOUND) continue;
+    if (rc != 0) return MdbError("read item", rc, dir_);
+    auto rec = ItemRecord::Decode(v);
+    if (!rec) return Status::Corruption(fmt::format("unreadable item record in the index {}", dir_));
+    (*out)[i] = std::move(*rec);
+  }
+  return Status::Ok();
+}
+
+Result<std::unordered_map<uint32_t, std::string>> Index::FileNames() {
+  std::unordered_map<uint32_t, std::string> out;
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  MdbCursor c;
+  WXA_RETURN_IF_ERROR(c.Open(t.get(), impl_->meta));
+  WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+    if (k.rfind("file/", 0) == 0) out.emplace(static_cast<uint32_t>(ParseNum(v)), std::string(k.substr(5)));
+  }));
+  return out;
 }
 
 Result<std::optional<ItemRecord>> Index::GetItem(const core::ItemKey& k) {

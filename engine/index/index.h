@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "formats/core/item.h"
@@ -50,6 +51,7 @@ struct ItemRecord {
   uint64_t offset = 0;
   uint64_t line = 0;
   std::string reason;                  // why not done (unmapped, rejected, failed)
+  std::string record_hash;             // 16 bytes: what the record said (conflict check); may be empty
   std::string Encode() const;
   static std::optional<ItemRecord> Decode(std::string_view v);
 };
@@ -195,6 +197,10 @@ class Index {
   // States of several items in one read transaction (nullopt: no record).
   Status GetItemStates(const std::vector<core::ItemKey>& keys,
                        std::vector<std::optional<ItemState>>* out);
+  // Several item records in one read transaction (nullopt: no record).
+  Status GetItems(const std::vector<core::ItemKey>& keys, std::vector<std::optional<ItemRecord>>* out);
+  // Source file names by file id (for positions in reports).
+  Result<std::unordered_map<uint32_t, std::string>> FileNames();
   Result<std::optional<Cursor>> GetCursor(const std::string& file);
   // Deliveries left in state intent (in doubt after a crash).
   Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> PendingDeliveries();

@@ -66,6 +66,7 @@ struct Batch {
   size_t open = 0;          // deliveries in kWaiting across the batch
   bool sealed = false;      // left the TBB pipeline: nothing more is added
   uint64_t bytes_held = 0;  // rendered bytes kept for retries
+  std::vector<core::ItemKey> claimed_keys;  // items this batch claimed (in-run conflict check)
 };
 
 // The cursor of a source file for a sink: "<sink id>/<file name>".

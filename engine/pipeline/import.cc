@@ -94,7 +94,17 @@ class ImportRun {
     r.offset = item.pos.offset;
     r.line = item.pos.line;
     r.reason = std::move(reason);
+    r.record_hash = item.record_hash;
     return r;
+  }
+
+  void SetFileNames(std::unordered_map<uint32_t, std::string> names) { file_names_ = std::move(names); }
+
+  // A batch is recorded: its items are in the index now (or settled), so
+  // the in-run conflict check no longer needs them.
+  void Forget(const Batch& b) {
+    std::lock_guard<std::mutex> l(claimed_mu_);
+    for (const auto& k : b.claimed_keys) claimed_hashes_.erase(k);
   }
 
   // Stage 2 (parallel): parse, map, and ask the index what is left to do.
@@ -128,36 +138,80 @@ class ImportRun {
         rw.needed.push_back(keys[k].mailbox);
       }
     }
-    // Every delivery done before: skipped without rendering. The item itself
-    // is recorded done if a stopped run could not say so (its deliveries were
-    // settled from in-doubt intents).
-    std::vector<core::ItemKey> done_items;
-    std::vector<RecordWork*> done_work;
+    // What the index knows of each item: a record that reuses a msgid for
+    // other content is a conflict, never delivered under the first one's
+    // Message-ID.
+    std::vector<core::ItemKey> item_keys;
+    std::vector<RecordWork*> item_work;
     for (auto& rw : b.work) {
-      if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.needed.empty()) {
-        rw.settled = true;
-        done_items.push_back(rw.item->key);
-        done_work.push_back(&rw);
+      if (rw.kind == RecordWork::Kind::kItem && rw.item) {
+        item_keys.push_back(rw.item->key);
+        item_work.push_back(&rw);
       }
     }
-    std::vector<std::optional<index::ItemState>> item_states;
-    s = idx_.GetItemStates(done_items, &item_states);
+    std::vector<std::optional<index::ItemRecord>> stored;
+    s = idx_.GetItems(item_keys, &stored);
     if (!s.ok()) {
       Fail(s.WithContext("reading the index"));
       return;
     }
-    for (size_t i = 0; i < done_work.size(); ++i) {
-      RecordWork& rw = *done_work[i];
-      if (item_states[i] != index::ItemState::kDone) {
-        rw.item_record = RecordFor(*rw.item, index::ItemState::kDone, "");
+    for (size_t i = 0; i < item_work.size(); ++i) {
+      RecordWork& rw = *item_work[i];
+      const auto& st = stored[i];
+      if (st && !st->record_hash.empty() && st->record_hash != rw.item->record_hash) {
+        auto fn = file_names_.find(st->file_id);
+        MarkConflict(rw, fmt::format("{}:{}", fn == file_names_.end() ? std::string("?") : fn->second, st->line));
+        continue;
       }
-      Compact(*rw.item);
+      // Every delivery done before: skipped without rendering. The item itself
+      // is recorded done if a stopped run could not say so (its deliveries were
+      // settled from in-doubt intents).
+      if (!rw.item_record && rw.needed.empty()) {
+        rw.settled = true;
+        if (!st || st->state != index::ItemState::kDone) {
+          rw.item_record = RecordFor(*rw.item, index::ItemState::kDone, "");
+        }
+        Compact(*rw.item);
+      }
     }
+  }
+
+  // The record reuses a msgid for other content: reported with both
+  // positions, not delivered, the first record's item untouched.
+  void MarkConflict(RecordWork& rw, const std::string& first_at) {
+    const core::Item& item = *rw.item;
+    ReportEntry e = EntryFor(item, Outcome::kConflict,
+                             fmt::format("msgid {} was first seen with other content at {}; this record ({}:{}) "
+                                         "is not delivered: check which is right",
+                                         item.msgid, first_at, item.pos.file, item.pos.line));
+    rw.entries.clear();
+    rw.entries.push_back(std::move(e));
+    rw.unmapped.clear();
+    rw.needed.clear();
+    rw.item_record.reset();
+    rw.deliveries_present = 0;
+    rw.settled = true;
+    Compact(*rw.item);
   }
 
   // Stage 3 (serial): claim the needed deliveries durably before writing any.
   void Claim(Batch& b) {
     if (failed()) return;
+    {
+      // Two records of this run with one msgid and different content: the
+      // second is a conflict (the first is not in the index yet).
+      std::lock_guard<std::mutex> l(claimed_mu_);
+      for (auto& rw : b.work) {
+        if (rw.needed.empty()) continue;
+        auto [it, inserted] = claimed_hashes_.try_emplace(
+            rw.item->key, rw.item->record_hash, fmt::format("{}:{}", rw.item->pos.file, rw.item->pos.line));
+        if (inserted) {
+          b.claimed_keys.push_back(rw.item->key);
+        } else if (it->second.first != rw.item->record_hash) {
+          MarkConflict(rw, it->second.second + " (earlier in this run)");
+        }
+      }
+    }
     index::WriteBatch wb;
     std::vector<std::pair<RecordWork*, const std::string*>> owner;  // parallel to wb.claims
     for (auto& rw : b.work) {
@@ -352,6 +406,10 @@ class ImportRun {
   const std::vector<std::string>& files_;
   const std::vector<uint32_t>& file_ids_;
   Tracker* tracker_ = nullptr;
+  std::unordered_map<uint32_t, std::string> file_names_;  // file id -> name (positions)
+  std::mutex claimed_mu_;
+  // Claimed, not yet recorded: key -> (record hash, "file:line").
+  std::map<core::ItemKey, std::pair<std::string, std::string>> claimed_hashes_;  // GUARDED_BY(claimed_mu_)
   mutable std::mutex mu_;
   Status fatal_;  // GUARDED_BY(mu_)
   std::atomic<bool> failed_{false};
@@ -411,6 +469,7 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Field("failed", c.failed).Field("switch", c.switches).Field("missing_media", c.missing_media);
   j.Field("corrupt_media", c.corrupt_media).Field("repaired", c.repaired).Field("rendered", c.rendered);
   j.Field("unknown_type", c.unknown_type).Field("input_issues", c.input_issues);
+  j.Field("conflicts", c.conflicts);
   j.Field("source_bytes", c.source_bytes);
   j.EndObject();
   const IndexSummary& x = s.index;
@@ -754,6 +813,9 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   tc.record_for = [&run](const core::Item& item, index::ItemState st, std::string reason) {
     return run.RecordFor(item, st, std::move(reason));
   };
+  tc.on_finalized = [&run](const Batch& b) { run.Forget(b); };
+  WXA_ASSIGN_OR_RETURN(auto file_names, op.idx->FileNames());
+  run.SetFileNames(std::move(file_names));
   Tracker tracker(std::move(tc));
   for (const auto& [mb, why] : stopped_at_start) tracker.StopMailbox(mb, why);
   run.SetTracker(&tracker);

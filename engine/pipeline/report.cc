@@ -23,13 +23,14 @@ const char* OutcomeName(Outcome o) {
     case Outcome::kRepaired: return "repaired";
     case Outcome::kUnknownType: return "unknown_type";
     case Outcome::kInputIssue: return "input_issue";
+    case Outcome::kConflict: return "conflict";
   }
   return "?";
 }
 
 bool IsNotImported(Outcome o) {
   return o == Outcome::kUnmapped || o == Outcome::kOversize || o == Outcome::kMalformed ||
-         o == Outcome::kFailed;
+         o == Outcome::kFailed || o == Outcome::kConflict;
 }
 
 Result<ReportWriter> ReportWriter::Open(const std::string& path) {

@@ -26,6 +26,7 @@ void AddCounts(Counts& c, Outcome o) {
     case Outcome::kRepaired: ++c.repaired; break;
     case Outcome::kUnknownType: ++c.unknown_type; break;
     case Outcome::kInputIssue: ++c.input_issues; break;
+    case Outcome::kConflict: ++c.conflicts; break;
   }
 }
 
@@ -434,6 +435,7 @@ void Tracker::Finalize(Batch& b) {
     wb.cursors.emplace_back(CursorKey(c_.sink_id, (*c_.files)[fi]), cur);
   }
   if (wb.ops() > 0) writes_.push_back(c_.idx->Submit(std::move(wb)));
+  if (c_.on_finalized) c_.on_finalized(b);
 }
 
 void Tracker::Reap(bool wait) {

@@ -131,6 +131,10 @@ struct Item {
   std::optional<ItemKey> recalled_key;  // key of the recalled item (same source and corp)
   std::vector<std::string> notes;    // what the parser had to repair or could not use
   std::string raw;                   // the record line as read (for generic rendering)
+  // 16 bytes of SHA-256 over what the record says (not how it is written):
+  // two exports of one message hash alike however their JSON is formatted;
+  // a record that reuses a msgid for other content does not.
+  std::string record_hash;
   bool attach_raw = false;           // attach `raw` as a part (unknown or repaired records)
   SourcePos pos;
 

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include "formats/core/hash.h"
 #include "formats/core/text.h"
 
 namespace wxa::wecom {
@@ -917,6 +918,45 @@ void AddUnshownFields(Ctx& c) {
   add(c.record, true);
 }
 
+// Hash of what an item says, in a fixed field order with length prefixes,
+// after the lenient parse: formatting, key order and numbers written as
+// strings do not change it; different text, people, time or media do.
+std::string ContentHash(const core::Item& item) {
+  core::Sha256Stream h;
+  auto put = [&](std::string_view s) {
+    uint64_t n = s.size();
+    h.Update(std::string_view(reinterpret_cast<const char*>(&n), sizeof n));
+    h.Update(s);
+  };
+  put(item.msgtype);
+  put(item.action);
+  put(item.from);
+  for (const auto& t : item.to) put(t);
+  put("|");
+  put(item.roomid);
+  put(std::to_string(item.msgtime_ms));
+  put(item.text);
+  for (const auto& f : item.facts) {
+    put(f.label);
+    put(f.value);
+  }
+  for (const auto& e : item.entries) {
+    put(e.type);
+    put(e.time_s ? std::to_string(*e.time_s) : "");
+    put(e.text);
+  }
+  for (const auto& m : item.media) {
+    put(m.role);
+    put(m.sdkfileid);
+    put(m.md5sum);
+    put(m.declared_size ? std::to_string(*m.declared_size) : "");
+    put(m.filename);
+  }
+  put(item.recalled_msgid);
+  core::Sha256Digest d = h.Finish();
+  return std::string(reinterpret_cast<const char*>(d.data()), 16);
+}
+
 using Handler = void (*)(Ctx&);
 const std::unordered_map<std::string_view, Handler>& Handlers() {
   static const std::unordered_map<std::string_view, Handler> kHandlers = {
@@ -1133,6 +1173,7 @@ Result<Parsed> RecordParser::Parse(const RawRecord& rec, std::string_view file) 
     item.recalled_key = core::ItemKey::For(item.source_kind, im.options.corp, item.recalled_msgid);
   }
   if (repaired) item.attach_raw = true;
+  item.record_hash = ContentHash(item);
   for (auto& n : notes) item.notes.push_back(std::move(n));
   if (item.attach_raw) item.raw = rec.bytes;
   return out;

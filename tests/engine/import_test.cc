@@ -309,6 +309,42 @@ TEST_F(ImportTest, OverlappingExportsGiveNoDuplicates) {
   EXPECT_EQ(CountItems("bob@corp.com"), 2u);
 }
 
+// Issue #8 item 13: one msgid with other content is a conflict (both
+// positions reported, not delivered); the same content written differently
+// is the same item.
+TEST_F(ImportTest, SameMsgidWithOtherContentIsAConflict) {
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob", "", "original"), Text("m2", "alice", "bob")});
+  // Same content, other formatting (spaces, key order, msgtime as a string): not a conflict.
+  WriteRecords("b.jsonl", {fmt::format(R"({{ "msgtype":"text", "text":{{"content":"original"}}, "msgid":"m1", "action":"send", "from":"alice", "tolist":["bob"], "roomid":"", "msgtime":"{}" }})", kT),
+                           Text("m2", "alice", "bob", "", "edited"),     // conflict with a.jsonl
+                           Text("m3", "alice", "bob", "", "one"),
+                           Text("m3", "alice", "bob", "", "two")});      // conflict inside the run
+  auto o = Options();
+  o.batch_records = 100;  // the in-run duplicate in the same batch
+  auto first = Import(o);
+  EXPECT_EQ(first.counts.conflicts, 2u);
+  EXPECT_EQ(first.counts.imported, 3u);  // m1, m2, m3 once each
+  EXPECT_EQ(first.counts.deliveries, 6u);
+  auto entries = ReportEntries();
+  ASSERT_EQ(entries.count("conflict"), 2u);
+  std::string all;
+  for (auto it = entries.equal_range("conflict").first; it != entries.equal_range("conflict").second; ++it) all += it->second;
+  EXPECT_NE(all.find("first seen with other content at a.jsonl:2"), std::string::npos) << all;
+  EXPECT_NE(all.find("this record (b.jsonl:2)"), std::string::npos) << all;
+  EXPECT_NE(all.find("at b.jsonl:3 (earlier in this run)"), std::string::npos) << all;
+  // The delivered m2 is the first one.
+  for (const auto& f : MailFiles()) {
+    std::string m = test::ReadFile(tmp_ / ("out/" + f));
+    EXPECT_EQ(m.find("edited"), std::string::npos) << f;
+  }
+  // A later run meets the conflict again through the index.
+  WriteRecords("c.jsonl", {Text("m1", "alice", "bob", "", "rewritten")});
+  auto second = Import(Options());
+  EXPECT_EQ(second.counts.conflicts, 1u);
+  EXPECT_EQ(second.counts.deliveries, 0u);
+  EXPECT_NE(ReportEntries().find("conflict")->second.find("a.jsonl:1"), std::string::npos);
+}
+
 TEST_F(ImportTest, FanOutOneDeliveryPerMailbox) {
   // carol maps through the CSV; two participants share one mailbox.
   test::WriteFile(tmp_ / "src/directory.csv",

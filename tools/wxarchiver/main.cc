@@ -71,9 +71,9 @@ void PrintSummary(const wxa::pipeline::ImportOptions& o, const wxa::pipeline::Im
     fmt::print("  already present  {} items ({} deliveries skipped)\n", Thousands(c.already_present),
                Thousands(c.deliveries_present));
   }
-  fmt::print("  not imported     {} unmapped, {} oversize (> {}), {} malformed, {} failed\n",
+  fmt::print("  not imported     {} unmapped, {} oversize (> {}), {} malformed, {} failed, {} conflicts\n",
              Thousands(c.unmapped), Thousands(c.oversize), wxa::limits::DescribeSize(o.limit.max_bytes),
-             Thousands(c.malformed), Thousands(c.failed));
+             Thousands(c.malformed), Thousands(c.failed), Thousands(c.conflicts));
   if (c.deliveries_failed > 0 || c.retries > 0) {
     fmt::print("  deliveries       {} failed (retried by the next run), {} retries during this run\n",
                Thousands(c.deliveries_failed), Thousands(c.retries));
