@@ -4,6 +4,7 @@
 #include <lmdb.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -146,6 +147,13 @@ std::string DefaultIndexDir(const std::string& target) {
 // LMDB plumbing: the only place mdb_*_close/abort appear (STYLE rule 2).
 
 namespace {
+
+// Whether the file system holding `dir` has (next to) no room left.
+bool LowOnSpace(const std::string& dir) {
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) != 0) return false;
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize < (4u << 20);
+}
 
 // Our own failure code inside a write transaction: a counter or id in meta
 // that is not a number (LMDB's codes are negative from -30800 up; errno
@@ -619,6 +627,12 @@ struct Index::Impl {
       if (rc == MDB_MAP_FULL) {
         WXA_RETURN_IF_ERROR(Grow());
         continue;
+      }
+      if (rc == EIO && LowOnSpace(dir)) {
+        // LMDB turns a short write into EIO (mdb_page_flush); on a full file
+        // system that short write was ENOSPC. Say what the user can act on.
+        return Status::FromErrno("LMDB commit (reported as an I/O error, and the file system is full)",
+                                 fmt::format("index {}", dir), ENOSPC);
       }
       return MdbError("commit", rc, dir);
     }

@@ -345,6 +345,71 @@ TEST_F(ImportTest, SameMsgidWithOtherContentIsAConflict) {
   EXPECT_NE(ReportEntries().find("conflict")->second.find("a.jsonl:1"), std::string::npos);
 }
 
+// Issue #8 item 7: a media path that is a directory is missing media (the
+// item is imported), and an item with 3,000 attachments runs under
+// `ulimit -n 64`: files are opened one at a time, never all at once.
+TEST_F(ImportTest, ThousandsOfAttachmentsNeedFewDescriptors) {
+  ::mkdir((tmp_ / ("src/media/" + std::string(32, 'd'))).c_str(), 0700);  // a directory where a file should be
+  std::string items;
+  for (int i = 0; i < 3000; ++i) {
+    std::string md5 = AddMedia(fmt::format("\x89PNG image {}", i));
+    if (i > 0) items += ",";
+    items += fmt::format(R"({{"type":"image","content":"{{\"md5sum\":\"{}\",\"sdkfileid\":\"s{}\"}}"}})", md5, i);
+  }
+  WriteRecords("a.jsonl", {fmt::format(R"({{"msgid":"many","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":{},"msgtype":"mixed","mixed":{{"item":[{}]}}}})", kT, items),
+                           File("dir", std::string(32, 'd'), 10, "a.pdf")});
+  std::string out;
+  int rc = test::Run(fmt::format("ulimit -n 64 && {} import --quiet --source {} --directory {} --to maildir:{} --report {}",
+                                 WXA_CLI, test::ShellQuote(tmp_ / "src"), test::ShellQuote(tmp_ / "src/directory.csv"),
+                                 test::ShellQuote(tmp_ / "out"), test::ShellQuote(tmp_ / "report.json")),
+                     &out);
+  ASSERT_EQ(rc, 0) << out;
+  auto entries = ReportEntries();
+  EXPECT_EQ(entries.count("failed"), 0u);
+  ASSERT_EQ(entries.count("missing_media"), 1u);
+  EXPECT_NE(entries.find("missing_media")->second.find("a directory"), std::string::npos)
+      << entries.find("missing_media")->second;
+  size_t biggest = 0;
+  std::string many;
+  for (const auto& f : MailFiles()) {
+    std::string m = test::ReadFile(tmp_ / ("out/" + f));
+    if (m.size() > biggest) {
+      biggest = m.size();
+      many = m;
+    }
+  }
+  size_t parts = 0;
+  for (size_t at = 0; (at = many.find("Content-Disposition: attachment", at)) != std::string::npos; ++at) ++parts;
+  EXPECT_EQ(parts, 3000u);
+}
+
+// Issue #8 item 10: the index's own disk full says so, with the index path.
+TEST_F(ImportTest, IndexDiskFullSaysNoSpaceWithTheIndexPath) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  const std::string small = tmp_ / "small";
+  ::mkdir(small.c_str(), 0700);
+  std::string out;
+  if (test::Run("mount -t tmpfs -o size=256k tmpfs " + test::ShellQuote(small), &out) != 0) {
+    GTEST_SKIP() << "cannot mount tmpfs here: " << out;
+  }
+  std::vector<std::string> lines;
+  for (int i = 0; i < 3000; ++i) lines.push_back(Text(fmt::format("m{}", i), "alice", "bob", "", std::string(200, 'x')));
+  WriteRecords("a.jsonl", lines);
+  auto o = Options();
+  o.index_dir = small + "/index";
+  o.index_map_size = 64 << 20;
+  auto r = RunImport(o);
+  (void)test::Run("umount " + test::ShellQuote(small), &out);
+  if (r.ok()) {
+    ASSERT_FALSE(r->fatal.ok()) << "256 KiB cannot hold this index";
+    EXPECT_NE(r->fatal.ToString().find("No space left on device"), std::string::npos) << r->fatal.ToString();
+    EXPECT_NE(r->fatal.ToString().find(small + "/index"), std::string::npos) << r->fatal.ToString();
+  } else {
+    EXPECT_NE(r.status().ToString().find("No space left on device"), std::string::npos) << r.status().ToString();
+    EXPECT_NE(r.status().ToString().find(small + "/index"), std::string::npos) << r.status().ToString();
+  }
+}
+
 TEST_F(ImportTest, FanOutOneDeliveryPerMailbox) {
   // carol maps through the CSV; two participants share one mailbox.
   test::WriteFile(tmp_ / "src/directory.csv",
