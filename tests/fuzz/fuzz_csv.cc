@@ -1,0 +1,143 @@
+// Fuzz target: the user-facing CSVs.
+//  - core::ParseCsv on the whole input;
+//  - the user directory (wecom::Directory::Parse), the mapping CSV and the
+//    known-mailbox list (mapping::Mapper::Create, which takes paths: the
+//    parts are written to two files reused by every run).
+// An input holding a form feed ('\f') is split there into up to three
+// parts: directory, mapping CSV, mailbox list; without one, every reader
+// gets the whole input. Checks, beyond "no crash":
+//  - rows are numbered from 1, in order; the header is lowercase;
+//  - every directory entry is found under its id;
+//  - a mapped participant gets a normalized mailbox, never one the target
+//    said it does not know; To never repeats anyone nor holds the sender;
+//  - NormalizeMailbox and NormalizeE164 are idempotent.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/mapping/mapper.h"
+#include "formats/core/csv.h"
+#include "formats/core/item.h"
+#include "formats/wecom/directory.h"
+#include "tests/fuzz/fuzz_support.h"
+
+namespace {
+
+namespace core = wxa::core;
+namespace mapping = wxa::mapping;
+namespace wecom = wxa::wecom;
+
+constexpr size_t kMaxFieldsChecked = 16;
+
+void CheckTable(const core::CsvTable& t) {
+  size_t last_line = 0;
+  for (const auto& h : t.header) {
+    WXA_FUZZ_CHECK(std::none_of(h.begin(), h.end(), [](char c) { return c >= 'A' && c <= 'Z'; }), h);
+  }
+  for (const auto& row : t.rows) {
+    // Non-decreasing, not increasing: a bare CR ends a row but only LF
+    // counts lines (rows of a CR-only file all start on line 1).
+    WXA_FUZZ_CHECK(row.line >= 1 && row.line >= last_line, "row lines in order");
+    last_line = row.line;
+  }
+  int c = t.Column({"userid", "mobile", "sdkfileid"});
+  WXA_FUZZ_CHECK(c >= -1 && c < static_cast<int>(t.header.size()), "Column in range");
+}
+
+void CheckNormalizers(const core::CsvTable& t) {
+  size_t n = 0;
+  for (const auto& row : t.rows) {
+    for (const auto& f : row.fields) {
+      if (++n > kMaxFieldsChecked) return;
+      if (auto m = mapping::NormalizeMailbox(f)) {
+        auto again = mapping::NormalizeMailbox(*m);
+        WXA_FUZZ_CHECK(again && *again == *m, f);
+      }
+      if (auto e = mapping::NormalizeE164(f, "CN")) {
+        WXA_FUZZ_CHECK(!e->empty() && (*e)[0] == '+', f);
+        auto again = mapping::NormalizeE164(*e, "CN");
+        WXA_FUZZ_CHECK(again && *again == *e, f);
+      }
+    }
+  }
+}
+
+void CheckDirectory(const wecom::Directory& dir) {
+  WXA_FUZZ_CHECK(dir.size() == dir.entries().size(), "");
+  for (const auto& [id, e] : dir.entries()) {
+    WXA_FUZZ_CHECK(id == e.userid, id);
+    WXA_FUZZ_CHECK(dir.Find(id) == &e, id);
+  }
+}
+
+void CheckMapper(const wecom::Directory& dir, mapping::Mapper& m) {
+  std::vector<std::string> ids;
+  for (const auto& [id, e] : dir.entries()) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  ids.push_back("not-in-directory");
+  for (const auto& id : ids) {
+    mapping::Resolution r = m.Resolve(id);
+    if (r.mapped()) {
+      auto norm = mapping::NormalizeMailbox(r.mailbox);
+      WXA_FUZZ_CHECK(norm && *norm == r.mailbox, r.mailbox);
+    } else {
+      WXA_FUZZ_CHECK(!r.why_not.empty(), id);
+    }
+    core::Person p = m.PersonFor(id);
+    WXA_FUZZ_CHECK(!p.address.empty(), id);
+  }
+  core::Item item;
+  item.from = ids.front();
+  item.to = ids;
+  item.to.push_back(ids.front());
+  core::Participants parts = m.ParticipantsFor(item);
+  std::set<std::string> seen;
+  for (const auto& t : parts.to) {
+    WXA_FUZZ_CHECK(t.id != parts.from.id, t.id);
+    WXA_FUZZ_CHECK(seen.insert(t.id).second, t.id);
+  }
+  // The target refuses the first candidate: nobody may map to it any more.
+  std::vector<std::string> candidates = m.CandidateMailboxes();
+  if (candidates.empty()) return;
+  const std::string refused = candidates.front();
+  m.SetUnknownToTarget({refused});
+  for (const auto& id : ids) WXA_FUZZ_CHECK(m.Resolve(id).mailbox != refused, refused);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view in = wxa::fuzz::AsView(data, size);
+
+  auto table = core::ParseCsv(in, "fuzz.csv");
+  if (table.ok()) {
+    CheckTable(*table);
+    CheckNormalizers(*table);
+  } else {
+    WXA_FUZZ_CHECK(!table.status().message().empty(), "");
+  }
+
+  std::vector<std::string_view> parts = wxa::fuzz::SplitInput(in, '\f', 3);
+  if (in.find('\f') == std::string_view::npos) parts = {in, in, in};
+
+  auto dir = wecom::Directory::Parse(parts[0], "directory.csv");
+  if (!dir.ok()) return 0;
+  CheckDirectory(*dir);
+
+  const auto& scratch = wxa::fuzz::ScratchDir::Get();
+  static const std::string map_path = scratch.Path("mapping.csv");
+  static const std::string list_path = scratch.Path("mailboxes.txt");
+  wxa::fuzz::WriteFileOrDie(map_path, parts[1]);
+  wxa::fuzz::WriteFileOrDie(list_path, parts[2]);
+
+  for (auto [map, list] : {std::pair{map_path, std::string()}, std::pair{std::string(), list_path},
+                           std::pair{map_path, list_path}}) {
+    auto m = mapping::Mapper::Create(&*dir, map, list, mapping::MapperOptions{});
+    if (m.ok()) CheckMapper(*dir, *m);
+  }
+  return 0;
+}
