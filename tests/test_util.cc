@@ -1,5 +1,6 @@
 #include "tests/test_util.h"
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -10,16 +11,28 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <fmt/format.h>
+#include <unistd.h>
+
 namespace wxa::test {
 
 namespace fs = std::filesystem;
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/wxa-test-XXXXXX";
+namespace {
+std::string MakeTempDir(std::string base) {
+  struct stat st {};
+  if (base.empty() || ::stat(base.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    const char* env = std::getenv("TMPDIR");
+    base = env != nullptr ? env : "/tmp";
+  }
+  std::string tmpl = base + "/wxa-test-XXXXXX";
   if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-  path_ = tmpl;
+  return tmpl;
 }
+}  // namespace
+
+TempDir::TempDir() : path_(MakeTempDir("")) {}
+TempDir::TempDir(const std::string& base) : path_(MakeTempDir(base)) {}
 
 TempDir::~TempDir() {
   if (std::getenv("WXA_KEEP_TEMP") != nullptr) return;
@@ -102,6 +115,254 @@ Status FaultEnv::SyncFilesystemFd(int fd, const std::string& path) {
 Status FaultEnv::SyncDirFd(int fd, const std::string& path) {
   if (fail_sync.load()) return Status::FromErrno("fsync", path, EIO);
   return Env::SyncDirFd(fd, path);
+}
+
+// ---- PowerCutEnv ------------------------------------------------------------
+
+namespace {
+std::string Parent(const std::string& p) {
+  size_t slash = p.rfind('/');
+  return slash == std::string::npos ? std::string(".") : p.substr(0, slash);
+}
+}  // namespace
+
+long PowerCutEnv::steps() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return steps_;
+}
+
+bool PowerCutEnv::cut() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return cut_at >= 0 && steps_ > cut_at;
+}
+
+bool PowerCutEnv::Step(const char* what, const std::string& path, Status* out) {
+  std::lock_guard<std::mutex> l(mu_);
+  ++steps_;
+  if (cut_at >= 0 && steps_ > cut_at) {
+    *out = Status::FromErrno(fmt::format("{} (power cut at step {})", what, cut_at), path, EIO);
+    return false;
+  }
+  return true;
+}
+
+std::string PowerCutEnv::DirOf(int dir_fd) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = dir_fds_.find(dir_fd);
+  return it == dir_fds_.end() ? std::string() : it->second;
+}
+
+Status PowerCutEnv::CreateDirs(const std::string& path) {
+  Status s;
+  if (!Step("mkdir", path, &s)) return s;
+  return Env::CreateDirs(path);  // directories themselves: assumed durable (created once, synced by the run's syncs)
+}
+
+Status PowerCutEnv::Remove(const std::string& path) {
+  Status s;
+  if (!Step("unlink", path, &s)) return s;
+  s = Env::Remove(path);
+  if (s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    ops_.push_back({EntryOp::kUnlink, path, "", ++seq_});
+    files_.erase(path);
+  }
+  return s;
+}
+
+Result<core::UniqueFd> PowerCutEnv::OpenDirAt(int root_fd, const std::string& rel, bool create,
+                                              const std::string& path) {
+  Status s;
+  if (!Step("open directory", path, &s)) return s;
+  auto fd = Env::OpenDirAt(root_fd, rel, create, path);
+  if (fd.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    dir_fds_[fd->get()] = path;
+  }
+  return fd;
+}
+
+Result<core::UniqueFd> PowerCutEnv::CreateAt(int dir_fd, const std::string& name, const std::string& path) {
+  Status s;
+  if (!Step("create", path, &s)) return s;
+  auto fd = Env::CreateAt(dir_fd, name, path);
+  if (fd.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    files_[path] = FileState{};
+    ops_.push_back({EntryOp::kCreate, "", path, ++seq_});
+    fd_paths_[fd->get()] = path;
+  }
+  return fd;
+}
+
+Status PowerCutEnv::WriteAll(int fd, std::string_view data, const std::string& path) {
+  Status s;
+  if (!Step("write", path, &s)) return s;
+  s = Env::WriteAll(fd, data, path);
+  if (s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = fd_paths_.find(fd);
+    const std::string& p = files_.count(path) || it == fd_paths_.end() ? path : it->second;
+    files_[p].written += data.size();
+  }
+  return s;
+}
+
+Status PowerCutEnv::Sync(int fd, const std::string& path) {
+  Status s;
+  if (!Step("fsync", path, &s)) return s;
+  s = Env::Sync(fd, path);
+  if (s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = fd_paths_.find(fd);
+    const std::string& p = files_.count(path) || it == fd_paths_.end() ? path : it->second;
+    auto f = files_.find(p);
+    if (f != files_.end()) f->second.synced = f->second.written;
+  }
+  return s;
+}
+
+Status PowerCutEnv::SetTimes(int fd, int64_t unix_seconds, const std::string& path) {
+  Status s;
+  if (!Step("set times", path, &s)) return s;
+  return Env::SetTimes(fd, unix_seconds, path);
+}
+
+Status PowerCutEnv::RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                             const std::string& path) {
+  Status s;
+  if (!Step("rename", path, &s)) return s;
+  const std::string from_path = DirOf(from_dir) + "/" + from;
+  const std::string to_path = DirOf(to_dir) + "/" + to;
+  s = Env::RenameAt(from_dir, from, to_dir, to, path);
+  if (s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    ops_.push_back({EntryOp::kRename, from_path, to_path, ++seq_});
+    auto f = files_.find(from_path);
+    if (f != files_.end()) {
+      files_[to_path] = f->second;
+      files_.erase(f);
+    }
+    for (auto& [fd, p] : fd_paths_) {
+      if (p == from_path) p = to_path;
+    }
+  }
+  return s;
+}
+
+Status PowerCutEnv::LinkAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                           const std::string& path) {
+  Status s;
+  if (!Step("link", path, &s)) return s;
+  const std::string from_path = DirOf(from_dir) + "/" + from;
+  const std::string to_path = DirOf(to_dir) + "/" + to;
+  s = Env::LinkAt(from_dir, from, to_dir, to, path);
+  if (s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    ops_.push_back({EntryOp::kCreate, "", to_path, ++seq_});
+    auto f = files_.find(from_path);
+    if (f != files_.end()) files_[to_path] = f->second;
+  }
+  return s;
+}
+
+Status PowerCutEnv::UnlinkAt(int dir_fd, const std::string& name, const std::string& path) {
+  Status s;
+  if (!Step("unlink", path, &s)) return s;
+  const std::string p = DirOf(dir_fd) + "/" + name;
+  s = Env::UnlinkAt(dir_fd, name, path);
+  if (s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    ops_.push_back({EntryOp::kUnlink, p, "", ++seq_});
+    files_.erase(p);
+  }
+  return s;
+}
+
+Status PowerCutEnv::SyncDirFd(int dir_fd, const std::string& path) {
+  Status s;
+  if (!Step("fsync directory", path, &s)) return s;
+  s = Env::SyncDirFd(dir_fd, path);
+  if (s.ok()) {
+    const std::string dir = DirOf(dir_fd);
+    std::lock_guard<std::mutex> l(mu_);
+    dir_synced_[dir.empty() ? path : dir] = ++seq_;
+  }
+  return s;
+}
+
+void PowerCutEnv::MarkAllDurable() {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& [p, f] : files_) f.synced = f.written;
+  ops_.clear();
+}
+
+Status PowerCutEnv::SyncFilesystemFd(int fd, const std::string& path) {
+  Status s;
+  if (!Step("syncfs", path, &s)) return s;
+  s = Env::SyncFilesystemFd(fd, path);
+  if (s.ok()) MarkAllDurable();
+  return s;
+}
+
+Status PowerCutEnv::SyncFilesystem(const std::string& path) {
+  Status s;
+  if (!Step("syncfs", path, &s)) return s;
+  s = Env::SyncFilesystem(path);
+  if (s.ok()) MarkAllDurable();
+  return s;
+}
+
+void PowerCutEnv::ApplyPowerCut(Outcome outcome) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (outcome == Outcome::kKeepEntries) ops_.clear();
+  auto durable_in = [&](const std::string& dir, uint64_t seq) {
+    auto it = dir_synced_.find(dir);
+    return it != dir_synced_.end() && it->second > seq;
+  };
+  // Undo, newest first, what no directory fsync made durable.
+  for (auto it = ops_.rbegin(); it != ops_.rend(); ++it) {
+    const EntryOp& op = *it;
+    switch (op.kind) {
+      case EntryOp::kCreate:
+        if (!durable_in(Parent(op.to), op.seq)) {
+          ::unlink(op.to.c_str());
+          files_.erase(op.to);
+        }
+        break;
+      case EntryOp::kUnlink:
+        // The name comes back only if we still had its bytes; a removed temp
+        // file coming back would be garbage the next run cleans, so leaving
+        // it removed is the harder case for the engine.
+        break;
+      case EntryOp::kRename: {
+        const bool in = durable_in(Parent(op.to), op.seq);
+        const bool out = durable_in(Parent(op.from), op.seq);
+        if (in && out) break;
+        if (!in && !out) {
+          ::rename(op.to.c_str(), op.from.c_str());
+          auto f = files_.find(op.to);
+          if (f != files_.end()) {
+            files_[op.from] = f->second;
+            files_.erase(f);
+          }
+        } else if (in && !out) {
+          ::link(op.to.c_str(), op.from.c_str());
+          auto f = files_.find(op.to);
+          if (f != files_.end()) files_[op.from] = f->second;
+        } else {  // !in && out: the file is gone
+          ::unlink(op.to.c_str());
+          files_.erase(op.to);
+        }
+        break;
+      }
+    }
+  }
+  // Drop data never made durable.
+  for (const auto& [p, f] : files_) {
+    if (f.synced < f.written) (void)::truncate(p.c_str(), static_cast<off_t>(f.synced));
+  }
+  ops_.clear();
 }
 
 }  // namespace wxa::test

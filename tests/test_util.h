@@ -3,6 +3,8 @@
 #pragma once
 
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <cerrno>
 #include <string>
 #include <vector>
@@ -15,6 +17,9 @@ namespace wxa::test {
 class TempDir {
  public:
   TempDir();
+  // Under `base` (e.g. "/dev/shm" for tests that fsync a lot and simulate
+  // durability themselves); falls back to $TMPDIR when base is missing.
+  explicit TempDir(const std::string& base);
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
@@ -48,6 +53,72 @@ class FaultEnv : public core::Env {
   Status SyncFilesystem(const std::string& path) override;
   Status SyncFilesystemFd(int fd, const std::string& path) override;
   Status SyncDirFd(int fd, const std::string& path) override;
+};
+
+// A power cut, simulated (leveldb's FaultInjectionTestEnv idea, with
+// isync's step counter): every output operation is a numbered step; from
+// step `cut_at` on, each fails with EIO as if the machine had stopped. Then
+// ApplyPowerCut() makes the file system look like what survives a power cut
+// at that moment under POSIX rules: file data not fsynced (or covered by a
+// syncfs) is dropped, and directory entries created, renamed or removed
+// since their directory's last fsync are undone. Renames count as an entry
+// in each directory: a rename whose target directory was synced but whose
+// source was not leaves the file in both; the reverse loses it. The LMDB
+// index does its own I/O (durable at each commit) and is not simulated.
+class PowerCutEnv : public core::Env {
+ public:
+  long cut_at = -1;  // -1: never
+  long steps() const;
+  bool cut() const;
+  // Which of the two worst cases to leave: kUndoEntries undoes directory
+  // changes no fsync covered (a file created or renamed may vanish);
+  // kKeepEntries keeps them, as a journal committing them on its own may
+  // (a renamed file may then be there with its unsynced data gone). Data not
+  // fsynced is dropped either way.
+  enum class Outcome { kUndoEntries, kKeepEntries };
+  void ApplyPowerCut(Outcome outcome = Outcome::kUndoEntries);
+
+  Status CreateDirs(const std::string& path) override;
+  Status Remove(const std::string& path) override;
+  Result<core::UniqueFd> OpenDirAt(int root_fd, const std::string& rel, bool create,
+                                   const std::string& path) override;
+  Result<core::UniqueFd> CreateAt(int dir_fd, const std::string& name, const std::string& path) override;
+  Status WriteAll(int fd, std::string_view data, const std::string& path) override;
+  Status Sync(int fd, const std::string& path) override;
+  Status SetTimes(int fd, int64_t unix_seconds, const std::string& path) override;
+  Status RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                  const std::string& path) override;
+  Status LinkAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                const std::string& path) override;
+  Status UnlinkAt(int dir_fd, const std::string& name, const std::string& path) override;
+  Status SyncDirFd(int dir_fd, const std::string& path) override;
+  Status SyncFilesystemFd(int fd, const std::string& path) override;
+  Status SyncFilesystem(const std::string& path) override;
+
+ private:
+  // Counts a step; false once the power is out.
+  bool Step(const char* what, const std::string& path, Status* out);
+  std::string DirOf(int dir_fd);
+  void MarkAllDurable();
+
+  struct FileState {
+    uint64_t written = 0;
+    uint64_t synced = 0;
+  };
+  struct EntryOp {
+    enum Kind { kCreate, kRename, kUnlink } kind;
+    std::string from;  // full paths
+    std::string to;
+    uint64_t seq;
+  };
+  mutable std::mutex mu_;
+  long steps_ = 0;                               // GUARDED_BY(mu_)
+  uint64_t seq_ = 0;                             // GUARDED_BY(mu_)
+  std::map<int, std::string> dir_fds_;           // GUARDED_BY(mu_)
+  std::map<int, std::string> fd_paths_;          // GUARDED_BY(mu_): open file fds -> current path
+  std::map<std::string, FileState> files_;       // GUARDED_BY(mu_): by current path
+  std::map<std::string, uint64_t> dir_synced_;   // GUARDED_BY(mu_): dir -> seq of its last fsync
+  std::vector<EntryOp> ops_;                     // GUARDED_BY(mu_)
 };
 
 }  // namespace wxa::test

@@ -42,7 +42,7 @@ class LocalTreeSink final : public Sink {
     // normal way out, this is the safety net.
     std::lock_guard<std::mutex> l(mu_);
     for (const auto& p : pending_) {
-      if (!p.adopted) (void)::unlink(p.tmp_path.c_str());
+      if (!p.adopted) (void)env_->Remove(p.tmp_path);
     }
   }
 
@@ -167,7 +167,7 @@ class LocalTreeSink final : public Sink {
     }
     for (size_t i = 0; i < batch.size(); ++i) {
       Staged& e = batch[i];
-      if (!e.published && !e.adopted && !e.tmp_path.empty()) (void)::unlink(e.tmp_path.c_str());
+      if (!e.published && !e.adopted && !e.tmp_path.empty()) (void)env_->Remove(e.tmp_path);
       // After a fatal error nothing of this batch counts as delivered: what
       // was renamed is complete and a rerun adopts it.
       if (!fatal.ok() && (!result[i] || result[i]->kind == Completion::Kind::kDone)) {

@@ -1,9 +1,10 @@
-// RAII for GObjects (GMime objects, streams, data wrappers). The only place
-// g_object_unref appears (STYLE rule 2).
+// RAII for GObjects (GMime objects, streams, data wrappers) and g_malloc'ed
+// strings. The only place g_object_unref and g_free appear (STYLE rule 2).
 #pragma once
 
 #include <glib-object.h>
 
+#include <memory>
 #include <utility>
 
 namespace wxa::mime {
@@ -41,5 +42,11 @@ class GPtr {
  private:
   T* p_ = nullptr;
 };
+
+// A g_malloc'ed string (g_free on destruction).
+struct GFreeDeleter {
+  void operator()(void* p) const { g_free(p); }
+};
+using GCharPtr = std::unique_ptr<char, GFreeDeleter>;
 
 }  // namespace wxa::mime
