@@ -16,9 +16,16 @@ Result<std::unique_ptr<Sink>> MakeSink(const Target& target, const SinkOptions& 
       o.folder = options.local.folder;
       return MakeImapSink(target, std::move(o));
     }
-    case Target::Kind::kPst:
-    case Target::Kind::kGraph:
-      break;
+    case Target::Kind::kPst: {
+      PstSinkOptions o = options.pst;
+      o.folder = options.local.folder;
+      return MakePstSink(target, std::move(o));
+    }
+    case Target::Kind::kGraph: {
+      GraphOptions o = options.graph;
+      o.folder = options.local.folder;
+      return MakeGraphSink(target, std::move(o));
+    }
   }
   return Status::Unsupported(fmt::format("{} targets are not available yet", TargetKindName(target.kind)));
 }

@@ -120,6 +120,11 @@ struct RawFlags {
   std::string ca_file;
   bool tls_insecure = false;
   int connections = 16, connections_per_mailbox = 2, imap_batch = 100;
+  // PST
+  std::string pst_volume_size = "20GB";
+  // Graph
+  std::string graph_tenant, graph_client_id, graph_secret_file, graph_certificate, graph_login_url, graph_url,
+      graph_mode = "importmime";
 };
 
 // Every flag checked before anything is created on disk (issue #8 item 9).
@@ -182,6 +187,40 @@ int CheckImportFlags(const RawFlags& f, wxa::pipeline::ImportOptions& o, wxa::si
   im.connections = static_cast<size_t>(f.connections);
   im.connections_per_mailbox = static_cast<size_t>(f.connections_per_mailbox);
   im.batch_max_messages = static_cast<size_t>(f.imap_batch);
+  auto volume = wxa::limits::ParseSize(f.pst_volume_size);
+  if (!volume.ok()) return usage("--pst-volume-size", volume.status());
+  if (*volume < (1u << 20)) return usage("--pst-volume-size", wxa::Status::InvalidArgument("at least 1MiB"));
+  so.pst.volume_size = *volume;
+  auto& g = so.graph;
+  g.tenant = f.graph_tenant;
+  g.client_id = f.graph_client_id;
+  g.certificate_file = f.graph_certificate;
+  if (!f.graph_login_url.empty()) g.login_url = f.graph_login_url;
+  if (!f.graph_url.empty()) g.graph_url = f.graph_url;
+  if (f.graph_mode == "importmime") {
+    g.mode = wxa::sinks::GraphOptions::Mode::kImportMime;
+  } else if (f.graph_mode == "extprops") {
+    g.mode = wxa::sinks::GraphOptions::Mode::kExtProps;
+  } else {
+    return usage("--graph-mode", wxa::Status::InvalidArgument("importmime or extprops"));
+  }
+  g.ca_file = f.ca_file;
+  g.tls_insecure = f.tls_insecure;
+  g.connections = static_cast<size_t>(f.connections);
+  if (target->kind == wxa::sinks::Target::Kind::kGraph) {
+    if (g.tenant.empty() || g.client_id.empty()) {
+      return usage("--to", wxa::Status::InvalidArgument("a graph target needs --graph-tenant and --graph-client-id"));
+    }
+    if (f.graph_secret_file.empty() == f.graph_certificate.empty()) {
+      return usage("--to", wxa::Status::InvalidArgument(
+                               "a graph target needs one of --graph-secret-file or --graph-certificate"));
+    }
+    if (!f.graph_secret_file.empty()) {
+      auto secret = wxa::sinks::ReadSecretFile(f.graph_secret_file);
+      if (!secret.ok()) return usage("--graph-secret-file", secret.status());
+      g.client_secret = *secret;
+    }
+  }
   if (target->kind == wxa::sinks::Target::Kind::kImap || target->kind == wxa::sinks::Target::Kind::kImaps) {
     if (im.master_user.empty() && im.credentials.empty() && im.token_command.empty()) {
       return usage("--to", wxa::Status::InvalidArgument(
@@ -226,7 +265,9 @@ int RunImportCommand(wxa::pipeline::ImportOptions& o, const wxa::sinks::SinkOpti
   if (!result->fatal.ok()) {
     if (quiet) fmt::print(stderr, "error: {}\n", result->fatal.ToString());
     // A target that went away is worth a rerun later; a full disk is not, by itself.
-    return result->target_kind == "imap" || result->target_kind == "imaps" ? kExitTempFail : kExitFatal;
+    return result->target_kind == "imap" || result->target_kind == "imaps" || result->target_kind == "graph"
+               ? kExitTempFail
+               : kExitFatal;
   }
   return result->interrupted ? kExitInterrupted : 0;
 }
@@ -244,6 +285,16 @@ void AddImapFlags(CLI::App* cmd, RawFlags& f) {
   cmd->add_option("--connections-per-mailbox", f.connections_per_mailbox,
                   "IMAP: connections per mailbox (default 2)")->check(CLI::Range(1, 64));
   cmd->add_option("--imap-batch", f.imap_batch, "IMAP: messages per MULTIAPPEND (default 100)")->check(CLI::Range(1, 10000));
+  cmd->add_option("--pst-volume-size", f.pst_volume_size, "PST: largest volume before the next one (default 20GB)");
+  cmd->add_option("--graph-tenant", f.graph_tenant, "Graph: Entra ID tenant (id or domain)");
+  cmd->add_option("--graph-client-id", f.graph_client_id, "Graph: application (client) id");
+  cmd->add_option("--graph-secret-file", f.graph_secret_file, "Graph: file holding the client secret");
+  cmd->add_option("--graph-certificate", f.graph_certificate,
+                  "Graph: PEM file with the private key and certificate (JWT client assertion)");
+  cmd->add_option("--graph-login-url", f.graph_login_url,
+                  "Graph: token endpoint base (default https://login.microsoftonline.com)");
+  cmd->add_option("--graph-url", f.graph_url, "Graph: API base (default https://graph.microsoft.com)");
+  cmd->add_option("--graph-mode", f.graph_mode, "Graph: importmime (default) or extprops");
 }
 
 }  // namespace
@@ -261,7 +312,7 @@ int main(int argc, char** argv) {
   imp->add_option("--mapping", io.mapping_csv, "custom mapping CSV: mobile,mailbox (looked at first)");
   imp->add_option("--mailboxes", io.mailboxes_file, "file listing the valid mailboxes, one per line");
   imp->add_option("--to", io.target,
-                  "target: maildir:DIR, eml:DIR, null:, imap://HOST[:PORT] or imaps://HOST[:PORT]")->required();
+                  "target: maildir:DIR, eml:DIR, pst:DIR, imap://HOST[:PORT], imaps://HOST[:PORT], graph: or null:")->required();
   imp->add_option("--report", io.report_path, "write the JSON run report here");
   imp->add_option("--max-item-size", f.max_size, "largest rendered item imported (default 10MiB)");
   imp->add_option("--oversize", f.policy, "policy for larger items: reject (default)");
