@@ -41,6 +41,7 @@ struct ImportOptions {
   bool rescan = false;           // ignore cursors: re-read every record (done ones are skipped)
   uint64_t index_map_size = 0;   // initial LMDB map size; 0 = the index default
   sinks::SyncMode sync_mode = sinks::SyncMode::kBatch;  // durability of local deliveries
+  bool link_copies = true;  // local deliveries of one item: hard links to one file
   // Makes the sink for the parsed target; null = the local sinks (maildir,
   // eml, null). The CLI passes one that knows remote targets; tests pass
   // fakes that return each failure class.

@@ -105,16 +105,33 @@ class LocalTreeSink final : public Sink {
         return;
       }
     }
+    const std::string tmp_dir = layout_ == maildir::Layout::kMaildir ? f.folder.path() + "/tmp" : f.folder.path();
+    const std::string key_hex = d.key.Hex();
+    {
+      // The item is already staged for another mailbox in this batch: a hard
+      // link to that file instead of a second copy (the same bytes, the same
+      // mtime). Under mu_, so the batch cannot be published meanwhile.
+      std::lock_guard<std::mutex> l(mu_);
+      if (auto it = link_sources_.find(key_hex); it != link_sources_.end()) {
+        auto linked = f.folder.StageLink(it->second.folder->folder, it->second.tmp, d.key, d.msgtime_ms);
+        if (linked.ok()) {
+          s.tmp = std::move(*linked);
+          s.tmp_path = core::JoinPath(tmp_dir, s.tmp);
+          pending_.push_back(std::move(s));
+          return;
+        }
+        // EXDEV, EMLINK, ...: write a copy below.
+      }
+    }
     auto tmp = f.folder.Stage(d.key, d.msgtime_ms, *d.bytes, o_.sync_mode == SyncMode::kFile);
     if (!tmp.ok()) {
       Fail(d, tmp.status(), s.done);
       return;
     }
     s.tmp = std::move(*tmp);
-    s.tmp_path = core::JoinPath(layout_ == maildir::Layout::kMaildir ? f.folder.path() + "/tmp"
-                                                                      : f.folder.path(),
-                                s.tmp);
+    s.tmp_path = core::JoinPath(tmp_dir, s.tmp);
     std::lock_guard<std::mutex> l(mu_);
+    if (o_.link_copies) link_sources_.try_emplace(key_hex, LinkSource{*folder, s.tmp});
     pending_.push_back(std::move(s));
   }
 
@@ -124,6 +141,7 @@ class LocalTreeSink final : public Sink {
     {
       std::lock_guard<std::mutex> l(mu_);
       batch.swap(pending_);
+      link_sources_.clear();  // their temp files are about to be renamed
     }
     if (batch.empty()) return Status::Ok();
     std::vector<std::optional<Completion>> result(batch.size());
@@ -329,6 +347,12 @@ class LocalTreeSink final : public Sink {
   std::unordered_set<std::string> cleaned_;                         // GUARDED_BY(mu_)
   std::unordered_map<std::string, Status> bad_;                     // GUARDED_BY(mu_)
   std::vector<Staged> pending_;                                     // GUARDED_BY(mu_)
+  // Staged files of the pending batch by item key, for hard links.
+  struct LinkSource {
+    std::shared_ptr<Folder> folder;
+    std::string tmp;
+  };
+  std::unordered_map<std::string, LinkSource> link_sources_;        // GUARDED_BY(mu_)
 };
 
 // null: renders, counts and discards (measures the core loop; the index is kept).

@@ -31,6 +31,9 @@ struct LocalSinkOptions {
   std::string folder = "WeChat Archiver";
   SyncMode sync_mode = SyncMode::kBatch;
   size_t max_open_folders = 64;  // folder descriptors kept open (3 each for Maildir)
+  // An item's other mailboxes get hard links to its one file (copies where
+  // links are impossible). Off: a separate copy per mailbox (--no-links).
+  bool link_copies = true;
   core::Env* env = nullptr;      // null = Env::Default(); must outlive the sink
 };
 

@@ -67,6 +67,12 @@ class MailFolder {
   // temp directory). On failure nothing is left behind.
   Result<std::string> Stage(const core::ItemKey& key, int64_t msgtime_ms, std::string_view bytes,
                             bool sync);
+  // Stages the same item by a hard link to `src`'s staged file `src_tmp_name`
+  // (one inode for every mailbox of an item: no second write, no second
+  // fsync). Fails (EXDEV across file systems, EMLINK, EPERM where links are
+  // not allowed) without leaving anything; the caller then Stage()s a copy.
+  Result<std::string> StageLink(const MailFolder& src, const std::string& src_tmp_name, const core::ItemKey& key,
+                                int64_t msgtime_ms);
   // Renames a staged file to its final name. Durable after SyncFinalDir()
   // (or a file-system sync).
   Status Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms);

@@ -426,6 +426,45 @@ TEST_F(ImportTest, FanOutOneDeliveryPerMailbox) {
   EXPECT_EQ(s.unmapped_participants.size(), 2u);  // dave and the external contact
 }
 
+// One file per item, hard-linked into its other mailboxes (issue #9 item 4):
+// the same bytes and mtime as separate copies, written once.
+TEST_F(ImportTest, AnItemsMailboxesShareOneFile) {
+  WriteRecords("a.jsonl", {
+      R"({"msgid":"g1","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":1603875600000,"msgtype":"text","text":{"content":"group"}})",
+      R"({"msgid":"d1","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":1603875660000,"msgtype":"text","text":{"content":"direct"}})"});
+  for (const char* kind : {"maildir", "eml"}) {
+    for (bool links : {true, false}) {
+      SCOPED_TRACE(fmt::format("{} links={}", kind, links));
+      ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+      auto o = Options(kind);
+      o.link_copies = links;
+      auto r = Import(o);
+      EXPECT_EQ(r.counts.deliveries, 5u);
+      std::map<std::string, std::pair<nlink_t, std::string>> seen;  // file name -> (links, bytes)
+      std::map<std::string, time_t> mtimes;
+      for (const auto& f : MailFiles()) {
+        struct stat st {};
+        ASSERT_EQ(::stat((tmp_ / ("out/" + f)).c_str(), &st), 0) << f;
+        if (!S_ISREG(st.st_mode) || f.find("maildirfolder") != std::string::npos) continue;
+        const std::string base = f.substr(f.rfind('/') + 1);
+        const std::string bytes = test::ReadFile(tmp_ / ("out/" + f));
+        auto [it, fresh] = seen.emplace(base, std::make_pair(st.st_nlink, bytes));
+        if (!fresh) EXPECT_EQ(it->second.second, bytes) << "every mailbox gets the same bytes";
+        mtimes[base] = st.st_mtime;
+        // g1 goes to three mailboxes, d1 to two: linked, each file has that
+        // many names; copies have one.
+        const nlink_t want = !links ? 1 : (base.find(std::to_string(1603875600)) == 0 ? 3 : 2);
+        EXPECT_EQ(st.st_nlink, want) << f;
+      }
+      EXPECT_EQ(seen.size(), 2u);
+      EXPECT_EQ(mtimes.begin()->second, 1603875600);
+      // A rerun finds everything there, linked or not.
+      auto again = Import(o);
+      EXPECT_EQ(again.counts.deliveries, 0u);
+    }
+  }
+}
+
 TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   std::string data(20000, 'x');
   std::string md5 = AddMedia(data);

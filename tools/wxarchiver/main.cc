@@ -115,6 +115,7 @@ struct RawFlags {
   std::string sync_mode = "batch";
   int threads = 0;
   bool quiet = false;
+  bool no_links = false;
   // IMAP
   std::string imap_master, imap_secret_file, imap_credentials, imap_auth = "plain", imap_token_command;
   std::string ca_file;
@@ -157,6 +158,7 @@ int CheckImportFlags(const RawFlags& f, wxa::pipeline::ImportOptions& o, wxa::si
   }
   so.local.folder = o.folder;
   so.local.sync_mode = o.sync_mode;
+  so.local.link_copies = !f.no_links;
   auto& im = so.imap;
   if (f.imap_auth == "plain") {
     im.auth = wxa::sinks::ImapOptions::Auth::kPlain;
@@ -327,6 +329,8 @@ int main(int argc, char** argv) {
   imp->add_option("--sync", f.sync_mode,
                   "durability of written items: batch (syncfs per batch, default) or file (fsync per item)");
   imp->add_flag("--quiet", f.quiet, "no progress line and no summary");
+  imp->add_flag("--no-links", f.no_links,
+                "maildir/eml: a separate copy per mailbox instead of hard links to one file per item");
   AddImapFlags(imp, f);
 
   std::string status_index, status_target;
