@@ -8,6 +8,7 @@
 // (one campaign per --sync mode; add /batch or /file to the filter for one).
 #include <gtest/gtest.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -68,6 +69,23 @@ class CrashCampaign : public ::testing::TestWithParam<const char*> {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
 
+  // Delivered files in a Maildir tree (cur/ of every mailbox's folder).
+  size_t MailCount(const std::string& out) {
+    size_t n = 0;
+    DIR* root = ::opendir(out.c_str());
+    if (root == nullptr) return 0;
+    while (dirent* mb = ::readdir(root)) {
+      if (mb->d_name[0] == '.') continue;
+      const std::string cur = out + "/" + mb->d_name + "/.WeChat Archiver/cur";
+      if (DIR* d = ::opendir(cur.c_str())) {
+        while (dirent* e = ::readdir(d)) n += e->d_name[0] != '.';
+        ::closedir(d);
+      }
+    }
+    ::closedir(root);
+    return n;
+  }
+
   // Mail files under a target (not the index): relative path -> bytes.
   std::map<std::string, std::string> Mail(const std::string& out) {
     std::map<std::string, std::string> m;
@@ -107,22 +125,32 @@ TEST_P(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
   const auto reference = Mail(tmp_ / "ref");
   ASSERT_GT(reference.size(), static_cast<size_t>(records));
 
-  // The campaign: each run is killed after a random time long enough to get
-  // past start-up and short enough that the kills fall inside the work.
-  std::uniform_real_distribution<double> delay(startup_s, startup_s + 1.0 * full_s / kills);
+  // The campaign, calibrated by progress, not wall time (a loaded machine
+  // once let runs finish before their timer fired): each run is killed once
+  // the tree holds a random number of further delivered files, spread over
+  // the work still to do; one run in four is killed early instead (start-up,
+  // settling, the first batch), after a random share of the start-up time.
+  const size_t total = MailCount(tmp_ / "ref");
   long landed = 0, runs = 0;
   while (landed < kills && runs < kills * 4) {
     ++runs;
+    const size_t before = MailCount(tmp_ / "out");
+    const size_t left = total > before ? total - before : 0;
+    const bool early = left < 2 || std::uniform_int_distribution<int>(0, 3)(rng) == 0;
+    const size_t span = std::max<size_t>(1, 2 * left / static_cast<size_t>(kills - landed + 1));
+    const size_t target = before + std::uniform_int_distribution<size_t>(1, std::min(span, std::max<size_t>(left, 2) - 1))(rng);
+    const auto early_deadline = Clock::now() + std::chrono::duration<double>(
+                                                   std::uniform_real_distribution<double>(0, startup_s)(rng));
     pid_t pid = Spawn(ImportArgs(tmp_ / "out", tmp_ / "out.json"));
-    const auto deadline = Clock::now() + std::chrono::duration<double>(delay(rng));
     int status = 0;
     bool exited = false;
-    while (Clock::now() < deadline) {
+    while (true) {
       if (waitpid(pid, &status, WNOHANG) == pid) {
         exited = true;
         break;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (early ? Clock::now() >= early_deadline : MailCount(tmp_ / "out") >= target) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
     }
     if (exited) {
       ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "run " << runs << " failed";
