@@ -10,11 +10,12 @@ packages=(
   libtomlplusplus-dev libphonenumber-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
-# Extra groups, asked for by name: tools/setup-deps.sh imap pst
+# Extra groups, asked for by name: tools/setup-deps.sh imap pst perf
 for extra in "$@"; do
   case "$extra" in
     imap) packages+=(dovecot-imapd dovecot-core isync) ;;
     pst) packages+=(pst-utils pff-tools) ;;
+    perf) packages+=(valgrind) ;;  # bench/perf_gate.sh (callgrind)
     *) echo "setup-deps: unknown group '$extra'" >&2; exit 2 ;;
   esac
 done

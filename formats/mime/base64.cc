@@ -2,6 +2,7 @@
 
 #include <array>
 #include <bit>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -140,7 +141,12 @@ __attribute__((target("avx2"))) void EncodeAvx2(const unsigned char* p, size_t n
 
 bool CpuHasAvx2() {
 #if WXA_HAVE_X86
-  static const bool has = __builtin_cpu_supports("avx2");
+  // WXA_BASE64=scalar turns the AVX2 encoder off: the CI performance gate
+  // (bench/perf_gate.sh) counts the instructions of the same code on any CPU.
+  static const bool has = __builtin_cpu_supports("avx2") && [] {
+    const char* v = std::getenv("WXA_BASE64");
+    return v == nullptr || std::strcmp(v, "scalar") != 0;
+  }();
   return has;
 #else
   return false;
