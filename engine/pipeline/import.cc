@@ -19,6 +19,7 @@
 #include "engine/mapping/mapper.h"
 #include "engine/pipeline/batch.h"
 #include "engine/pipeline/tracker.h"
+#include "engine/sinks/pst/pst_sink.h"
 #include "formats/core/hash.h"
 #include "formats/core/json_writer.h"
 #include "formats/core/text.h"
@@ -259,6 +260,7 @@ class ImportRun {
   // then ask the sink to make the batch durable (local trees: one
   // file-system commit for the whole batch).
   void Deliver(Worker& w, Batch& b, sinks::Sink& sink) {
+    const bool want_pst = sink.capabilities().wants_pst_message;
     for (auto& rw : b.work) {
       if (rw.claimed.empty()) continue;
       if (failed()) {
@@ -266,7 +268,7 @@ class ImportRun {
         rw.claimed.clear();
         continue;
       }
-      DeliverRecord(w, b, rw);
+      DeliverRecord(w, b, rw, want_pst);
     }
     Status s = sink.Barrier();
     if (!s.ok()) Fail(s.WithContext("making deliveries durable"));
@@ -327,7 +329,7 @@ class ImportRun {
     }
   }
 
-  void DeliverRecord(Worker& w, Batch& b, RecordWork& rw) {
+  void DeliverRecord(Worker& w, Batch& b, RecordWork& rw, bool want_pst) {
     core::Item& item = *rw.item;
     for (auto& m : item.media) media_.Resolve(m);
     const uint64_t limit = o_.limit.max_bytes;
@@ -394,8 +396,12 @@ class ImportRun {
     } else if (!item.notes.empty()) {
       rw.warnings.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
     }
+    // PST volumes: the composed item as PST properties, built while its
+    // attachment bytes (pointers into the item) are still there.
+    std::shared_ptr<const pst::Message> pst_message;
+    if (want_pst) pst_message = sinks::PstMessageFor(w.renderer.composed(), *rw.bytes, item.msgtime_ms);
     Compact(item);  // the rendering holds everything now
-    tracker_->SubmitRecord(b, rw, item);
+    tracker_->SubmitRecord(b, rw, item, std::move(pst_message));
   }
 
   const ImportOptions& o_;

@@ -81,7 +81,8 @@ sinks::Delivery Tracker::MakeDelivery(const Slot& s) const {
   return out;
 }
 
-void Tracker::SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item) {
+void Tracker::SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item,
+                           std::shared_ptr<const pst::Message> pst_message) {
   (void)item;
   std::vector<sinks::Delivery> out;
   {
@@ -116,6 +117,7 @@ void Tracker::SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item) {
     rw.claimed.clear();
   }
   for (auto& d : out) {
+    d.pst_message = pst_message;
     c_.sink->Submit(std::move(d), [this](uint64_t id, sinks::Completion c) { OnCompletion(id, std::move(c)); });
   }
   if (!c_.keep_bytes_for_retry) {

@@ -67,8 +67,10 @@ class Tracker {
 
   // Deliver stage: submits rw.claimed (rw.bytes rendered) to the sink, one
   // delivery per mailbox. Mailboxes stopped earlier fail at once. `b` must
-  // stay alive until Seal().
-  void SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item);
+  // stay alive until Seal(). `pst_message` (sinks that want one) goes with
+  // the first submission of each delivery.
+  void SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item,
+                    std::shared_ptr<const pst::Message> pst_message = nullptr);
   // Claim stage: an intent that stays in doubt (its mailbox could not be
   // probed) is a delivery this run cannot settle.
   void AddInDoubt(RecordWork& rw, const std::string& mailbox, const std::string& why);

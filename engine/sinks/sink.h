@@ -46,6 +46,10 @@
 #include "formats/core/item.h"
 #include "formats/core/status.h"
 
+namespace wxa::pst {
+struct Message;
+}
+
 namespace wxa::sinks {
 
 // A target as given on the command line, parsed once:
@@ -73,6 +77,7 @@ struct Capabilities {
   bool holds_until_barrier = false;  // completions wait for Barrier()
   bool holds_until_close = false;    // completions may wait for Close() (PST volumes)
   bool checks_mailboxes = false;     // CheckMailboxes() says something
+  bool wants_pst_message = false;    // Delivery::pst_message is built for it (PST volumes)
 };
 
 // One (item, mailbox) delivery.
@@ -83,6 +88,10 @@ struct Delivery {
   int64_t msgtime_ms = 0;                // INTERNALDATE, file names, mtimes
   std::string message_id;                // without angle brackets (probes search it)
   std::shared_ptr<const std::string> bytes;  // the rendered message, CRLF line ends
+  // Capabilities::wants_pst_message only: the same item as PST properties,
+  // built once per item from the composed message (shared across mailboxes;
+  // absent on retries, which such sinks never ask for).
+  std::shared_ptr<const pst::Message> pst_message;
 };
 
 struct Completion {

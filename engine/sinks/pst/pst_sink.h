@@ -1,20 +1,72 @@
 // The PST target: `pst:DIR` writes DIR/<mailbox>/<mailbox>-NNN.pst volumes
 // for the Microsoft 365 PST Import service (issue #10), plus DIR/mapping.csv.
+//
+// Layout of DIR:
+//   .wxarchiver-target.lock         one run at a time (flock)
+//   <mailbox dir>/.mailbox          the mailbox address (mapping.csv's Mailbox column)
+//   <mailbox dir>/<base>-001.pst    finished volumes (numbering goes on across runs)
+//   <mailbox dir>/<base>-002.pst.partial   the volume being written
+//   mapping.csv                     every finished volume, rewritten atomically at Close()
+// <mailbox dir> is maildir::MailboxDirName(address) (lowercase, escaped, long
+// names shortened with a hash); <base> is the same, cut to 200 bytes.
+//
+// Durability and the index: Submit() appends the item (Delivery::pst_message,
+// built once per item by the import; the sink never parses MIME) to the
+// mailbox's open volume and holds its completion. A volume is finished when
+// the next item would take it past `volume_size`, when more than
+// `max_pending` completions are held across all volumes (every open volume
+// is finished then: the engine records batches in source order and keeps
+// each batch until all its deliveries are answered, so this bounds its
+// memory), and at Close(): pst::Writer::Close (tables, B-trees, fsync),
+// rename of `.partial` to `.pst`, fsync of the directory, and only then
+// kDone with remote_ref = the volume's file name. A crash loses the open
+// `.partial` files, which the next Open() deletes: their items were never
+// recorded done and are written again (Probe says absent for them).
+//
+// Memory: the sink keeps no item bytes (the message is released once
+// appended); per open volume the writer's index (~120 B per small message,
+// see formats/pst/README.md) plus a 4 MB write buffer; per held completion
+// ~48 B. Probe() and Inventory() read finished volumes with pst::Reader.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "engine/sinks/sink.h"
+#include "formats/core/file.h"
+#include "formats/pst/pst_writer.h"
+
+namespace wxa::mime {
+struct ComposedItem;
+}
 
 namespace wxa::sinks {
 
 struct PstSinkOptions {
   std::string folder = "WeChat Archiver";  // levels separated by '/'
   uint64_t volume_size = 20ull << 30;      // --pst-volume-size (Microsoft recommends <= 20 GB)
+  // Completions held (items appended to volumes not finished yet) before
+  // every open volume is finished early. Bounds the engine's memory for
+  // answers it waits for (a few hundred bytes per held item).
+  size_t max_pending = 200000;
+  core::Env* env = nullptr;  // null = Env::Default(); must outlive the sink
 };
 
 Result<std::unique_ptr<Sink>> MakePstSink(const Target& target, PstSinkOptions options);
+
+// The composed item as a PST message: subject, sender, recipients, bodies,
+// threading ids, sent/received = the item's time, read, the rendered header
+// block as transport headers (so X-WeChat-* facts survive) and every
+// attachment's bytes (copied: the composed item points into the input item).
+// `rendered` is the RFC 5322 rendering of the same item.
+std::shared_ptr<const pst::Message> PstMessageFor(const mime::ComposedItem& c, std::string_view rendered,
+                                                  int64_t msgtime_ms);
+
+// The file name stem of a mailbox's volumes ("<base>-NNN.pst").
+std::string PstVolumeBase(std::string_view address);
+inline constexpr std::string_view kPstMappingFile = "mapping.csv";
+inline constexpr std::string_view kPstMailboxFile = ".mailbox";
 
 }  // namespace wxa::sinks
