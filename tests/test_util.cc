@@ -91,6 +91,9 @@ int Run(const std::string& command, std::string* out) {
 }
 
 Status FaultEnv::WriteAll(int fd, std::string_view data, const std::string& path) {
+  if (!only_paths_containing.empty() && path.find(only_paths_containing) == std::string::npos) {
+    return Env::WriteAll(fd, data, path);
+  }
   long n = writes.fetch_add(1);
   long limit = fail_writes_after.load();
   if (limit >= 0 && n >= limit) return Status::FromErrno("write", path, write_errno.load());

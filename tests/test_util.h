@@ -47,6 +47,8 @@ class FaultEnv : public core::Env {
   std::atomic<int> write_errno{ENOSPC};
   std::atomic<bool> fail_sync{false};
   std::atomic<long> writes{0};
+  // When set, only writes to paths containing it count and fail.
+  std::string only_paths_containing;
 
   Status WriteAll(int fd, std::string_view data, const std::string& path) override;
   Status Sync(int fd, const std::string& path) override;

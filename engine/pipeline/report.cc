@@ -33,27 +33,35 @@ bool IsNotImported(Outcome o) {
          o == Outcome::kFailed || o == Outcome::kConflict;
 }
 
-Result<ReportWriter> ReportWriter::Open(const std::string& path) {
+// A fresh file at `path` (a stale one from a stopped run is replaced).
+static Result<core::UniqueFd> CreateFresh(core::Env* env, const std::string& path) {
+  Status rm = env->Remove(path);
+  if (!rm.ok() && !rm.IsNotFound()) return rm.WithContext("create report");
+  auto fd = env->CreateExclusive(path);
+  if (!fd.ok()) return fd.status().WithContext("create report");
+  return std::move(*fd);
+}
+
+Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env) {
   ReportWriter w;
+  w.env_ = env != nullptr ? env : core::Env::Default();
   if (path.empty()) return w;
   w.path_ = path;
   w.entries_path_ = path + ".entries.tmp";
-  w.entries_fd_ = core::UniqueFd(
-      ::open(w.entries_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!w.entries_fd_.valid()) return Status::FromErrno("create report", w.entries_path_, errno);
+  WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, w.entries_path_));
   return w;
 }
 
 ReportWriter::~ReportWriter() {
   if (entries_fd_.valid()) {
     entries_fd_.Reset();
-    ::unlink(entries_path_.c_str());
+    (void)env_->Remove(entries_path_);
   }
 }
 
 Status ReportWriter::Flush() {
   if (!entries_fd_.valid() || buf_.empty()) return Status::Ok();
-  Status s = core::Env::Default()->WriteAll(entries_fd_.get(), buf_, entries_path_);
+  Status s = env_->WriteAll(entries_fd_.get(), buf_, entries_path_);
   buf_.clear();
   return s;
 }
@@ -91,12 +99,19 @@ Status ReportWriter::Add(const ReportEntry& e) {
 
 Status ReportWriter::Finish(const std::string& summary_json) {
   if (path_.empty()) return Status::Ok();
+  const std::string tmp = path_ + ".tmp";
+  Status s = WriteWhole(summary_json, tmp);
+  // Whatever happened, no temp file stays: the report is whole or absent.
+  if (!s.ok()) (void)env_->Remove(tmp);
+  (void)env_->Remove(entries_path_);
+  return s;
+}
+
+Status ReportWriter::WriteWhole(const std::string& summary_json, const std::string& tmp) {
   WXA_RETURN_IF_ERROR(Flush());
   entries_fd_.Reset();
-  const std::string tmp = path_ + ".tmp";
-  core::UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!out.valid()) return Status::FromErrno("create report", tmp, errno);
-  core::Env* env = core::Env::Default();
+  core::Env* env = env_;
+  WXA_ASSIGN_OR_RETURN(core::UniqueFd out, CreateFresh(env, tmp));
   std::string head = "{" + summary_json + (summary_json.empty() ? "" : ",\n") + "\"entries\":[\n";
   WXA_RETURN_IF_ERROR(env->WriteAll(out.get(), head, tmp));
   {
@@ -114,9 +129,7 @@ Status ReportWriter::Finish(const std::string& summary_json) {
   WXA_RETURN_IF_ERROR(env->WriteAll(out.get(), "\n]}\n", tmp));
   WXA_RETURN_IF_ERROR(env->Sync(out.get(), tmp));
   out.Reset();
-  WXA_RETURN_IF_ERROR(env->Rename(tmp, path_));
-  ::unlink(entries_path_.c_str());
-  return Status::Ok();
+  return env->Rename(tmp, path_);
 }
 
 }  // namespace wxa::pipeline

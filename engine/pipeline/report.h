@@ -74,7 +74,9 @@ class ReportWriter {
  public:
   // An empty path keeps counts only (no file). Otherwise the report goes to
   // `path` at Finish(); entries stream to "<path>.entries.tmp" meanwhile.
-  static Result<ReportWriter> Open(const std::string& path);
+  // Every write goes through `env` (null: Env::Default()), so fault tests
+  // reach the report too.
+  static Result<ReportWriter> Open(const std::string& path, core::Env* env = nullptr);
   ReportWriter() = default;
   ReportWriter(ReportWriter&&) = default;
   ReportWriter& operator=(ReportWriter&&) = default;
@@ -90,12 +92,14 @@ class ReportWriter {
   const std::string& path() const { return path_; }
 
  private:
+  core::Env* env_ = nullptr;
   std::string path_;
   std::string entries_path_;
   core::UniqueFd entries_fd_;
   std::string buf_;
   uint64_t entries_ = 0;
   Status Flush();
+  Status WriteWhole(const std::string& summary_json, const std::string& tmp);
 };
 
 }  // namespace wxa::pipeline

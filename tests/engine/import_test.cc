@@ -570,6 +570,7 @@ TEST_P(ImportFaultTest, DiskFullStopsTheRunAndARerunCompletes) {
   WriteRecords("a.jsonl", lines);
   test::FaultEnv env;
   env.fail_writes_after = 10;
+  env.only_paths_containing = "/out/";  // the mail, not the report
   auto o = Options();
   o.env = &env;
   auto r = RunImport(o);
@@ -597,6 +598,24 @@ TEST_P(ImportFaultTest, DiskFullStopsTheRunAndARerunCompletes) {
   uint64_t done = 0;
   ExpectIndexMatchesDisk(&done);
   EXPECT_EQ(done, 60u);
+}
+
+TEST_P(ImportFaultTest, ReportDiskFullIsTheRunsError) {
+  std::vector<std::string> lines;
+  for (int i = 0; i < 10; ++i) lines.push_back(Text(fmt::format("m{}", i), "alice", "bob"));
+  WriteRecords("a.jsonl", lines);
+  test::FaultEnv env;
+  env.fail_writes_after = 0;
+  env.only_paths_containing = "report.json";
+  auto o = Options();
+  o.env = &env;
+  auto r = RunImport(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->counts.deliveries, 20u) << "the mail is written";
+  EXPECT_NE(r->fatal.ToString().find("writing the report"), std::string::npos) << r->fatal.ToString();
+  EXPECT_NE(r->fatal.ToString().find("No space left"), std::string::npos) << r->fatal.ToString();
+  EXPECT_FALSE(core::PathExists(tmp_ / "report.json")) << "no half-written report";
+  for (const auto& f : test::ListFiles(tmp_.path())) EXPECT_EQ(f.find("report.json."), std::string::npos) << f;
 }
 
 TEST_P(ImportFaultTest, FsyncErrorStopsTheRunAndARerunCompletes) {
