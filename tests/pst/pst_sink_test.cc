@@ -20,6 +20,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -46,28 +47,36 @@ std::string Scratch() {
   return access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : fs::temp_directory_path().string();
 }
 
-const std::string& CorpusDir() {
+// Corpus 0: media-rich, a few hundred items (one or two engine batches).
+// Corpus 1: text-heavy, 960 records (several batches, so the index
+// records done items while later volumes are still being written: what the
+// kill test needs to catch a completion sent before its volume is final).
+const std::string& CorpusDir(int which = 0) {
   static test::TempDir tmp(Scratch());  // removed at exit (tmpfs is memory)
-  static std::string* dir = [] {
-    auto* d = new std::string(tmp / "corpus");
+  static std::string* dirs[2] = {nullptr, nullptr};
+  static std::mutex mu;
+  std::lock_guard<std::mutex> l(mu);
+  if (dirs[which] == nullptr) {
+    auto* d = new std::string(tmp / ("corpus" + std::to_string(which)));
     gen::GenOptions g;
     g.out = *d;
     g.users = 12;
     g.days = 2;
     g.seed = 11;
-    g.messages_per_user_day = 12;
-    g.media_scale = 0.2;
+    g.messages_per_user_day = which == 0 ? 12 : 40;
+    g.media_scale = which == 0 ? 0.2 : 0.05;
     g.broken_records = false;
     g.huge_files = false;
     auto r = gen::GenerateCorpus(g);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return d;
-  }();
-  return *dir;
+    dirs[which] = d;
+  }
+  return *dirs[which];
 }
 
-std::vector<std::string> ImportArgs(const std::string& target, std::vector<std::string> extra = {}) {
-  const std::string c = CorpusDir();
+std::vector<std::string> ImportArgs(const std::string& target, std::vector<std::string> extra = {},
+                                    int which = 0) {
+  const std::string c = CorpusDir(which);
   std::vector<std::string> a = {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
                                 "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
                                 "--to", target};
@@ -120,21 +129,22 @@ class PstSinkTest : public ::testing::Test {
   void SetUp() override { ASSERT_FALSE(CorpusDir().empty()); }
 
   // The Maildir run of the same corpus, made once per process.
-  static const std::string& Reference() {
+  static const std::string& Reference(int which = 0) {
     static test::TempDir tmp(Scratch());
-    static std::string* ref = [] {
-      auto* r = new std::string(tmp / "ref");
-      EXPECT_EQ(RunCli(ImportArgs("maildir:" + *r)), 0);
-      return r;
-    }();
-    return *ref;
+    static std::string* refs[2] = {nullptr, nullptr};
+    if (refs[which] == nullptr) {
+      auto* r = new std::string(tmp / ("ref" + std::to_string(which)));
+      EXPECT_EQ(RunCli(ImportArgs("maildir:" + *r, {}, which)), 0);
+      refs[which] = r;
+    }
+    return *refs[which];
   }
 
   // check_sink.py: readpst + pffexport on every volume against the reference.
-  void CheckWithReaders(const std::string& pst_dir) {
+  void CheckWithReaders(const std::string& pst_dir, int which = 0) {
     test::TempDir work(Scratch());
     std::string out;
-    int rc = test::Run("python3 " + test::ShellQuote(WXA_PST_SINK_CHECKER) + " " + test::ShellQuote(Reference()) +
+    int rc = test::Run("python3 " + test::ShellQuote(WXA_PST_SINK_CHECKER) + " " + test::ShellQuote(Reference(which)) +
                            " " + test::ShellQuote(pst_dir) + " " + test::ShellQuote(work / "w") + " 2>&1",
                        &out);
     EXPECT_EQ(rc, 0) << out;
@@ -161,9 +171,9 @@ class PstSinkTest : public ::testing::Test {
     return n;
   }
 
-  static std::map<std::string, size_t> ReferenceCounts() {
+  static std::map<std::string, size_t> ReferenceCounts(int which = 0) {
     std::map<std::string, size_t> n;
-    for (const auto& f : test::ListFiles(Reference())) {
+    for (const auto& f : test::ListFiles(Reference(which))) {
       if (f.find("/.WeChat Archiver/cur/") != std::string::npos) ++n[f.substr(0, f.find('/'))];
     }
     return n;
@@ -223,11 +233,11 @@ TEST_F(PstSinkTest, VolumeCapSplitsMailboxesWithNothingLostOrRepeated) {
 }
 
 // SIGKILL at moments chosen by progress, rerun after each: a volume being
-// written (its .partial exists), right after this run finished one volume,
-// after it finished three. The last run completes.
+// written (its .partial exists), right after this run finished volumes,
+// while later ones are written. The last run completes.
 TEST_F(PstSinkTest, KillAtProgressPointsThenRerunGivesEachItemOnce) {
   const std::string dir = tmp_ / "pst";
-  const auto args = ImportArgs("pst:" + dir, {"--pst-volume-size", "1MiB"});
+  const auto args = ImportArgs("pst:" + dir, {"--pst-volume-size", "1MiB"}, 1);
   struct Point {
     const char* what;
     size_t new_volumes;  // finished by this run before the kill
@@ -235,8 +245,9 @@ TEST_F(PstSinkTest, KillAtProgressPointsThenRerunGivesEachItemOnce) {
   };
   const Point points[] = {{"a first volume being written", 0, true},
                           {"one volume finished", 1, false},
-                          {"a volume being written after one finished", 1, true},
-                          {"three volumes finished", 3, false}};
+                          {"a volume being written after three finished", 3, true},
+                          {"six volumes finished", 6, false},
+                          {"a volume being written after ten finished", 10, true}};
   int landed = 0;
   for (const auto& p : points) {
     const size_t start = Look(dir).finished.size();
@@ -265,12 +276,12 @@ TEST_F(PstSinkTest, KillAtProgressPointsThenRerunGivesEachItemOnce) {
     std::printf("kill at '%s': %s; %zu volumes now\n", p.what, killed ? "killed" : "run ended first",
                 Look(dir).finished.size());
   }
-  EXPECT_GE(landed, 3) << "the kills must land inside runs";
+  EXPECT_GE(landed, 4) << "the kills must land inside runs";
   ASSERT_EQ(RunCli(args), 0);
   Census c = Look(dir);
   EXPECT_TRUE(c.partial.empty());
-  EXPECT_EQ(CountByMailbox(dir), ReferenceCounts());
-  CheckWithReaders(dir);
+  EXPECT_EQ(CountByMailbox(dir), ReferenceCounts(1));
+  CheckWithReaders(dir, 1);
   EXPECT_EQ(Verify(dir), 0);
 }
 
