@@ -1,10 +1,1388 @@
 #include "engine/sinks/graph/graph_sink.h"
 
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <simdjson.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "formats/core/json_writer.h"
+
 namespace wxa::sinks {
 
-// Placeholder until the Graph sink lands (issue #11).
-Result<std::unique_ptr<Sink>> MakeGraphSink(const Target&, GraphOptions) {
-  return Status::Unsupported("graph targets are not available yet");
+namespace graph {
+
+std::string ODataQuote(std::string_view s) {
+  std::string out = "'";
+  for (char c : s) {
+    out += c;
+    if (c == '\'') out += '\'';
+  }
+  out += '\'';
+  return out;
+}
+
+std::string PercentEncode(std::string_view s) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size() * 3);
+  for (unsigned char c : s) {
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+        c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+namespace {
+struct UrlParts {
+  std::string scheme, host;
+};
+std::optional<UrlParts> SplitUrl(std::string_view url) {
+  size_t p = url.find("://");
+  if (p == std::string_view::npos || p == 0) return std::nullopt;
+  UrlParts u;
+  u.scheme = std::string(url.substr(0, p));
+  for (auto& c : u.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string_view rest = url.substr(p + 3);
+  size_t end = rest.find_first_of("/?#");
+  std::string_view hostport = rest.substr(0, end);
+  if (size_t at = hostport.rfind('@'); at != std::string_view::npos) return std::nullopt;  // no userinfo
+  if (!hostport.empty() && hostport[0] == '[') {
+    size_t close = hostport.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    u.host = std::string(hostport.substr(1, close - 1));
+  } else {
+    u.host = std::string(hostport.substr(0, hostport.find(':')));
+  }
+  for (auto& c : u.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (u.host.empty()) return std::nullopt;
+  return u;
+}
+bool IsLoopbackHost(const std::string& h) {
+  return h == "localhost" || h == "::1" || h.rfind("127.", 0) == 0;
+}
+}  // namespace
+
+Status CheckEndpointUrl(std::string_view what, std::string_view url) {
+  auto u = SplitUrl(url);
+  if (!u) return Status::InvalidArgument(fmt::format("{} '{}' is not an http(s) URL", what, url));
+  if (u->scheme == "https") return Status::Ok();
+  if (u->scheme == "http") {
+    if (IsLoopbackHost(u->host)) return Status::Ok();
+    return Status::InvalidArgument(
+        fmt::format("{} '{}': plain http is accepted only for a loopback host (tokens and secrets would go in the clear)",
+                    what, url));
+  }
+  return Status::InvalidArgument(fmt::format("{} '{}' is not an http(s) URL", what, url));
+}
+
+std::string Base64(std::string_view bytes) {
+  std::string out(Base64Size(bytes.size()), '\0');
+  // EVP_EncodeBlock takes an int length: encode in large whole-triplet pieces.
+  constexpr size_t kPiece = 3u << 20;
+  size_t in = 0, o = 0;
+  while (in < bytes.size()) {
+    size_t n = std::min(kPiece, bytes.size() - in);
+    int w = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data() + o),
+                            reinterpret_cast<const unsigned char*>(bytes.data() + in), static_cast<int>(n));
+    in += n;
+    o += static_cast<size_t>(w);
+  }
+  out.resize(o);
+  return out;
+}
+
+}  // namespace graph
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+bool Tracing() {
+  static const bool on = [] {
+    const char* v = std::getenv("WXA_GRAPH_TRACE");
+    return v != nullptr && *v != '\0' && *v != '0';
+  }();
+  return on;
+}
+
+struct EasyDeleter {
+  void operator()(CURL* c) const { curl_easy_cleanup(c); }
+};
+using EasyPtr = std::unique_ptr<CURL, EasyDeleter>;
+struct SlistDeleter {
+  void operator()(curl_slist* s) const { curl_slist_free_all(s); }
+};
+using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
+struct MultiDeleter {
+  void operator()(CURLM* m) const { curl_multi_cleanup(m); }
+};
+using MultiPtr = std::unique_ptr<CURLM, MultiDeleter>;
+
+void GlobalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+// What a Graph error body says: {"error":{"code":..,"message":..}}, or the
+// identity platform's {"error":"invalid_client","error_description":..}.
+struct ErrorInfo {
+  std::string code;
+  std::string message;
+};
+
+ErrorInfo ParseError(simdjson::dom::parser& p, const std::string& body) {
+  ErrorInfo e;
+  simdjson::dom::element doc;
+  if (p.parse(body).get(doc)) return e;
+  simdjson::dom::element err;
+  if (doc["error"].get(err)) return e;
+  std::string_view sv;
+  if (err.is_string()) {
+    if (!err.get(sv)) e.code = std::string(sv);
+    if (!doc["error_description"].get(sv)) {
+      e.message = std::string(sv.substr(0, sv.find_first_of("\r\n")));
+    }
+    return e;
+  }
+  if (!err["code"].get(sv)) e.code = std::string(sv);
+  if (!err["message"].get(sv)) e.message = std::string(sv);
+  return e;
+}
+
+enum class Purpose : uint8_t { kToken, kUser, kFolderList, kFolderCreate, kImport, kProbe, kInventory };
+const char* PurposeName(Purpose p) {
+  switch (p) {
+    case Purpose::kToken: return "token";
+    case Purpose::kUser: return "user lookup";
+    case Purpose::kFolderList: return "folder lookup";
+    case Purpose::kFolderCreate: return "folder creation";
+    case Purpose::kImport: return "importMime";
+    case Purpose::kProbe: return "probe";
+    case Purpose::kInventory: return "inventory";
+  }
+  return "?";
+}
+
+struct Job {
+  Purpose kind = Purpose::kImport;  // kImport, kProbe or kInventory
+  Delivery d;
+  DoneFn done;
+  ProbeFn probe_done;
+  InventoryFn inventory_done;
+  uint32_t attempts = 0;  // internal retries (probes, inventory pages)
+  uint32_t auth_retries = 0;
+  std::vector<std::string> ids;  // inventory so far
+  std::string next_url;          // inventory: the next page
+};
+
+struct Request {
+  Purpose purpose = Purpose::kToken;
+  EasyPtr easy;
+  SlistPtr headers;
+  std::string method;
+  std::string url;
+  std::string body;
+  std::string response;
+  std::optional<milliseconds> retry_after;
+  std::string mailbox;  // "" for the token
+  bool charged = false;  // holds a mailbox in-flight slot
+  std::unique_ptr<Job> job;
+  std::string token_used;
+  size_t read_pos = 0;  // body bytes handed to curl
+  char curl_error[CURL_ERROR_SIZE] = {0};
+};
+
+size_t ReadCb(char* p, size_t s, size_t n, void* ud) {
+  auto* r = static_cast<Request*>(ud);
+  const size_t k = std::min(s * n, r->body.size() - r->read_pos);
+  std::memcpy(p, r->body.data() + r->read_pos, k);
+  r->read_pos += k;
+  return k;
+}
+
+// libcurl silently sends a request again when a reused connection dies
+// before any answer ("Connection died, retrying a fresh connect"). For an
+// importMime POST that is a duplicate in the making: the server may have
+// stored it. Refusing the rewind turns it into an error (in doubt, probed).
+int SeekCb(void* ud, curl_off_t offset, int origin) {
+  auto* r = static_cast<Request*>(ud);
+  if (offset == 0 && origin == SEEK_SET && r->read_pos == 0) return CURL_SEEKFUNC_OK;
+  return CURL_SEEKFUNC_FAIL;
+}
+
+size_t WriteCb(char* p, size_t s, size_t n, void* ud) {
+  static_cast<Request*>(ud)->response.append(p, s * n);
+  return s * n;
+}
+
+size_t HeaderCb(char* p, size_t s, size_t n, void* ud) {
+  auto* r = static_cast<Request*>(ud);
+  std::string_view line(p, s * n);
+  constexpr std::string_view kName = "retry-after:";
+  if (line.size() > kName.size()) {
+    bool match = true;
+    for (size_t i = 0; i < kName.size(); ++i) {
+      if (std::tolower(static_cast<unsigned char>(line[i])) != kName[i]) {
+        match = false;
+        break;
+      }
+    }
+    if (match) {
+      std::string v(line.substr(kName.size()));
+      char* end = nullptr;
+      double secs = std::strtod(v.c_str(), &end);
+      if (end != v.c_str() && secs >= 0 && secs < 86400) {
+        r->retry_after = milliseconds(static_cast<int64_t>(secs * 1000));
+      }
+    }
+  }
+  return s * n;
+}
+
+class GraphSink final : public Sink {
+ public:
+  GraphSink(Target t, GraphOptions o) : target_(std::move(t)), o_(std::move(o)), rng_(std::random_device{}()) {
+    o_.connections = std::max<size_t>(1, o_.connections);
+    o_.max_in_flight_per_mailbox = std::max(1, o_.max_in_flight_per_mailbox);
+    o_.request_budget = std::max<uint64_t>(1, o_.request_budget);
+    if (o_.window_margin.count() <= 0) {
+      o_.window_margin = milliseconds(50) + std::max(o_.request_window, o_.upload_window) / 100;
+    }
+    while (!o_.graph_url.empty() && o_.graph_url.back() == '/') o_.graph_url.pop_back();
+    while (!o_.login_url.empty() && o_.login_url.back() == '/') o_.login_url.pop_back();
+    if (o_.scope.empty()) {
+      auto u = graph::CheckEndpointUrl("", o_.graph_url);
+      o_.scope = (o_.graph_url.rfind("https://", 0) == 0 && u.ok()) ? o_.graph_url + "/.default"
+                                                                    : "https://graph.microsoft.com/.default";
+    }
+    size_t pos = 0;
+    while (pos <= o_.folder.size()) {
+      size_t slash = o_.folder.find('/', pos);
+      std::string lv = o_.folder.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+      if (!lv.empty()) levels_.push_back(lv);
+      if (slash == std::string::npos) break;
+      pos = slash + 1;
+    }
+  }
+
+  ~GraphSink() override { Stop(); }
+
+  const char* kind() const override { return "graph"; }
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.remote = true;
+    c.checks_mailboxes = o_.check_mailboxes;
+    return c;
+  }
+
+  Status Open() override {
+    if (levels_.empty()) return Status::InvalidArgument(fmt::format("folder '{}' is not usable", o_.folder));
+    WXA_RETURN_IF_ERROR(graph::CheckEndpointUrl("--graph-url", o_.graph_url));
+    WXA_RETURN_IF_ERROR(graph::CheckEndpointUrl("--graph-login-url", o_.login_url));
+    if (o_.tenant.empty() || o_.client_id.empty()) {
+      return Status::InvalidArgument("a graph target needs --graph-tenant and --graph-client-id");
+    }
+    if (o_.mode == GraphOptions::Mode::kExtProps) {
+      return Status::Unsupported("--graph-mode extprops is not implemented yet; use importmime");
+    }
+    if (o_.client_secret.empty()) {
+      if (!o_.certificate_file.empty()) {
+        return Status::Unsupported("--graph-certificate (JWT client assertion) is not implemented yet; use --graph-secret-file");
+      }
+      return Status::InvalidArgument("a graph target needs --graph-secret-file");
+    }
+    GlobalInit();
+    multi_.reset(curl_multi_init());
+    if (!multi_) return Status::IOError("curl_multi_init failed");
+    curl_multi_setopt(multi_.get(), CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(multi_.get(), CURLMOPT_MAXCONNECTS, static_cast<long>(o_.connections + 4));
+    thread_ = std::thread([this] { Loop(); });
+    // A token up front: wrong credentials or endpoints fail before any work.
+    std::promise<Status> p;
+    auto f = p.get_future();
+    Post([this, &p] {
+      open_waiter_ = [&p](Status s) { p.set_value(std::move(s)); };
+      StartTokenFetch();
+    });
+    Status s = f.get();
+    if (!s.ok()) {
+      Stop();
+      return s;
+    }
+    return Status::Ok();
+  }
+
+  void CheckMailboxes(const std::vector<std::string>& candidates, CheckFn done) override {
+    if (candidates.empty()) {
+      done({});
+      return;
+    }
+    auto results = std::make_shared<std::vector<std::pair<std::string, MailboxVerdict>>>();
+    auto left = std::make_shared<size_t>(candidates.size());
+    auto finished = std::make_shared<CheckFn>(std::move(done));
+    Post([this, candidates, results, left, finished] {
+      for (const auto& c : candidates) {
+        Mbox& mb = mbox(c);
+        mb.checks.push_back([results, left, finished, c](MailboxVerdict v) {
+          results->emplace_back(c, v);
+          if (--*left == 0) (*finished)(std::move(*results));
+        });
+        Activate(mb);
+      }
+    });
+  }
+
+  void Submit(Delivery d, DoneFn done) override {
+    auto j = std::make_unique<Job>();
+    j->kind = Purpose::kImport;
+    j->d = std::move(d);
+    j->done = std::move(done);
+    Post([this, j = std::shared_ptr<Job>(std::move(j))]() mutable { Enqueue(std::make_unique<Job>(std::move(*j))); });
+  }
+
+  Status Barrier() override { return Status::Ok(); }
+
+  void Probe(const Delivery& d, ProbeFn done) override {
+    auto j = std::make_shared<Job>();
+    j->kind = Purpose::kProbe;
+    j->d = d;
+    j->d.bytes.reset();
+    j->probe_done = std::move(done);
+    Post([this, j] { Enqueue(std::make_unique<Job>(std::move(*j))); });
+  }
+
+  void Inventory(const std::string& mailbox, InventoryFn done) override {
+    auto j = std::make_shared<Job>();
+    j->kind = Purpose::kInventory;
+    j->d.mailbox = mailbox;
+    j->inventory_done = std::move(done);
+    Post([this, j] { Enqueue(std::make_unique<Job>(std::move(*j))); });
+  }
+
+  Status Close() override {
+    if (!thread_.joinable()) return Status::Ok();
+    std::promise<void> p;
+    auto f = p.get_future();
+    Post([this, &p] {
+      closing_ = true;
+      FailEverything(Completion::Kind::kTransient, Status::Aborted("the graph target is closing"));
+      p.set_value();
+    });
+    f.wait();
+    Stop();
+    return Status::Ok();
+  }
+
+ private:
+  struct Mbox {
+    std::string addr;
+    enum class Setup : uint8_t { kNone, kBusy, kReady, kNoFolder, kBad } setup = Setup::kNone;
+    bool user_known = false;
+    bool user_unknowable = false;  // lookups refused (no User.Read.All): the UPN is used
+    std::string user_path;         // percent-encoded id or UPN
+    size_t level = 0;              // folder levels resolved so far
+    std::string parent_id;         // id of the last resolved level
+    std::string folder_id;
+    bool after_exists = false;     // the create said ErrorFolderExists: list again
+    size_t level_listed = 0;       // level+1 when that level was listed and not found
+    Status bad;                    // kBad
+    bool bad_unknown = false;      // kBad because the user does not exist
+    std::deque<std::unique_ptr<Job>> queue;
+    std::vector<std::function<void(MailboxVerdict)>> checks;
+    int in_flight = 0;
+    std::deque<Clock::time_point> ghosts;  // slots held after a timeout (the server may still work)
+    std::deque<Clock::time_point> sent;
+    std::deque<std::pair<Clock::time_point, uint64_t>> uploaded;
+    uint64_t uploaded_sum = 0;
+    Clock::time_point paused_until{};
+    Clock::time_point setup_not_before{};
+    uint32_t setup_failures = 0;
+    uint32_t throttle_streak = 0;
+    bool active = false;
+  };
+
+  // ---- threading ----
+  void Post(std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      inbox_.push_back(std::move(fn));
+    }
+    if (multi_) curl_multi_wakeup(multi_.get());
+  }
+
+  void Stop() {
+    if (thread_.joinable()) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        stop_ = true;
+      }
+      curl_multi_wakeup(multi_.get());
+      thread_.join();
+    }
+    for (auto& [easy, req] : running_) curl_multi_remove_handle(multi_.get(), easy);
+    running_.clear();
+    pool_.clear();
+    multi_.reset();
+  }
+
+  void Loop() {
+    while (true) {
+      std::vector<std::function<void()>> work;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (stop_) break;
+        work.swap(inbox_);
+      }
+      for (auto& fn : work) fn();
+      Pump();
+      int running = 0;
+      curl_multi_perform(multi_.get(), &running);
+      ReadCompletions();
+      Pump();
+      long curl_ms = -1;
+      curl_multi_timeout(multi_.get(), &curl_ms);
+      auto now = Clock::now();
+      int64_t wait = 1000;
+      if (curl_ms >= 0) wait = std::min<int64_t>(wait, curl_ms);
+      if (next_wake_ != Clock::time_point{}) {
+        wait = std::min<int64_t>(wait, std::chrono::duration_cast<milliseconds>(next_wake_ - now).count() + 1);
+      }
+      wait = std::max<int64_t>(wait, 0);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (!inbox_.empty() || stop_) continue;
+      }
+      curl_multi_poll(multi_.get(), nullptr, 0, static_cast<int>(wait), nullptr);
+    }
+    // Whatever is left when the thread stops is abandoned: in doubt.
+    FailEverything(Completion::Kind::kTransient, Status::Aborted("the graph target stopped"));
+  }
+
+  // ---- bookkeeping ----
+  Mbox& mbox(const std::string& addr) {
+    auto it = mboxes_.find(addr);
+    if (it != mboxes_.end()) return it->second;
+    Mbox& mb = mboxes_[addr];
+    mb.addr = addr;
+    mb.user_path = graph::PercentEncode(addr);
+    return mb;
+  }
+
+  void Activate(Mbox& mb) {
+    if (!mb.active) {
+      mb.active = true;
+      active_.push_back(mb.addr);
+    }
+  }
+
+  void Enqueue(std::unique_ptr<Job> j) {
+    if (!sink_bad_.ok()) {
+      Finish(std::move(j), Completion::SinkBad(sink_bad_));
+      return;
+    }
+    if (j->kind == Purpose::kImport) {
+      const uint64_t n = j->d.bytes ? j->d.bytes->size() : 0;
+      const uint64_t b64 = graph::Base64Size(n);
+      if (b64 > o_.max_request_bytes) {
+        Finish(std::move(j),
+               Completion::ItemBad(Status::TooLarge(fmt::format(
+                   "the item is {} bytes, {} in base64: over Graph's {} MiB request cap (importMime has no upload "
+                   "session); use --max-item-size {} or smaller",
+                   n, b64, o_.max_request_bytes >> 20, o_.max_request_bytes / 4 * 3))));
+        return;
+      }
+      if (b64 > o_.upload_budget_bytes) {
+        Finish(std::move(j), Completion::ItemBad(Status::TooLarge(
+                                 fmt::format("the item's {} base64 bytes exceed the whole upload budget", b64))));
+        return;
+      }
+    }
+    Mbox& mb = mbox(j->d.mailbox);
+    if (mb.setup == Mbox::Setup::kNoFolder && j->kind == Purpose::kImport) mb.setup = Mbox::Setup::kNone;
+    mb.queue.push_back(std::move(j));
+    Activate(mb);
+  }
+
+  // Calls the job's callback exactly once.
+  void Finish(std::unique_ptr<Job> j, Completion c) {
+    switch (j->kind) {
+      case Purpose::kImport:
+        if (j->done) j->done(j->d.id, std::move(c));
+        break;
+      case Purpose::kProbe: {
+        ProbeResult r;
+        r.kind = ProbeResult::Kind::kFailed;
+        r.error = c.error;
+        r.mailbox_bad = c.kind == Completion::Kind::kMailboxBad;
+        if (j->probe_done) j->probe_done(j->d.id, std::move(r));
+        break;
+      }
+      case Purpose::kInventory:
+        if (j->inventory_done) j->inventory_done(c.error.ok() ? Status::IOError("inventory failed") : c.error);
+        break;
+      default:
+        break;
+    }
+  }
+
+  void FailEverything(Completion::Kind k, const Status& why) {
+    for (auto& [easy, req] : running_) {
+      curl_multi_remove_handle(multi_.get(), easy);
+      if (req->job) {
+        const bool doubt = req->purpose == Purpose::kImport;
+        Completion c = k == Completion::Kind::kTransient ? Completion::Transient(why, milliseconds(0), doubt)
+                                                         : Completion::Failure(k, why);
+        Finish(std::move(req->job), std::move(c));
+      }
+    }
+    running_.clear();
+    for (auto& [addr, mb] : mboxes_) {
+      while (!mb.queue.empty()) {
+        auto j = std::move(mb.queue.front());
+        mb.queue.pop_front();
+        Completion c = k == Completion::Kind::kTransient ? Completion::Transient(why, milliseconds(0), false)
+                                                         : Completion::Failure(k, why);
+        Finish(std::move(j), std::move(c));
+      }
+      for (auto& ch : mb.checks) ch(MailboxVerdict::kUnknowable);
+      mb.checks.clear();
+    }
+    for (auto& dj : delayed_) {
+      Finish(std::move(dj.second), Completion::Failure(k, why));
+    }
+    delayed_.clear();
+  }
+
+  void SetSinkBad(const Status& s) {
+    if (sink_bad_.ok()) sink_bad_ = s;
+    if (open_waiter_) {
+      auto w = std::move(open_waiter_);
+      open_waiter_ = nullptr;
+      w(s);
+    }
+    FailEverything(Completion::Kind::kSinkBad, s);
+  }
+
+  void SetMailboxBad(Mbox& mb, const Status& s, bool unknown) {
+    mb.setup = Mbox::Setup::kBad;
+    mb.bad = s;
+    mb.bad_unknown = unknown;
+  }
+
+  milliseconds Backoff(uint32_t failures) {
+    uint64_t base = o_.backoff_base_ms;
+    for (uint32_t i = 1; i < failures && base < o_.backoff_max_ms; ++i) base *= 2;
+    base = std::min<uint64_t>(base, o_.backoff_max_ms);
+    std::uniform_int_distribution<uint64_t> jitter(0, base / 2);
+    return milliseconds(base + jitter(rng_));
+  }
+
+  void Wake(Clock::time_point t) {
+    if (next_wake_ == Clock::time_point{} || t < next_wake_) next_wake_ = t;
+  }
+
+  // ---- the limiter ----
+  void Prune(Mbox& mb, Clock::time_point now) {
+    const auto rw = o_.request_window + o_.window_margin;
+    while (!mb.sent.empty() && mb.sent.front() + rw <= now) mb.sent.pop_front();
+    const auto uw = o_.upload_window + o_.window_margin;
+    while (!mb.uploaded.empty() && mb.uploaded.front().first + uw <= now) {
+      mb.uploaded_sum -= mb.uploaded.front().second;
+      mb.uploaded.pop_front();
+    }
+    while (!mb.ghosts.empty() && mb.ghosts.front() <= now) mb.ghosts.pop_front();
+  }
+
+  // Can one more request with `bytes` of body go to this mailbox now? Sets
+  // the wake-up time when not.
+  bool CanSend(Mbox& mb, uint64_t bytes, Clock::time_point now) {
+    if (mb.paused_until > now) {
+      Wake(mb.paused_until);
+      return false;
+    }
+    Prune(mb, now);
+    if (mb.in_flight + static_cast<int>(mb.ghosts.size()) >= o_.max_in_flight_per_mailbox) {
+      if (!mb.ghosts.empty()) Wake(mb.ghosts.front());
+      return false;
+    }
+    if (mb.sent.size() >= o_.request_budget) {
+      Wake(mb.sent.front() + o_.request_window + o_.window_margin);
+      return false;
+    }
+    if (bytes > 0 && mb.uploaded_sum + bytes > o_.upload_budget_bytes) {
+      if (!mb.uploaded.empty()) Wake(mb.uploaded.front().first + o_.upload_window + o_.window_margin);
+      return false;
+    }
+    return true;
+  }
+
+  void Charge(Mbox& mb, uint64_t bytes, Clock::time_point now) {
+    mb.sent.push_back(now);
+    if (bytes > 0) {
+      mb.uploaded.emplace_back(now, bytes);
+      mb.uploaded_sum += bytes;
+    }
+    ++mb.in_flight;
+  }
+
+  bool TokenUsable(Clock::time_point now) const { return !token_.empty() && now < token_expires_; }
+
+  void Pump() {
+    if (!sink_bad_.ok() || closing_) return;
+    auto now = Clock::now();
+    next_wake_ = {};
+    // Internal retries whose time has come go back to their queues.
+    while (!delayed_.empty() && delayed_.begin()->first <= now) {
+      auto j = std::move(delayed_.begin()->second);
+      delayed_.erase(delayed_.begin());
+      Mbox& mb = mbox(j->d.mailbox);
+      mb.queue.push_front(std::move(j));
+      Activate(mb);
+    }
+    if (!delayed_.empty()) Wake(delayed_.begin()->first);
+    if (now >= token_refresh_at_ && !token_fetching_ && token_retry_at_ <= now) StartTokenFetch();
+    if (token_retry_at_ > now) Wake(token_retry_at_);
+    if (!TokenUsable(now)) return;  // the fetch in progress calls Pump when done
+    // Round robin over the mailboxes with work, bounded by `connections`.
+    size_t n = active_.size();
+    for (size_t i = 0; i < n && in_flight_total_ < o_.connections; ++i) {
+      const std::string addr = active_.front();
+      active_.pop_front();
+      Mbox& mb = mboxes_.at(addr);
+      while (in_flight_total_ < o_.connections && StartNext(mb, now)) {
+      }
+      if (!mb.queue.empty() || !mb.checks.empty() || mb.in_flight > 0) {
+        active_.push_back(addr);
+      } else {
+        mb.active = false;
+      }
+    }
+  }
+
+  // Starts one request for this mailbox if it may; false when it cannot now.
+  bool StartNext(Mbox& mb, Clock::time_point now) {
+    if (mb.setup == Mbox::Setup::kBad) {
+      for (auto& ch : mb.checks) ch(mb.bad_unknown ? MailboxVerdict::kUnknown : MailboxVerdict::kUnknowable);
+      mb.checks.clear();
+      while (!mb.queue.empty()) {
+        auto j = std::move(mb.queue.front());
+        mb.queue.pop_front();
+        Finish(std::move(j), Completion::MailboxBad(mb.bad));
+      }
+      return false;
+    }
+    if (!mb.checks.empty() && mb.user_known) {
+      for (auto& ch : mb.checks) ch(mb.user_unknowable ? MailboxVerdict::kUnknowable : MailboxVerdict::kKnown);
+      mb.checks.clear();
+    }
+    if (mb.setup == Mbox::Setup::kBusy) return false;
+    if (mb.checks.empty() && mb.queue.empty()) return false;
+    if (mb.setup == Mbox::Setup::kNoFolder) {
+      // Nothing there yet: probes find nothing, the inventory is empty.
+      bool any_import = false;
+      for (auto it = mb.queue.begin(); it != mb.queue.end();) {
+        if ((*it)->kind == Purpose::kProbe) {
+          auto j = std::move(*it);
+          it = mb.queue.erase(it);
+          ProbeResult r;
+          r.kind = ProbeResult::Kind::kAbsent;
+          j->probe_done(j->d.id, std::move(r));
+        } else if ((*it)->kind == Purpose::kInventory) {
+          auto j = std::move(*it);
+          it = mb.queue.erase(it);
+          j->inventory_done(std::vector<std::string>{});
+        } else {
+          any_import = true;
+          ++it;
+        }
+      }
+      if (!any_import) return false;
+      mb.setup = Mbox::Setup::kNone;
+    }
+    if (mb.setup == Mbox::Setup::kNone) {
+      if (mb.setup_not_before > now) {
+        Wake(mb.setup_not_before);
+        return false;
+      }
+      return StartSetupStep(mb, now);
+    }
+    // Ready.
+    if (mb.queue.empty()) return false;
+    Job& j = *mb.queue.front();
+    uint64_t bytes = j.kind == Purpose::kImport ? graph::Base64Size(j.d.bytes ? j.d.bytes->size() : 0) : 0;
+    if (!CanSend(mb, bytes, now)) return false;
+    auto job = std::move(mb.queue.front());
+    mb.queue.pop_front();
+    auto req = std::make_unique<Request>();
+    req->purpose = job->kind;
+    req->mailbox = mb.addr;
+    const std::string folder = fmt::format("{}/v1.0/users/{}/mailFolders/{}", o_.graph_url, mb.user_path,
+                                           graph::PercentEncode(mb.folder_id));
+    switch (job->kind) {
+      case Purpose::kImport:
+        req->method = "POST";
+        req->url = fmt::format("{}/beta/users/{}/mailFolders/{}/importMime", o_.graph_url, mb.user_path,
+                               graph::PercentEncode(mb.folder_id));
+        req->body = graph::Base64(*job->d.bytes);
+        break;
+      case Purpose::kProbe:
+        req->method = "GET";
+        req->url = fmt::format("{}/messages?$filter={}&$select=id", folder,
+                               graph::PercentEncode("internetMessageId eq " + graph::ODataQuote("<" + job->d.message_id + ">")));
+        break;
+      case Purpose::kInventory:
+        req->method = "GET";
+        req->url = !job->next_url.empty() ? job->next_url
+                                          : fmt::format("{}/messages?$select=internetMessageId&$top=1000", folder);
+        break;
+      default:
+        break;
+    }
+    req->job = std::move(job);
+    Charge(mb, req->body.size(), now);
+    req->charged = true;
+    Launch(std::move(req));
+    return true;
+  }
+
+  // One setup step at a time per mailbox: user, then each folder level.
+  bool StartSetupStep(Mbox& mb, Clock::time_point now) {
+    auto req = std::make_unique<Request>();
+    req->mailbox = mb.addr;
+    if (!mb.user_known) {
+      // A directory read, not charged to the mailbox's Outlook limits.
+      req->purpose = Purpose::kUser;
+      req->method = "GET";
+      req->url = fmt::format("{}/v1.0/users/{}?$select=id,userPrincipalName", o_.graph_url, mb.user_path);
+    } else {
+      if (mb.queue.empty()) return false;  // only checks were waiting
+      if (!CanSend(mb, 0, now)) return false;
+      const std::string& name = levels_[mb.level];
+      const std::string base = mb.level == 0 ? fmt::format("{}/v1.0/users/{}/mailFolders", o_.graph_url, mb.user_path)
+                                             : fmt::format("{}/v1.0/users/{}/mailFolders/{}/childFolders", o_.graph_url,
+                                                           mb.user_path, graph::PercentEncode(mb.parent_id));
+      bool create = false;
+      if (!mb.after_exists && mb.level_listed == mb.level + 1) create = true;
+      if (create) {
+        bool any_import = false;
+        for (const auto& j : mb.queue) any_import |= j->kind == Purpose::kImport;
+        if (!any_import) {
+          mb.setup = Mbox::Setup::kNoFolder;
+          mb.level_listed = 0;
+          return true;  // StartNext answers the probes
+        }
+        req->purpose = Purpose::kFolderCreate;
+        req->method = "POST";
+        req->url = base;
+        std::string body;
+        core::JsonWriter w(&body);
+        w.BeginObject().Field("displayName", name).EndObject();
+        req->body = std::move(body);
+      } else {
+        req->purpose = Purpose::kFolderList;
+        req->method = "GET";
+        req->url = fmt::format("{}?$filter={}&$select=id,displayName&$top=100", base,
+                               graph::PercentEncode("displayName eq " + graph::ODataQuote(name)));
+      }
+      Charge(mb, req->body.size(), now);
+      req->charged = true;
+    }
+    mb.setup = Mbox::Setup::kBusy;
+    Launch(std::move(req));
+    return true;
+  }
+
+  // ---- HTTP ----
+  void Launch(std::unique_ptr<Request> req) {
+    EasyPtr easy;
+    if (!pool_.empty()) {
+      easy = std::move(pool_.back());
+      pool_.pop_back();
+      curl_easy_reset(easy.get());
+    } else {
+      easy.reset(curl_easy_init());
+    }
+    CURL* e = easy.get();
+    req->easy = std::move(easy);
+    curl_slist* h = nullptr;
+    h = curl_slist_append(h, "Expect:");
+    h = curl_slist_append(h, "Accept: application/json");
+    if (req->purpose == Purpose::kToken) {
+      h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
+    } else {
+      req->token_used = token_;
+      h = curl_slist_append(h, ("Authorization: Bearer " + token_).c_str());
+      if (req->purpose == Purpose::kImport) h = curl_slist_append(h, "Content-Type: text/plain");
+      if (req->purpose == Purpose::kFolderCreate) h = curl_slist_append(h, "Content-Type: application/json");
+    }
+    req->headers.reset(h);
+    curl_easy_setopt(e, CURLOPT_URL, req->url.c_str());
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, req.get());
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, WriteCb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, req.get());
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, HeaderCb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, req.get());
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->curl_error);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o_.connect_timeout_ms));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(o_.request_timeout_ms));
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (!o_.ca_file.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o_.ca_file.c_str());
+    if (o_.tls_insecure) {
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (req->method == "POST") {
+      curl_easy_setopt(e, CURLOPT_POST, 1L);
+      curl_easy_setopt(e, CURLOPT_READFUNCTION, ReadCb);
+      curl_easy_setopt(e, CURLOPT_READDATA, req.get());
+      curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, SeekCb);
+      curl_easy_setopt(e, CURLOPT_SEEKDATA, req.get());
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req->body.size()));
+    } else {
+      curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    }
+    ++in_flight_total_;
+    if (Tracing()) fmt::print(stderr, "graph: {} {} ...\n", req->method, req->url);
+    curl_multi_add_handle(multi_.get(), e);
+    running_.emplace(e, std::move(req));
+  }
+
+  void ReadCompletions() {
+    int left = 0;
+    while (CURLMsg* m = curl_multi_info_read(multi_.get(), &left)) {
+      if (m->msg != CURLMSG_DONE) continue;
+      CURL* e = m->easy_handle;
+      const CURLcode rc = m->data.result;
+      curl_multi_remove_handle(multi_.get(), e);
+      auto it = running_.find(e);
+      if (it == running_.end()) continue;
+      std::unique_ptr<Request> req = std::move(it->second);
+      running_.erase(it);
+      --in_flight_total_;
+      long status = 0;
+      curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+      if (Tracing()) {
+        // The URL carries no secret (tokens go in a header, the secret in the body).
+        fmt::print(stderr, "graph: {} {} -> {} {}\n", req->method, req->url, status,
+                   rc == CURLE_OK ? "" : curl_easy_strerror(rc));
+      }
+      // Handed to curl whole: the server may have it all (in doubt).
+      const bool body_sent = req->read_pos >= req->body.size();
+      if (req->charged) {
+        Mbox& mb = mbox(req->mailbox);
+        --mb.in_flight;
+        if (rc == CURLE_OPERATION_TIMEDOUT) {
+          // The server may still be working on it: keep its slot a while.
+          mb.ghosts.push_back(Clock::now() + milliseconds(o_.request_timeout_ms));
+        }
+      }
+      EasyPtr easy = std::move(req->easy);
+      OnResponse(*req, rc, status, body_sent);
+      pool_.push_back(std::move(easy));
+    }
+  }
+
+  std::string CurlFailure(const Request& r, CURLcode rc) const {
+    std::string detail = r.curl_error[0] != '\0' ? r.curl_error : curl_easy_strerror(rc);
+    return fmt::format("{}: {} (curl {})", PurposeName(r.purpose), detail, static_cast<int>(rc));
+  }
+
+  std::string HttpFailure(const Request& r, long status, const ErrorInfo& e) const {
+    if (e.code.empty()) return fmt::format("{}: HTTP {}", PurposeName(r.purpose), status);
+    return fmt::format("{}: HTTP {} {}: {}", PurposeName(r.purpose), status, e.code, e.message);
+  }
+
+  // ---- token ----
+  void StartTokenFetch() {
+    if (token_fetching_) return;
+    token_fetching_ = true;
+    auto req = std::make_unique<Request>();
+    req->purpose = Purpose::kToken;
+    req->method = "POST";
+    req->url = fmt::format("{}/{}/oauth2/v2.0/token", o_.login_url, graph::PercentEncode(o_.tenant));
+    req->body = fmt::format("grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
+                            graph::PercentEncode(o_.client_id), graph::PercentEncode(o_.client_secret),
+                            graph::PercentEncode(o_.scope));
+    Launch(std::move(req));
+  }
+
+  void OnToken(Request& r, CURLcode rc, long status) {
+    token_fetching_ = false;
+    auto now = Clock::now();
+    if (rc == CURLE_OK && status == 200) {
+      simdjson::dom::element doc;
+      std::string_view tok;
+      int64_t expires_in = 0;
+      if (!parser_.parse(r.response).get(doc) && !doc["access_token"].get(tok) && !tok.empty()) {
+        simdjson::dom::element ei;
+        if (!doc["expires_in"].get(ei)) {
+          if (ei.is_int64()) {
+            expires_in = ei.get_int64().value();
+          } else if (ei.is_string()) {
+            expires_in = std::atoll(std::string(ei.get_string().value()).c_str());
+          }
+        }
+        if (expires_in <= 0) expires_in = 3599;
+        token_ = std::string(tok);
+        token_successes_ = 0;
+        // Refresh before expiry: 5 minutes ahead, or a tenth of a short lifetime.
+        const auto life = std::chrono::seconds(expires_in);
+        const auto ahead = std::min<std::chrono::steady_clock::duration>(std::chrono::minutes(5), life / 10);
+        token_expires_ = now + life - std::chrono::seconds(1);
+        token_refresh_at_ = now + life - ahead;
+        token_failures_ = 0;
+        if (open_waiter_) {
+          auto w = std::move(open_waiter_);
+          open_waiter_ = nullptr;
+          w(Status::Ok());
+        }
+        return;
+      }
+    }
+    // Refused credentials, tenant or scope: the run cannot go on.
+    std::string what;
+    bool fatal = false;
+    if (rc != CURLE_OK) {
+      what = CurlFailure(r, rc);
+      fatal = rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_UNSUPPORTED_PROTOCOL || rc == CURLE_URL_MALFORMAT ||
+              rc == CURLE_SSL_CACERT_BADFILE || rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CONNECT_ERROR;
+      if (rc == CURLE_PEER_FAILED_VERIFICATION) what += " (the certificate is not trusted: see --ca-file)";
+    } else {
+      ErrorInfo e = ParseError(parser_, r.response);
+      what = fmt::format("token endpoint: HTTP {}{}{}", status, e.code.empty() ? "" : " " + e.code,
+                         e.message.empty() ? "" : ": " + e.message);
+      fatal = (status >= 400 && status < 500 && status != 429 && status != 408) || status == 200;
+    }
+    // Never the secret: the form is not quoted anywhere.
+    Status s = Status::IOError(fmt::format("Microsoft identity platform refused the app (tenant {}, client {}): {}",
+                                           o_.tenant, o_.client_id, what));
+    ++token_failures_;
+    if (fatal || token_failures_ >= o_.max_internal_attempts) {
+      if (open_waiter_ != nullptr && !fatal) {
+        s = Status::IOError(fmt::format("cannot get a token from {} (tenant {}): {}", o_.login_url, o_.tenant, what));
+      }
+      SetSinkBad(s);
+      return;
+    }
+    token_retry_at_ = now + Backoff(token_failures_);
+  }
+
+  // ---- responses ----
+  void OnResponse(Request& r, CURLcode rc, long status, bool body_sent) {
+    if (r.purpose == Purpose::kToken) {
+      OnToken(r, rc, status);
+      return;
+    }
+    Mbox& mb = mbox(r.mailbox);
+    auto now = Clock::now();
+    if (rc == CURLE_OK && status == 401) {
+      // Expired or revoked token: refresh, then the same request again. A
+      // fresh token refused before any success, several times over, means
+      // the app lost its access: the run cannot go on.
+      if (r.token_used == token_) {
+        if (token_successes_ == 0 && ++fresh_token_refusals_ >= 3) {
+          Status s = Status::IOError(
+              "Graph refuses the app's fresh tokens (401 InvalidAuthenticationToken); check the app's permissions");
+          if (r.job) Finish(std::move(r.job), Completion::SinkBad(s));
+          SetSinkBad(s);
+          return;
+        }
+        token_.clear();
+        token_refresh_at_ = now;
+      }
+      Requeue(mb, r);
+      return;
+    }
+    if (rc == CURLE_OK && status >= 200 && status < 300 && r.token_used == token_) {
+      ++token_successes_;
+      fresh_token_refusals_ = 0;
+    }
+    ErrorInfo e;
+    if (rc == CURLE_OK && (status < 200 || status >= 300)) e = ParseError(parser_, r.response);
+    // Throttling: the whole mailbox waits.
+    if (rc == CURLE_OK && (status == 429 || status == 503)) {
+      ++mb.throttle_streak;
+      const milliseconds wait = r.retry_after ? *r.retry_after + milliseconds(50) : Backoff(mb.throttle_streak);
+      mb.paused_until = std::max(mb.paused_until, now + wait);
+      if (r.job && r.purpose == Purpose::kImport) {
+        Finish(std::move(r.job), Completion::Transient(Status::IOError(HttpFailure(r, status, e)), wait, false));
+        return;
+      }
+      Requeue(mb, r);
+      return;
+    }
+    if (rc == CURLE_OK && status >= 200 && status < 300) mb.throttle_streak = 0;
+    switch (r.purpose) {
+      case Purpose::kUser: OnUser(mb, r, rc, status, e); break;
+      case Purpose::kFolderList: OnFolderList(mb, r, rc, status, e); break;
+      case Purpose::kFolderCreate: OnFolderCreate(mb, r, rc, status, e); break;
+      case Purpose::kImport: OnImport(mb, r, rc, status, e, body_sent); break;
+      case Purpose::kProbe: OnProbe(mb, r, rc, status, e); break;
+      case Purpose::kInventory: OnInventory(mb, r, rc, status, e); break;
+      default: break;
+    }
+  }
+
+  // Puts a request's work back where it came from (after a 401 or a throttle).
+  void Requeue(Mbox& mb, Request& r) {
+    if (r.job) {
+      mb.queue.push_front(std::move(r.job));
+    } else if (mb.setup == Mbox::Setup::kBusy) {
+      mb.setup = Mbox::Setup::kNone;
+    }
+    Activate(mb);
+  }
+
+  // A setup step failed for a passing reason: try again later; after too
+  // many, the waiting jobs fail (kTransient: the engine retries them).
+  void SetupFailed(Mbox& mb, const std::string& why) {
+    mb.setup = Mbox::Setup::kNone;
+    ++mb.setup_failures;
+    mb.setup_not_before = Clock::now() + Backoff(mb.setup_failures);
+    if (mb.setup_failures >= o_.max_internal_attempts) {
+      mb.setup_failures = 0;
+      Status s = Status::IOError(fmt::format("mailbox {}: {}", mb.addr, why));
+      for (auto& ch : mb.checks) ch(MailboxVerdict::kUnknowable);
+      mb.checks.clear();
+      while (!mb.queue.empty()) {
+        auto j = std::move(mb.queue.front());
+        mb.queue.pop_front();
+        Finish(std::move(j), Completion::Transient(s, Backoff(4), false));
+      }
+    }
+    Activate(mb);
+  }
+
+  bool MailboxFatal(Mbox& mb, long status, const ErrorInfo& e, const std::string& why) {
+    if (status == 404 && (e.code == "ErrorInvalidUser" || e.code == "Request_ResourceNotFound" ||
+                          e.code == "ResourceNotFound" || e.code == "MailboxNotEnabledForRESTAPI")) {
+      SetMailboxBad(mb, Status::NotFound(fmt::format("unknown mailbox {}: {}", mb.addr, why)), true);
+      return true;
+    }
+    if (status == 403 || (status == 404 && e.code == "MailboxNotEnabledForRESTAPI")) {
+      SetMailboxBad(mb, Status::IOError(fmt::format("mailbox {} cannot be written: {}", mb.addr, why)), false);
+      return true;
+    }
+    return false;
+  }
+
+  void OnUser(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    if (rc != CURLE_OK) return SetupFailed(mb, CurlFailure(r, rc));
+    if (status == 200) {
+      simdjson::dom::element doc;
+      std::string_view id;
+      if (!parser_.parse(r.response).get(doc) && !doc["id"].get(id) && !id.empty()) {
+        mb.user_known = true;
+        mb.user_path = graph::PercentEncode(id);
+        mb.setup = Mbox::Setup::kNone;
+        mb.setup_failures = 0;
+        Activate(mb);
+        return;
+      }
+      return SetupFailed(mb, "user lookup: unreadable answer");
+    }
+    const std::string why = HttpFailure(r, status, e);
+    if (status == 404) {
+      SetMailboxBad(mb, Status::NotFound(fmt::format("unknown mailbox {} (no such user in the tenant)", mb.addr)), true);
+      Activate(mb);
+      return;
+    }
+    if (status == 403) {
+      // No directory permission (User.Read.All): go on with the address; the
+      // mail endpoints say whether it exists.
+      mb.user_known = true;
+      mb.user_unknowable = true;
+      mb.setup = Mbox::Setup::kNone;
+      Activate(mb);
+      return;
+    }
+    if (status >= 500 || status == 408) return SetupFailed(mb, why);
+    SetMailboxBad(mb, Status::IOError(fmt::format("mailbox {}: {}", mb.addr, why)), false);
+    Activate(mb);
+  }
+
+  void OnFolderList(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    if (rc != CURLE_OK) return SetupFailed(mb, CurlFailure(r, rc));
+    const std::string why = HttpFailure(r, status, e);
+    if (status != 200) {
+      if (MailboxFatal(mb, status, e, why)) return Activate(mb);
+      if (status == 404 && mb.level > 0) {  // the parent went away: start over
+        mb.level = 0;
+        mb.parent_id.clear();
+        return SetupFailed(mb, why);
+      }
+      if (status >= 500 || status == 408) return SetupFailed(mb, why);
+      SetMailboxBad(mb, Status::IOError(fmt::format("mailbox {}: {}", mb.addr, why)), false);
+      return Activate(mb);
+    }
+    simdjson::dom::element doc;
+    simdjson::dom::array arr;
+    if (parser_.parse(r.response).get(doc) || doc["value"].get(arr)) return SetupFailed(mb, "folder list: unreadable answer");
+    std::string found;
+    const std::string& want = levels_[mb.level];
+    for (auto f : arr) {
+      std::string_view name, id;
+      if (f["displayName"].get(name) || f["id"].get(id)) continue;
+      if (name.size() == want.size() &&
+          std::equal(name.begin(), name.end(), want.begin(), [](char a, char b) {
+            return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+          })) {
+        found = std::string(id);
+        break;
+      }
+    }
+    mb.setup = Mbox::Setup::kNone;
+    if (found.empty()) {
+      if (mb.after_exists) {
+        // Created by someone else, not listed yet: look again shortly.
+        mb.after_exists = false;
+        return SetupFailed(mb, "the folder exists but is not listed yet");
+      }
+      mb.level_listed = mb.level + 1;  // next step: create it
+      return Activate(mb);
+    }
+    mb.after_exists = false;
+    mb.level_listed = 0;
+    AdvanceLevel(mb, found);
+  }
+
+  void AdvanceLevel(Mbox& mb, const std::string& id) {
+    mb.parent_id = id;
+    ++mb.level;
+    mb.setup_failures = 0;
+    if (mb.level == levels_.size()) {
+      mb.folder_id = id;
+      mb.setup = Mbox::Setup::kReady;
+    } else {
+      mb.setup = Mbox::Setup::kNone;
+    }
+    Activate(mb);
+  }
+
+  void OnFolderCreate(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    mb.level_listed = 0;
+    if (rc != CURLE_OK) return SetupFailed(mb, CurlFailure(r, rc));  // listed again first: no duplicate
+    const std::string why = HttpFailure(r, status, e);
+    if (status == 201 || status == 200) {
+      simdjson::dom::element doc;
+      std::string_view id;
+      if (!parser_.parse(r.response).get(doc) && !doc["id"].get(id) && !id.empty()) {
+        return AdvanceLevel(mb, std::string(id));
+      }
+      return SetupFailed(mb, "folder creation: unreadable answer");
+    }
+    if (e.code == "ErrorFolderExists" || status == 409) {
+      mb.after_exists = true;  // a concurrent create won: list again
+      mb.setup = Mbox::Setup::kNone;
+      return Activate(mb);
+    }
+    if (MailboxFatal(mb, status, e, why)) return Activate(mb);
+    if (status >= 500 || status == 408) return SetupFailed(mb, why);
+    SetMailboxBad(mb, Status::IOError(fmt::format("mailbox {}: cannot create folder '{}': {}", mb.addr, o_.folder, why)),
+                  false);
+    Activate(mb);
+  }
+
+  // The folder id went stale (deleted on the server): find or create it again.
+  void ForgetFolder(Mbox& mb) {
+    mb.setup = Mbox::Setup::kNone;
+    mb.level = 0;
+    mb.parent_id.clear();
+    mb.folder_id.clear();
+    mb.level_listed = 0;
+  }
+
+  void OnImport(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e, bool body_sent) {
+    auto job = std::move(r.job);
+    Activate(mb);
+    if (rc != CURLE_OK) {
+      const bool connect_failed = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
+      const bool doubt = body_sent && !connect_failed;
+      // After a timeout the server may still store it: probe only once it
+      // would have finished.
+      const milliseconds after = rc == CURLE_OPERATION_TIMEDOUT ? milliseconds(o_.request_timeout_ms) : milliseconds(0);
+      return Finish(std::move(job), Completion::Transient(Status::IOError(CurlFailure(r, rc)), after, doubt));
+    }
+    const std::string why = HttpFailure(r, status, e);
+    if (status == 201 || status == 200) {
+      simdjson::dom::element doc;
+      std::string_view id;
+      if (!parser_.parse(r.response).get(doc) && !doc["id"].get(id) && !id.empty()) {
+        return Finish(std::move(job), Completion::Done(std::string(id)));
+      }
+      // Created, but no id: it is there; the probe finds it.
+      return Finish(std::move(job),
+                    Completion::Transient(Status::IOError("importMime: 201 without an id"), milliseconds(0), true));
+    }
+    if (MailboxFatal(mb, status, e, why)) return Finish(std::move(job), Completion::MailboxBad(mb.bad));
+    if (status == 404 && (e.code == "ErrorItemNotFound" || e.code.empty())) {
+      ForgetFolder(mb);
+      return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), false));
+    }
+    if (status == 413) {
+      const size_t n = job->d.bytes ? job->d.bytes->size() : 0;
+      Status s = Status::TooLarge(fmt::format("{} (the item is {} bytes before base64)", why, n));
+      return Finish(std::move(job), Completion::ItemBad(std::move(s)));
+    }
+    if (status >= 500 || status == 408) {
+      // 500/504: the backend may have finished the work.
+      return Finish(std::move(job), Completion::Transient(Status::IOError(why), r.retry_after.value_or(milliseconds(0)),
+                                                          status != 501 && status != 505));
+    }
+    Finish(std::move(job), Completion::ItemBad(Status::InvalidArgument(why)));
+  }
+
+  void RetryLater(Mbox& mb, std::unique_ptr<Job> j, const std::string& why) {
+    if (++j->attempts >= o_.max_internal_attempts) {
+      return Finish(std::move(j), Completion::Transient(Status::IOError(why), milliseconds(0), false));
+    }
+    delayed_.emplace(Clock::now() + Backoff(j->attempts), std::move(j));
+    (void)mb;
+  }
+
+  void OnProbe(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    auto job = std::move(r.job);
+    Activate(mb);
+    if (rc != CURLE_OK) return RetryLater(mb, std::move(job), CurlFailure(r, rc));
+    const std::string why = HttpFailure(r, status, e);
+    if (status == 200) {
+      simdjson::dom::element doc;
+      simdjson::dom::array arr;
+      if (parser_.parse(r.response).get(doc) || doc["value"].get(arr)) {
+        return RetryLater(mb, std::move(job), "probe: unreadable answer");
+      }
+      ProbeResult res;
+      res.kind = ProbeResult::Kind::kAbsent;
+      for (auto m : arr) {
+        std::string_view id;
+        if (!m["id"].get(id)) {
+          res.kind = ProbeResult::Kind::kPresent;
+          res.remote_ref = std::string(id);
+          break;
+        }
+      }
+      return job->probe_done(job->d.id, std::move(res));
+    }
+    if (MailboxFatal(mb, status, e, why)) return Finish(std::move(job), Completion::MailboxBad(mb.bad));
+    if (status == 404) {
+      ForgetFolder(mb);
+      mb.queue.push_front(std::move(job));
+      return;
+    }
+    RetryLater(mb, std::move(job), why);
+  }
+
+  void OnInventory(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    auto job = std::move(r.job);
+    Activate(mb);
+    if (rc != CURLE_OK) return RetryLater(mb, std::move(job), CurlFailure(r, rc));
+    const std::string why = HttpFailure(r, status, e);
+    if (status == 200) {
+      simdjson::dom::element doc;
+      simdjson::dom::array arr;
+      if (parser_.parse(r.response).get(doc) || doc["value"].get(arr)) {
+        return RetryLater(mb, std::move(job), "inventory: unreadable answer");
+      }
+      for (auto m : arr) {
+        std::string_view id;
+        if (m["internetMessageId"].get(id)) {
+          job->ids.emplace_back();
+          continue;
+        }
+        if (id.size() >= 2 && id.front() == '<' && id.back() == '>') id = id.substr(1, id.size() - 2);
+        job->ids.emplace_back(id);
+      }
+      std::string_view next;
+      if (!doc["@odata.nextLink"].get(next) && !next.empty()) {
+        // Follow it verbatim, but only to the Graph endpoint we were given.
+        if (next.rfind(o_.graph_url + "/", 0) != 0) {
+          return job->inventory_done(Status::IOError(fmt::format("inventory: nextLink leaves {}", o_.graph_url)));
+        }
+        job->next_url = std::string(next);
+        job->attempts = 0;
+        mb.queue.push_front(std::move(job));
+        return;
+      }
+      return job->inventory_done(std::move(job->ids));
+    }
+    if (MailboxFatal(mb, status, e, why)) return job->inventory_done(mb.bad);
+    if (status == 404) {
+      ForgetFolder(mb);
+      job->next_url.clear();
+      job->ids.clear();
+      mb.queue.push_front(std::move(job));
+      return;
+    }
+    RetryLater(mb, std::move(job), why);
+  }
+
+  Target target_;
+  GraphOptions o_;
+  std::vector<std::string> levels_;
+  std::mt19937_64 rng_;
+
+  std::mutex mu_;
+  std::vector<std::function<void()>> inbox_;  // guarded by mu_
+  bool stop_ = false;                         // guarded by mu_
+  std::thread thread_;
+
+  // I/O thread only from here on.
+  MultiPtr multi_;
+  std::unordered_map<CURL*, std::unique_ptr<Request>> running_;
+  std::vector<EasyPtr> pool_;
+  simdjson::dom::parser parser_;
+  std::unordered_map<std::string, Mbox> mboxes_;
+  std::deque<std::string> active_;
+  std::multimap<Clock::time_point, std::unique_ptr<Job>> delayed_;
+  size_t in_flight_total_ = 0;
+  Clock::time_point next_wake_{};
+  bool closing_ = false;
+  Status sink_bad_;
+  std::function<void(Status)> open_waiter_;
+  std::string token_;
+  Clock::time_point token_expires_{};
+  Clock::time_point token_refresh_at_{};
+  Clock::time_point token_retry_at_{};
+  bool token_fetching_ = false;
+  uint32_t token_failures_ = 0;
+  uint64_t token_successes_ = 0;      // 2xx answers to the current token
+  uint32_t fresh_token_refusals_ = 0;  // 401s to tokens that never worked
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Sink>> MakeGraphSink(const Target& target, GraphOptions options) {
+  if (target.kind != Target::Kind::kGraph) return Status::InvalidArgument("not a graph target");
+  return std::unique_ptr<Sink>(new GraphSink(target, std::move(options)));
 }
 
 }  // namespace wxa::sinks

@@ -1,0 +1,671 @@
+// The graph: target against the local Graph look-alike (issue #11): a
+// generated corpus into several mailboxes, each item exactly once as a
+// received (non-draft) message with its date and X-WeChat-* headers and the
+// very bytes the Maildir target writes; injected 503/504s, slow replies,
+// dropped connections (before and after the item was stored) and expiring
+// tokens; budgets scaled down so a run pushes past them with no failure and
+// no violation counted by the server; unknown mailboxes; the request cap;
+// secrets kept out of every output; kill -9 by progress; `verify`.
+#include <gtest/gtest.h>
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "engine/index/index.h"
+#include "engine/pipeline/import.h"
+#include "engine/pipeline/verify.h"
+#include "engine/sinks/graph/graph_sink.h"
+#include "engine/sinks/make_sink.h"
+#include "engine/sinks/sink.h"
+#include "formats/mime/renderer.h"
+#include "tests/graph/fake_graph_server.h"
+#include "tests/test_util.h"
+#include "tools/gen/corpus_gen.h"
+
+extern char** environ;
+
+namespace wxa {
+namespace {
+
+using test::FakeGraphServer;
+using test::FakeGraphServerOptions;
+
+constexpr const char* kFolder = "WeChat Archiver";
+constexpr const char* kClientId = "0f1e2d3c-wxa-archiver";
+constexpr const char* kSecret = "Sx~8Q.graph-secret-value-Zq81";
+constexpr const char* kTenant = "11111111-2222-3333-4444-555555555555";
+
+struct Corpus {
+  std::string dir;
+  std::vector<std::string> mailboxes;
+};
+
+const Corpus& SharedCorpus() {
+  static test::TempDir* tmp = new test::TempDir();
+  static Corpus* c = [] {
+    auto* out = new Corpus();
+    out->dir = *tmp / "corpus";
+    gen::GenOptions g;
+    g.out = out->dir;
+    g.users = 10;
+    g.days = 2;
+    g.seed = 11;
+    g.messages_per_user_day = 8;
+    g.media_scale = 0.01;
+    g.broken_records = false;
+    g.huge_files = false;
+    auto r = gen::GenerateCorpus(g);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    std::string list = test::ReadFile(out->dir + "/mailboxes.txt");
+    size_t pos = 0;
+    while (pos < list.size()) {
+      size_t nl = list.find('\n', pos);
+      std::string line = list.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+      pos = nl == std::string::npos ? list.size() : nl + 1;
+      if (!line.empty() && line[0] != '#' && line.find('@') != std::string::npos) out->mailboxes.push_back(line);
+    }
+    return out;
+  }();
+  return *c;
+}
+
+std::string Iso(int64_t secs) {
+  std::time_t t = static_cast<std::time_t>(secs);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// mailbox -> (Message-ID with angles -> (bytes, unix seconds)).
+using Reference = std::map<std::string, std::map<std::string, std::pair<std::string, int64_t>>>;
+
+class GraphSinkTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    corpus_ = &SharedCorpus();
+    ASSERT_GE(corpus_->mailboxes.size(), 8u);
+  }
+
+  FakeGraphServerOptions ServerOptions(size_t skip_mailboxes = 0) {
+    FakeGraphServerOptions o;
+    o.apps = {{kClientId, kSecret, ""}};
+    for (size_t i = skip_mailboxes; i < corpus_->mailboxes.size(); ++i) o.mailboxes.push_back({corpus_->mailboxes[i], "", ""});
+    o.tenant = kTenant;
+    o.limits.concurrency_retry_after_s = 1;
+    return o;
+  }
+
+  void Start(FakeGraphServerOptions o) { ASSERT_TRUE(server_.Start(std::move(o)).ok()); }
+
+  sinks::GraphOptions GraphOpts() {
+    sinks::GraphOptions g;
+    g.tenant = kTenant;
+    g.client_id = kClientId;
+    g.client_secret = kSecret;
+    g.login_url = server_.base_url();
+    g.graph_url = server_.base_url();
+    g.connections = 32;
+    g.backoff_base_ms = 50;
+    g.backoff_max_ms = 1000;
+    g.request_timeout_ms = 5000;
+    return g;
+  }
+
+  pipeline::ImportOptions Options() {
+    pipeline::ImportOptions o;
+    o.source_dir = corpus_->dir;
+    o.directory_csv = corpus_->dir + "/directory.csv";
+    o.mapping_csv = corpus_->dir + "/mapping.csv";
+    o.mailboxes_file = corpus_->dir + "/mailboxes.txt";
+    o.target = "graph:";
+    o.index_dir = tmp_ / "index";
+    o.report_path = tmp_ / "report.json";
+    o.threads = 2;
+    o.retry_base_ms = 20;
+    o.retry_max_ms = 500;
+    o.max_attempts = 12;
+    sinks::SinkOptions so;
+    so.graph = graph_;
+    sink_options_ = so;
+    o.make_sink = [so](const sinks::Target& t) { return sinks::MakeSink(t, so); };
+    return o;
+  }
+
+  pipeline::ImportSummary Import(const pipeline::ImportOptions& o) {
+    auto r = pipeline::RunImport(o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (!r.ok()) return {};
+    EXPECT_TRUE(r->fatal.ok()) << r->fatal.ToString();
+    return std::move(*r);
+  }
+
+  // The same corpus into a Maildir tree, once per process.
+  const Reference& Ref() {
+    static Reference* ref = nullptr;
+    if (ref != nullptr) return *ref;
+    ref = new Reference();
+    static test::TempDir* dir = new test::TempDir();
+    pipeline::ImportOptions o;
+    o.source_dir = corpus_->dir;
+    o.directory_csv = corpus_->dir + "/directory.csv";
+    o.mapping_csv = corpus_->dir + "/mapping.csv";
+    o.mailboxes_file = corpus_->dir + "/mailboxes.txt";
+    o.target = "maildir:" + (*dir / "ref");
+    o.threads = 2;
+    auto r = pipeline::RunImport(o);
+    EXPECT_TRUE(r.ok());
+    for (const auto& mb : corpus_->mailboxes) {
+      const std::string cur = *dir / ("ref/" + mb + "/.WeChat Archiver/cur");
+      if (!std::filesystem::exists(cur)) continue;
+      for (const auto& f : test::ListFiles(cur)) {
+        std::string bytes = test::ReadFile(cur + "/" + f);
+        auto id = sinks::MessageIdOfHeader(bytes);
+        EXPECT_TRUE(id.has_value()) << f;
+        (*ref)[mb]["<" + id.value_or("") + ">"] = {bytes, std::stoll(f.substr(0, f.find('.')))};
+      }
+    }
+    return *ref;
+  }
+
+  // Every mailbox's archive folder holds exactly the reference's messages,
+  // once each: received mail (not drafts), the same bytes, the item's date,
+  // the X-WeChat-* headers.
+  size_t ExpectExactlyOnce(const std::set<std::string>& skip_mailboxes = {},
+                           const std::set<std::string>& allowed_missing = {}) {
+    const Reference& ref = Ref();
+    size_t total = 0;
+    for (const auto& mb : corpus_->mailboxes) {
+      if (skip_mailboxes.count(mb)) continue;
+      std::map<std::string, int> seen;
+      auto want = ref.find(mb);
+      for (const auto& m : server_.Messages(mb)) {
+        EXPECT_EQ(m.folder_name, kFolder) << mb;
+        ++seen[m.internet_message_id];
+        EXPECT_FALSE(m.is_draft) << m.internet_message_id;
+        EXPECT_EQ(m.source, test::FakeGraphMessage::Source::kImportMime);
+        if (want == ref.end()) {
+          ADD_FAILURE() << mb << ": unexpected " << m.internet_message_id;
+          continue;
+        }
+        auto it = want->second.find(m.internet_message_id);
+        if (it == want->second.end()) {
+          ADD_FAILURE() << mb << ": unexpected " << m.internet_message_id;
+          continue;
+        }
+        EXPECT_EQ(m.raw_mime, it->second.first) << mb << " " << m.internet_message_id;
+        EXPECT_EQ(m.received_date_time, Iso(it->second.second)) << m.internet_message_id;
+        EXPECT_EQ(m.sent_date_time, Iso(it->second.second)) << m.internet_message_id;
+        bool wechat = false;
+        for (const auto& h : m.headers) wechat |= h.name == "X-WeChat-MsgId";
+        EXPECT_TRUE(wechat) << m.internet_message_id;
+      }
+      for (const auto& [id, n] : seen) EXPECT_EQ(n, 1) << mb << ": " << id << " duplicated";
+      if (want != ref.end()) {
+        for (const auto& [id, v] : want->second) {
+          if (seen.count(id) == 0 && allowed_missing.count(id) == 0) ADD_FAILURE() << mb << ": missing " << id;
+        }
+      }
+      total += seen.size();
+    }
+    return total;
+  }
+
+  size_t RefTotal() {
+    size_t n = 0;
+    for (const auto& [mb, m] : Ref()) n += m.size();
+    return n;
+  }
+
+  pipeline::VerifyReport Verify() {
+    pipeline::VerifyOptions vo;
+    vo.index_dir = tmp_ / "index";
+    vo.target = "graph:";
+    auto so = sink_options_;
+    vo.make_sink = [so](const sinks::Target& t) { return sinks::MakeSink(t, so); };
+    auto r = pipeline::RunVerify(vo);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? *r : pipeline::VerifyReport{};
+  }
+
+  std::string CliBase(const std::string& graph_url = "") {
+    const std::string c = corpus_->dir;
+    test::WriteFile(tmp_ / "secret", std::string(kSecret) + "\n");
+    return fmt::format(
+        "{} import --source {} --directory {} --mapping {} --mailboxes {} --to graph: --index {} --report {} "
+        "--graph-tenant {} --graph-client-id {} --graph-secret-file {} --graph-login-url {} --graph-url {}",
+        WXA_CLI, c, c + "/directory.csv", c + "/mapping.csv", c + "/mailboxes.txt", test::ShellQuote(tmp_ / "index"),
+        test::ShellQuote(tmp_ / "report.json"), kTenant, kClientId, test::ShellQuote(tmp_ / "secret"),
+        server_.base_url(), graph_url.empty() ? server_.base_url() : graph_url);
+  }
+
+  std::string CliVerify() {
+    return fmt::format(
+        "{} verify --to graph: --index {} --graph-tenant {} --graph-client-id {} --graph-secret-file {} "
+        "--graph-login-url {} --graph-url {}",
+        WXA_CLI, test::ShellQuote(tmp_ / "index"), kTenant, kClientId, test::ShellQuote(tmp_ / "secret"),
+        server_.base_url(), server_.base_url());
+  }
+
+  // Deletes one message through the API (as a user would in Outlook).
+  void DeleteOnServer(const std::string& mailbox, const std::string& id) {
+    CURL* c = curl_easy_init();
+    std::string body, token;
+    auto write = +[](char* p, size_t s, size_t n, void* ud) {
+      static_cast<std::string*>(ud)->append(p, s * n);
+      return s * n;
+    };
+    std::string form = fmt::format(
+        "grant_type=client_credentials&client_id={}&client_secret={}&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default",
+        kClientId, sinks::graph::PercentEncode(kSecret));
+    std::string url = fmt::format("{}/{}/oauth2/v2.0/token", server_.base_url(), kTenant);
+    curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, form.c_str());
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    ASSERT_EQ(curl_easy_perform(c), CURLE_OK);
+    size_t at = body.find("\"access_token\":\"");
+    ASSERT_NE(at, std::string::npos) << body;
+    at += 16;
+    token = body.substr(at, body.find('"', at) - at);
+    curl_easy_reset(c);
+    body.clear();
+    url = fmt::format("{}/v1.0/users/{}/messages/{}", server_.base_url(), mailbox, id);
+    curl_slist* h = curl_slist_append(nullptr, ("Authorization: Bearer " + token).c_str());
+    curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    ASSERT_EQ(curl_easy_perform(c), CURLE_OK);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    EXPECT_EQ(status, 204) << body;
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+  }
+
+  const Corpus* corpus_ = nullptr;
+  test::TempDir tmp_;
+  FakeGraphServer server_;
+  sinks::GraphOptions graph_;
+  sinks::SinkOptions sink_options_;
+};
+
+TEST_F(GraphSinkTest, EachItemOnceAsReceivedMailWithDatesAndHeaders) {
+  Start(ServerOptions());
+  graph_ = GraphOpts();
+  auto first = Import(Options());
+  EXPECT_GT(first.counts.deliveries, 150u);
+  EXPECT_EQ(first.counts.deliveries_failed, 0u);
+  EXPECT_EQ(ExpectExactlyOnce(), RefTotal());
+  EXPECT_EQ(first.counts.deliveries, RefTotal());
+  EXPECT_EQ(server_.TotalViolations(), 0u) << server_.StatsJson();
+  // Remote references are Graph item ids.
+  {
+    index::IndexOptions ro;
+    ro.read_only = true;
+    auto idx = index::Index::Open(tmp_ / "index", ro);
+    ASSERT_TRUE(idx.ok());
+    size_t with_id = 0;
+    ASSERT_TRUE((*idx)->ForEachDelivery([&](const index::DeliveryKey& k, const index::DeliveryRecord& r) {
+      auto m = server_.FindMessage(k.mailbox, "<" + mime::MessageIdFor(k.item) + ">");
+      with_id += m.has_value() && m->id == r.remote_ref;
+    }).ok());
+    EXPECT_EQ(with_id, first.counts.deliveries);
+  }
+  // A rerun sends nothing; --rescan reads everything and sends nothing.
+  uint64_t messages = 0;
+  for (const auto& mb : corpus_->mailboxes) messages += server_.Stats(mb).messages;
+  auto o = Options();
+  auto again = Import(o);
+  EXPECT_EQ(again.counts.deliveries, 0u);
+  o.rescan = true;
+  auto rescan = Import(o);
+  EXPECT_EQ(rescan.counts.deliveries, 0u);
+  uint64_t after = 0;
+  for (const auto& mb : corpus_->mailboxes) after += server_.Stats(mb).messages;
+  EXPECT_EQ(after, messages);
+  auto v = Verify();
+  EXPECT_TRUE(v.clean());
+  EXPECT_EQ(v.mailboxes.size(), Ref().size());
+}
+
+// Faults on the wire; each run ends with every item exactly once, and no
+// limit broken.
+struct FaultCase {
+  const char* name;
+  std::function<void(test::FakeGraphFaults&)> set;
+};
+
+class GraphFaults : public GraphSinkTest, public ::testing::WithParamInterface<FaultCase> {};
+
+std::vector<FaultCase> FaultCases() {
+  return {
+      {"ServiceUnavailableWithRetryAfter",
+       [](test::FakeGraphFaults& f) {
+         f.error.every_nth = 7;
+         f.error_status = 503;
+         f.error_retry_after_s = 1;
+       }},
+      {"GatewayTimeoutsWithoutRetryAfter",
+       [](test::FakeGraphFaults& f) {
+         f.error.every_nth = 6;
+         f.error_status = 504;
+         f.error_retry_after = false;
+       }},
+      {"InjectedThrottling",
+       [](test::FakeGraphFaults& f) {
+         f.error.every_nth = 11;
+         f.error_status = 429;
+         f.error_retry_after_s = 1;
+       }},
+      {"SlowReplies",
+       [](test::FakeGraphFaults& f) {
+         f.delay.every_nth = 3;
+         f.delay_by = std::chrono::milliseconds(150);
+       }},
+      {"DroppedBeforeProcessing", [](test::FakeGraphFaults& f) { f.drop_before.every_nth = 9; }},
+      {"DroppedAfterTheItemWasStored",
+       [](test::FakeGraphFaults& f) {
+         f.drop_after.every_nth = 5;
+         f.path_filter = "importMime";
+       }},
+      {"TokensExpire", [](test::FakeGraphFaults& f) { f.expire_tokens_every_n = 25; }},
+      {"Everything",
+       [](test::FakeGraphFaults& f) {
+         f.seed = 3;
+         f.error.probability = 0.05;
+         f.error_retry_after_s = 1;
+         f.delay.probability = 0.1;
+         f.delay_by = std::chrono::milliseconds(100);
+         f.drop_before.probability = 0.03;
+         f.drop_after.probability = 0.05;
+         f.expire_tokens_every_n = 40;
+       }},
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(Server, GraphFaults, ::testing::ValuesIn(FaultCases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST_P(GraphFaults, NothingLostNothingDuplicated) {
+  auto so = ServerOptions();
+  GetParam().set(so.faults);
+  Start(so);
+  graph_ = GraphOpts();
+  auto r = pipeline::RunImport(Options());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->fatal.ok()) << r->fatal.ToString();
+  uint64_t fired = 0;
+  for (const auto& mb : corpus_->mailboxes) {
+    auto s = server_.Stats(mb);
+    fired += s.injected_errors + s.injected_delays + s.dropped_before + s.dropped_after;
+  }
+  if (std::string(GetParam().name) != "TokensExpire") EXPECT_GT(fired, 0u) << "the fault never fired";
+  EXPECT_EQ(r->counts.deliveries_failed, 0u);
+  // Whatever this run could not settle, a rerun does (faults still on).
+  auto again = pipeline::RunImport(Options());
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->fatal.ok()) << again->fatal.ToString();
+  EXPECT_EQ(ExpectExactlyOnce(), RefTotal());
+  EXPECT_EQ(server_.TotalViolations(), 0u) << server_.StatsJson();
+  if (std::string(GetParam().name) == "TokensExpire") EXPECT_GT(server_.TokensIssued(), 2u);
+  server_.SetFaults({});
+  EXPECT_TRUE(Verify().clean());
+}
+
+// Budgets scaled down (requests per window, bytes per window, 4 in flight
+// with slow replies): the run goes past each several times, nothing fails,
+// the server never refuses a request and counts no violation.
+TEST_F(GraphSinkTest, PushingPastTheBudgetsBreaksNoLimit) {
+  // The upload budget: a quarter of the busiest mailbox's bytes, but at
+  // least the largest item (one item must always fit in a window).
+  uint64_t largest = 0, busiest = 0;
+  for (const auto& [mb, msgs] : Ref()) {
+    uint64_t sum = 0;
+    for (const auto& [id, v] : msgs) {
+      largest = std::max<uint64_t>(largest, sinks::graph::Base64Size(v.first.size()));
+      sum += sinks::graph::Base64Size(v.first.size());
+    }
+    busiest = std::max(busiest, sum);
+  }
+  const uint64_t upload_budget = std::max(largest + 1, busiest / 4);
+  auto so = ServerOptions();
+  so.limits.request_budget = 12;
+  so.limits.request_window = std::chrono::milliseconds(1000);
+  so.limits.upload_budget_bytes = upload_budget;
+  so.limits.upload_window = std::chrono::milliseconds(1000);
+  so.faults.delay.every_nth = 2;
+  so.faults.delay_by = std::chrono::milliseconds(40);
+  Start(so);
+  graph_ = GraphOpts();
+  graph_.request_budget = 12;
+  graph_.request_window = std::chrono::milliseconds(1000);
+  graph_.upload_budget_bytes = upload_budget;
+  graph_.upload_window = std::chrono::milliseconds(1000);
+  graph_.window_margin = std::chrono::milliseconds(60);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = Import(Options());
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.counts.deliveries_failed, 0u);
+  EXPECT_EQ(ExpectExactlyOnce(), RefTotal());
+  uint64_t most = 0, throttled = 0, bytes = 0;
+  int peak = 0;
+  for (const auto& mb : corpus_->mailboxes) {
+    auto s = server_.Stats(mb);
+    most = std::max(most, s.requests);
+    throttled += s.throttled;
+    bytes = std::max(bytes, s.upload_bytes);
+    peak = std::max(peak, s.peak_concurrency);
+  }
+  EXPECT_GT(most, 3 * 12u) << "the run must go past the request budget several times";
+  EXPECT_GT(bytes, upload_budget) << "and past the upload budget";
+  EXPECT_EQ(throttled, 0u) << server_.StatsJson();
+  EXPECT_LE(peak, 4);
+  EXPECT_EQ(server_.TotalViolations(), 0u) << server_.StatsJson();
+  std::printf("budgets: busiest mailbox %lu requests, %lu bytes in %.1f s (budget 12 req/s, %lu B/s)\n",
+              static_cast<unsigned long>(most), static_cast<unsigned long>(bytes), secs,
+              static_cast<unsigned long>(upload_budget));
+}
+
+// Mailboxes the tenant does not have: with the target's check, they are
+// never mapped; without it, each is its own failure, reported, and the
+// others are complete.
+TEST_F(GraphSinkTest, UnknownMailboxesAreReportedAndTheRestProceeds) {
+  Start(ServerOptions(2));
+  graph_ = GraphOpts();
+  const std::set<std::string> missing = {corpus_->mailboxes[0], corpus_->mailboxes[1]};
+  {
+    auto o = Options();
+    o.mailboxes_file.clear();
+    auto r = Import(o);
+    EXPECT_EQ(r.counts.deliveries_failed, 0u) << "nothing is sent to a mailbox the target does not know";
+    EXPECT_EQ(r.deliveries_by_mailbox.count(corpus_->mailboxes[0]), 0u);
+    std::string report = test::ReadFile(tmp_ / "report.json");
+    EXPECT_NE(report.find("not a known mailbox of the target"), std::string::npos);
+  }
+  // Without the check (a tenant that refuses user lookups would be like this).
+  server_.Reset();
+  std::filesystem::remove_all(tmp_ / "index");
+  graph_.check_mailboxes = false;
+  auto r = Import(Options());
+  EXPECT_GT(r.counts.deliveries_failed, 0u);
+  for (const auto& [mb, why] : r.mailboxes_failed) {
+    EXPECT_TRUE(missing.count(mb)) << mb << ": " << why;
+    EXPECT_NE(why.find("unknown mailbox"), std::string::npos) << why;
+  }
+  EXPECT_EQ(r.mailboxes_failed.size(), 2u);
+  std::string report = test::ReadFile(tmp_ / "report.json");
+  EXPECT_NE(report.find("unknown mailbox"), std::string::npos);
+  ExpectExactlyOnce(missing);
+  for (const auto& mb : corpus_->mailboxes) {
+    if (!missing.count(mb)) EXPECT_EQ(r.mailboxes_failed.count(mb), 0u);
+  }
+}
+
+// Items whose base64 would exceed the request cap are reported with a clear
+// reason; the rest arrives.
+TEST_F(GraphSinkTest, ItemsOverTheRequestCapAreReported) {
+  Start(ServerOptions());
+  graph_ = GraphOpts();
+  graph_.max_request_bytes = 6000;  // scaled down from 4 MiB
+  auto r = Import(Options());
+  EXPECT_GT(r.counts.deliveries_failed, 0u);
+  EXPECT_GT(r.counts.deliveries, 0u);
+  std::string report = test::ReadFile(tmp_ / "report.json");
+  EXPECT_NE(report.find("request cap"), std::string::npos);
+  for (const auto& mb : corpus_->mailboxes) {
+    for (const auto& m : server_.Messages(mb)) EXPECT_LE(sinks::graph::Base64Size(m.raw_mime.size()), 6000u);
+  }
+  EXPECT_EQ(server_.TotalViolations(), 0u);
+}
+
+TEST_F(GraphSinkTest, SecretsNeverShowAndPlainHttpOnlyToLoopback) {
+  Start(ServerOptions());
+  std::string out;
+  int rc = test::Run("WXA_GRAPH_TRACE=1 " + CliBase() + " 2>&1", &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("importMime -> 201"), std::string::npos) << "the trace ran";
+  const std::string report = test::ReadFile(tmp_ / "report.json");
+  for (const std::string& text : {out, report}) {
+    EXPECT_EQ(text.find(kSecret), std::string::npos);
+    EXPECT_EQ(text.find(sinks::graph::PercentEncode(kSecret)), std::string::npos);
+    EXPECT_EQ(text.find("fake."), std::string::npos) << "an access token";
+    EXPECT_EQ(text.find("Bearer"), std::string::npos);
+  }
+  // verify: exit 0, then non-zero once a message is gone.
+  out.clear();
+  EXPECT_EQ(test::Run(CliVerify() + " 2>&1", &out), 0) << out;
+  const std::string victim = corpus_->mailboxes[2];
+  auto msgs = server_.Messages(victim);
+  ASSERT_FALSE(msgs.empty());
+  DeleteOnServer(victim, msgs[0].id);
+  out.clear();
+  EXPECT_NE(test::Run(CliVerify() + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find(msgs[0].internet_message_id.substr(1, 20)), std::string::npos) << out;
+  EXPECT_EQ(out.find(kSecret), std::string::npos);
+  // A wrong secret: refused before any work, clearly, without the secret.
+  test::WriteFile(tmp_ / "wrong", "not-the-Secret-123\n");
+  std::string cmd = CliBase();
+  cmd.replace(cmd.find(test::ShellQuote(tmp_ / "secret")), test::ShellQuote(tmp_ / "secret").size(),
+              test::ShellQuote(tmp_ / "wrong"));
+  out.clear();
+  rc = test::Run(cmd + " --rescan 2>&1", &out);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("invalid_client"), std::string::npos) << out;
+  EXPECT_EQ(out.find("not-the-Secret-123"), std::string::npos) << out;
+  // Plain http to a host that is not loopback: refused at start.
+  std::string bad = CliBase("http://graph.example.com");
+  out.clear();
+  rc = test::Run(bad + " --rescan 2>&1", &out);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("loopback"), std::string::npos) << out;
+}
+
+// kill -9 at moments chosen by progress (the server has stored N more
+// items), rerun each time; at the end every item is there once.
+TEST_F(GraphSinkTest, KillNineAnywhereLosesAndDuplicatesNothing) {
+  auto so = ServerOptions();
+  so.faults.delay.every_nth = 2;  // slower, so kills land mid-run
+  so.faults.delay_by = std::chrono::milliseconds(20);
+  so.faults.path_filter = "importMime";
+  Start(so);
+  test::WriteFile(tmp_ / "secret", std::string(kSecret) + "\n");
+  const std::string c = corpus_->dir;
+  std::vector<std::string> args = {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
+                                   "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
+                                   "--to", "graph:", "--index", tmp_ / "index", "--graph-tenant", kTenant,
+                                   "--graph-client-id", kClientId, "--graph-secret-file", tmp_ / "secret",
+                                   "--graph-login-url", server_.base_url(), "--graph-url", server_.base_url(),
+                                   "--connections", "8"};
+  auto spawn = [&] {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = -1;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    EXPECT_EQ(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    return pid;
+  };
+  auto wait = [](pid_t pid) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  };
+  auto stored = [&] {
+    uint64_t n = 0;
+    for (const auto& mb : corpus_->mailboxes) n += server_.Stats(mb).messages;
+    return n;
+  };
+  std::mt19937_64 rng(static_cast<uint64_t>(std::getenv("WXA_CRASH_SEED") ? std::atol(std::getenv("WXA_CRASH_SEED")) : 4242));
+  int kills = 0, runs = 0;
+  const int want = 8;
+  while (kills < want && runs < want * 3) {
+    ++runs;
+    const uint64_t before = stored();
+    std::uniform_int_distribution<uint64_t> step(1, 12);
+    const uint64_t kill_at = before + step(rng);
+    pid_t pid = spawn();
+    bool exited = false;
+    int st = 0;
+    while (true) {
+      if (waitpid(pid, &st, WNOHANG) == pid) {
+        exited = true;
+        break;
+      }
+      if (stored() >= kill_at) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    if (exited) {
+      ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "run " << runs;
+      break;
+    }
+    ::kill(pid, SIGKILL);
+    ASSERT_EQ(wait(pid), 128 + SIGKILL);
+    ++kills;
+  }
+  EXPECT_GE(kills, want) << "kills must land inside runs (" << runs << " runs)";
+  ASSERT_EQ(wait(spawn()), 0);
+  EXPECT_EQ(ExpectExactlyOnce(), RefTotal());
+  const uint64_t n = stored();
+  ASSERT_EQ(wait(spawn()), 0);
+  EXPECT_EQ(stored(), n) << "a rerun of a finished upload sends nothing";
+  EXPECT_EQ(server_.TotalViolations(), 0u);
+  std::printf("graph crash campaign: %d kills in %d runs, %lu items stored\n", kills, runs, static_cast<unsigned long>(n));
+}
+
+TEST(GraphHelpers, QuotingEncodingAndUrls) {
+  EXPECT_EQ(sinks::graph::ODataQuote("a'b"), "'a''b'");
+  EXPECT_EQ(sinks::graph::PercentEncode("<a+b@c d>'&#%"), "%3Ca%2Bb%40c%20d%3E%27%26%23%25");
+  EXPECT_TRUE(sinks::graph::CheckEndpointUrl("x", "https://graph.microsoft.com").ok());
+  EXPECT_TRUE(sinks::graph::CheckEndpointUrl("x", "http://127.0.0.1:8080").ok());
+  EXPECT_TRUE(sinks::graph::CheckEndpointUrl("x", "http://[::1]:80").ok());
+  EXPECT_TRUE(sinks::graph::CheckEndpointUrl("x", "http://localhost").ok());
+  EXPECT_FALSE(sinks::graph::CheckEndpointUrl("x", "http://graph.microsoft.com").ok());
+  EXPECT_FALSE(sinks::graph::CheckEndpointUrl("x", "http://127.0.0.1@evil.com").ok());
+  EXPECT_FALSE(sinks::graph::CheckEndpointUrl("x", "ftp://127.0.0.1").ok());
+  EXPECT_EQ(sinks::graph::Base64("hello"), "aGVsbG8=");
+  EXPECT_EQ(sinks::graph::Base64(""), "");
+  EXPECT_EQ(sinks::graph::Base64Size(5), 8u);
+}
+
+}  // namespace
+}  // namespace wxa
