@@ -546,6 +546,7 @@ Result<std::unique_ptr<sinks::Sink>> DefaultMakeSink(const ImportOptions& o, cor
   sinks::LocalSinkOptions lo;
   lo.folder = o.folder;
   lo.sync_mode = o.sync_mode;
+  lo.link_copies = o.link_copies;
   lo.env = env;
   return sinks::MakeLocalSink(t, lo);
 }
@@ -758,7 +759,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   wecom::RecordReader& reader = *op.reader;
   const auto& files = reader.files();
 
-  WXA_ASSIGN_OR_RETURN(ReportWriter report, ReportWriter::Open(o.report_path));
+  WXA_ASSIGN_OR_RETURN(ReportWriter report, ReportWriter::Open(o.report_path, env));
   summary.source_files = files.size();
   summary.report_path = o.report_path;
   Counts start_counts;
