@@ -12,20 +12,20 @@ namespace wxa::pst {
 
 using namespace fmt;  // NOLINT: the format's constants read better unqualified here
 
-Result<std::unique_ptr<NdbWriter>> NdbWriter::Create(const std::string& path) {
+Result<std::unique_ptr<NdbWriter>> NdbWriter::Create(const std::string& path, size_t write_buffer) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
     if (errno == EEXIST) return Status::AlreadyExists("pst: file exists: " + path);
     return Status::FromErrno("open", path, errno);
   }
-  std::unique_ptr<NdbWriter> w(new NdbWriter(core::UniqueFd(fd), path));
+  std::unique_ptr<NdbWriter> w(new NdbWriter(core::UniqueFd(fd), path, std::max<size_t>(write_buffer, 64 << 10)));
   WXA_RETURN_IF_ERROR(w->StartInterval(0));
   return w;
 }
 
-NdbWriter::NdbWriter(core::UniqueFd fd, std::string path)
-    : fd_(std::move(fd)), path_(std::move(path)) {
-  buf_.reserve(kWriteBuffer + 16384);
+NdbWriter::NdbWriter(core::UniqueFd fd, std::string path, size_t write_buffer)
+    : fd_(std::move(fd)), path_(std::move(path)), write_buffer_(write_buffer) {
+  buf_.reserve(write_buffer_ + 16384);
 }
 
 NdbWriter::~NdbWriter() = default;
@@ -52,7 +52,7 @@ Status NdbWriter::WriteAt(uint64_t off, std::string_view data) {
     uint64_t rel = off - buf_off_;
     if (buf_.size() < rel + data.size()) buf_.resize(rel + data.size(), '\0');
     std::memcpy(buf_.data() + rel, data.data(), data.size());
-    if (buf_.size() >= kWriteBuffer) return Flush();
+    if (buf_.size() >= write_buffer_) return Flush();
     return Status::Ok();
   }
   if (off + data.size() > buf_off_) WXA_RETURN_IF_ERROR(Flush());

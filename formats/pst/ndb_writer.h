@@ -33,10 +33,11 @@ struct NdbHeaderInfo {
 
 class NdbWriter {
  public:
-  static constexpr size_t kWriteBuffer = 4 << 20;
+  static constexpr size_t kWriteBuffer = 4 << 20;  // default write buffer
 
-  // Creates `path` (O_EXCL: an existing file is an error).
-  static Result<std::unique_ptr<NdbWriter>> Create(const std::string& path);
+  // Creates `path` (O_EXCL: an existing file is an error). Writes are
+  // gathered in a buffer of `write_buffer` bytes.
+  static Result<std::unique_ptr<NdbWriter>> Create(const std::string& path, size_t write_buffer = kWriteBuffer);
   ~NdbWriter();
 
   // Writes one block (cb <= 8176) and returns its new BID. Internal blocks
@@ -87,7 +88,7 @@ class NdbWriter {
     uint64_t ib;
   };
 
-  NdbWriter(core::UniqueFd fd, std::string path);
+  NdbWriter(core::UniqueFd fd, std::string path, size_t write_buffer);
   Result<uint64_t> Allocate(uint64_t size, uint64_t align);
   Status StartInterval(uint64_t i);
   Status FinishInterval();
@@ -105,6 +106,7 @@ class NdbWriter {
   core::UniqueFd fd_;
   std::string path_;
   Status error_;
+  size_t write_buffer_;   // flush threshold of buf_
   std::string buf_;       // pending bytes for [buf_off_, buf_off_ + buf_.size())
   uint64_t buf_off_ = 0;
   uint64_t cursor_ = 0;   // next free byte (file size so far)

@@ -258,7 +258,7 @@ Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, WriterOp
   }
   impl->uid.assign(reinterpret_cast<const char*>(o.store_uid.data()), 16);
   impl->opt = std::move(o);
-  WXA_ASSIGN_OR_RETURN(impl->ndb, NdbWriter::Create(path));
+  WXA_ASSIGN_OR_RETURN(impl->ndb, NdbWriter::Create(path, impl->opt.write_buffer));
   impl->leaf_contents = std::make_unique<TableBuilder>(impl->ndb.get(), &impl->contents);
   WXA_RETURN_IF_ERROR(impl->leaf_contents->Start());
   return std::unique_ptr<Writer>(new Writer(std::move(impl)));

@@ -58,6 +58,9 @@ struct WriterOptions {
   std::string folder = "WeChat Archiver";   // "A/B" makes B inside A
   std::array<uint8_t, 16> store_uid{};      // record key; all-zero: derived from the names
   bool sync_on_close = true;                // fsync in Close()
+  // Bytes gathered before a write (the main constant term of the memory
+  // bound; a sink with many volumes open at once uses less).
+  size_t write_buffer = 4u << 20;
 };
 
 // A cheap upper estimate of the bytes Append(m) adds to the file, for volume

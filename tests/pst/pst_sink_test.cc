@@ -270,7 +270,9 @@ TEST_F(PstSinkTest, KillAtProgressPointsThenRerunGivesEachItemOnce) {
     }
     if (pid != -1) {
       int rc = Wait(pid);
-      if (killed) EXPECT_EQ(rc, 128 + SIGKILL) << p.what;
+      if (killed) {
+        EXPECT_EQ(rc, 128 + SIGKILL) << p.what;
+      }
       landed += killed && rc == 128 + SIGKILL;
     }
     std::printf("kill at '%s': %s; %zu volumes now\n", p.what, killed ? "killed" : "run ended first",

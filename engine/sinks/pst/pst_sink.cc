@@ -383,6 +383,7 @@ class PstSink final : public Sink {
     wo.display_name = fmt::format("WeChat Archive {} ({:03})", box.address, box.next_no);
     wo.folder = o_.folder;
     wo.sync_on_close = true;
+    wo.write_buffer = o_.write_buffer;
     const std::string path = core::JoinPath(box.dir_path, box.partial);
     // A leftover of ours (Open() removed stale ones; this is a failed start).
     (void)env_->UnlinkAt(box.dir_fd.get(), box.partial, path);

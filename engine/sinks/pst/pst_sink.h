@@ -24,9 +24,12 @@
 // recorded done and are written again (Probe says absent for them).
 //
 // Memory: the sink keeps no item bytes (the message is released once
-// appended); per open volume the writer's index (~120 B per small message,
-// see formats/pst/README.md) plus a 4 MB write buffer; per held completion
-// ~48 B. Probe() and Inventory() read finished volumes with pst::Reader.
+// appended); per open volume (one per mailbox written to) the writer's
+// index (~120 B per small message, see formats/pst/README.md) plus a
+// `write_buffer` (256 KB) and ~30 KB of table blocks; per held completion
+// ~64 B here, and the engine's record of the batch (a few hundred bytes per
+// record) until the completion arrives. Probe() and Inventory() read
+// finished volumes with pst::Reader.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +54,9 @@ struct PstSinkOptions {
   // every open volume is finished early. Bounds the engine's memory for
   // answers it waits for (a few hundred bytes per held item).
   size_t max_pending = 200000;
+  // Write buffer per open volume (pst::WriterOptions::write_buffer): a run
+  // has one volume open per mailbox it writes to.
+  size_t write_buffer = 256u << 10;
   core::Env* env = nullptr;  // null = Env::Default(); must outlive the sink
 };
 
