@@ -652,6 +652,43 @@ TEST_F(GraphSinkTest, KillNineAnywhereLosesAndDuplicatesNothing) {
   std::printf("graph crash campaign: %d kills in %d runs, %lu items stored\n", kills, runs, static_cast<unsigned long>(n));
 }
 
+// --graph-certificate: a JWT client assertion signed with the app's key
+// (RS256, x5t), verified by the server against the registered certificate.
+TEST_F(GraphSinkTest, CertificateCredentials) {
+  std::string out;
+  ASSERT_EQ(test::Run(fmt::format("openssl req -x509 -newkey rsa:2048 -nodes -keyout {} -out {} -subj /CN=wxa-test "
+                                  "-days 2 2>&1",
+                                  test::ShellQuote(tmp_ / "key.pem"), test::ShellQuote(tmp_ / "cert.pem")),
+                      &out),
+            0)
+      << out;
+  test::WriteFile(tmp_ / "client.pem", test::ReadFile(tmp_ / "key.pem") + test::ReadFile(tmp_ / "cert.pem"));
+  auto so = ServerOptions();
+  so.apps = {{kClientId, "", test::ReadFile(tmp_ / "cert.pem")}};
+  Start(so);
+  graph_ = GraphOpts();
+  graph_.client_secret.clear();
+  graph_.certificate_file = tmp_ / "client.pem";
+  auto r = Import(Options());
+  EXPECT_EQ(r.counts.deliveries, RefTotal());
+  EXPECT_EQ(ExpectExactlyOnce(), RefTotal());
+  EXPECT_EQ(server_.TokensIssued(), 1u);
+  // A key the app does not know: refused at start.
+  test::WriteFile(tmp_ / "other.pem", "");
+  ASSERT_EQ(test::Run(fmt::format("openssl req -x509 -newkey rsa:2048 -nodes -keyout {} -out {} -subj /CN=other "
+                                  "-days 2 2>&1 && cat {} {} > {}",
+                                  test::ShellQuote(tmp_ / "k2.pem"), test::ShellQuote(tmp_ / "c2.pem"),
+                                  test::ShellQuote(tmp_ / "k2.pem"), test::ShellQuote(tmp_ / "c2.pem"),
+                                  test::ShellQuote(tmp_ / "other.pem")),
+                      &out),
+            0);
+  graph_.certificate_file = tmp_ / "other.pem";
+  std::filesystem::remove_all(tmp_ / "index");
+  auto bad = pipeline::RunImport(Options());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().ToString().find("invalid_client"), std::string::npos) << bad.status().ToString();
+}
+
 TEST(GraphHelpers, QuotingEncodingAndUrls) {
   EXPECT_EQ(sinks::graph::ODataQuote("a'b"), "'a''b'");
   EXPECT_EQ(sinks::graph::PercentEncode("<a+b@c d>'&#%"), "%3Ca%2Bb%40c%20d%3E%27%26%23%25");
@@ -665,6 +702,14 @@ TEST(GraphHelpers, QuotingEncodingAndUrls) {
   EXPECT_EQ(sinks::graph::Base64("hello"), "aGVsbG8=");
   EXPECT_EQ(sinks::graph::Base64(""), "");
   EXPECT_EQ(sinks::graph::Base64Size(5), 8u);
+  auto b = sinks::graph::ParseBudget("10000/600");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->first, 10000u);
+  EXPECT_EQ(b->second.count(), 600000);
+  EXPECT_EQ(sinks::graph::ParseBudget("500/2.5")->second.count(), 2500);
+  EXPECT_FALSE(sinks::graph::ParseBudget("500").ok());
+  EXPECT_FALSE(sinks::graph::ParseBudget("x/3").ok());
+  EXPECT_FALSE(sinks::graph::ParseBudget("5/0").ok());
 }
 
 }  // namespace

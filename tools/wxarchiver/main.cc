@@ -126,6 +126,7 @@ struct RawFlags {
   // Graph
   std::string graph_tenant, graph_client_id, graph_secret_file, graph_certificate, graph_login_url, graph_url,
       graph_mode = "importmime";
+  std::string graph_request_budget, graph_upload_budget;
 };
 
 // Every flag checked before anything is created on disk (issue #8 item 9).
@@ -205,6 +206,18 @@ int CheckImportFlags(const RawFlags& f, wxa::pipeline::ImportOptions& o, wxa::si
     g.mode = wxa::sinks::GraphOptions::Mode::kExtProps;
   } else {
     return usage("--graph-mode", wxa::Status::InvalidArgument("importmime or extprops"));
+  }
+  if (!f.graph_request_budget.empty()) {
+    auto b = wxa::sinks::graph::ParseBudget(f.graph_request_budget);
+    if (!b.ok()) return usage("--graph-request-budget", b.status());
+    g.request_budget = b->first;
+    g.request_window = b->second;
+  }
+  if (!f.graph_upload_budget.empty()) {
+    auto b = wxa::sinks::graph::ParseBudget(f.graph_upload_budget);
+    if (!b.ok()) return usage("--graph-upload-budget", b.status());
+    g.upload_budget_bytes = b->first;
+    g.upload_window = b->second;
   }
   g.ca_file = f.ca_file;
   g.tls_insecure = f.tls_insecure;
@@ -297,6 +310,10 @@ void AddImapFlags(CLI::App* cmd, RawFlags& f) {
                   "Graph: token endpoint base (default https://login.microsoftonline.com)");
   cmd->add_option("--graph-url", f.graph_url, "Graph: API base (default https://graph.microsoft.com)");
   cmd->add_option("--graph-mode", f.graph_mode, "Graph: importmime (default) or extprops");
+  cmd->add_option("--graph-request-budget", f.graph_request_budget,
+                  "Graph: requests per window per mailbox, N/SECONDS (default 10000/600, Graph's limit)");
+  cmd->add_option("--graph-upload-budget", f.graph_upload_budget,
+                  "Graph: bytes uploaded per window per mailbox, BYTES/SECONDS (default 150000000/300)");
 }
 
 }  // namespace

@@ -2,6 +2,10 @@
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
 #include <simdjson.h>
 
 #include <algorithm>
@@ -9,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <functional>
 #include <future>
@@ -114,6 +119,21 @@ std::string Base64(std::string_view bytes) {
   return out;
 }
 
+Result<std::pair<uint64_t, std::chrono::milliseconds>> ParseBudget(std::string_view text) {
+  const std::string t(text);
+  const size_t slash = t.find('/');
+  char* end = nullptr;
+  const unsigned long long n = slash == std::string::npos ? 0 : std::strtoull(t.c_str(), &end, 10);
+  if (slash == std::string::npos || end != t.c_str() + slash || n == 0) {
+    return Status::InvalidArgument(fmt::format("'{}': expected N/SECONDS, e.g. 10000/600", text));
+  }
+  const double secs = std::strtod(t.c_str() + slash + 1, &end);
+  if (end == t.c_str() + slash + 1 || *end != '\0' || !(secs > 0) || secs > 86400) {
+    return Status::InvalidArgument(fmt::format("'{}': expected N/SECONDS, e.g. 10000/600", text));
+  }
+  return std::make_pair(static_cast<uint64_t>(n), std::chrono::milliseconds(static_cast<int64_t>(secs * 1000)));
+}
+
 }  // namespace graph
 
 namespace {
@@ -145,6 +165,99 @@ using MultiPtr = std::unique_ptr<CURLM, MultiDeleter>;
 void GlobalInit() {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+struct PkeyDeleter {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDeleter>;
+struct X509Deleter {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct BioDeleter {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct MdCtxDeleter {
+  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+
+std::string Base64Url(std::string_view bytes) {
+  std::string s = graph::Base64(bytes);
+  while (!s.empty() && s.back() == '=') s.pop_back();
+  for (auto& c : s) {
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
+  }
+  return s;
+}
+
+// The client certificate (--graph-certificate): a PEM file with the private
+// key and the certificate registered with the app.
+struct ClientCert {
+  PkeyPtr key;
+  std::string x5t;       // base64url SHA-1 of the DER certificate
+  std::string x5t_s256;  // base64url SHA-256
+};
+
+Result<ClientCert> LoadClientCert(const std::string& path) {
+  std::unique_ptr<BIO, BioDeleter> bio(BIO_new_file(path.c_str(), "r"));
+  if (!bio) return Status::InvalidArgument(fmt::format("--graph-certificate {}: cannot be read", path));
+  ClientCert c;
+  c.key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  if (!c.key || EVP_PKEY_base_id(c.key.get()) != EVP_PKEY_RSA) {
+    return Status::InvalidArgument(fmt::format("--graph-certificate {}: no unencrypted RSA private key in it", path));
+  }
+  BIO_reset(bio.get());
+  std::unique_ptr<X509, X509Deleter> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!cert) return Status::InvalidArgument(fmt::format("--graph-certificate {}: no certificate in it", path));
+  unsigned char* der = nullptr;
+  const int n = i2d_X509(cert.get(), &der);
+  if (n <= 0) return Status::InvalidArgument(fmt::format("--graph-certificate {}: unreadable certificate", path));
+  unsigned char sha1[SHA_DIGEST_LENGTH], sha256[SHA256_DIGEST_LENGTH];
+  SHA1(der, static_cast<size_t>(n), sha1);
+  SHA256(der, static_cast<size_t>(n), sha256);
+  OPENSSL_free(der);
+  c.x5t = Base64Url(std::string_view(reinterpret_cast<char*>(sha1), sizeof sha1));
+  c.x5t_s256 = Base64Url(std::string_view(reinterpret_cast<char*>(sha256), sizeof sha256));
+  return c;
+}
+
+// A JWT client assertion (certificate-credentials): RS256, valid 10 minutes.
+Result<std::string> MakeAssertion(const ClientCert& c, const std::string& aud, const std::string& client_id) {
+  std::string header, payload;
+  {
+    core::JsonWriter w(&header);
+    w.BeginObject().Field("alg", "RS256").Field("typ", "JWT").Field("x5t", c.x5t).EndObject();
+  }
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  unsigned char jti[16];
+  RAND_bytes(jti, sizeof jti);
+  {
+    core::JsonWriter w(&payload);
+    w.BeginObject()
+        .Field("aud", aud)
+        .Field("iss", client_id)
+        .Field("sub", client_id)
+        .Field("jti", Base64Url(std::string_view(reinterpret_cast<char*>(jti), sizeof jti)))
+        .Field("nbf", now - 60)
+        .Field("iat", now - 60)
+        .Field("exp", now + 600)
+        .EndObject();
+  }
+  std::string input = Base64Url(header) + "." + Base64Url(payload);
+  std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx(EVP_MD_CTX_new());
+  size_t len = 0;
+  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, c.key.get()) != 1 ||
+      EVP_DigestSign(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(input.data()), input.size()) != 1) {
+    return Status::IOError("cannot sign the client assertion");
+  }
+  std::string sig(len, '\0');
+  if (EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(sig.data()), &len,
+                     reinterpret_cast<const unsigned char*>(input.data()), input.size()) != 1) {
+    return Status::IOError("cannot sign the client assertion");
+  }
+  sig.resize(len);
+  return input + "." + Base64Url(sig);
 }
 
 // What a Graph error body says: {"error":{"code":..,"message":..}}, or the
@@ -310,10 +423,12 @@ class GraphSink final : public Sink {
       return Status::Unsupported("--graph-mode extprops is not implemented yet; use importmime");
     }
     if (o_.client_secret.empty()) {
-      if (!o_.certificate_file.empty()) {
-        return Status::Unsupported("--graph-certificate (JWT client assertion) is not implemented yet; use --graph-secret-file");
+      if (o_.certificate_file.empty()) {
+        return Status::InvalidArgument("a graph target needs --graph-secret-file or --graph-certificate");
       }
-      return Status::InvalidArgument("a graph target needs --graph-secret-file");
+      auto cert = LoadClientCert(o_.certificate_file);
+      if (!cert.ok()) return cert.status();
+      cert_.emplace(std::move(*cert));
     }
     GlobalInit();
     multi_.reset(curl_multi_init());
@@ -929,9 +1044,23 @@ class GraphSink final : public Sink {
     req->purpose = Purpose::kToken;
     req->method = "POST";
     req->url = fmt::format("{}/{}/oauth2/v2.0/token", o_.login_url, graph::PercentEncode(o_.tenant));
-    req->body = fmt::format("grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
-                            graph::PercentEncode(o_.client_id), graph::PercentEncode(o_.client_secret),
-                            graph::PercentEncode(o_.scope));
+    if (cert_) {
+      auto jwt = MakeAssertion(*cert_, fmt::format("{}/{}/oauth2/v2.0/token", o_.login_url, o_.tenant), o_.client_id);
+      if (!jwt.ok()) {
+        token_fetching_ = false;
+        SetSinkBad(jwt.status());
+        return;
+      }
+      req->body = fmt::format(
+          "grant_type=client_credentials&client_id={}&client_assertion_type={}&client_assertion={}&scope={}",
+          graph::PercentEncode(o_.client_id),
+          graph::PercentEncode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"), *jwt,
+          graph::PercentEncode(o_.scope));
+    } else {
+      req->body = fmt::format("grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
+                              graph::PercentEncode(o_.client_id), graph::PercentEncode(o_.client_secret),
+                              graph::PercentEncode(o_.scope));
+    }
     Launch(std::move(req));
   }
 
@@ -1368,6 +1497,7 @@ class GraphSink final : public Sink {
   bool closing_ = false;
   Status sink_bad_;
   std::function<void(Status)> open_waiter_;
+  std::optional<ClientCert> cert_;
   std::string token_;
   Clock::time_point token_expires_{};
   Clock::time_point token_refresh_at_{};

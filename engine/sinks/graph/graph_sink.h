@@ -2,8 +2,12 @@
 //
 // libcurl multi on one I/O thread (connection reuse; HTTP/2 multiplexing over
 // TLS where the server offers it). OAuth2 client credentials against
-// {login_url}/{tenant}/oauth2/v2.0/token with a client secret; the token is
-// cached, refreshed before it expires and again after a 401.
+// {login_url}/{tenant}/oauth2/v2.0/token with a client secret or a
+// certificate (RS256 JWT client assertion with x5t); the token is cached,
+// refreshed before it expires and again after a 401.
+//
+// Not implemented yet: --graph-mode extprops (Open says so); upload sessions
+// (items over the request cap are kItemBad with the reason).
 //
 // Per mailbox: user lookup (GET /v1.0/users/{mailbox}: 404 is that
 // mailbox's failure, "unknown mailbox"), the archive folder found or created
@@ -35,6 +39,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "engine/sinks/sink.h"
 
@@ -93,6 +98,8 @@ Status CheckEndpointUrl(std::string_view what, std::string_view url);
 // Standard base64 without line breaks.
 std::string Base64(std::string_view bytes);
 constexpr uint64_t Base64Size(uint64_t n) { return (n + 2) / 3 * 4; }
+// "N/SECONDS" (a budget per window, e.g. "10000/600"), SECONDS may be fractional.
+Result<std::pair<uint64_t, std::chrono::milliseconds>> ParseBudget(std::string_view text);
 }  // namespace graph
 
 }  // namespace wxa::sinks
