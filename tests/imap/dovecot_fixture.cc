@@ -330,7 +330,14 @@ void SweepStaleDovecotInstances() {
         ::kill(-master, SIGKILL);
         ::kill(master, SIGKILL);
       }
-      fs::remove_all(dir, ec);
+      // Children of a dying master (log, anvil, imap) may still create files
+      // for a moment, and then remove_all fails on a directory that is not
+      // empty: try again for up to two seconds.
+      for (int i = 0; i < 100; ++i) {
+        fs::remove_all(dir, ec);
+        if (!fs::exists(dir, ec)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
     }
   }
 }
