@@ -29,12 +29,14 @@ std::string SyntheticAddress(std::string_view id) {
               c == '-' || c == '_';
     local.push_back(ok ? c : (c == '.' ? '.' : '_'));
   }
-  // No leading, trailing or doubled dots in a dot-atom.
+  // At most 64 bytes (RFC 5321), then no leading, trailing or doubled dots
+  // in the dot-atom (cutting first could leave a trailing dot: the fuzzer
+  // found one, tests/fuzz/crashers/fuzz_render_roundtrip).
+  for (size_t i; (i = local.find("..")) != std::string::npos;) local.erase(i, 1);
+  if (local.size() > 64) local.resize(64);
   while (!local.empty() && local.front() == '.') local.erase(0, 1);
   while (!local.empty() && local.back() == '.') local.pop_back();
-  for (size_t i; (i = local.find("..")) != std::string::npos;) local.erase(i, 1);
   if (local.empty()) local = "unknown";
-  if (local.size() > 64) local = local.substr(0, 64);
   return local + "@wecom.invalid";
 }
 
