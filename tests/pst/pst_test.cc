@@ -195,6 +195,106 @@ void RoundTrip(const std::vector<Message>& msgs, const std::string& folder = "We
   CheckWithReaders(dir, pst, o.display_name, f);
 }
 
+// [MS-PST] 5.3 CRC, bit by bit: reflected 0xEDB88320, no initial or final inversion. The
+// product's Crc32 (zlib underneath, with inversions undone) must agree at every length and
+// when chained; the Outlook-made PST's CRCs are checked by PstOutlookReference.EmptyStoreNodes (our reader verifies every CRC).
+uint32_t BitwiseCrc(const uint8_t* p, size_t n, uint32_t crc) {
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= p[i];
+    for (int k = 0; k < 8; ++k) crc = (crc & 1) ? (0xEDB88320u ^ (crc >> 1)) : (crc >> 1);
+  }
+  return crc;
+}
+
+TEST(PstFormat, Crc32IsTheSpecsCrcAtEveryLength) {
+  std::vector<uint8_t> data(9000);
+  uint32_t x = 12345;
+  for (auto& c : data) c = static_cast<uint8_t>((x = x * 1664525 + 1013904223) >> 24);
+  EXPECT_EQ(fmt::Crc32(data.data(), 0), 0u);
+  for (size_t n : {1, 2, 3, 7, 8, 31, 64, 471, 496, 501, 4096, 8176, 9000}) {
+    EXPECT_EQ(fmt::Crc32(data.data(), n), BitwiseCrc(data.data(), n, 0)) << n;
+    size_t half = n / 3;
+    EXPECT_EQ(fmt::Crc32(data.data() + half, n - half, fmt::Crc32(data.data(), half)), BitwiseCrc(data.data(), n, 0))
+        << n;
+  }
+  EXPECT_EQ(fmt::Crc32(data.data(), 64, 0xDEADBEEF), BitwiseCrc(data.data(), 64, 0xDEADBEEF));
+}
+
+void PutUnit(std::string& out, uint16_t u) {
+  out.push_back(static_cast<char>(u & 0xFF));
+  out.push_back(static_cast<char>(u >> 8));
+}
+
+// The byte-at-a-time decoder the writer used before its SSE2 fast path.
+std::string ReferenceUtf8ToUtf16(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() * 2);
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<uint8_t>(s[i]);
+    uint32_t cp = 0xFFFD;
+    size_t len = 1;
+    if (c < 0x80) {
+      cp = c;
+    } else if ((c >> 5) == 0x6 && i + 1 < s.size()) {
+      len = 2;
+      cp = ((c & 0x1F) << 6) | (static_cast<uint8_t>(s[i + 1]) & 0x3F);
+      if ((static_cast<uint8_t>(s[i + 1]) & 0xC0) != 0x80 || cp < 0x80) cp = 0xFFFD, len = 1;
+    } else if ((c >> 4) == 0xE && i + 2 < s.size()) {
+      len = 3;
+      cp = ((c & 0x0F) << 12) | ((static_cast<uint8_t>(s[i + 1]) & 0x3F) << 6) |
+           (static_cast<uint8_t>(s[i + 2]) & 0x3F);
+      if ((static_cast<uint8_t>(s[i + 1]) & 0xC0) != 0x80 ||
+          (static_cast<uint8_t>(s[i + 2]) & 0xC0) != 0x80 || cp < 0x800 ||
+          (cp >= 0xD800 && cp <= 0xDFFF))
+        cp = 0xFFFD, len = 1;
+    } else if ((c >> 3) == 0x1E && i + 3 < s.size()) {
+      len = 4;
+      cp = ((c & 0x07) << 18) | ((static_cast<uint8_t>(s[i + 1]) & 0x3F) << 12) |
+           ((static_cast<uint8_t>(s[i + 2]) & 0x3F) << 6) | (static_cast<uint8_t>(s[i + 3]) & 0x3F);
+      if ((static_cast<uint8_t>(s[i + 1]) & 0xC0) != 0x80 ||
+          (static_cast<uint8_t>(s[i + 2]) & 0xC0) != 0x80 ||
+          (static_cast<uint8_t>(s[i + 3]) & 0xC0) != 0x80 || cp < 0x10000 || cp > 0x10FFFF)
+        cp = 0xFFFD, len = 1;
+    }
+    i += len;
+    if (cp >= 0x10000) {
+      cp -= 0x10000;
+      PutUnit(out, static_cast<uint16_t>(0xD800 + (cp >> 10)));
+      PutUnit(out, static_cast<uint16_t>(0xDC00 + (cp & 0x3FF)));
+    } else {
+      PutUnit(out, static_cast<uint16_t>(cp));
+    }
+  }
+  return out;
+}
+
+TEST(PstFormat, Utf8ToUtf16MatchesTheByteWiseDecoder) {
+  std::vector<std::string> cases = {"", "a", std::string(16, 'x'), std::string(17, 'y'), std::string(33, 'z'),
+                                    "\xE4\xBD\xA0\xE5\xA5\xBD", "\xF0\x9F\x98\x80 emoji",
+                                    std::string(15, 'a') + "\xE4\xBD\xA0" + std::string(20, 'b'),
+                                    "\xC0\x80", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\xE4\xBD",
+                                    std::string(16, 'q') + "\xF0\x9F\x98", "\x80\xBF\xFE\xFF"};
+  uint32_t x = 99;
+  auto rnd = [&x] { return (x = x * 1664525 + 1013904223) >> 24; };
+  for (int i = 0; i < 3000; ++i) {
+    std::string s;
+    size_t n = rnd() % 80;
+    for (size_t k = 0; k < n; ++k) {
+      // Mostly ASCII runs, some multi-byte sequences, some broken ones.
+      uint32_t r = rnd() % 100;
+      if (r < 70) s.push_back(static_cast<char>(0x20 + rnd() % 0x5F));
+      else if (r < 80) s += "\xE5\xA5\xBD";
+      else if (r < 85) s += "\xF0\x9F\x98\x80";
+      else s.push_back(static_cast<char>(rnd()));
+    }
+    cases.push_back(s);
+  }
+  for (const std::string& s : cases) {
+    EXPECT_EQ(fmt::Utf8ToUtf16(s), ReferenceUtf8ToUtf16(s)) << core::ToHex(reinterpret_cast<const unsigned char*>(s.data()), s.size());
+  }
+}
+
 TEST(PstWriter, PlainTextMessage) { RoundTrip({TextMessage(1)}); }
 
 TEST(PstWriter, HtmlReplyWithThreadHeaders) {
