@@ -1,6 +1,7 @@
 #include "formats/pst/ltp_writer.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "formats/pst/pst_format.h"
 
@@ -32,10 +33,27 @@ Prop TimeProp(uint16_t id, uint64_t ft) {
 }
 Prop StringProp(uint16_t id, std::string_view utf8) { return Prop{id, kPtString, Utf8ToUtf16(utf8)}; }
 Prop BinaryProp(uint16_t id, std::string value) { return Prop{id, kPtBinary, std::move(value)}; }
-const Prop* FindProp(const std::vector<Prop>& props, uint16_t id) {
+const Prop* FindProp(std::span<const Prop> props, uint16_t id) {
   for (const Prop& p : props) if (p.id == id) return &p;
   return nullptr;
 }
+
+Prop& PropList::Add(uint16_t id, uint16_t type) {
+  if (n_ == v_.size()) v_.emplace_back();
+  Prop& p = v_[n_++];
+  p.id = id;
+  p.type = type;
+  p.value.clear();
+  p.sub_nid = 0;
+  p.sub_bid = 0;
+  p.sub_bytes = 0;
+  return p;
+}
+void PropList::Int32(uint16_t id, int32_t v) { Append32(Add(id, kPtInt32).value, static_cast<uint32_t>(v)); }
+void PropList::Bool(uint16_t id, bool v) { Add(id, kPtBool).value.push_back(v ? '\1' : '\0'); }
+void PropList::Time(uint16_t id, uint64_t ft) { Append64(Add(id, kPtTime).value, ft); }
+void PropList::String(uint16_t id, std::string_view utf8) { AppendUtf16(utf8, &Add(id, kPtString).value); }
+void PropList::Binary(uint16_t id, std::string_view bytes) { Add(id, kPtBinary).value.append(bytes); }
 
 namespace {
 
@@ -272,9 +290,9 @@ Result<uint32_t> BthBuilder::Finish() {
   return header_hid_;
 }
 
-Result<NodeData> BuildPropertyContext(NdbWriter* ndb, std::vector<Prop> props, SubnodeNids* nids,
+Result<NodeData> BuildPropertyContext(NdbWriter* ndb, std::span<Prop> props, SubnodeNids* nids,
                                       uint16_t size_prop, uint64_t extra_bytes) {
-  std::stable_sort(props.begin(), props.end(), [](const Prop& a, const Prop& b) { return a.id < b.id; });
+  std::sort(props.begin(), props.end(), [](const Prop& a, const Prop& b) { return a.id < b.id; });
   for (size_t i = 1; i < props.size(); ++i) {
     if (props[i].id == props[i - 1].id) return Status::InvalidArgument("pst: duplicate property");
   }
@@ -284,34 +302,34 @@ Result<NodeData> BuildPropertyContext(NdbWriter* ndb, std::vector<Prop> props, S
   WXA_ASSIGN_OR_RETURN(uint32_t hdr, bth.Start());
   heap.SetUserRoot(hdr);
   uint64_t sub_bytes = 0;
-  std::vector<std::string> records;
   for (const Prop& p : props) {
-    std::string key, val;
-    Append16(key, p.id);
-    Append16(val, p.type);
+    // PC record ([MS-PST] 2.3.3.3): wPropId -> wPropType, dwValueHnid.
+    char key[2], val[6];
+    Put16(key, p.id);
+    Put16(val, p.type);
+    uint32_t hnid = 0;
     size_t fixed = FixedSize(p.type);
     if (p.sub_bid != 0) {
       out.subnodes.push_back(SlEntry{p.sub_nid, p.sub_bid, 0});
       sub_bytes += p.sub_bytes;
-      Append32(val, p.sub_nid);
+      hnid = p.sub_nid;
     } else if (fixed > 0 && fixed <= 4) {
-      std::string v = p.value;
-      v.resize(4, '\0');
-      val += v;
+      char v[4] = {};
+      std::memcpy(v, p.value.data(), std::min<size_t>(4, p.value.size()));
+      hnid = Get32(v);
     } else if (p.value.empty()) {
-      Append32(val, 0);
+      hnid = 0;
     } else if (p.value.size() <= kMaxHeapAlloc) {
-      WXA_ASSIGN_OR_RETURN(uint32_t hid, heap.Allocate(p.value));
-      Append32(val, hid);
+      WXA_ASSIGN_OR_RETURN(hnid, heap.Allocate(p.value));
     } else {
       uint64_t before = ndb->blocks();
       WXA_ASSIGN_OR_RETURN(uint64_t bid, ndb->WriteData(p.value));
       sub_bytes += ndb->DataBytesSince(before);
-      uint32_t nid = nids->Next();
-      out.subnodes.push_back(SlEntry{nid, bid, 0});
-      Append32(val, nid);
+      hnid = nids->Next();
+      out.subnodes.push_back(SlEntry{hnid, bid, 0});
     }
-    WXA_RETURN_IF_ERROR(bth.Add(key, val));
+    Put32(val + 2, hnid);
+    WXA_RETURN_IF_ERROR(bth.Add(std::string_view(key, 2), std::string_view(val, 6)));
   }
   WXA_ASSIGN_OR_RETURN(uint32_t root, bth.Finish());
   (void)root;
@@ -377,38 +395,44 @@ Status TableBuilder::FlushRowBlock() {
   return Status::Ok();
 }
 
-Status TableBuilder::AddRow(uint32_t row_id, uint32_t row_ver, const std::vector<Prop>& props) {
+Status TableBuilder::AddRow(uint32_t row_id, uint32_t row_ver, std::span<const Prop> props) {
   const uint16_t size = schema_->row_size();
-  std::string row(size, '\0');
-  char* ceb = row.data() + schema_->rgib[2];
+  // A PC's properties come sorted by id (BuildPropertyContext sorts them): look columns up by
+  // binary search then; other callers' short lists are scanned.
+  const bool sorted = std::is_sorted(props.begin(), props.end(), [](const Prop& a, const Prop& b) { return a.id < b.id; });
+  auto find = [&](uint16_t id) -> const Prop* {
+    if (!sorted) return FindProp(props, id);
+    auto it = std::lower_bound(props.begin(), props.end(), id, [](const Prop& p, uint16_t v) { return p.id < v; });
+    return it != props.end() && it->id == id ? &*it : nullptr;
+  };
+  if (rows_nid_ == 0 && rows_buf_.size() + size > kMaxHeapAlloc) rows_nid_ = nids_.Next();
+  const size_t at = rows_buf_.size();
+  rows_buf_.resize(at + size, '\0');  // the row is built in place
   for (const Column& c : schema_->columns()) {
     uint16_t id = static_cast<uint16_t>(c.tag >> 16), type = static_cast<uint16_t>(c.tag & 0xFFFF);
-    std::string cell;
+    char* cell = rows_buf_.data() + at + c.ib;
     if (id == 0x67F2) {
-      Append32(cell, row_id);
+      Put32(cell, row_id);
     } else if (id == 0x67F3) {
-      Append32(cell, row_ver);
+      Put32(cell, row_ver);
     } else {
-      const Prop* p = FindProp(props, id);
+      const Prop* p = find(id);
       if (p == nullptr || p->type != type) continue;
       if (FixedSize(type) > 0) {
-        cell = p->value;
-        cell.resize(c.cb, '\0');
+        std::memcpy(cell, p->value.data(), std::min<size_t>(c.cb, p->value.size()));
       } else {
         WXA_ASSIGN_OR_RETURN(uint32_t hnid, StoreValue(*p));
-        Append32(cell, hnid);
+        Put32(cell, hnid);
       }
     }
-    std::memcpy(row.data() + c.ib, cell.data(), c.cb);
+    char* ceb = rows_buf_.data() + at + schema_->rgib[2];
     ceb[c.ibit / 8] = static_cast<char>(ceb[c.ibit / 8] | (0x80 >> (c.ibit % 8)));
   }
-  if (rows_nid_ == 0 && rows_buf_.size() + size > kMaxHeapAlloc) rows_nid_ = nids_.Next();
-  rows_buf_.append(row);
   if (rows_nid_ != 0 && rows_buf_.size() >= rows_per_block_ * size) WXA_RETURN_IF_ERROR(FlushRowBlock());
-  std::string k, v;
-  Append32(k, row_id);
-  Append32(v, static_cast<uint32_t>(rows_));
-  WXA_RETURN_IF_ERROR(index_.Add(k, v));
+  char k[4], v[4];
+  Put32(k, row_id);
+  Put32(v, static_cast<uint32_t>(rows_));
+  WXA_RETURN_IF_ERROR(index_.Add(std::string_view(k, 4), std::string_view(v, 4)));
   ++rows_;
   return Status::Ok();
 }

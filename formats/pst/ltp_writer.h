@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,7 +52,29 @@ Prop BoolProp(uint16_t id, bool v);
 Prop TimeProp(uint16_t id, uint64_t filetime);
 Prop StringProp(uint16_t id, std::string_view utf8);
 Prop BinaryProp(uint16_t id, std::string value);
-const Prop* FindProp(const std::vector<Prop>& props, uint16_t id);
+const Prop* FindProp(std::span<const Prop> props, uint16_t id);
+
+// A list of properties whose Prop objects (and their values' capacity) are
+// reused from one message to the next: a writer appending millions of
+// messages then allocates almost nothing per property.
+class PropList {
+ public:
+  void Clear() { n_ = 0; }
+  Prop& Add(uint16_t id, uint16_t type);
+  void Int32(uint16_t id, int32_t v);
+  void Bool(uint16_t id, bool v);
+  void Time(uint16_t id, uint64_t filetime);
+  void String(uint16_t id, std::string_view utf8);
+  void StringIfNotEmpty(uint16_t id, std::string_view utf8) {
+    if (!utf8.empty()) String(id, utf8);
+  }
+  void Binary(uint16_t id, std::string_view bytes);
+  std::span<Prop> props() { return {v_.data(), n_}; }
+
+ private:
+  std::vector<Prop> v_;
+  size_t n_ = 0;
+};
 
 class HeapBuilder {
  public:
@@ -138,7 +161,8 @@ class SubnodeNids {
 // Builds a property context. `size_prop`, when set, is a PtypInteger32
 // property whose value becomes the PC's own bytes plus `extra_bytes`
 // (PidTagMessageSize / PidTagAttachSize); it must be in `props`.
-Result<NodeData> BuildPropertyContext(NdbWriter* ndb, std::vector<Prop> props, SubnodeNids* nids,
+// `props` is sorted by id in place.
+Result<NodeData> BuildPropertyContext(NdbWriter* ndb, std::span<Prop> props, SubnodeNids* nids,
                                       uint16_t size_prop = 0, uint64_t extra_bytes = 0);
 
 // A table context schema: columns in Outlook's creation order (the order
@@ -166,7 +190,7 @@ class TableBuilder {
   Status Start();
   // Adds a row whose cells come from `props` (absent columns stay absent);
   // LtpRowId/LtpRowVer are set here. Row ids must rise.
-  Status AddRow(uint32_t row_id, uint32_t row_ver, const std::vector<Prop>& props);
+  Status AddRow(uint32_t row_id, uint32_t row_ver, std::span<const Prop> props);
   Result<NodeData> Finish();
   uint64_t rows() const { return rows_; }
 

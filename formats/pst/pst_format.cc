@@ -39,8 +39,16 @@ const uint8_t kPermuteDecode[256] = {
 // point at a time. Invalid UTF-8 becomes U+FFFD, one per bad byte. Each input byte yields at most
 // one UTF-16 unit (a 4-byte sequence yields two), so 2 bytes of output per byte of input bound it.
 std::string Utf8ToUtf16(std::string_view s) {
-  std::string out(s.size() * 2, '\0');
-  auto* o = reinterpret_cast<uint8_t*>(out.data());
+  std::string out;
+  AppendUtf16(s, &out);
+  return out;
+}
+
+void AppendUtf16(std::string_view s, std::string* dst) {
+  const size_t base = dst->size();
+  dst->resize(base + s.size() * 2);
+  std::string& out = *dst;
+  auto* o = reinterpret_cast<uint8_t*>(out.data() + base);
   const auto* p = reinterpret_cast<const uint8_t*>(s.data());
   const uint8_t* const end = p + s.size();
   auto put = [&o](uint32_t u) {
@@ -88,7 +96,6 @@ std::string Utf8ToUtf16(std::string_view s) {
     }
   }
   out.resize(static_cast<size_t>(o - reinterpret_cast<uint8_t*>(out.data())));
-  return out;
 }
 
 std::string Utf16ToUtf8(std::string_view s) {

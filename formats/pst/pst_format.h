@@ -93,6 +93,8 @@ inline void Append64(std::string& s, uint64_t v) { s.append(reinterpret_cast<con
 
 // UTF-8 -> UTF-16LE (no BOM, no terminator). Invalid bytes become U+FFFD.
 std::string Utf8ToUtf16(std::string_view utf8);
+// Appends the UTF-16LE form of `utf8` to *out (reusing its capacity).
+void AppendUtf16(std::string_view utf8, std::string* out);
 // UTF-16LE -> UTF-8. Unpaired surrogates become U+FFFD.
 std::string Utf16ToUtf8(std::string_view utf16);
 // FILETIME (100 ns ticks since 1601) <-> Unix milliseconds.

@@ -219,6 +219,7 @@ struct Writer::Impl {
   std::vector<std::pair<const TableSchema*, uint64_t>> empty_tables;  // shared template blocks
   Status error;
   bool closed = false;
+  PropList message_props, recipient_props;  // reused from message to message
 
   Status AppendMessage(const Message& m, uint32_t nid);
   Result<NodeData> BuildAttachment(const Attachment& a, uint32_t anid, std::vector<Prop>* row_props);
@@ -333,7 +334,7 @@ Result<NodeData> Writer::Impl::BuildAttachment(const Attachment& a, uint32_t ani
     if (p.id == kPidAttachData) continue;
     row_props->push_back(p);
   }
-  WXA_ASSIGN_OR_RETURN(NodeData nd, BuildPropertyContext(ndb.get(), std::move(props), &nids, kPidAttachSize));
+  WXA_ASSIGN_OR_RETURN(NodeData nd, BuildPropertyContext(ndb.get(), props, &nids, kPidAttachSize));
   for (Prop& p : *row_props) {
     if (p.id == kPidAttachSize) p = Int32Prop(kPidAttachSize, static_cast<int32_t>(std::min<uint64_t>(nd.bytes, 0x7FFFFFFF)));
   }
@@ -352,20 +353,21 @@ Status Writer::Impl::AppendMessage(const Message& m, uint32_t nid) {
     WXA_RETURN_IF_ERROR(t.Start());
     uint32_t row = 0;
     for (const Recipient& r : m.recipients) {
-      std::vector<Prop> rp;
-      std::string name = r.name.empty() ? r.address : r.name;
-      rp.push_back(BoolProp(kPidResponsibility, true));
-      rp.push_back(StringProp(kPidAddrType, "SMTP"));
-      rp.push_back(StringProp(kPidEmailAddress, r.address));
-      rp.push_back(BinaryProp(kPidEntryId, OneOffEntryId(name, r.address)));
-      rp.push_back(StringProp(kPidDisplayName, name));
-      rp.push_back(Int32Prop(kPidRecipientType, r.type));
-      rp.push_back(BinaryProp(kPidSearchKey, SearchKey(r.address)));
-      rp.push_back(Int32Prop(kPidObjectType, 6));  // MAPI_MAILUSER
-      rp.push_back(Int32Prop(kPidDisplayType, 0));  // DT_MAILUSER
-      rp.push_back(BoolProp(kPidSendRichInfo, false));
-      rp.push_back(StringProp(kPidDisplayName7Bit, name));
-      WXA_RETURN_IF_ERROR(t.AddRow(row++, 1, rp));
+      PropList& rp = recipient_props;
+      rp.Clear();
+      const std::string& name = r.name.empty() ? r.address : r.name;
+      rp.Bool(kPidResponsibility, true);
+      rp.String(kPidAddrType, "SMTP");
+      rp.String(kPidEmailAddress, r.address);
+      rp.Binary(kPidEntryId, OneOffEntryId(name, r.address));
+      rp.String(kPidDisplayName, name);
+      rp.Int32(kPidRecipientType, r.type);
+      rp.Binary(kPidSearchKey, SearchKey(r.address));
+      rp.Int32(kPidObjectType, 6);   // MAPI_MAILUSER
+      rp.Int32(kPidDisplayType, 0);  // DT_MAILUSER
+      rp.Bool(kPidSendRichInfo, false);
+      rp.String(kPidDisplayName7Bit, name);
+      WXA_RETURN_IF_ERROR(t.AddRow(row++, 1, rp.props()));
     }
     WXA_ASSIGN_OR_RETURN(NodeData nd, t.Finish());
     WXA_ASSIGN_OR_RETURN(uint64_t sub, ndb->WriteSubnodeTree(std::move(nd.subnodes)));
@@ -389,80 +391,74 @@ Status Writer::Impl::AppendMessage(const Message& m, uint32_t nid) {
   }
 
   // The message PC.
-  std::vector<Prop> p;
+  PropList& p = message_props;
+  p.Clear();
   auto [prefix, normalized] = SplitSubject(m.subject);
-  p.push_back(StringProp(kPidMessageClass, m.message_class.empty() ? "IPM.Note" : m.message_class));
-  p.push_back(StringProp(kPidSubject, m.subject));
-  p.push_back(StringProp(kPidSubjectPrefix, prefix));
-  p.push_back(StringProp(kPidNormalizedSubject, normalized));
-  p.push_back(StringProp(kPidConversationTopic, normalized));
+  p.String(kPidMessageClass, m.message_class.empty() ? std::string_view("IPM.Note") : m.message_class);
+  p.String(kPidSubject, m.subject);
+  p.String(kPidSubjectPrefix, prefix);
+  p.String(kPidNormalizedSubject, normalized);
+  p.String(kPidConversationTopic, normalized);
   int64_t delivered = m.received_time_ms != 0 ? m.received_time_ms : m.sent_time_ms;
-  if (m.sent_time_ms != 0) p.push_back(TimeProp(kPidClientSubmitTime, FileTimeFromUnixMs(m.sent_time_ms)));
+  if (m.sent_time_ms != 0) p.Time(kPidClientSubmitTime, FileTimeFromUnixMs(m.sent_time_ms));
   if (delivered != 0) {
-    p.push_back(TimeProp(kPidDeliveryTime, FileTimeFromUnixMs(delivered)));
-    p.push_back(TimeProp(kPidCreationTime, FileTimeFromUnixMs(delivered)));
-    p.push_back(TimeProp(kPidLastModTime, FileTimeFromUnixMs(delivered)));
+    p.Time(kPidDeliveryTime, FileTimeFromUnixMs(delivered));
+    p.Time(kPidCreationTime, FileTimeFromUnixMs(delivered));
+    p.Time(kPidLastModTime, FileTimeFromUnixMs(delivered));
   }
   int32_t flags = (m.read ? kMsgFlagRead : 0) | (m.attachments.empty() ? 0 : kMsgFlagHasAttach);
-  p.push_back(Int32Prop(kPidMessageFlags, flags));
-  p.push_back(Int32Prop(kPidMessageSize, 0));  // patched to the node's bytes
-  p.push_back(Int32Prop(kPidMessageStatus, 0));
-  p.push_back(Int32Prop(kPidImportance, 1));
-  p.push_back(Int32Prop(kPidSensitivity, 0));
-  p.push_back(BoolProp(kPidMessageToMe, false));
-  p.push_back(BoolProp(kPidMessageCcMe, false));
-  AddIfNotEmpty(p, kPidBody, m.body_plain);
+  p.Int32(kPidMessageFlags, flags);
+  p.Int32(kPidMessageSize, 0);  // patched to the node's bytes
+  p.Int32(kPidMessageStatus, 0);
+  p.Int32(kPidImportance, 1);
+  p.Int32(kPidSensitivity, 0);
+  p.Bool(kPidMessageToMe, false);
+  p.Bool(kPidMessageCcMe, false);
+  p.StringIfNotEmpty(kPidBody, m.body_plain);
   if (!m.body_html.empty()) {
-    p.push_back(BinaryProp(kPidHtml, m.body_html));
-    p.push_back(Int32Prop(kPidInternetCodepage, 65001));
+    p.Binary(kPidHtml, m.body_html);
+    p.Int32(kPidInternetCodepage, 65001);
   }
-  AddIfNotEmpty(p, kPidTransportHeaders, m.transport_headers);
-  AddIfNotEmpty(p, kPidInternetMessageId, m.internet_message_id);
-  AddIfNotEmpty(p, kPidInReplyTo, m.in_reply_to);
-  AddIfNotEmpty(p, kPidInternetReferences, m.references);
+  p.StringIfNotEmpty(kPidTransportHeaders, m.transport_headers);
+  p.StringIfNotEmpty(kPidInternetMessageId, m.internet_message_id);
+  p.StringIfNotEmpty(kPidInReplyTo, m.in_reply_to);
+  p.StringIfNotEmpty(kPidInternetReferences, m.references);
   if (!m.sender_address.empty() || !m.sender_name.empty()) {
-    std::string name = m.sender_name.empty() ? m.sender_address : m.sender_name;
-    p.push_back(StringProp(kPidSenderName, name));
-    p.push_back(StringProp(kPidSentRepName, name));
+    const std::string& name = m.sender_name.empty() ? m.sender_address : m.sender_name;
+    p.String(kPidSenderName, name);
+    p.String(kPidSentRepName, name);
     if (!m.sender_address.empty()) {
-      p.push_back(StringProp(kPidSenderEmail, m.sender_address));
-      p.push_back(StringProp(kPidSenderAddrType, "SMTP"));
-      p.push_back(StringProp(kPidSentRepEmail, m.sender_address));
-      p.push_back(StringProp(kPidSentRepAddrType, "SMTP"));
-      p.push_back(BinaryProp(kPidSenderEntryId, OneOffEntryId(name, m.sender_address)));
-      p.push_back(BinaryProp(kPidSentRepEntryId, OneOffEntryId(name, m.sender_address)));
-      p.push_back(BinaryProp(kPidSenderSearchKey, SearchKey(m.sender_address)));
-      p.push_back(BinaryProp(kPidSentRepSearchKey, SearchKey(m.sender_address)));
+      const std::string entry_id = OneOffEntryId(name, m.sender_address);
+      const std::string search_key = SearchKey(m.sender_address);
+      p.String(kPidSenderEmail, m.sender_address);
+      p.String(kPidSenderAddrType, "SMTP");
+      p.String(kPidSentRepEmail, m.sender_address);
+      p.String(kPidSentRepAddrType, "SMTP");
+      p.Binary(kPidSenderEntryId, entry_id);
+      p.Binary(kPidSentRepEntryId, entry_id);
+      p.Binary(kPidSenderSearchKey, search_key);
+      p.Binary(kPidSentRepSearchKey, search_key);
     }
   }
-  std::string to = m.display_to.empty() ? JoinNames(m.recipients, 1) : m.display_to;
-  std::string cc = m.display_cc.empty() ? JoinNames(m.recipients, 2) : m.display_cc;
-  std::string bcc = JoinNames(m.recipients, 3);
-  p.push_back(StringProp(kPidDisplayTo, to));
-  p.push_back(StringProp(kPidDisplayCc, cc));
-  p.push_back(StringProp(kPidDisplayBcc, bcc));
-  std::string key = "message-" + std::to_string(nid);
-  p.push_back(BinaryProp(kPidSearchKey, Guid(opt.store_uid, key)));
+  p.String(kPidDisplayTo, m.display_to.empty() ? JoinNames(m.recipients, 1) : m.display_to);
+  p.String(kPidDisplayCc, m.display_cc.empty() ? JoinNames(m.recipients, 2) : m.display_cc);
+  p.String(kPidDisplayBcc, JoinNames(m.recipients, 3));
+  p.Binary(kPidSearchKey, Guid(opt.store_uid, "message-" + std::to_string(nid)));
 
-  // The contents-table row mirrors the PC's values for the table's columns.
-  std::vector<Prop> row;
-  for (const Prop& x : p) {
-    for (const Column& c : contents.columns()) {
-      if ((c.tag >> 16) == x.id) {
-        row.push_back(x);
-        break;
-      }
-    }
-  }
   uint64_t extra = ndb->DataBytesSince(first);
-  WXA_ASSIGN_OR_RETURN(NodeData pc, BuildPropertyContext(ndb.get(), std::move(p), &nids, kPidMessageSize, extra));
+  WXA_ASSIGN_OR_RETURN(NodeData pc, BuildPropertyContext(ndb.get(), p.props(), &nids, kPidMessageSize, extra));
   for (SlEntry& e : pc.subnodes) subnodes.push_back(e);
   WXA_ASSIGN_OR_RETURN(uint64_t sub, ndb->WriteSubnodeTree(std::move(subnodes)));
   ndb->AddNode(nid, pc.bid_data, sub, folder_nids.back());
-  for (Prop& x : row) {
-    if (x.id == kPidMessageSize) x = Int32Prop(kPidMessageSize, static_cast<int32_t>(std::min<uint64_t>(pc.bytes, 0x7FFFFFFF)));
+  // The contents-table row mirrors the PC's values for the table's columns (AddRow picks them),
+  // with the message size now known.
+  for (Prop& x : p.props()) {
+    if (x.id == kPidMessageSize) {
+      x.value.clear();
+      Append32(x.value, static_cast<uint32_t>(std::min<uint64_t>(pc.bytes, 0x7FFFFFFF)));
+    }
   }
-  return leaf_contents->AddRow(nid, 1, row);
+  return leaf_contents->AddRow(nid, 1, p.props());
 }
 
 
@@ -479,7 +475,7 @@ std::vector<Prop> Writer::Impl::FolderProps(const std::string& name, uint32_t co
 
 Status Writer::Impl::AddPc(uint32_t nid, uint32_t parent, std::vector<Prop> props) {
   SubnodeNids nids;
-  WXA_ASSIGN_OR_RETURN(NodeData nd, BuildPropertyContext(ndb.get(), std::move(props), &nids));
+  WXA_ASSIGN_OR_RETURN(NodeData nd, BuildPropertyContext(ndb.get(), props, &nids));
   WXA_ASSIGN_OR_RETURN(uint64_t sub, ndb->WriteSubnodeTree(std::move(nd.subnodes)));
   ndb->AddNode(nid, nd.bid_data, sub, parent);
   return Status::Ok();
