@@ -137,14 +137,26 @@ Result<uint64_t> NdbWriter::WriteBlock(std::string_view data, bool internal) {
   uint64_t footprint = BlockFootprint(data.size());
   WXA_ASSIGN_OR_RETURN(uint64_t ib, Allocate(footprint, 64));
   uint64_t bid = (next_bid_index_++ << 2) | (internal ? 2 : 0);
-  std::string block(footprint, '\0');
-  std::memcpy(block.data(), data.data(), data.size());
-  char* t = block.data() + footprint - kBlockTrailerSize;
-  Put16(t, static_cast<uint16_t>(data.size()));
-  Put16(t + 2, ComputeSig(ib, bid));
-  Put32(t + 4, Crc32(data.data(), data.size()));
-  Put64(t + 8, bid);
-  WXA_RETURN_IF_ERROR(WriteAt(ib, block));
+  auto fill = [&](char* block) {
+    std::memcpy(block, data.data(), data.size());
+    std::memset(block + data.size(), 0, footprint - kBlockTrailerSize - data.size());
+    char* t = block + footprint - kBlockTrailerSize;
+    Put16(t, static_cast<uint16_t>(data.size()));
+    Put16(t + 2, ComputeSig(ib, bid));
+    Put32(t + 4, Crc32(data.data(), data.size()));
+    Put64(t + 8, bid);
+  };
+  if (error_.ok() && ib >= buf_off_) {
+    // The usual case: the block lands in the write buffer; build it there.
+    const uint64_t rel = ib - buf_off_;
+    if (buf_.size() < rel + footprint) buf_.resize(rel + footprint, '\0');
+    fill(buf_.data() + rel);
+    if (buf_.size() >= write_buffer_) WXA_RETURN_IF_ERROR(Flush());
+  } else {
+    std::string block(footprint, '\0');
+    fill(block.data());
+    WXA_RETURN_IF_ERROR(WriteAt(ib, block));
+  }
   // Outlook counts the BBT's own reference: a block used once has cRef 2.
   bbt_.push_back(BbtEntry{bid, ib, static_cast<uint16_t>(data.size()), 2});
   return bid;
