@@ -25,34 +25,46 @@ Result<std::unique_ptr<NdbWriter>> NdbWriter::Create(const std::string& path, si
 
 NdbWriter::NdbWriter(core::UniqueFd fd, std::string path, size_t write_buffer)
     : fd_(std::move(fd)), path_(std::move(path)), write_buffer_(write_buffer) {
-  buf_.reserve(write_buffer_ + 16384);
+  buf_cap_ = write_buffer_ + 16384;
+  buf_ = std::make_unique<char[]>(buf_cap_);
+}
+
+char* NdbWriter::BufferAt(uint64_t rel, size_t n) {
+  const size_t end = static_cast<size_t>(rel) + n;
+  if (end > buf_cap_) {
+    size_t cap = std::max(end, buf_cap_ * 2);
+    auto bigger = std::make_unique<char[]>(cap);
+    std::memcpy(bigger.get(), buf_.get(), buf_len_);
+    buf_ = std::move(bigger);
+    buf_cap_ = cap;
+  }
+  if (rel > buf_len_) std::memset(buf_.get() + buf_len_, 0, static_cast<size_t>(rel) - buf_len_);
+  buf_len_ = std::max(buf_len_, end);
+  return buf_.get() + rel;
 }
 
 NdbWriter::~NdbWriter() = default;
 
 Status NdbWriter::Flush() {
   size_t done = 0;
-  while (done < buf_.size()) {
-    ssize_t n = ::pwrite(fd_.get(), buf_.data() + done, buf_.size() - done,
-                         static_cast<off_t>(buf_off_ + done));
+  while (done < buf_len_) {
+    ssize_t n = ::pwrite(fd_.get(), buf_.get() + done, buf_len_ - done, static_cast<off_t>(buf_off_ + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Fail(Status::FromErrno("pwrite", path_, errno));
     }
     done += static_cast<size_t>(n);
   }
-  buf_off_ += buf_.size();
-  buf_.clear();
+  buf_off_ += buf_len_;
+  buf_len_ = 0;
   return Status::Ok();
 }
 
 Status NdbWriter::WriteAt(uint64_t off, std::string_view data) {
   if (!error_.ok()) return error_;
   if (off >= buf_off_) {
-    uint64_t rel = off - buf_off_;
-    if (buf_.size() < rel + data.size()) buf_.resize(rel + data.size(), '\0');
-    std::memcpy(buf_.data() + rel, data.data(), data.size());
-    if (buf_.size() >= write_buffer_) return Flush();
+    std::memcpy(BufferAt(off - buf_off_, data.size()), data.data(), data.size());
+    if (buf_len_ >= write_buffer_) return Flush();
     return Status::Ok();
   }
   if (off + data.size() > buf_off_) WXA_RETURN_IF_ERROR(Flush());
@@ -148,10 +160,8 @@ Result<uint64_t> NdbWriter::WriteBlock(std::string_view data, bool internal) {
   };
   if (error_.ok() && ib >= buf_off_) {
     // The usual case: the block lands in the write buffer; build it there.
-    const uint64_t rel = ib - buf_off_;
-    if (buf_.size() < rel + footprint) buf_.resize(rel + footprint, '\0');
-    fill(buf_.data() + rel);
-    if (buf_.size() >= write_buffer_) WXA_RETURN_IF_ERROR(Flush());
+    fill(BufferAt(ib - buf_off_, footprint));
+    if (buf_len_ >= write_buffer_) WXA_RETURN_IF_ERROR(Flush());
   } else {
     std::string block(footprint, '\0');
     fill(block.data());

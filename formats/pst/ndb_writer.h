@@ -107,7 +107,13 @@ class NdbWriter {
   std::string path_;
   Status error_;
   size_t write_buffer_;   // flush threshold of buf_
-  std::string buf_;       // pending bytes for [buf_off_, buf_off_ + buf_.size())
+  // Pending bytes for [buf_off_, buf_off_ + buf_len_): a plain array, so blocks are built in
+  // place without the zero fill a std::string resize would do first.
+  std::unique_ptr<char[]> buf_;
+  size_t buf_len_ = 0, buf_cap_ = 0;
+  // Makes [rel, rel + n) of the buffer writable and returns it; a gap between the buffer's end
+  // and `rel` is zeroed; the caller writes all n bytes.
+  char* BufferAt(uint64_t rel, size_t n);
   uint64_t buf_off_ = 0;
   uint64_t cursor_ = 0;   // next free byte (file size so far)
   uint64_t interval_ = 0;
