@@ -74,10 +74,8 @@ void SetNibble(char* base, size_t i, uint8_t v) {
 
 }  // namespace
 
-HeapBuilder::HeapBuilder(NdbWriter* ndb, uint8_t client_sig) : ndb_(ndb), client_sig_(client_sig) {
-  block0_.index = 0;
-  block0_.bytes.assign(HeaderSize(0), '\0');
-}
+HeapBuilder::HeapBuilder(NdbWriter* ndb, uint8_t client_sig)
+    : ndb_(ndb), client_sig_(client_sig), block0_(NewBlock(0)) {}
 
 size_t HeapBuilder::HeaderSize(uint32_t index) {
   if (index == 0) return 12;               // HNHDR
@@ -88,14 +86,23 @@ size_t HeapBuilder::SealedSize(const Block& b) {
   return ((b.bytes.size() + 1) & ~size_t{1}) + 4 + 2 * (b.starts.size() + 1);
 }
 
-std::string HeapBuilder::Seal(const Block& b) const {
-  std::string s = b.bytes;
+HeapBuilder::Block HeapBuilder::NewBlock(uint32_t index) {
+  Block b;
+  b.index = index;
+  b.bytes.reserve(kHnMaxBlock);  // a block grows to at most this: one allocation, no regrowth
+  b.bytes.assign(HeaderSize(index), '\0');
+  return b;
+}
+
+std::string HeapBuilder::Seal(Block&& b) {
+  const auto end = static_cast<uint16_t>(b.bytes.size());
+  std::string s = std::move(b.bytes);
   if (s.size() % 2) s.push_back('\0');
   uint16_t ib_hnpm = static_cast<uint16_t>(s.size());
   Append16(s, static_cast<uint16_t>(b.starts.size()));
   Append16(s, 0);  // cFree
   for (uint16_t st : b.starts) Append16(s, st);
-  Append16(s, static_cast<uint16_t>(b.bytes.size()));
+  Append16(s, end);
   Put16(s.data(), ib_hnpm);
   return s;
 }
@@ -123,12 +130,12 @@ Status HeapBuilder::SealCurrent() {
   if (IsBitmapBlock(idx)) {
     bitmap_ = std::move(current_);
   } else {
-    WXA_RETURN_IF_ERROR(WriteSealed(idx, Seal(current_)));
+    WXA_RETURN_IF_ERROR(WriteSealed(idx, Seal(std::move(current_))));
   }
   have_current_ = false;
   current_ = Block{};
   if (bitmap_ && idx == bitmap_->index + 127) {
-    std::string s = Seal(*bitmap_);
+    std::string s = Seal(std::move(*bitmap_));
     for (uint32_t k = 0; k < 128; ++k) {
       uint32_t b = bitmap_->index + k;
       SetNibble(s.data() + 2, k, b < fill_.size() ? fill_[b] : 0);
@@ -151,9 +158,7 @@ Result<uint32_t> HeapBuilder::Allocate(std::string_view data) {
     uint32_t next = have_current_ ? current_.index + 1 : 1;
     if (have_current_) WXA_RETURN_IF_ERROR(SealCurrent());
     if (next > 0xFFFF) return Status::TooLarge("pst: heap over 65535 blocks");
-    current_ = Block{};
-    current_.index = next;
-    current_.bytes.assign(HeaderSize(next), '\0');
+    current_ = NewBlock(next);
     have_current_ = true;
     open = &current_;
   }
@@ -180,7 +185,7 @@ uint64_t HeapBuilder::DataBytes() const {
 Result<uint64_t> HeapBuilder::Finish() {
   if (have_current_) WXA_RETURN_IF_ERROR(SealCurrent());
   if (bitmap_) {
-    std::string s = Seal(*bitmap_);
+    std::string s = Seal(std::move(*bitmap_));
     for (uint32_t k = 0; k < 128; ++k) {
       uint32_t b = bitmap_->index + k;
       SetNibble(s.data() + 2, k, b < fill_.size() ? fill_[b] : 0);
@@ -191,7 +196,7 @@ Result<uint64_t> HeapBuilder::Finish() {
   }
   if (fill_.empty()) fill_.resize(1, 0);
   fill_[0] = FillLevel(kHnMaxBlock - SealedSize(block0_));
-  std::string s = Seal(block0_);
+  std::string s = Seal(std::move(block0_));
   s[2] = static_cast<char>(0xEC);
   s[3] = static_cast<char>(client_sig_);
   Put32(s.data() + 4, user_root_);

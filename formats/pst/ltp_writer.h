@@ -98,7 +98,9 @@ class HeapBuilder {
   static size_t HeaderSize(uint32_t index);
   static bool IsBitmapBlock(uint32_t index) { return index == 8 || (index > 8 && (index - 8) % 128 == 0); }
   static size_t SealedSize(const Block& b);
-  std::string Seal(const Block& b) const;
+  // The block as written: its bytes (moved out) with the page map appended.
+  static std::string Seal(Block&& b);
+  static Block NewBlock(uint32_t index);
   Status SealCurrent();
   Status WriteSealed(uint32_t index, const std::string& bytes);
   Block* InMemory(uint32_t index);
