@@ -26,14 +26,14 @@ Result<std::unique_ptr<NdbWriter>> NdbWriter::Create(const std::string& path, si
 NdbWriter::NdbWriter(core::UniqueFd fd, std::string path, size_t write_buffer)
     : fd_(std::move(fd)), path_(std::move(path)), write_buffer_(write_buffer) {
   buf_cap_ = write_buffer_ + 16384;
-  buf_ = std::make_unique<char[]>(buf_cap_);
+  buf_.reset(new char[buf_cap_]);  // not zeroed: BufferAt zeroes what is not written
 }
 
 char* NdbWriter::BufferAt(uint64_t rel, size_t n) {
   const size_t end = static_cast<size_t>(rel) + n;
   if (end > buf_cap_) {
     size_t cap = std::max(end, buf_cap_ * 2);
-    auto bigger = std::make_unique<char[]>(cap);
+    std::unique_ptr<char[]> bigger(new char[cap]);
     std::memcpy(bigger.get(), buf_.get(), buf_len_);
     buf_ = std::move(bigger);
     buf_cap_ = cap;

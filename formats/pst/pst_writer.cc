@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <map>
 
 #include "formats/core/file.h"
@@ -220,6 +221,7 @@ struct Writer::Impl {
   Status error;
   bool closed = false;
   PropList message_props, recipient_props;  // reused from message to message
+  std::string message_search_key_base;       // 16 bytes
 
   Status AppendMessage(const Message& m, uint32_t nid);
   Result<NodeData> BuildAttachment(const Attachment& a, uint32_t anid, std::vector<Prop>* row_props);
@@ -258,6 +260,7 @@ Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, WriterOp
     std::copy(d.begin(), d.begin() + 16, o.store_uid.begin());
   }
   impl->uid.assign(reinterpret_cast<const char*>(o.store_uid.data()), 16);
+  impl->message_search_key_base = Guid(o.store_uid, "message-search-key");
   impl->opt = std::move(o);
   WXA_ASSIGN_OR_RETURN(impl->ndb, NdbWriter::Create(path, impl->opt.write_buffer));
   impl->leaf_contents = std::make_unique<TableBuilder>(impl->ndb.get(), &impl->contents);
@@ -443,7 +446,12 @@ Status Writer::Impl::AppendMessage(const Message& m, uint32_t nid) {
   p.String(kPidDisplayTo, m.display_to.empty() ? JoinNames(m.recipients, 1) : m.display_to);
   p.String(kPidDisplayCc, m.display_cc.empty() ? JoinNames(m.recipients, 2) : m.display_cc);
   p.String(kPidDisplayBcc, JoinNames(m.recipients, 3));
-  p.Binary(kPidSearchKey, Guid(opt.store_uid, "message-" + std::to_string(nid)));
+  // PidTagSearchKey: unique within the store (the NID folded into a per-store base) and across
+  // volumes (the base derives from the store's uid); one SHA-256 per volume, not per message.
+  char search_key[16];
+  std::memcpy(search_key, message_search_key_base.data(), 16);
+  Put32(search_key + 12, Get32(search_key + 12) ^ nid);
+  p.Binary(kPidSearchKey, std::string_view(search_key, 16));
 
   uint64_t extra = ndb->DataBytesSince(first);
   WXA_ASSIGN_OR_RETURN(NodeData pc, BuildPropertyContext(ndb.get(), p.props(), &nids, kPidMessageSize, extra));

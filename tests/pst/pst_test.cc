@@ -442,7 +442,8 @@ std::vector<Message> GoldenMessages() {
   v[1].attachments.push_back(Attachment{"hello.txt", "text/plain", "", "hello, world\n", "", 0});
   return v;
 }
-constexpr char kGoldenSha256[] = "fa015b60eb9363465b7b5645f914845b5b9bdd803327ee84cd90040d9ab610cb";
+// Changed on purpose by: message search keys from a per-store base (no SHA-256 per message).
+constexpr char kGoldenSha256[] = "27f95c8bbe74bae5cc6b52fd808dc2aa93613fd1302a59a7b190f5a42c6d8c31";
 
 TEST(PstGolden, ByteForByteStable) {
   TempDir dir;
@@ -460,6 +461,42 @@ TEST(PstGolden, ByteForByteStable) {
   o.store_uid[0] ^= 1;  // a different store UID must change the bytes
   ASSERT_TRUE(WritePst(dir / "g3.pst", o, GoldenMessages()).ok());
   EXPECT_FALSE(ReadAll(dir / "g3.pst") == a);
+}
+
+// PidTagSearchKey identifies a message for searches: no two messages may share one, in a volume
+// or across a mailbox's volumes (stores with different names).
+TEST(PstWriter, MessageSearchKeysAreUnique) {
+  TempDir dir;
+  std::set<std::string> keys;
+  size_t messages = 0;
+  for (const char* name : {"Volume 001", "Volume 002"}) {
+    WriterOptions o;
+    o.display_name = name;
+    o.sync_on_close = false;
+    std::vector<Message> msgs;
+    for (int i = 0; i < 300; ++i) msgs.push_back(TextMessage(i));
+    std::string path = dir / (std::string(name) + ".pst");
+    ASSERT_TRUE(WritePst(path, o, msgs).ok());
+    auto r = Reader::Open(path);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto folders = (*r)->Folders();
+    ASSERT_TRUE(folders.ok());
+    for (const auto& f : *folders) {
+      auto nids = (*r)->MessageNids(f.nid);
+      ASSERT_TRUE(nids.ok());
+      for (uint32_t nid : *nids) {
+        auto props = (*r)->ReadProperties(nid);
+        ASSERT_TRUE(props.ok());
+        auto it = props->find(0x300B);
+        ASSERT_NE(it, props->end()) << "message without PidTagSearchKey";
+        EXPECT_EQ(it->second.bytes.size(), 16u);
+        keys.insert(it->second.bytes);
+        ++messages;
+      }
+    }
+  }
+  EXPECT_EQ(messages, 600u);
+  EXPECT_EQ(keys.size(), messages);
 }
 
 // The verifier must fail on damaged files (testing the test).
