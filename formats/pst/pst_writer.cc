@@ -125,25 +125,29 @@ std::string EntryId(const std::string& uid, uint32_t nid) {
   return e;
 }
 
-std::string Upper(std::string s) {
-  for (char& c : s) if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-  return s;
+// "SMTP:" + the upper-cased address + NUL, appended to *out.
+void AppendSearchKey(const std::string& address, std::string* out) {
+  out->append("SMTP:");
+  for (char c : address) out->push_back(c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c);
+  out->push_back('\0');
 }
 
-std::string SearchKey(const std::string& address) { return "SMTP:" + Upper(address) + std::string(1, '\0'); }
-
 // [MS-OXCDATA] 2.2.5.1 one-off EntryID, Unicode.
-std::string OneOffEntryId(const std::string& name, const std::string& address) {
+// Appended to *out.
+void AppendOneOffEntryId(const std::string& name, const std::string& address, std::string* out) {
   static const unsigned char kOneOffProvider[16] = {0x81, 0x2B, 0x1F, 0xA4, 0xBE, 0xA3, 0x10, 0x19,
                                                     0x9D, 0x6E, 0x00, 0xDD, 0x01, 0x0F, 0x54, 0x02};
-  std::string e(4, '\0');
+  std::string& e = *out;
+  e.append(4, '\0');
   e.append(reinterpret_cast<const char*>(kOneOffProvider), 16);
   Append16(e, 0);       // version
   Append16(e, 0x9001);  // Unicode, no rich info
-  e += Utf8ToUtf16(name.empty() ? address : name) + std::string(2, '\0');
-  e += Utf8ToUtf16("SMTP") + std::string(2, '\0');
-  e += Utf8ToUtf16(address) + std::string(2, '\0');
-  return e;
+  AppendUtf16(name.empty() ? address : name, &e);
+  e.append(2, '\0');
+  AppendUtf16("SMTP", &e);
+  e.append(2, '\0');
+  AppendUtf16(address, &e);
+  e.append(2, '\0');
 }
 
 // [MS-OXCMSG] 2.2.1.9: a prefix of up to 3 characters ending in ": ".
@@ -222,6 +226,7 @@ struct Writer::Impl {
   bool closed = false;
   PropList message_props, recipient_props;  // reused from message to message
   std::string message_search_key_base;       // 16 bytes
+  std::string scratch_entry_id, scratch_search_key;
 
   Status AppendMessage(const Message& m, uint32_t nid);
   Result<NodeData> BuildAttachment(const Attachment& a, uint32_t anid, std::vector<Prop>* row_props);
@@ -362,10 +367,10 @@ Status Writer::Impl::AppendMessage(const Message& m, uint32_t nid) {
       rp.Bool(kPidResponsibility, true);
       rp.String(kPidAddrType, "SMTP");
       rp.String(kPidEmailAddress, r.address);
-      rp.Binary(kPidEntryId, OneOffEntryId(name, r.address));
+      AppendOneOffEntryId(name, r.address, &rp.Add(kPidEntryId, kPtBinary).value);
       rp.String(kPidDisplayName, name);
       rp.Int32(kPidRecipientType, r.type);
-      rp.Binary(kPidSearchKey, SearchKey(r.address));
+      AppendSearchKey(r.address, &rp.Add(kPidSearchKey, kPtBinary).value);
       rp.Int32(kPidObjectType, 6);   // MAPI_MAILUSER
       rp.Int32(kPidDisplayType, 0);  // DT_MAILUSER
       rp.Bool(kPidSendRichInfo, false);
@@ -431,8 +436,12 @@ Status Writer::Impl::AppendMessage(const Message& m, uint32_t nid) {
     p.String(kPidSenderName, name);
     p.String(kPidSentRepName, name);
     if (!m.sender_address.empty()) {
-      const std::string entry_id = OneOffEntryId(name, m.sender_address);
-      const std::string search_key = SearchKey(m.sender_address);
+      std::string& entry_id = scratch_entry_id;
+      std::string& search_key = scratch_search_key;
+      entry_id.clear();
+      search_key.clear();
+      AppendOneOffEntryId(name, m.sender_address, &entry_id);
+      AppendSearchKey(m.sender_address, &search_key);
       p.String(kPidSenderEmail, m.sender_address);
       p.String(kPidSenderAddrType, "SMTP");
       p.String(kPidSentRepEmail, m.sender_address);
