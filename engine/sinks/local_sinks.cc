@@ -24,6 +24,18 @@ Result<SyncMode> ParseSyncMode(std::string_view s) {
   return Status::InvalidArgument(fmt::format("unknown sync mode '{}' (batch or file)", s));
 }
 
+Result<core::UniqueFd> TakeTargetLock(int root_fd, const std::string& dir) {
+  const std::string lock = core::JoinPath(dir, kTargetLockName);
+  core::UniqueFd fd(::openat(root_fd, std::string(kTargetLockName).c_str(),
+                             O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!fd.valid()) return Status::FromErrno("open", lock, errno);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    return Status::Aborted(fmt::format(
+        "another wxarchiver run is writing into {} (it holds {}); wait for it or stop it", dir, lock));
+  }
+  return fd;
+}
+
 namespace {
 
 Result<std::string> FolderFor(maildir::Layout layout, std::string_view folder) {
@@ -59,15 +71,7 @@ class LocalTreeSink final : public Sink {
     if (!root_fd_.valid()) return Status::FromErrno("open", target_.dir, errno);
     // One run at a time per tree, whatever index each uses: two runs would
     // take each other's temp files for garbage.
-    const std::string lock = core::JoinPath(target_.dir, kTargetLockName);
-    lock_fd_ = core::UniqueFd(::openat(root_fd_.get(), std::string(kTargetLockName).c_str(),
-                                       O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
-    if (!lock_fd_.valid()) return Status::FromErrno("open", lock, errno);
-    if (::flock(lock_fd_.get(), LOCK_EX | LOCK_NB) != 0) {
-      return Status::Aborted(fmt::format(
-          "another wxarchiver run is writing into {} (it holds {}); wait for it or stop it",
-          target_.dir, lock));
-    }
+    WXA_ASSIGN_OR_RETURN(lock_fd_, TakeTargetLock(root_fd_.get(), target_.dir));
     return Status::Ok();
   }
 

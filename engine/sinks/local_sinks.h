@@ -40,6 +40,12 @@ struct LocalSinkOptions {
 // The lock file each local tree holds while a run writes into it.
 inline constexpr std::string_view kTargetLockName = ".wxarchiver-target.lock";
 
+// Creates (if need be) and flocks kTargetLockName in the tree `dir`, whose
+// directory is open as root_fd (used for the openat; `dir` only names it in
+// messages). The lock lasts as long as the returned descriptor is open.
+// Aborted when another run holds it.
+[[nodiscard]] Result<core::UniqueFd> TakeTargetLock(int root_fd, const std::string& dir);
+
 // For kMaildir, kEml and kNull targets; other kinds are not local.
 Result<std::unique_ptr<Sink>> MakeLocalSink(const Target& target, const LocalSinkOptions& options);
 

@@ -182,14 +182,7 @@ class PstSink final : public Sink {
     WXA_RETURN_IF_ERROR(env_->CreateDirs(target_.dir));
     root_fd_ = core::UniqueFd(::open(target_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!root_fd_.valid()) return Status::FromErrno("open", target_.dir, errno);
-    const std::string lock = core::JoinPath(target_.dir, kTargetLockName);
-    lock_fd_ = core::UniqueFd(::openat(root_fd_.get(), std::string(kTargetLockName).c_str(),
-                                       O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
-    if (!lock_fd_.valid()) return Status::FromErrno("open", lock, errno);
-    if (::flock(lock_fd_.get(), LOCK_EX | LOCK_NB) != 0) {
-      return Status::Aborted(fmt::format(
-          "another wxarchiver run is writing into {} (it holds {}); wait for it or stop it", target_.dir, lock));
-    }
+    WXA_ASSIGN_OR_RETURN(lock_fd_, TakeTargetLock(root_fd_.get(), target_.dir));
     // Volumes a stopped run was writing: never finished, so none of their
     // items was recorded done; this run writes them again.
     WXA_ASSIGN_OR_RETURN(auto names, env_->ListDirFd(root_fd_.get(), target_.dir));
