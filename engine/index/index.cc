@@ -295,6 +295,14 @@ struct Index::Impl {
     if (env != nullptr) mdb_env_close(env);
   }
 
+  // Looks every key up among the items in one read transaction: (*out)[i]
+  // stays nullopt when keys[i] has no record, else decode(value, &(*out)[i])
+  // fills it (the value lives only inside the transaction). dir names the
+  // index in errors.
+  template <typename T, typename Decode>
+  Status ReadItems(const std::vector<core::ItemKey>& keys, std::string_view dir,
+                   std::vector<std::optional<T>>* out, Decode decode);
+
   // Counter deltas of the transaction being built; written to meta before commit.
   struct Delta {
     int64_t items[5] = {};
@@ -875,40 +883,40 @@ Status Index::GetDeliveries(const std::vector<DeliveryKey>& keys,
   return Status::Ok();
 }
 
-Status Index::GetItemStates(const std::vector<core::ItemKey>& keys,
-                            std::vector<std::optional<ItemState>>* out) {
+template <typename T, typename Decode>
+Status Index::Impl::ReadItems(const std::vector<core::ItemKey>& keys, std::string_view dir,
+                              std::vector<std::optional<T>>* out, Decode decode) {
   out->assign(keys.size(), std::nullopt);
   if (keys.empty()) return Status::Ok();
-  std::shared_lock l(impl_->env_mu);
+  std::shared_lock l(env_mu);
   Txn t;
-  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  WXA_RETURN_IF_ERROR(t.Begin(env, MDB_RDONLY));
   for (size_t i = 0; i < keys.size(); ++i) {
     std::string_view v;
-    int rc = Impl::Get(t.get(), impl_->items, keys[i].View(), &v);
+    int rc = Get(t.get(), items, keys[i].View(), &v);
     if (rc == MDB_NOTFOUND) continue;
-    if (rc != 0) return MdbError("read item", rc);
-    if (v.empty()) return Status::Corruption("empty item record in the index");
-    (*out)[i] = static_cast<ItemState>(v[0]);
+    if (rc != 0) return MdbError("read item", rc, dir);
+    WXA_RETURN_IF_ERROR(decode(v, &(*out)[i]));
   }
   return Status::Ok();
 }
 
+Status Index::GetItemStates(const std::vector<core::ItemKey>& keys,
+                            std::vector<std::optional<ItemState>>* out) {
+  return impl_->ReadItems(keys, dir_, out, [](std::string_view v, std::optional<ItemState>* state) {
+    if (v.empty()) return Status::Corruption("empty item record in the index");
+    *state = static_cast<ItemState>(v[0]);
+    return Status::Ok();
+  });
+}
+
 Status Index::GetItems(const std::vector<core::ItemKey>& keys, std::vector<std::optional<ItemRecord>>* out) {
-  out->assign(keys.size(), std::nullopt);
-  if (keys.empty()) return Status::Ok();
-  std::shared_lock l(impl_->env_mu);
-  Txn t;
-  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
-  for (size_t i = 0; i < keys.size(); ++i) {
-    std::string_view v;
-    int rc = Impl::Get(t.get(), impl_->items, keys[i].View(), &v);
-    if (rc == MDB_NOTFOUND) continue;
-    if (rc != 0) return MdbError("read item", rc, dir_);
+  return impl_->ReadItems(keys, dir_, out, [this](std::string_view v, std::optional<ItemRecord>* record) {
     auto rec = ItemRecord::Decode(v);
     if (!rec) return Status::Corruption(fmt::format("unreadable item record in the index {}", dir_));
-    (*out)[i] = std::move(*rec);
-  }
-  return Status::Ok();
+    *record = std::move(*rec);
+    return Status::Ok();
+  });
 }
 
 Result<std::unordered_map<uint32_t, std::string>> Index::FileNames() {

@@ -103,6 +103,18 @@ TEST(Index, ClaimsDoneReleaseAndCounters) {
   EXPECT_EQ(states[0], DeliveryState::kDone);
   EXPECT_EQ(states[1], DeliveryState::kIntent);
   EXPECT_FALSE(states[2].has_value());
+  // Items by key, several at once: a record, or nullopt for one never written.
+  std::vector<std::optional<ItemState>> item_states;
+  ASSERT_TRUE(x.GetItemStates({Key(2), Key(1)}, &item_states).ok());
+  EXPECT_EQ(item_states, (std::vector<std::optional<ItemState>>{std::nullopt, ItemState::kDone}));
+  std::vector<std::optional<ItemRecord>> items;
+  ASSERT_TRUE(x.GetItems({Key(1), Key(2)}, &items).ok());
+  ASSERT_EQ(items.size(), 2u);
+  ASSERT_TRUE(items[0].has_value());
+  EXPECT_EQ(items[0]->state, ItemState::kDone);
+  EXPECT_FALSE(items[1].has_value());
+  ASSERT_TRUE(x.GetItems({}, &items).ok());
+  EXPECT_TRUE(items.empty());
 
   auto c = x.GetCounters();
   ASSERT_TRUE(c.ok());
