@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -12,7 +14,10 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
+
+extern char** environ;
 
 namespace wxa::test {
 
@@ -88,6 +93,49 @@ int Run(const std::string& command, std::string* out) {
   }
   int status = ::pclose(p);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+pid_t Spawn(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  EXPECT_EQ(rc, 0);
+  return pid;
+}
+
+int WaitExitCode(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+Corpus MakeCorpus(const gen::GenOptions& options) {
+  Corpus out;
+  out.dir = options.out;
+  auto r = gen::GenerateCorpus(options);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  std::string list = ReadFile(out.dir + "/mailboxes.txt");
+  size_t pos = 0;
+  while (pos < list.size()) {
+    size_t nl = list.find('\n', pos);
+    std::string line = list.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? list.size() : nl + 1;
+    if (!line.empty() && line[0] != '#' && line.find('@') != std::string::npos) out.mailboxes.push_back(line);
+  }
+  return out;
+}
+
+std::vector<std::string> CliImportArgs(const std::string& cli, const std::string& corpus_dir,
+                                       const std::string& target) {
+  const std::string& c = corpus_dir;
+  return {cli, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
+          "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt", "--to", target};
 }
 
 Status FaultEnv::WriteAll(int fd, std::string_view data, const std::string& path) {

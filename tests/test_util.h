@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <sys/types.h>
+
 #include "formats/core/file.h"
+#include "tools/gen/corpus_gen.h"
 
 namespace wxa::test {
 
@@ -38,6 +41,24 @@ std::string SourcePath(const std::string& rel);  // path in the source tree
 // Runs a shell command; returns its exit status and puts stdout+stderr in *out.
 int Run(const std::string& command, std::string* out);
 std::string ShellQuote(const std::string& s);
+
+// Starts args[0] (a path, no PATH search) with args, stdout to /dev/null,
+// stderr inherited; a test failure when it cannot start.
+pid_t Spawn(const std::vector<std::string>& args);
+// Waits for pid: its exit code, or 128 + the signal that ended it (as a shell says).
+int WaitExitCode(pid_t pid);
+
+// A generated corpus and the mailboxes its mailboxes.txt lists.
+struct Corpus {
+  std::string dir;
+  std::vector<std::string> mailboxes;
+};
+// Generates `options` into options.out; a test failure when that fails.
+Corpus MakeCorpus(const gen::GenOptions& options);
+// `cli import --quiet` of the generated corpus in corpus_dir (its
+// directory, mapping and mailbox list) into target; append more flags.
+std::vector<std::string> CliImportArgs(const std::string& cli, const std::string& corpus_dir,
+                                       const std::string& target);
 
 // Fails chosen calls with an errno: WriteAll after `fail_writes_after` more
 // successful writes, or every fsync/syncfs when fail_sync is set.

@@ -9,9 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <dirent.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,8 +25,6 @@
 #include "tests/test_util.h"
 #include "tools/gen/corpus_gen.h"
 
-extern char** environ;
-
 namespace wxa {
 namespace {
 
@@ -43,30 +39,9 @@ long EnvLong(const char* name, long dflt) {
 class CrashCampaign : public ::testing::TestWithParam<const char*> {
  protected:
   std::vector<std::string> ImportArgs(const std::string& out, const std::string& report) {
-    const std::string c = tmp_ / "corpus";
-    return {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
-            "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
-            "--to", "maildir:" + out, "--report", report, "--sync", GetParam()};
-  }
-
-  pid_t Spawn(const std::vector<std::string>& args) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    pid_t pid = -1;
-    int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    EXPECT_EQ(rc, 0);
-    return pid;
-  }
-
-  int Wait(pid_t pid) {
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::vector<std::string> a = test::CliImportArgs(WXA_CLI, tmp_ / "corpus", "maildir:" + out);
+    a.insert(a.end(), {"--report", report, "--sync", GetParam()});
+    return a;
   }
 
   // Delivered files in a Maildir tree (cur/ of every mailbox's folder).
@@ -117,10 +92,10 @@ TEST_P(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
 
   // The reference: one uninterrupted run.
   auto t0 = Clock::now();
-  ASSERT_EQ(Wait(Spawn(ImportArgs(tmp_ / "ref", tmp_ / "ref.json"))), 0);
+  ASSERT_EQ(test::WaitExitCode(test::Spawn(ImportArgs(tmp_ / "ref", tmp_ / "ref.json"))), 0);
   const double full_s = std::chrono::duration<double>(Clock::now() - t0).count();
   t0 = Clock::now();
-  ASSERT_EQ(Wait(Spawn(ImportArgs(tmp_ / "ref", tmp_ / "ref2.json"))), 0);
+  ASSERT_EQ(test::WaitExitCode(test::Spawn(ImportArgs(tmp_ / "ref", tmp_ / "ref2.json"))), 0);
   const double startup_s = std::chrono::duration<double>(Clock::now() - t0).count();
   const auto reference = Mail(tmp_ / "ref");
   ASSERT_GT(reference.size(), static_cast<size_t>(records));
@@ -141,7 +116,7 @@ TEST_P(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
     const size_t target = before + std::uniform_int_distribution<size_t>(1, std::min(span, std::max<size_t>(left, 2) - 1))(rng);
     const auto early_deadline = Clock::now() + std::chrono::duration<double>(
                                                    std::uniform_real_distribution<double>(0, startup_s)(rng));
-    pid_t pid = Spawn(ImportArgs(tmp_ / "out", tmp_ / "out.json"));
+    pid_t pid = test::Spawn(ImportArgs(tmp_ / "out", tmp_ / "out.json"));
     int status = 0;
     bool exited = false;
     while (true) {
@@ -157,12 +132,12 @@ TEST_P(CrashCampaign, KillNineAnywhereLosesAndDuplicatesNothing) {
       continue;
     }
     ::kill(pid, SIGKILL);
-    ASSERT_EQ(Wait(pid), 128 + SIGKILL);
+    ASSERT_EQ(test::WaitExitCode(pid), 128 + SIGKILL);
     ++landed;
   }
   EXPECT_GE(landed, std::min(kills, 10L)) << "kills must land inside runs";
   // The last rerun finishes the work.
-  ASSERT_EQ(Wait(Spawn(ImportArgs(tmp_ / "out", tmp_ / "out.json"))), 0);
+  ASSERT_EQ(test::WaitExitCode(test::Spawn(ImportArgs(tmp_ / "out", tmp_ / "out.json"))), 0);
 
   // Every (item, mailbox) exactly once, with the reference's bytes.
   const auto got = Mail(tmp_ / "out");

@@ -9,9 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <curl/curl.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -35,8 +33,6 @@
 #include "tests/test_util.h"
 #include "tools/gen/corpus_gen.h"
 
-extern char** environ;
-
 namespace wxa {
 namespace {
 
@@ -48,18 +44,11 @@ constexpr const char* kClientId = "0f1e2d3c-wxa-archiver";
 constexpr const char* kSecret = "Sx~8Q.graph-secret-value-Zq81";
 constexpr const char* kTenant = "11111111-2222-3333-4444-555555555555";
 
-struct Corpus {
-  std::string dir;
-  std::vector<std::string> mailboxes;
-};
-
-const Corpus& SharedCorpus() {
+const test::Corpus& SharedCorpus() {
   static test::TempDir* tmp = new test::TempDir();
-  static Corpus* c = [] {
-    auto* out = new Corpus();
-    out->dir = *tmp / "corpus";
+  static test::Corpus* c = [] {
     gen::GenOptions g;
-    g.out = out->dir;
+    g.out = *tmp / "corpus";
     g.users = 10;
     g.days = 2;
     g.seed = 11;
@@ -67,17 +56,7 @@ const Corpus& SharedCorpus() {
     g.media_scale = 0.01;
     g.broken_records = false;
     g.huge_files = false;
-    auto r = gen::GenerateCorpus(g);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    std::string list = test::ReadFile(out->dir + "/mailboxes.txt");
-    size_t pos = 0;
-    while (pos < list.size()) {
-      size_t nl = list.find('\n', pos);
-      std::string line = list.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-      pos = nl == std::string::npos ? list.size() : nl + 1;
-      if (!line.empty() && line[0] != '#' && line.find('@') != std::string::npos) out->mailboxes.push_back(line);
-    }
-    return out;
+    return new test::Corpus(test::MakeCorpus(g));
   }();
   return *c;
 }
@@ -299,7 +278,7 @@ class GraphSinkTest : public ::testing::Test {
     curl_easy_cleanup(c);
   }
 
-  const Corpus* corpus_ = nullptr;
+  const test::Corpus* corpus_ = nullptr;
   test::TempDir tmp_;
   FakeGraphServer server_;
   sinks::GraphOptions graph_;
@@ -587,29 +566,10 @@ TEST_F(GraphSinkTest, KillNineAnywhereLosesAndDuplicatesNothing) {
   Start(so);
   test::WriteFile(tmp_ / "secret", std::string(kSecret) + "\n");
   const std::string c = corpus_->dir;
-  std::vector<std::string> args = {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
-                                   "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
-                                   "--to", "graph:", "--index", tmp_ / "index", "--graph-tenant", kTenant,
-                                   "--graph-client-id", kClientId, "--graph-secret-file", tmp_ / "secret",
-                                   "--graph-login-url", server_.base_url(), "--graph-url", server_.base_url(),
-                                   "--connections", "8"};
-  auto spawn = [&] {
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    EXPECT_EQ(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
-  };
-  auto wait = [](pid_t pid) {
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  };
+  std::vector<std::string> args = test::CliImportArgs(WXA_CLI, c, "graph:");
+  args.insert(args.end(), {"--index", tmp_ / "index", "--graph-tenant", kTenant, "--graph-client-id", kClientId,
+                           "--graph-secret-file", tmp_ / "secret", "--graph-login-url", server_.base_url(),
+                           "--graph-url", server_.base_url(), "--connections", "8"});
   auto stored = [&] {
     uint64_t n = 0;
     for (const auto& mb : corpus_->mailboxes) n += server_.Stats(mb).messages;
@@ -623,7 +583,7 @@ TEST_F(GraphSinkTest, KillNineAnywhereLosesAndDuplicatesNothing) {
     const uint64_t before = stored();
     std::uniform_int_distribution<uint64_t> step(1, 12);
     const uint64_t kill_at = before + step(rng);
-    pid_t pid = spawn();
+    pid_t pid = test::Spawn(args);
     bool exited = false;
     int st = 0;
     while (true) {
@@ -639,14 +599,14 @@ TEST_F(GraphSinkTest, KillNineAnywhereLosesAndDuplicatesNothing) {
       break;
     }
     ::kill(pid, SIGKILL);
-    ASSERT_EQ(wait(pid), 128 + SIGKILL);
+    ASSERT_EQ(test::WaitExitCode(pid), 128 + SIGKILL);
     ++kills;
   }
   EXPECT_GE(kills, want) << "kills must land inside runs (" << runs << " runs)";
-  ASSERT_EQ(wait(spawn()), 0);
+  ASSERT_EQ(test::WaitExitCode(test::Spawn(args)), 0);
   EXPECT_EQ(ExpectExactlyOnce(), RefTotal());
   const uint64_t n = stored();
-  ASSERT_EQ(wait(spawn()), 0);
+  ASSERT_EQ(test::WaitExitCode(test::Spawn(args)), 0);
   EXPECT_EQ(stored(), n) << "a rerun of a finished upload sends nothing";
   EXPECT_EQ(server_.TotalViolations(), 0u);
   std::printf("graph crash campaign: %d kills in %d runs, %lu items stored\n", kills, runs, static_cast<unsigned long>(n));

@@ -7,9 +7,7 @@
 // chosen by progress (APPENDs seen), with a Message-ID census at the end.
 #include <gtest/gtest.h>
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -34,8 +32,6 @@
 #include "tests/test_util.h"
 #include "tools/gen/corpus_gen.h"
 
-extern char** environ;
-
 namespace wxa {
 namespace {
 
@@ -48,18 +44,11 @@ constexpr const char* kFolder = "WeChat Archiver";
 constexpr const char* kMasterSecret = "s3cr3t-master-Zq8";
 
 // A generated corpus shared by the tests of one process (generation is the slow part).
-struct Corpus {
-  std::string dir;
-  std::vector<std::string> mailboxes;
-};
-
-const Corpus& SharedCorpus() {
+const test::Corpus& SharedCorpus() {
   static test::TempDir* tmp = new test::TempDir();
-  static Corpus* c = [] {
-    auto* out = new Corpus();
-    out->dir = *tmp / "corpus";
+  static test::Corpus* c = [] {
     gen::GenOptions g;
-    g.out = out->dir;
+    g.out = *tmp / "corpus";
     g.users = 12;
     g.days = 2;
     g.seed = 7;
@@ -67,17 +56,7 @@ const Corpus& SharedCorpus() {
     g.media_scale = 0.01;
     g.broken_records = false;
     g.huge_files = false;
-    auto r = gen::GenerateCorpus(g);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    std::string list = test::ReadFile(out->dir + "/mailboxes.txt");
-    size_t pos = 0;
-    while (pos < list.size()) {
-      size_t nl = list.find('\n', pos);
-      std::string line = list.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-      pos = nl == std::string::npos ? list.size() : nl + 1;
-      if (!line.empty() && line[0] != '#' && line.find('@') != std::string::npos) out->mailboxes.push_back(line);
-    }
-    return out;
+    return new test::Corpus(test::MakeCorpus(g));
   }();
   return *c;
 }
@@ -196,7 +175,7 @@ class ImapSinkTest : public ::testing::Test {
     return r.ok() ? *r : pipeline::VerifyReport{};
   }
 
-  const Corpus* corpus_ = nullptr;
+  const test::Corpus* corpus_ = nullptr;
   test::TempDir tmp_;
   sinks::SinkOptions sink_options_;
   uint32_t command_timeout_ms_ = 60000;
@@ -429,28 +408,9 @@ TEST_F(ImapSinkTest, KillNineAnywhereDuringUploadLosesAndDuplicatesNothing) {
   test::WriteFile(tmp_ / "secret", kMasterSecret);
   const std::string c = corpus_->dir;
   const std::string target = fmt::format("imap://127.0.0.1:{}", (*proxy)->port());
-  std::vector<std::string> args = {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
-                                   "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
-                                   "--to", target, "--index", tmp_ / "index", "--imap-master", "wxa-master",
-                                   "--imap-secret-file", tmp_ / "secret", "--imap-batch", "3",
-                                   "--connections", "4"};
-  auto spawn = [&] {
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    EXPECT_EQ(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
-  };
-  auto wait = [](pid_t pid) {
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  };
+  std::vector<std::string> args = test::CliImportArgs(WXA_CLI, c, target);
+  args.insert(args.end(), {"--index", tmp_ / "index", "--imap-master", "wxa-master", "--imap-secret-file",
+                           tmp_ / "secret", "--imap-batch", "3", "--connections", "4"});
   std::mt19937_64 rng(static_cast<uint64_t>(std::getenv("WXA_CRASH_SEED") ? std::atol(std::getenv("WXA_CRASH_SEED")) : 4242));
   int kills = 0, runs = 0;
   const int want = 10;
@@ -459,7 +419,7 @@ TEST_F(ImapSinkTest, KillNineAnywhereDuringUploadLosesAndDuplicatesNothing) {
     const uint64_t before = (*proxy)->counters().append_commands;
     std::uniform_int_distribution<uint64_t> step(1, 8);
     const uint64_t kill_at = before + step(rng);
-    pid_t pid = spawn();
+    pid_t pid = test::Spawn(args);
     bool exited = false;
     int st = 0;
     while (!exited) {
@@ -475,15 +435,15 @@ TEST_F(ImapSinkTest, KillNineAnywhereDuringUploadLosesAndDuplicatesNothing) {
       break;  // the work finished before a kill landed
     }
     ::kill(pid, SIGKILL);
-    ASSERT_EQ(wait(pid), 128 + SIGKILL);
+    ASSERT_EQ(test::WaitExitCode(pid), 128 + SIGKILL);
     ++kills;
   }
   EXPECT_GE(kills, want) << "kills must land inside runs (" << runs << " runs)";
-  ASSERT_EQ(wait(spawn()), 0);
+  ASSERT_EQ(test::WaitExitCode(test::Spawn(args)), 0);
   ExpectMatchesReference(**dc);
   // A rerun of the finished upload sends nothing.
   const uint64_t appends = (*proxy)->counters().append_commands;
-  ASSERT_EQ(wait(spawn()), 0);
+  ASSERT_EQ(test::WaitExitCode(test::Spawn(args)), 0);
   EXPECT_EQ((*proxy)->counters().append_commands, appends);
   std::printf("imap crash campaign: %d kills in %d runs, %lu APPEND commands in all\n", kills, runs,
               static_cast<unsigned long>(appends));

@@ -10,9 +10,7 @@
 // volumes early without losing anything.
 #include <gtest/gtest.h>
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,8 +31,6 @@
 #include "formats/pst/pst_reader.h"
 #include "tests/test_util.h"
 #include "tools/gen/corpus_gen.h"
-
-extern char** environ;
 
 namespace wxa {
 namespace {
@@ -76,35 +72,12 @@ const std::string& CorpusDir(int which = 0) {
 
 std::vector<std::string> ImportArgs(const std::string& target, std::vector<std::string> extra = {},
                                     int which = 0) {
-  const std::string c = CorpusDir(which);
-  std::vector<std::string> a = {WXA_CLI, "import", "--quiet", "--source", c, "--directory", c + "/directory.csv",
-                                "--mapping", c + "/mapping.csv", "--mailboxes", c + "/mailboxes.txt",
-                                "--to", target};
+  std::vector<std::string> a = test::CliImportArgs(WXA_CLI, CorpusDir(which), target);
   for (auto& e : extra) a.push_back(std::move(e));
   return a;
 }
 
-pid_t Spawn(const std::vector<std::string>& args) {
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  EXPECT_EQ(rc, 0);
-  return pid;
-}
-
-int Wait(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-int RunCli(const std::vector<std::string>& args) { return Wait(Spawn(args)); }
+int RunCli(const std::vector<std::string>& args) { return test::WaitExitCode(test::Spawn(args)); }
 
 // Volumes under a pst:DIR tree: finished ones and .partial ones.
 struct Census {
@@ -251,7 +224,7 @@ TEST_F(PstSinkTest, KillAtProgressPointsThenRerunGivesEachItemOnce) {
   int landed = 0;
   for (const auto& p : points) {
     const size_t start = Look(dir).finished.size();
-    pid_t pid = Spawn(args);
+    pid_t pid = test::Spawn(args);
     bool killed = false;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (std::chrono::steady_clock::now() < deadline) {
@@ -269,7 +242,7 @@ TEST_F(PstSinkTest, KillAtProgressPointsThenRerunGivesEachItemOnce) {
       std::this_thread::sleep_for(std::chrono::microseconds(300));
     }
     if (pid != -1) {
-      int rc = Wait(pid);
+      int rc = test::WaitExitCode(pid);
       if (killed) {
         EXPECT_EQ(rc, 128 + SIGKILL) << p.what;
       }
