@@ -120,13 +120,25 @@ std::string OneLine(std::string_view s) {
   out.reserve(s.size());
   bool pending_space = false;
   for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {  // ASCII: no decoding needed
+      if (c <= ' ' || c == 0x7F) {
+        pending_space = !out.empty();
+      } else {
+        if (pending_space) out.push_back(' ');
+        pending_space = false;
+        out.push_back(static_cast<char>(c));
+      }
+      ++i;
+      continue;
+    }
     size_t len = Utf8SeqLen(s, i);
     if (len == 0) {
       ++i;
       continue;
     }
     uint32_t cp = Utf8Decode(s, i, len);
-    if (IsControl(cp) || cp == ' ' || cp == 0x2028 || cp == 0x2029) {
+    if (IsControl(cp) || cp == 0x2028 || cp == 0x2029) {
       pending_space = !out.empty();
     } else {
       if (pending_space) out.push_back(' ');
