@@ -1398,17 +1398,33 @@ class GraphSink final : public Sink {
     (void)mb;
   }
 
-  void OnProbe(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+  // What a probe's and an inventory page's answers start with: the job back
+  // from the request, the mailbox active again, and a retry later (null
+  // returned) for a failed transfer or a 200 whose body is not JSON with a
+  // "value" array ("<what>: unreadable answer"). On a 200, *doc and *arr
+  // view parser_'s document: valid until its next parse.
+  std::unique_ptr<Job> TakeListAnswer(Mbox& mb, Request& r, CURLcode rc, long status, std::string_view what,
+                                      simdjson::dom::element* doc, simdjson::dom::array* arr) {
     auto job = std::move(r.job);
     Activate(mb);
-    if (rc != CURLE_OK) return RetryLater(mb, std::move(job), CurlFailure(r, rc));
+    if (rc != CURLE_OK) {
+      RetryLater(mb, std::move(job), CurlFailure(r, rc));
+      return nullptr;
+    }
+    if (status == 200 && (parser_.parse(r.response).get(*doc) || (*doc)["value"].get(*arr))) {
+      RetryLater(mb, std::move(job), fmt::format("{}: unreadable answer", what));
+      return nullptr;
+    }
+    return job;
+  }
+
+  void OnProbe(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    simdjson::dom::element doc;
+    simdjson::dom::array arr;
+    auto job = TakeListAnswer(mb, r, rc, status, "probe", &doc, &arr);
+    if (job == nullptr) return;
     const std::string why = HttpFailure(r, status, e);
     if (status == 200) {
-      simdjson::dom::element doc;
-      simdjson::dom::array arr;
-      if (parser_.parse(r.response).get(doc) || doc["value"].get(arr)) {
-        return RetryLater(mb, std::move(job), "probe: unreadable answer");
-      }
       ProbeResult res;
       res.kind = ProbeResult::Kind::kAbsent;
       for (auto m : arr) {
@@ -1431,16 +1447,12 @@ class GraphSink final : public Sink {
   }
 
   void OnInventory(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
-    auto job = std::move(r.job);
-    Activate(mb);
-    if (rc != CURLE_OK) return RetryLater(mb, std::move(job), CurlFailure(r, rc));
+    simdjson::dom::element doc;
+    simdjson::dom::array arr;
+    auto job = TakeListAnswer(mb, r, rc, status, "inventory", &doc, &arr);
+    if (job == nullptr) return;
     const std::string why = HttpFailure(r, status, e);
     if (status == 200) {
-      simdjson::dom::element doc;
-      simdjson::dom::array arr;
-      if (parser_.parse(r.response).get(doc) || doc["value"].get(arr)) {
-        return RetryLater(mb, std::move(job), "inventory: unreadable answer");
-      }
       for (auto m : arr) {
         std::string_view id;
         if (m["internetMessageId"].get(id)) {
