@@ -6,11 +6,13 @@
 #include <map>
 #include <mutex>
 #include <cerrno>
+#include <ostream>
 #include <string>
 #include <vector>
 
 #include <sys/types.h>
 
+#include "engine/sinks/local_sinks.h"
 #include "formats/core/file.h"
 #include "tools/gen/corpus_gen.h"
 
@@ -145,3 +147,8 @@ class PowerCutEnv : public core::Env {
 };
 
 }  // namespace wxa::test
+
+namespace wxa::sinks {
+// How gtest shows a SyncMode test parameter (found by ADL): the --sync spelling.
+inline void PrintTo(SyncMode m, std::ostream* os) { *os << (m == SyncMode::kBatch ? "batch" : "file"); }
+}  // namespace wxa::sinks

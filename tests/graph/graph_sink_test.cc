@@ -331,6 +331,10 @@ struct FaultCase {
   std::function<void(test::FakeGraphFaults&)> set;
 };
 
+// gtest shows a parameter with PrintTo (found by ADL); without it, the
+// raw bytes (pointers included) end up in the ctest names.
+void PrintTo(const FaultCase& c, std::ostream* os) { *os << c.name; }
+
 class GraphFaults : public GraphSinkTest, public ::testing::WithParamInterface<FaultCase> {};
 
 std::vector<FaultCase> FaultCases() {

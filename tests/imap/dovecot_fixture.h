@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@
 namespace wxa::test {
 
 enum class MailStorage : uint8_t { kMaildir, kMdbox };
+// How gtest shows a MailStorage test parameter (found by ADL).
+inline void PrintTo(MailStorage s, std::ostream* os) { *os << (s == MailStorage::kMaildir ? "maildir" : "mdbox"); }
 
 struct DovecotUser {
   std::string name;

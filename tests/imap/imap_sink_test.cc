@@ -233,6 +233,10 @@ struct FaultCase {
   uint32_t command_timeout_ms = 60000;
 };
 
+// gtest shows a parameter with PrintTo (found by ADL); without it, the
+// raw bytes (pointers included) end up in the ctest names.
+void PrintTo(const FaultCase& c, std::ostream* os) { *os << c.name; }
+
 class ImapFaults : public ImapSinkTest, public ::testing::WithParamInterface<FaultCase> {};
 
 std::vector<FaultCase> FaultCases() {
