@@ -1,7 +1,6 @@
 #include "engine/sinks/pst/pst_sink.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
