@@ -547,6 +547,7 @@ Result<std::unique_ptr<sinks::Sink>> DefaultMakeSink(const ImportOptions& o, cor
   lo.folder = o.folder;
   lo.sync_mode = o.sync_mode;
   lo.link_copies = o.link_copies;
+  lo.max_open_folders = o.max_open_folders;
   lo.env = env;
   return sinks::MakeLocalSink(t, lo);
 }

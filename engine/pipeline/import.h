@@ -59,6 +59,7 @@ struct ImportOptions {
   size_t batch_records = 256;
   size_t batch_bytes = 4u << 20;
   size_t max_batches_in_flight = 0;  // 0 = 2 x threads + 2
+  size_t max_open_folders = 0;       // local targets' folder cache; 0 = from the open-file limit
   size_t max_outstanding_batches = 64;            // waiting for completions (remote sinks)
   uint64_t max_outstanding_bytes = 256ull << 20;  // rendered bytes kept until completion
 

@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <optional>
@@ -43,11 +44,17 @@ Result<std::string> FolderFor(maildir::Layout layout, std::string_view folder) {
   return eml::FolderPath(folder);
 }
 
+// Folders to keep open with `nofile` descriptors allowed: a quarter of them (each folder holds
+// up to 3), keeping the rest for media, the index, sockets and other sinks' files.
+size_t FolderCacheSize(uint64_t nofile) { return static_cast<size_t>(std::clamp<uint64_t>(nofile / 4 / 3, 64, 4096)); }
+
 class LocalTreeSink final : public Sink {
  public:
   LocalTreeSink(Target t, maildir::Layout layout, std::string folder, LocalSinkOptions o)
       : env_(o.env != nullptr ? o.env : core::Env::Default()), target_(std::move(t)), layout_(layout),
-        folder_(std::move(folder)), o_(std::move(o)) {}
+        folder_(std::move(folder)), o_(std::move(o)) {
+    if (o_.max_open_folders == 0) o_.max_open_folders = FolderCacheSize(core::RaiseOpenFileLimit());
+  }
 
   ~LocalTreeSink() override {
     // Temp files of deliveries never published are garbage; Close() is the

@@ -5,10 +5,12 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include <fmt/format.h>
@@ -252,6 +254,18 @@ Result<std::string> ReadWholeFile(const std::string& path) {
     out.append(buf, static_cast<size_t>(n));
   }
   return out;
+}
+
+uint64_t RaiseOpenFileLimit(uint64_t want) {
+  struct rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+  const rlim_t target = rl.rlim_max == RLIM_INFINITY ? want : std::min<rlim_t>(rl.rlim_max, want);
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < target) {
+    struct rlimit raised = rl;
+    raised.rlim_cur = target;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? want : static_cast<uint64_t>(rl.rlim_cur);
 }
 
 bool PathExists(const std::string& path) {

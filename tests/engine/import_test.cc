@@ -465,6 +465,29 @@ TEST_F(ImportTest, AnItemsMailboxesShareOneFile) {
   }
 }
 
+// More mailboxes than open folders: folders are closed and reopened as deliveries need them, and
+// nothing is lost or written twice (the default cache is sized from the open-file limit).
+TEST_F(ImportTest, MoreMailboxesThanOpenFolders) {
+  WriteRecords("a.jsonl", {
+      R"({"msgid":"g1","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":1603875600000,"msgtype":"text","text":{"content":"group"}})",
+      R"({"msgid":"d1","action":"send","from":"bob","tolist":["carol"],"roomid":"","msgtime":1603875660000,"msgtype":"text","text":{"content":"direct"}})",
+      R"({"msgid":"d2","action":"send","from":"carol","tolist":["alice"],"roomid":"","msgtime":1603875720000,"msgtype":"text","text":{"content":"back"}})"});
+  for (const char* kind : {"maildir", "eml"}) {
+    SCOPED_TRACE(kind);
+    ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+    auto o = Options(kind);
+    o.max_open_folders = 1;
+    o.batch_records = 1;
+    auto r = Import(o);
+    EXPECT_EQ(r.counts.deliveries, 7u);
+    size_t files = 0;
+    for (const auto& f : MailFiles()) files += f.find("maildirfolder") == std::string::npos;
+    EXPECT_EQ(files, 7u);
+    auto again = Import(o);
+    EXPECT_EQ(again.counts.deliveries, 0u);
+  }
+}
+
 TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   std::string data(20000, 'x');
   std::string md5 = AddMedia(data);
