@@ -60,6 +60,11 @@ struct ImportOptions {
   size_t batch_bytes = 4u << 20;
   size_t max_batches_in_flight = 0;  // 0 = 2 x threads + 2
   size_t max_open_folders = 0;       // local targets' folder cache; 0 = from the open-file limit
+  // Local targets: one durability barrier (syncfs or per-item fsyncs, then the renames) per
+  // this many batches, or per interval, whichever comes first; kept well below
+  // max_outstanding_batches (sealed batches wait for it).
+  size_t barrier_batches = 16;
+  uint32_t barrier_interval_ms = 1000;
   size_t max_outstanding_batches = 64;            // waiting for completions (remote sinks)
   uint64_t max_outstanding_bytes = 256ull << 20;  // rendered bytes kept until completion
 

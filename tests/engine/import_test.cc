@@ -488,6 +488,32 @@ TEST_F(ImportTest, MoreMailboxesThanOpenFolders) {
   }
 }
 
+// Paced durability barriers (one per barrier_batches batches) must never wait on the tracker's
+// bound on sealed batches: with a bound of 4 the pace drops to a barrier per batch, and the last
+// batches, left staged by the pace, are made durable after the pipeline ends.
+TEST_F(ImportTest, PacedBarriersNeitherStallNorLoseTheLastBatches) {
+  std::vector<std::string> recs;
+  for (int i = 0; i < 40; ++i) {
+    recs.push_back(fmt::format(
+        R"({{"msgid":"p{}","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":{},"msgtype":"text","text":{{"content":"n{}"}}}})",
+        i, 1603875600000 + i * 1000, i));
+  }
+  WriteRecords("a.jsonl", recs);
+  for (size_t bound : {size_t{4}, size_t{64}}) {
+    SCOPED_TRACE(bound);
+    ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+    auto o = Options("maildir");
+    o.batch_records = 1;
+    o.barrier_batches = 16;
+    o.barrier_interval_ms = 60000;
+    o.max_outstanding_batches = bound;
+    auto r = Import(o);
+    EXPECT_EQ(r.counts.deliveries, 80u);
+    EXPECT_EQ(MailFiles().size() - 2, 80u) << "two maildirfolder markers, the rest items";
+    EXPECT_EQ(Import(o).counts.deliveries, 0u);
+  }
+}
+
 TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   std::string data(20000, 'x');
   std::string md5 = AddMedia(data);

@@ -45,6 +45,7 @@ class PowerCut : public ::testing::TestWithParam<sinks::SyncMode> {
     o.target = "maildir:" + out;
     o.threads = 1;        // one order of steps: the cut lands where it should
     o.batch_records = 2;  // several batches, several publishes
+    o.barrier_batches = 1;  // a barrier per batch: cuts land between publishes (pacing is the crash test's)
     o.sync_mode = GetParam();
     o.env = env;
     return o;
