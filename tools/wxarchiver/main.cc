@@ -344,7 +344,7 @@ int main(int argc, char** argv) {
                   "LMDB index directory (default: <target dir>/.wxarchiver; required for remote targets)");
   imp->add_flag("--rescan", io.rescan, "read every record again, ignoring the cursors");
   imp->add_option("--sync", f.sync_mode,
-                  "durability of written items: batch (syncfs per batch, default) or file (fsync per item)");
+                  "durability of written items: batch (syncfs per group of batches, default) or file (fsync per item)");
   imp->add_flag("--quiet", f.quiet, "no progress line and no summary");
   imp->add_flag("--no-links", f.no_links,
                 "maildir/eml: a separate copy per mailbox instead of hard links to one file per item");
