@@ -275,6 +275,16 @@ Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, WriterOp
 
 uint64_t Writer::bytes_written() const { return impl_->ndb ? impl_->ndb->bytes_written() : 0; }
 
+uint64_t Writer::close_bytes_estimate() const {
+  if (!impl_->ndb) return 0;
+  // B-tree leaves hold 20 BBT (24-byte) or 15 NBT (32-byte) entries per 512-byte page, index
+  // levels under a tenth more; the store's scaffolding (template tables, folders, the contents
+  // table's last blocks) stays under 192 KB; a 512-byte allocation-map page per 253,952 bytes.
+  const uint64_t pages = (impl_->ndb->blocks() / 20 + impl_->ndb->nodes() / 15 + 2) * 11 / 10 + 4;
+  const uint64_t bytes = pages * 512 + (192u << 10);
+  return bytes + bytes / 400 + 4096;
+}
+
 uint64_t Writer::index_memory_bytes() const { return impl_->ndb ? impl_->ndb->IndexMemoryBytes() : 0; }
 
 Status Writer::Append(const Message& m) {

@@ -79,6 +79,9 @@ class Writer {
   // failed Append the writer refuses further calls (the file is abandoned).
   Status Append(const Message& m);
   uint64_t bytes_written() const;  // file size so far (for volume caps)
+  // An upper bound of the bytes Close() adds: the NBT and BBT pages, the folder's tables and
+  // the store's template nodes, their allocation maps. bytes_written() + this bounds the volume.
+  uint64_t close_bytes_estimate() const;
   uint64_t messages() const { return messages_; }
   // Bytes of heap the writer holds for its indexes (the memory bound's main term).
   uint64_t index_memory_bytes() const;

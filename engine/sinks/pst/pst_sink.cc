@@ -223,7 +223,8 @@ class PstSink final : public Sink {
       } else {
         const uint64_t est = pst::EstimateMessageBytes(*d.pst_message);
         Status vs;
-        if (box->writer && box->writer->messages() > 0 && box->writer->bytes_written() + est > o_.volume_size) {
+        if (box->writer && box->writer->messages() > 0 && box->writer->bytes_written() + box->writer->close_bytes_estimate() + est >
+                                                               o_.volume_size) {
           vs = FinishVolume(*box, &finished);
         }
         if (vs.ok() && !box->writer) vs = StartVolume(*box);
