@@ -53,7 +53,7 @@ class LocalTreeSink final : public Sink {
   LocalTreeSink(Target t, maildir::Layout layout, std::string folder, LocalSinkOptions o)
       : env_(o.env != nullptr ? o.env : core::Env::Default()), target_(std::move(t)), layout_(layout),
         folder_(std::move(folder)), o_(std::move(o)) {
-    if (o_.max_open_folders == 0) o_.max_open_folders = FolderCacheSize(core::RaiseOpenFileLimit());
+    if (o_.max_open_folders == 0) o_.max_open_folders = FolderCacheSize(core::OpenFileLimit());
   }
 
   ~LocalTreeSink() override {

@@ -31,7 +31,7 @@ struct LocalSinkOptions {
   std::string folder = "WeChat Archiver";
   SyncMode sync_mode = SyncMode::kBatch;
   // Folders whose descriptors stay open (3 each for Maildir, 2 for EML). 0: sized from the
-  // open-file limit (raised towards its hard limit), between 64 and 4,096. A cache smaller than
+  // open-file limit (which the CLI raises towards its hard limit), between 64 and 4,096. A cache smaller than
   // the mailboxes a run writes to reopens 5 directories per delivery (measured: 612,531
   // openat2 calls for 120,035 deliveries into 100 mailboxes with 64).
   size_t max_open_folders = 0;

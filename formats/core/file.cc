@@ -256,16 +256,20 @@ Result<std::string> ReadWholeFile(const std::string& path) {
   return out;
 }
 
-uint64_t RaiseOpenFileLimit(uint64_t want) {
+uint64_t OpenFileLimit(uint64_t cap) {
   struct rlimit rl;
   if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+  return rl.rlim_cur == RLIM_INFINITY ? cap : std::min<uint64_t>(rl.rlim_cur, cap);
+}
+
+void RaiseOpenFileLimit(uint64_t want) {
+  struct rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
   const rlim_t target = rl.rlim_max == RLIM_INFINITY ? want : std::min<rlim_t>(rl.rlim_max, want);
   if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < target) {
-    struct rlimit raised = rl;
-    raised.rlim_cur = target;
-    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+    rl.rlim_cur = target;
+    (void)::setrlimit(RLIMIT_NOFILE, &rl);
   }
-  return rl.rlim_cur == RLIM_INFINITY ? want : static_cast<uint64_t>(rl.rlim_cur);
 }
 
 bool PathExists(const std::string& path) {

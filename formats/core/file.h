@@ -115,9 +115,12 @@ Status ReadFd(int fd, const std::string& path, uint64_t max_bytes, std::string* 
 
 Result<std::string> ReadWholeFile(const std::string& path);
 bool PathExists(const std::string& path);
-// Raises the soft limit on open files towards the hard limit (at most `want`) and returns the
-// soft limit now in force. Sinks that keep descriptors per mailbox size their caches from it.
-uint64_t RaiseOpenFileLimit(uint64_t want = 65536);
+// The soft limit on open files (`cap` when unlimited or larger). Sinks that keep descriptors
+// per mailbox size their caches from it.
+uint64_t OpenFileLimit(uint64_t cap = 65536);
+// Raises the soft limit on open files towards the hard limit (at most `want`). A process-wide
+// setting: the CLI does it once at start, libraries do not.
+void RaiseOpenFileLimit(uint64_t want = 65536);
 bool IsDirectory(const std::string& path);
 // Joins with exactly one '/' between the parts.
 std::string JoinPath(std::string_view a, std::string_view b);

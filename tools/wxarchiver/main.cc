@@ -19,6 +19,7 @@
 #include "engine/pipeline/import.h"
 #include "engine/pipeline/verify.h"
 #include "engine/sinks/make_sink.h"
+#include "formats/core/file.h"
 #include "formats/maildir/maildir_writer.h"
 #include "formats/mime/renderer.h"
 #include "tools/gen/corpus_gen.h"
@@ -319,6 +320,7 @@ void AddImapFlags(CLI::App* cmd, RawFlags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  wxa::core::RaiseOpenFileLimit();  // local targets keep folders open per mailbox
   CLI::App app{"wxarchiver: archive WeChat/WeCom communications into mailboxes"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "wxarchiver 0.2.0");
