@@ -280,9 +280,14 @@ uint64_t Writer::close_bytes_estimate() const {
   // B-tree leaves hold 20 BBT (24-byte) or 15 NBT (32-byte) entries per 512-byte page, index
   // levels under a tenth more; the store's scaffolding (template tables, folders, the contents
   // table's last blocks) stays under 192 KB; a 512-byte allocation-map page per 253,952 bytes.
+  // The file then ends where the allocation interval holding its last byte ends.
   const uint64_t pages = (impl_->ndb->blocks() / 20 + impl_->ndb->nodes() / 15 + 2) * 11 / 10 + 4;
-  const uint64_t bytes = pages * 512 + (192u << 10);
-  return bytes + bytes / 400 + 4096;
+  uint64_t bytes = pages * 512 + (192u << 10);
+  bytes += bytes / 400 + 4096;
+  const uint64_t written = impl_->ndb->bytes_written();
+  const uint64_t last = written + bytes - 1;
+  const uint64_t interval = last < kFirstAMapOffset ? 0 : (last - kFirstAMapOffset) / kAMapCoverage;
+  return IntervalBase(interval) + kAMapCoverage - written;
 }
 
 uint64_t Writer::index_memory_bytes() const { return impl_->ndb ? impl_->ndb->IndexMemoryBytes() : 0; }

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "formats/core/hash.h"
@@ -499,6 +500,32 @@ TEST(PstWriter, MessageSearchKeysAreUnique) {
   EXPECT_EQ(keys.size(), messages);
 }
 
+// Volume caps rely on it: what Close() adds never takes the file past
+// bytes_written() + close_bytes_estimate(), however many messages and folder levels.
+TEST(PstWriter, CloseEstimateBoundsTheFinalSize) {
+  TempDir dir;
+  for (const std::string folder : {std::string("WeChat Archiver"), [] {
+         std::string deep = "L0";
+         for (int i = 1; i < 64; ++i) deep += "/L" + std::to_string(i);
+         return deep;
+       }()}) {
+    for (int n : {0, 1, 700, 20000}) {
+      SCOPED_TRACE(::fmt::format("{} levels, {} messages", folder.size() > 20 ? 64 : 1, n));
+      WriterOptions o;
+      o.folder = folder;
+      o.sync_on_close = false;
+      const std::string path = dir / ("v" + std::to_string(n) + ".pst");
+      fs::remove(path);
+      auto w = Writer::Create(path, o);
+      ASSERT_TRUE(w.ok());
+      for (int i = 0; i < n; ++i) ASSERT_TRUE((*w)->Append(TextMessage(i)).ok());
+      const uint64_t bound = (*w)->bytes_written() + (*w)->close_bytes_estimate();
+      ASSERT_TRUE((*w)->Close().ok());
+      EXPECT_LE(fs::file_size(path), bound);
+    }
+  }
+}
+
 // The verifier must fail on damaged files (testing the test).
 class PstVerifyCorruption : public ::testing::Test {
  protected:
@@ -688,17 +715,19 @@ TEST(PstBench, ThroughputVsSequentialWrite) {
               kSmall / small_s, kSmall, small_s, ru.ru_maxrss);
 }
 
+// `size` bytes of incompressible noise (an LCG seeded with `seed`), for attachments by path.
+std::string WriteNoiseFile(const std::string& path, size_t size, uint32_t seed) {
+  std::string data(size, '\0');
+  for (char& c : data) c = static_cast<char>((seed = seed * 1664525 + 1013904223) >> 24);
+  std::ofstream(path, std::ios::binary) << data;
+  return path;
+}
+
 // A volume over 4 GB (64-bit offsets, FPMap/FMap territory). Gated: slow.
 TEST(PstBig, VolumeOver4GB) {
   if (getenv("WXA_PST_BIG") == nullptr) GTEST_SKIP() << "set WXA_PST_BIG=1";
   TempDir dir;
-  std::string blob = dir / "blob.bin";
-  {
-    std::string data(48 << 20, '\0');
-    uint32_t x = 7;
-    for (char& c : data) c = static_cast<char>((x = x * 1664525 + 1013904223) >> 24);
-    std::ofstream(blob, std::ios::binary) << data;
-  }
+  const std::string blob = WriteNoiseFile(dir / "blob.bin", 48 << 20, 7);
   WriterOptions o;
   std::vector<Message> msgs;
   auto t0 = std::chrono::steady_clock::now();
@@ -758,13 +787,7 @@ TEST(PstBig, VolumeOver4GB) {
 TEST(PstBig, TwentyGigabyteVolumePeakRss) {
   if (getenv("WXA_PST_20G") == nullptr) GTEST_SKIP() << "set WXA_PST_20G=1 (needs 21 GB free)";
   TempDir dir;
-  std::string blob = dir / "blob.bin";
-  {
-    std::string data(48 << 20, '\0');
-    uint32_t x = 11;
-    for (char& c : data) c = static_cast<char>((x = x * 1664525 + 1013904223) >> 24);
-    std::ofstream(blob, std::ios::binary) << data;
-  }
+  const std::string blob = WriteNoiseFile(dir / "blob.bin", 48 << 20, 11);
   struct rusage before;
   getrusage(RUSAGE_SELF, &before);
   WriterOptions o;
