@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -113,6 +114,25 @@ int WaitExitCode(pid_t pid) {
   int status = 0;
   waitpid(pid, &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+const Corpus& SharedCorpus(int users, int messages_per_user_day, uint64_t seed) {
+  static std::mutex mu;
+  static auto* made = new std::map<std::tuple<int, int, uint64_t>, Corpus>();
+  std::lock_guard<std::mutex> l(mu);
+  auto key = std::make_tuple(users, messages_per_user_day, seed);
+  if (auto it = made->find(key); it != made->end()) return it->second;
+  static auto* tmp = new TempDir();  // kept: the corpora outlive every test
+  gen::GenOptions g;
+  g.out = *tmp / fmt::format("corpus-{}-{}-{}", users, messages_per_user_day, seed);
+  g.users = users;
+  g.days = 2;
+  g.seed = seed;
+  g.messages_per_user_day = messages_per_user_day;
+  g.media_scale = 0.01;
+  g.broken_records = false;
+  g.huge_files = false;
+  return made->emplace(key, MakeCorpus(g)).first->second;
 }
 
 Corpus MakeCorpus(const gen::GenOptions& options) {

@@ -57,6 +57,10 @@ struct Corpus {
 };
 // Generates `options` into options.out; a test failure when that fails.
 Corpus MakeCorpus(const gen::GenOptions& options);
+// A small clean corpus (2 days, media scaled to 1%, no broken records or huge files), generated
+// once per process and parameters and kept for the process's lifetime: generation is the slow
+// part of the sink tests, which share it.
+const Corpus& SharedCorpus(int users, int messages_per_user_day, uint64_t seed);
 // `cli import --quiet` of the generated corpus in corpus_dir (its
 // directory, mapping and mailbox list) into target; append more flags.
 std::vector<std::string> CliImportArgs(const std::string& cli, const std::string& corpus_dir,

@@ -44,22 +44,7 @@ constexpr const char* kClientId = "0f1e2d3c-wxa-archiver";
 constexpr const char* kSecret = "Sx~8Q.graph-secret-value-Zq81";
 constexpr const char* kTenant = "11111111-2222-3333-4444-555555555555";
 
-const test::Corpus& SharedCorpus() {
-  static test::TempDir* tmp = new test::TempDir();
-  static test::Corpus* c = [] {
-    gen::GenOptions g;
-    g.out = *tmp / "corpus";
-    g.users = 10;
-    g.days = 2;
-    g.seed = 11;
-    g.messages_per_user_day = 8;
-    g.media_scale = 0.01;
-    g.broken_records = false;
-    g.huge_files = false;
-    return new test::Corpus(test::MakeCorpus(g));
-  }();
-  return *c;
-}
+const test::Corpus& SharedCorpus() { return test::SharedCorpus(10, 8, 11); }
 
 std::string Iso(int64_t secs) {
   std::time_t t = static_cast<std::time_t>(secs);

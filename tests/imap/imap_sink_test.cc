@@ -44,22 +44,7 @@ constexpr const char* kFolder = "WeChat Archiver";
 constexpr const char* kMasterSecret = "s3cr3t-master-Zq8";
 
 // A generated corpus shared by the tests of one process (generation is the slow part).
-const test::Corpus& SharedCorpus() {
-  static test::TempDir* tmp = new test::TempDir();
-  static test::Corpus* c = [] {
-    gen::GenOptions g;
-    g.out = *tmp / "corpus";
-    g.users = 12;
-    g.days = 2;
-    g.seed = 7;
-    g.messages_per_user_day = 12;
-    g.media_scale = 0.01;
-    g.broken_records = false;
-    g.huge_files = false;
-    return new test::Corpus(test::MakeCorpus(g));
-  }();
-  return *c;
-}
+const test::Corpus& SharedCorpus() { return test::SharedCorpus(12, 12, 7); }
 
 class ImapSinkTest : public ::testing::Test {
  protected:
