@@ -14,6 +14,10 @@
 #include "formats/core/item.h"
 #include "formats/wecom/record_reader.h"
 
+namespace wxa::pst {
+struct Message;
+}
+
 namespace wxa::pipeline {
 
 // One (item, mailbox) delivery this run is responsible for.
@@ -46,6 +50,10 @@ struct RecordWork {
   std::vector<std::string> released;           // claimed but never submitted (oversize, render failure, stop)
   std::vector<DeliveryWork> deliveries;        // submitted to the sink
   std::shared_ptr<const std::string> bytes;    // the rendering, kept while a retry may need it
+  // The same item as MAPI-style properties (sinks that want one: PST, Graph
+  // extprops), kept with `bytes` while a retry may need it.
+  std::shared_ptr<const pst::Message> structured;
+  uint64_t structured_bytes = 0;               // its payload, counted with the bytes held
   std::optional<index::ItemRecord> item_record;  // outcome known without deliveries
   std::string content_hash;                    // of the rendering (16 bytes)
   uint64_t size = 0;                           // rendered bytes

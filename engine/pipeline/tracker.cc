@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include "formats/mime/renderer.h"
+#include "formats/pst/pst_writer.h"
 
 namespace wxa::pipeline {
 
@@ -13,6 +14,13 @@ using Clock = std::chrono::steady_clock;
 using State = DeliveryWork::State;
 
 std::string CursorKey(uint16_t sink, const std::string& file) { return fmt::format("{}/{}", sink, file); }
+
+// The payload a structured message holds besides the rendering.
+uint64_t StructuredBytes(const pst::Message& m) {
+  uint64_t n = m.body_plain.size() + m.body_html.size() + m.transport_headers.size();
+  for (const auto& a : m.attachments) n += a.data.size();
+  return n;
+}
 
 void AddCounts(Counts& c, Outcome o) {
   switch (o) {
@@ -78,6 +86,7 @@ sinks::Delivery Tracker::MakeDelivery(const Slot& s) const {
   out.msgtime_ms = rw.item->msgtime_ms;
   out.message_id = mime::MessageIdFor(rw.item->key);
   out.bytes = rw.bytes;
+  out.pst_message = rw.structured;
   return out;
 }
 
@@ -111,8 +120,14 @@ void Tracker::SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item,
       out.push_back(MakeDelivery(s));
     }
     if (c_.keep_bytes_for_retry && rw.open > 0 && rw.bytes) {
-      b.bytes_held += rw.bytes->size();
-      bytes_held_ += rw.bytes->size();
+      if (pst_message) {
+        // A retry of a sink that wants the structured form needs it again.
+        rw.structured = pst_message;
+        rw.structured_bytes = StructuredBytes(*pst_message);
+      }
+      const uint64_t held = rw.bytes->size() + rw.structured_bytes;
+      b.bytes_held += held;
+      bytes_held_ += held;
     }
     rw.claimed.clear();
   }
@@ -144,10 +159,13 @@ void Tracker::Settle(const Slot& s, State st) {
   --s.batch->open;
   if (rw.open == 0 && rw.bytes) {
     if (c_.keep_bytes_for_retry) {
-      s.batch->bytes_held -= rw.bytes->size();
-      bytes_held_ -= rw.bytes->size();
+      const uint64_t held = rw.bytes->size() + rw.structured_bytes;
+      s.batch->bytes_held -= held;
+      bytes_held_ -= held;
     }
     rw.bytes.reset();
+    rw.structured.reset();
+    rw.structured_bytes = 0;
     room_cv_.notify_all();
   }
 }

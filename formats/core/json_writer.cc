@@ -69,6 +69,11 @@ JsonWriter& JsonWriter::EndArray() {
   first_.pop_back();
   return *this;
 }
+JsonWriter& JsonWriter::Raw(std::string_view json) {
+  Separate();
+  out_->append(json);
+  return *this;
+}
 JsonWriter& JsonWriter::Key(std::string_view k) {
   Separate();
   AppendJsonString(out_, k);

@@ -28,6 +28,10 @@ class JsonWriter {
   JsonWriter& Double(double v);
   JsonWriter& Bool(bool v);
   JsonWriter& Null();
+  // Text the caller vouches is (the start of) one JSON value, written as is:
+  // a value built elsewhere, or the opening quote of a long string the caller
+  // appends to the output itself (base64).
+  JsonWriter& Raw(std::string_view json);
   // Key + value in one call.
   JsonWriter& Field(std::string_view k, std::string_view v) { return Key(k).String(v); }
   JsonWriter& Field(std::string_view k, const char* v) { return Key(k).String(v); }

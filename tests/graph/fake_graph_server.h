@@ -205,6 +205,8 @@ struct FakeGraphMailboxStats {
   uint64_t messages = 0;  // items created (a DELETE does not lower it)
   uint64_t drafts = 0;    // of which drafts
   uint64_t upload_range_rejections = 0;  // 416 for re-sent (overlapping) chunks
+  uint64_t permanent_deletes = 0;        // messages removed with permanentDelete
+  uint64_t upload_sessions = 0;          // createUploadSession answered 201
   uint64_t injected_errors = 0;
   uint64_t injected_delays = 0;
   uint64_t dropped_before = 0;

@@ -1336,6 +1336,16 @@ HttpResponse GraphService::HandleMail(Request& r) {
       // writes to the message flags, and the sink has no other use for it.
       return GraphError(501, "NotImplementedInFake", "The fake Graph server does not implement " + m + " on messages.");
     }
+    if (tail.size() == 1 && IEquals(tail[0], "permanentDelete")) {
+      // message-permanentdelete: POST, no body, 204 (v1.0 and beta).
+      if (m != "POST") return GraphError(405, "ErrorInvalidRequest", "permanentDelete takes POST.");
+      if (!r.http.body.empty()) return GraphError(400, "BadRequest", "permanentDelete takes no request body.");
+      RemoveMessage(mb, msg->seq);
+      ++mb.stats.permanent_deletes;
+      HttpResponse resp;
+      resp.status = 204;
+      return resp;
+    }
     if (tail.size() == 1 && tail[0] == "$value" && m == "GET") {
       if (msg->m.raw_mime.empty()) {
         return GraphError(501, "NotImplementedInFake", "MIME of JSON-created items is not synthesized by the fake.");
@@ -2004,6 +2014,7 @@ HttpResponse GraphService::CreateUploadSession(Request& r, Message& msg) {
   w.Field("uploadUrl", url).Field("expirationDateTime", codec::FormatIso8601(s.expires_epoch));
   w.Key("nextExpectedRanges").BeginArray().String("0-").EndArray().EndObject();
   sessions_[id] = std::move(s);
+  ++r.mb->stats.upload_sessions;
   return Json(201, std::move(body));
 }
 
@@ -2090,6 +2101,7 @@ std::string GraphService::StatsJson() const {
     w.Field("drafts", drafts).Field("attachments", attachments);
     w.Field("folders", uint64_t(mb.folders.size()));
     w.Field("upload_range_rejections", s.upload_range_rejections);
+    w.Field("permanent_deletes", s.permanent_deletes).Field("upload_sessions", s.upload_sessions);
     w.Key("faults").BeginObject();
     w.Field("errors", s.injected_errors).Field("delays", s.injected_delays);
     w.Field("dropped_before", s.dropped_before).Field("dropped_after", s.dropped_after).EndObject();

@@ -128,6 +128,7 @@ struct RawFlags {
   std::string graph_tenant, graph_client_id, graph_secret_file, graph_certificate, graph_login_url, graph_url,
       graph_mode = "importmime";
   std::string graph_request_budget, graph_upload_budget;
+  uint64_t graph_request_cap = 4u << 20, graph_upload_session_min = 3u << 20;
 };
 
 // Every flag checked before anything is created on disk (issue #8 item 9).
@@ -214,6 +215,14 @@ int CheckImportFlags(const RawFlags& f, wxa::pipeline::ImportOptions& o, wxa::si
     g.request_budget = b->first;
     g.request_window = b->second;
   }
+  if (f.graph_request_cap < 16384 || f.graph_request_cap > (1ull << 30)) {
+    return usage("--graph-request-cap", wxa::Status::InvalidArgument("between 16384 and 1073741824 bytes"));
+  }
+  if (f.graph_upload_session_min == 0 || f.graph_upload_session_min > (150ull << 20)) {
+    return usage("--graph-upload-session-min", wxa::Status::InvalidArgument("between 1 and 157286400 bytes"));
+  }
+  g.max_request_bytes = f.graph_request_cap;
+  g.min_upload_session_bytes = f.graph_upload_session_min;
   if (!f.graph_upload_budget.empty()) {
     auto b = wxa::sinks::graph::ParseBudget(f.graph_upload_budget);
     if (!b.ok()) return usage("--graph-upload-budget", b.status());
@@ -315,6 +324,10 @@ void AddImapFlags(CLI::App* cmd, RawFlags& f) {
                   "Graph: requests per window per mailbox, N/SECONDS (default 10000/600, Graph's limit)");
   cmd->add_option("--graph-upload-budget", f.graph_upload_budget,
                   "Graph: bytes uploaded per window per mailbox, BYTES/SECONDS (default 150000000/300)");
+  cmd->add_option("--graph-request-cap", f.graph_request_cap,
+                  "Graph: largest request body in bytes (default 4194304, Graph's cap)");
+  cmd->add_option("--graph-upload-session-min", f.graph_upload_session_min,
+                  "Graph extprops: attachments from this size go through an upload session (default 3145728)");
 }
 
 }  // namespace

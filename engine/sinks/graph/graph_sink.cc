@@ -28,6 +28,7 @@
 #include <fmt/format.h>
 
 #include "formats/core/json_writer.h"
+#include "formats/pst/pst_writer.h"
 
 namespace wxa::sinks {
 
@@ -103,20 +104,165 @@ Status CheckEndpointUrl(std::string_view what, std::string_view url) {
   return Status::InvalidArgument(fmt::format("{} '{}' is not an http(s) URL", what, url));
 }
 
-std::string Base64(std::string_view bytes) {
-  std::string out(Base64Size(bytes.size()), '\0');
+void AppendBase64(std::string_view bytes, std::string* out) {
+  const size_t start = out->size();
+  out->resize(start + Base64Size(bytes.size()));
   // EVP_EncodeBlock takes an int length: encode in large whole-triplet pieces.
   constexpr size_t kPiece = 3u << 20;
-  size_t in = 0, o = 0;
+  size_t in = 0, o = start;
   while (in < bytes.size()) {
     size_t n = std::min(kPiece, bytes.size() - in);
-    int w = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data() + o),
+    int w = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out->data() + o),
                             reinterpret_cast<const unsigned char*>(bytes.data() + in), static_cast<int>(n));
     in += n;
     o += static_cast<size_t>(w);
   }
-  out.resize(o);
+  out->resize(o);
+}
+
+std::string Base64(std::string_view bytes) {
+  std::string out;
+  AppendBase64(bytes, &out);
   return out;
+}
+
+namespace {
+
+std::string IsoTime(int64_t ms) {
+  const time_t t = static_cast<time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec);
+}
+
+// fileAttachment JSON for an attachment sent with its bytes (create or POST).
+void WriteFileAttachment(core::JsonWriter& w, std::string* out, const pst::Attachment& a) {
+  w.BeginObject().Field("@odata.type", "#microsoft.graph.fileAttachment");
+  w.Field("name", a.filename.empty() ? std::string_view("attachment") : std::string_view(a.filename));
+  w.Field("contentType", a.mime_type.empty() ? std::string_view("application/octet-stream") : std::string_view(a.mime_type));
+  if (!a.content_id.empty()) w.Field("contentId", a.content_id);
+  // contentBytes: base64 needs no JSON escaping; written straight into the body.
+  w.Key("contentBytes").Raw("\"");
+  AppendBase64(a.data, out);
+  out->push_back('"');
+  w.EndObject();
+}
+
+// An upper bound of WriteFileAttachment's size.
+uint64_t FileAttachmentJsonBound(const pst::Attachment& a) {
+  return Base64Size(a.data.size()) + 6 * (a.filename.size() + a.mime_type.size() + a.content_id.size()) + 160;
+}
+
+}  // namespace
+
+std::string_view PartsProperty() {
+  // A named property in a GUID of our own: one name per mailbox.
+  return "String {7C1D2E4A-5B3F-4E8A-9D61-0F2B3C4D5E6F} Name wxarchiverAttachmentCount";
+}
+
+namespace {
+void WriteAddress(core::JsonWriter& w, std::string_view key, std::string_view name, std::string_view address) {
+  w.Key(key).BeginObject().Key("emailAddress").BeginObject();
+  if (!name.empty()) w.Field("name", name);
+  w.Field("address", address).EndObject().EndObject();
+}
+}  // namespace
+
+Result<ExtPropsPlan> PlanExtProps(const pst::Message& m, const GraphOptions& o) {
+  ExtPropsPlan plan;
+  // Request bodies stay this far under the cap (headers, rounding).
+  const uint64_t cap = o.max_request_bytes > 8192 ? o.max_request_bytes - 4096 : o.max_request_bytes;
+  const uint64_t most = std::min<uint64_t>(cap, o.upload_budget_bytes);
+  // The text part of the create, measured by writing it once without attachments.
+  auto write_head = [&](std::string* out, bool marker) {
+    core::JsonWriter w(out);
+    w.BeginObject();
+    w.Field("subject", m.subject);
+    w.Key("body").BeginObject();
+    if (!m.body_html.empty()) {
+      w.Field("contentType", "html").Field("content", m.body_html);
+    } else {
+      w.Field("contentType", "text").Field("content", m.body_plain);
+    }
+    w.EndObject();
+    if (!m.sender_address.empty()) {
+      WriteAddress(w, "from", m.sender_name, m.sender_address);
+      WriteAddress(w, "sender", m.sender_name, m.sender_address);
+    }
+    for (int type = 1; type <= 3; ++type) {
+      bool any = false;
+      for (const auto& r : m.recipients) any |= r.type == type && !r.address.empty();
+      if (!any) continue;
+      w.Key(type == 1 ? "toRecipients" : type == 2 ? "ccRecipients" : "bccRecipients").BeginArray();
+      for (const auto& r : m.recipients) {
+        if (r.type != type || r.address.empty()) continue;
+        w.BeginObject().Key("emailAddress").BeginObject();
+        if (!r.name.empty() && r.name != r.address) w.Field("name", r.name);
+        w.Field("address", r.address).EndObject().EndObject();
+      }
+      w.EndArray();
+    }
+    if (!m.internet_message_id.empty()) w.Field("internetMessageId", m.internet_message_id);
+    w.Field("isRead", m.read);
+    // Received mail, not a draft: the flags are settable only at creation
+    // (MS-OXCMSG 2.2.1.6); receivedDateTime/sentDateTime are read-only.
+    w.Key("singleValueExtendedProperties").BeginArray();
+    auto prop = [&](std::string_view id, std::string_view value) {
+      w.BeginObject().Field("id", id).Field("value", value).EndObject();
+    };
+    prop("Integer 0x0E07", m.read ? "1" : "0");
+    const int64_t received = m.received_time_ms != 0 ? m.received_time_ms : m.sent_time_ms;
+    const int64_t sent = m.sent_time_ms != 0 ? m.sent_time_ms : m.received_time_ms;
+    if (received != 0) prop("SystemTime 0x0E06", IsoTime(received));
+    if (sent != 0) prop("SystemTime 0x0039", IsoTime(sent));
+    if (!m.transport_headers.empty()) prop("String 0x007D", m.transport_headers);
+    if (!m.in_reply_to.empty()) prop("String 0x1042", m.in_reply_to);
+    if (!m.references.empty()) prop("String 0x1039", m.references);
+    if (marker) prop(PartsProperty(), std::to_string(m.attachments.size()));
+    w.EndArray();
+    return w;
+  };
+  std::string head;
+  write_head(&head, true);
+  uint64_t used = head.size() + 32;
+  std::vector<uint32_t> inline_ones;
+  for (uint32_t i = 0; i < m.attachments.size(); ++i) {
+    const auto& a = m.attachments[i];
+    const uint64_t json = FileAttachmentJsonBound(a);
+    if (a.data.size() < o.min_upload_session_bytes && used + json <= most) {
+      inline_ones.push_back(i);
+      used += json;
+      continue;
+    }
+    if (json + 512 <= most && a.data.size() < o.min_upload_session_bytes) {
+      plan.later.push_back(i);
+      plan.session.push_back(false);
+    } else if (a.data.size() >= o.min_upload_session_bytes) {
+      plan.later.push_back(i);
+      plan.session.push_back(true);
+    } else {
+      return Status::TooLarge(fmt::format(
+          "attachment '{}' is {} bytes: in base64 over Graph's {}-byte request cap, yet under the {}-byte minimum of "
+          "an upload session",
+          a.filename, a.data.size(), o.max_request_bytes, o.min_upload_session_bytes));
+    }
+  }
+  std::string& out = plan.create_body;
+  out.reserve(used + 64);
+  core::JsonWriter w = write_head(&out, !plan.later.empty());
+  if (!inline_ones.empty()) {
+    w.Key("attachments").BeginArray();
+    for (uint32_t i : inline_ones) WriteFileAttachment(w, &out, m.attachments[i]);
+    w.EndArray();
+  }
+  w.EndObject();
+  if (out.size() > most) {
+    return Status::TooLarge(fmt::format("the message's text is {} bytes of JSON: over Graph's {}-byte request cap{}",
+                                        out.size(), o.max_request_bytes,
+                                        most < cap ? " (or the upload budget)" : ""));
+  }
+  return plan;
 }
 
 Result<std::pair<uint64_t, std::chrono::milliseconds>> ParseBudget(std::string_view text) {
@@ -286,7 +432,11 @@ ErrorInfo ParseError(simdjson::dom::parser& p, const std::string& body) {
   return e;
 }
 
-enum class Purpose : uint8_t { kToken, kUser, kFolderList, kFolderCreate, kImport, kProbe, kInventory };
+enum class Purpose : uint8_t {
+  kToken, kUser, kFolderList, kFolderCreate, kImport, kProbe, kInventory,
+  // extprops: a delivery's steps, and a probe's second and third looks
+  kCreate, kAttach, kSession, kChunk, kProbeParts, kDiscard
+};
 const char* PurposeName(Purpose p) {
   switch (p) {
     case Purpose::kToken: return "token";
@@ -296,6 +446,12 @@ const char* PurposeName(Purpose p) {
     case Purpose::kImport: return "importMime";
     case Purpose::kProbe: return "probe";
     case Purpose::kInventory: return "inventory";
+    case Purpose::kCreate: return "message create";
+    case Purpose::kAttach: return "attachment";
+    case Purpose::kSession: return "upload session";
+    case Purpose::kChunk: return "upload";
+    case Purpose::kProbeParts: return "probe (attachments)";
+    case Purpose::kDiscard: return "removal of a partial item";
   }
   return "?";
 }
@@ -310,6 +466,22 @@ struct Job {
   uint32_t auth_retries = 0;
   std::vector<std::string> ids;  // inventory so far
   std::string next_url;          // inventory: the next page
+
+  // extprops deliveries: the plan (built in Submit), then the steps' state.
+  std::optional<Status> refused;  // the item cannot go at all (kItemBad)
+  std::string step_body;          // the next request's body, when prepared
+  std::vector<uint32_t> later;    // attachments after the create
+  std::vector<bool> later_session;
+  size_t part = 0;                // next entry of `later`
+  std::string created_id;         // the item once created
+  std::string upload_url;         // the open upload session
+  uint64_t upload_offset = 0;
+  uint32_t step_attempts = 0;     // retries of the current step
+  std::optional<Completion> after_discard;  // reported once the partial item is removed
+  // Probes: a found item that carries the parts marker.
+  std::string candidate;
+  uint64_t expected_parts = 0;
+  bool discard = false;  // the candidate is partial: remove it, then look again
 };
 
 struct Request {
@@ -319,6 +491,11 @@ struct Request {
   std::string method;
   std::string url;
   std::string body;
+  std::string_view payload;  // what is sent: `body`, or a slice of an attachment
+  std::string content_type;
+  std::string content_range;  // upload chunks
+  bool no_auth = false;       // pre-authenticated upload URLs take no token
+  uint64_t chunk_end = 0;     // upload chunks: the offset after this one
   std::string response;
   std::optional<milliseconds> retry_after;
   std::string mailbox;  // "" for the token
@@ -331,8 +508,8 @@ struct Request {
 
 size_t ReadCb(char* p, size_t s, size_t n, void* ud) {
   auto* r = static_cast<Request*>(ud);
-  const size_t k = std::min(s * n, r->body.size() - r->read_pos);
-  std::memcpy(p, r->body.data() + r->read_pos, k);
+  const size_t k = std::min(s * n, r->payload.size() - r->read_pos);
+  std::memcpy(p, r->payload.data() + r->read_pos, k);
   r->read_pos += k;
   return k;
 }
@@ -385,6 +562,15 @@ class GraphSink final : public Sink {
     if (o_.window_margin.count() <= 0) {
       o_.window_margin = milliseconds(50) + std::max(o_.request_window, o_.upload_window) / 100;
     }
+    {
+      // Upload chunks: under the cap and the upload budget, in multiples of
+      // 320 KiB where they can be (attachment-createuploadsession).
+      const uint64_t cap = o_.max_request_bytes > 8192 ? o_.max_request_bytes - 4096 : o_.max_request_bytes;
+      const uint64_t most = std::min(cap, o_.upload_budget_bytes);
+      uint64_t c = std::max<uint64_t>(1, std::min(o_.upload_chunk_bytes, most));
+      if (c >= 327680) c -= c % 327680;
+      o_.upload_chunk_bytes = c;
+    }
     while (!o_.graph_url.empty() && o_.graph_url.back() == '/') o_.graph_url.pop_back();
     while (!o_.login_url.empty() && o_.login_url.back() == '/') o_.login_url.pop_back();
     if (o_.scope.empty()) {
@@ -409,6 +595,7 @@ class GraphSink final : public Sink {
     Capabilities c;
     c.remote = true;
     c.checks_mailboxes = o_.check_mailboxes;
+    c.wants_pst_message = o_.mode == GraphOptions::Mode::kExtProps;
     return c;
   }
 
@@ -418,9 +605,6 @@ class GraphSink final : public Sink {
     WXA_RETURN_IF_ERROR(graph::CheckEndpointUrl("--graph-login-url", o_.login_url));
     if (o_.tenant.empty() || o_.client_id.empty()) {
       return Status::InvalidArgument("a graph target needs --graph-tenant and --graph-client-id");
-    }
-    if (o_.mode == GraphOptions::Mode::kExtProps) {
-      return Status::Unsupported("--graph-mode extprops is not implemented yet; use importmime");
     }
     if (o_.client_secret.empty()) {
       if (o_.certificate_file.empty()) {
@@ -476,6 +660,22 @@ class GraphSink final : public Sink {
     j->kind = Purpose::kImport;
     j->d = std::move(d);
     j->done = std::move(done);
+    if (o_.mode == GraphOptions::Mode::kExtProps) {
+      // The create's JSON is built here, on the caller's thread.
+      if (!j->d.pst_message) {
+        j->refused = Status::InvalidArgument("extprops: the delivery came without its structured message (an engine bug)");
+      } else {
+        auto plan = graph::PlanExtProps(*j->d.pst_message, o_);
+        if (!plan.ok()) {
+          j->refused = plan.status();
+        } else {
+          j->step_body = std::move(plan->create_body);
+          j->later = std::move(plan->later);
+          j->later_session = std::move(plan->session);
+        }
+      }
+      j->d.bytes.reset();  // the MIME is not sent in this mode
+    }
     Post([this, j = std::shared_ptr<Job>(std::move(j))]() mutable { Enqueue(std::make_unique<Job>(std::move(*j))); });
   }
 
@@ -619,14 +819,19 @@ class GraphSink final : public Sink {
       Finish(std::move(j), Completion::SinkBad(sink_bad_));
       return;
     }
-    if (j->kind == Purpose::kImport) {
+    if (j->kind == Purpose::kImport && j->refused) {
+      Status why = *j->refused;
+      Finish(std::move(j), Completion::ItemBad(std::move(why)));
+      return;
+    }
+    if (j->kind == Purpose::kImport && o_.mode == GraphOptions::Mode::kImportMime) {
       const uint64_t n = j->d.bytes ? j->d.bytes->size() : 0;
       const uint64_t b64 = graph::Base64Size(n);
       if (b64 > o_.max_request_bytes) {
         Finish(std::move(j),
                Completion::ItemBad(Status::TooLarge(fmt::format(
                    "the item is {} bytes, {} in base64: over Graph's {} MiB request cap (importMime has no upload "
-                   "session); use --max-item-size {} or smaller",
+                   "session); use --graph-mode extprops, or --max-item-size {} or smaller",
                    n, b64, o_.max_request_bytes >> 20, o_.max_request_bytes / 4 * 3))));
         return;
       }
@@ -668,7 +873,9 @@ class GraphSink final : public Sink {
     for (auto& [easy, req] : running_) {
       curl_multi_remove_handle(multi_.get(), easy);
       if (req->job) {
-        const bool doubt = req->purpose == Purpose::kImport;
+        // In doubt: the item may be there whole or in part (probed before any resend).
+        const bool doubt = req->purpose == Purpose::kImport || req->purpose == Purpose::kCreate ||
+                           PartialExists(*req->job);
         Completion c = k == Completion::Kind::kTransient ? Completion::Transient(why, milliseconds(0), doubt)
                                                          : Completion::Failure(k, why);
         Finish(std::move(req->job), std::move(c));
@@ -679,18 +886,24 @@ class GraphSink final : public Sink {
       while (!mb.queue.empty()) {
         auto j = std::move(mb.queue.front());
         mb.queue.pop_front();
-        Completion c = k == Completion::Kind::kTransient ? Completion::Transient(why, milliseconds(0), false)
-                                                         : Completion::Failure(k, why);
+        Completion c = k == Completion::Kind::kTransient || PartialExists(*j)
+                           ? Completion::Transient(why, milliseconds(0), PartialExists(*j))
+                           : Completion::Failure(k, why);
         Finish(std::move(j), std::move(c));
       }
       for (auto& ch : mb.checks) ch(MailboxVerdict::kUnknowable);
       mb.checks.clear();
     }
     for (auto& dj : delayed_) {
-      Finish(std::move(dj.second), Completion::Failure(k, why));
+      const bool partial = PartialExists(*dj.second);
+      Finish(std::move(dj.second), partial ? Completion::Transient(why, milliseconds(0), true) : Completion::Failure(k, why));
     }
     delayed_.clear();
   }
+
+  // An extprops delivery whose item was created and is not finished: the
+  // server holds a partial item that a probe must find and remove.
+  static bool PartialExists(const Job& j) { return j.kind == Purpose::kImport && !j.created_id.empty(); }
 
   void SetSinkBad(const Status& s) {
     if (sink_bad_.ok()) sink_bad_ = s;
@@ -848,40 +1061,116 @@ class GraphSink final : public Sink {
     // Ready.
     if (mb.queue.empty()) return false;
     Job& j = *mb.queue.front();
-    uint64_t bytes = j.kind == Purpose::kImport ? graph::Base64Size(j.d.bytes ? j.d.bytes->size() : 0) : 0;
-    if (!CanSend(mb, bytes, now)) return false;
-    auto job = std::move(mb.queue.front());
-    mb.queue.pop_front();
     auto req = std::make_unique<Request>();
-    req->purpose = job->kind;
     req->mailbox = mb.addr;
-    const std::string folder = fmt::format("{}/v1.0/users/{}/mailFolders/{}", o_.graph_url, mb.user_path,
-                                           graph::PercentEncode(mb.folder_id));
-    switch (job->kind) {
+    PrepareRequest(mb, j, *req);
+    if (!CanSend(mb, req->payload.size(), now)) {
+      if (!req->body.empty()) j.step_body = std::move(req->body);  // built once, kept for later
+      return false;
+    }
+    req->job = std::move(mb.queue.front());
+    mb.queue.pop_front();
+    Charge(mb, req->payload.size(), now);
+    req->charged = true;
+    Launch(std::move(req));
+    return true;
+  }
+
+  // The next request of a job: its purpose, method, URL and body (moved out
+  // of job.step_body, or a slice of an attachment for upload chunks).
+  void PrepareRequest(const Mbox& mb, Job& j, Request& req) {
+    const std::string user = fmt::format("{}/v1.0/users/{}", o_.graph_url, mb.user_path);
+    const std::string folder = user + "/mailFolders/" + graph::PercentEncode(mb.folder_id);
+    req.method = "POST";
+    req.content_type = "application/json";
+    switch (j.kind) {
       case Purpose::kImport:
-        req->method = "POST";
-        req->url = fmt::format("{}/beta/users/{}/mailFolders/{}/importMime", o_.graph_url, mb.user_path,
-                               graph::PercentEncode(mb.folder_id));
-        req->body = graph::Base64(*job->d.bytes);
+        if (o_.mode == GraphOptions::Mode::kImportMime) {
+          req.purpose = Purpose::kImport;
+          req.url = fmt::format("{}/beta/users/{}/mailFolders/{}/importMime", o_.graph_url, mb.user_path,
+                                graph::PercentEncode(mb.folder_id));
+          if (j.step_body.empty()) j.step_body = graph::Base64(*j.d.bytes);
+          req.body = std::move(j.step_body);
+          req.content_type = "text/plain";
+        } else if (j.after_discard) {
+          req.purpose = Purpose::kDiscard;
+          req.url = fmt::format("{}/messages/{}/permanentDelete", user, graph::PercentEncode(j.created_id));
+          req.content_type.clear();
+        } else if (j.created_id.empty()) {
+          req.purpose = Purpose::kCreate;
+          req.url = folder + "/messages";
+          req.body = std::move(j.step_body);
+        } else {
+          const pst::Attachment& a = j.d.pst_message->attachments[j.later[j.part]];
+          const std::string msg = fmt::format("{}/messages/{}/attachments", user, graph::PercentEncode(j.created_id));
+          if (!j.later_session[j.part]) {
+            req.purpose = Purpose::kAttach;
+            req.url = msg;
+            if (j.step_body.empty()) {
+              core::JsonWriter w(&j.step_body);
+              graph::WriteFileAttachment(w, &j.step_body, a);
+            }
+            req.body = std::move(j.step_body);
+          } else if (j.upload_url.empty()) {
+            req.purpose = Purpose::kSession;
+            req.url = msg + "/createUploadSession";
+            if (!j.step_body.empty()) {
+              req.body = std::move(j.step_body);
+              break;
+            }
+            core::JsonWriter w(&req.body);
+            w.BeginObject().Key("AttachmentItem").BeginObject().Field("attachmentType", "file");
+            w.Field("name", a.filename.empty() ? std::string_view("attachment") : std::string_view(a.filename));
+            w.Field("size", static_cast<uint64_t>(a.data.size()));
+            w.Field("contentType", a.mime_type.empty() ? std::string_view("application/octet-stream")
+                                                       : std::string_view(a.mime_type));
+            if (!a.content_id.empty()) w.Field("contentId", a.content_id);
+            w.EndObject().EndObject();
+          } else {
+            // A pre-authenticated URL: no Authorization header (attachment-createuploadsession).
+            req.purpose = Purpose::kChunk;
+            req.method = "PUT";
+            req.url = j.upload_url;
+            req.no_auth = true;
+            req.content_type = "application/octet-stream";
+            const uint64_t off = std::min<uint64_t>(j.upload_offset, a.data.size());
+            const uint64_t n = std::min<uint64_t>(o_.upload_chunk_bytes, a.data.size() - off);
+            req.payload = std::string_view(a.data).substr(off, n);
+            req.chunk_end = off + n;
+            req.content_range = fmt::format("Content-Range: bytes {}-{}/{}", off, off + n - 1, a.data.size());
+            return;
+          }
+        }
         break;
       case Purpose::kProbe:
-        req->method = "GET";
-        req->url = fmt::format("{}/messages?$filter={}&$select=id", folder,
-                               graph::PercentEncode("internetMessageId eq " + graph::ODataQuote("<" + job->d.message_id + ">")));
+        if (j.discard) {
+          req.purpose = Purpose::kDiscard;
+          req.url = fmt::format("{}/messages/{}/permanentDelete", user, graph::PercentEncode(j.candidate));
+          req.content_type.clear();
+        } else if (!j.candidate.empty()) {
+          req.purpose = Purpose::kProbeParts;
+          req.method = "GET";
+          req.url = fmt::format("{}/messages/{}/attachments?$select=id,size", user, graph::PercentEncode(j.candidate));
+        } else {
+          req.purpose = Purpose::kProbe;
+          req.method = "GET";
+          req.url = fmt::format(
+              "{}/messages?$filter={}&$select=id&$expand={}", folder,
+              graph::PercentEncode("internetMessageId eq " + graph::ODataQuote("<" + j.d.message_id + ">")),
+              graph::PercentEncode(fmt::format("singleValueExtendedProperties($filter=id eq {})",
+                                               graph::ODataQuote(graph::PartsProperty()))));
+        }
         break;
       case Purpose::kInventory:
-        req->method = "GET";
-        req->url = !job->next_url.empty() ? job->next_url
-                                          : fmt::format("{}/messages?$select=internetMessageId&$top=1000", folder);
+        req.purpose = Purpose::kInventory;
+        req.method = "GET";
+        req.url = !j.next_url.empty() ? j.next_url : fmt::format("{}/messages?$select=internetMessageId&$top=1000", folder);
         break;
       default:
         break;
     }
-    req->job = std::move(job);
-    Charge(mb, req->body.size(), now);
-    req->charged = true;
-    Launch(std::move(req));
-    return true;
+    if (req.method == "GET") req.content_type.clear();
+    req.payload = req.body;
   }
 
   // One setup step at a time per mailbox: user, then each folder level.
@@ -943,16 +1232,20 @@ class GraphSink final : public Sink {
     }
     CURL* e = easy.get();
     req->easy = std::move(easy);
+    if (req->purpose != Purpose::kChunk) req->payload = req->body;
+    if (req->purpose == Purpose::kFolderCreate) req->content_type = "application/json";
     curl_slist* h = nullptr;
     h = curl_slist_append(h, "Expect:");
     h = curl_slist_append(h, "Accept: application/json");
     if (req->purpose == Purpose::kToken) {
       h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
     } else {
-      req->token_used = token_;
-      h = curl_slist_append(h, ("Authorization: Bearer " + token_).c_str());
-      if (req->purpose == Purpose::kImport) h = curl_slist_append(h, "Content-Type: text/plain");
-      if (req->purpose == Purpose::kFolderCreate) h = curl_slist_append(h, "Content-Type: application/json");
+      if (!req->no_auth) {
+        req->token_used = token_;
+        h = curl_slist_append(h, ("Authorization: Bearer " + token_).c_str());
+      }
+      if (!req->content_type.empty()) h = curl_slist_append(h, ("Content-Type: " + req->content_type).c_str());
+      if (!req->content_range.empty()) h = curl_slist_append(h, req->content_range.c_str());
     }
     req->headers.reset(h);
     curl_easy_setopt(e, CURLOPT_URL, req->url.c_str());
@@ -975,13 +1268,18 @@ class GraphSink final : public Sink {
       curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
       curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
     }
-    if (req->method == "POST") {
-      curl_easy_setopt(e, CURLOPT_POST, 1L);
+    if (req->method == "POST" || req->method == "PUT") {
+      if (req->method == "POST") {
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req->payload.size()));
+      } else {
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(req->payload.size()));
+      }
       curl_easy_setopt(e, CURLOPT_READFUNCTION, ReadCb);
       curl_easy_setopt(e, CURLOPT_READDATA, req.get());
       curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, SeekCb);
       curl_easy_setopt(e, CURLOPT_SEEKDATA, req.get());
-      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req->body.size()));
     } else {
       curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     }
@@ -1011,7 +1309,7 @@ class GraphSink final : public Sink {
                    rc == CURLE_OK ? "" : curl_easy_strerror(rc));
       }
       // Handed to curl whole: the server may have it all (in doubt).
-      const bool body_sent = req->read_pos >= req->body.size();
+      const bool body_sent = req->read_pos >= req->payload.size();
       if (req->charged) {
         Mbox& mb = mbox(req->mailbox);
         --mb.in_flight;
@@ -1133,6 +1431,10 @@ class GraphSink final : public Sink {
     }
     Mbox& mb = mbox(r.mailbox);
     auto now = Clock::now();
+    if (r.purpose == Purpose::kChunk && rc == CURLE_OK && status == 401) {
+      // The upload URL's own token was refused: not the app's token.
+      return OnStep(mb, r, rc, status, ErrorInfo{}, r.read_pos >= r.payload.size());
+    }
     if (rc == CURLE_OK && status == 401) {
       // Expired or revoked token: refresh, then the same request again. A
       // fresh token refused before any success, several times over, means
@@ -1162,7 +1464,7 @@ class GraphSink final : public Sink {
       ++mb.throttle_streak;
       const milliseconds wait = r.retry_after ? *r.retry_after + milliseconds(50) : Backoff(mb.throttle_streak);
       mb.paused_until = std::max(mb.paused_until, now + wait);
-      if (r.job && r.purpose == Purpose::kImport) {
+      if (r.job && (r.purpose == Purpose::kImport || r.purpose == Purpose::kCreate)) {
         Finish(std::move(r.job), Completion::Transient(Status::IOError(HttpFailure(r, status, e)), wait, false));
         return;
       }
@@ -1177,6 +1479,12 @@ class GraphSink final : public Sink {
       case Purpose::kImport: OnImport(mb, r, rc, status, e, body_sent); break;
       case Purpose::kProbe: OnProbe(mb, r, rc, status, e); break;
       case Purpose::kInventory: OnInventory(mb, r, rc, status, e); break;
+      case Purpose::kCreate: OnImport(mb, r, rc, status, e, body_sent); break;
+      case Purpose::kAttach:
+      case Purpose::kSession:
+      case Purpose::kChunk: OnStep(mb, r, rc, status, e, body_sent); break;
+      case Purpose::kProbeParts: OnProbeParts(mb, r, rc, status, e); break;
+      case Purpose::kDiscard: OnDiscard(mb, r, rc, status, e); break;
       default: break;
     }
   }
@@ -1184,6 +1492,7 @@ class GraphSink final : public Sink {
   // Puts a request's work back where it came from (after a 401 or a throttle).
   void Requeue(Mbox& mb, Request& r) {
     if (r.job) {
+      if (!r.body.empty() && r.job->kind == Purpose::kImport) r.job->step_body = std::move(r.body);
       mb.queue.push_front(std::move(r.job));
     } else if (mb.setup == Mbox::Setup::kBusy) {
       mb.setup = Mbox::Setup::kNone;
@@ -1366,11 +1675,21 @@ class GraphSink final : public Sink {
       simdjson::dom::element doc;
       std::string_view id;
       if (!parser_.parse(r.response).get(doc) && !doc["id"].get(id) && !id.empty()) {
+        if (r.purpose == Purpose::kCreate && !job->later.empty()) {
+          // Attachments follow, one request at a time, ahead of other work.
+          job->created_id = std::string(id);
+          job->part = 0;
+          job->step_body.clear();
+          job->step_attempts = 0;
+          mb.queue.push_front(std::move(job));
+          return;
+        }
         return Finish(std::move(job), Completion::Done(std::string(id)));
       }
       // Created, but no id: it is there; the probe finds it.
       return Finish(std::move(job),
-                    Completion::Transient(Status::IOError("importMime: 201 without an id"), milliseconds(0), true));
+                    Completion::Transient(Status::IOError(fmt::format("{}: 201 without an id", PurposeName(r.purpose))),
+                                          milliseconds(0), true));
     }
     if (MailboxFatal(mb, status, e, why)) return Finish(std::move(job), Completion::MailboxBad(mb.bad));
     if (status == 404 && (e.code == "ErrorItemNotFound" || e.code.empty())) {
@@ -1388,6 +1707,202 @@ class GraphSink final : public Sink {
                                                           status != 501 && status != 505));
     }
     Finish(std::move(job), Completion::ItemBad(Status::InvalidArgument(why)));
+  }
+
+  // extprops, after the create: attachments, upload sessions and chunks.
+  // The item exists on the server from here on, so every way out that does
+  // not finish it either removes it (kDiscard, then the outcome) or leaves
+  // it in doubt for the probe, which removes a partial item.
+  void OnStep(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e, bool body_sent) {
+    auto job = std::move(r.job);
+    Activate(mb);
+    const std::string why = rc != CURLE_OK ? CurlFailure(r, rc) : HttpFailure(r, status, e);
+    auto retry_step = [&](milliseconds after) {
+      if (++job->step_attempts > o_.max_internal_attempts) {
+        return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), true));
+      }
+      if (r.purpose != Purpose::kChunk && !r.body.empty()) job->step_body = std::move(r.body);
+      delayed_.emplace(Clock::now() + std::max(after, Backoff(job->step_attempts)), std::move(job));
+    };
+    auto next_part = [&]() {
+      job->upload_url.clear();
+      job->upload_offset = 0;
+      job->step_body.clear();
+      job->step_attempts = 0;
+      if (++job->part == job->later.size()) {
+        std::string id = job->created_id;
+        return Finish(std::move(job), Completion::Done(std::move(id)));
+      }
+      mb.queue.push_front(std::move(job));
+    };
+    if (rc != CURLE_OK) {
+      const bool connect_failed = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
+      // A chunk is safe to send again (the session says where it stands),
+      // except the last: once it lands the session ends and the attachment
+      // exists, so a resend would open a new session and attach it twice. A
+      // POST or last chunk whose body went out may have been stored: the
+      // probe decides (it counts the attachments).
+      const bool last_chunk = r.purpose == Purpose::kChunk &&
+                              r.chunk_end == job->d.pst_message->attachments[job->later[job->part]].data.size();
+      if (!body_sent || connect_failed || (r.purpose == Purpose::kChunk && !last_chunk)) {
+        return retry_step(milliseconds(0));
+      }
+      return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), true));
+    }
+    switch (r.purpose) {
+      case Purpose::kAttach:
+        if (status == 201 || status == 200) return next_part();
+        break;
+      case Purpose::kSession:
+        if (status == 201 || status == 200) {
+          simdjson::dom::element doc;
+          std::string_view url;
+          if (parser_.parse(r.response).get(doc) || doc["uploadUrl"].get(url) || url.empty()) {
+            return retry_step(milliseconds(0));
+          }
+          // The upload host differs from Graph's (outlook.office.com); it
+          // gets no token, but still only https (or http to loopback).
+          if (auto ok = graph::CheckEndpointUrl("uploadUrl", url); !ok.ok()) {
+            return Discard(mb, std::move(job), Completion::ItemBad(ok));
+          }
+          job->upload_url = std::string(url);
+          job->upload_offset = 0;
+          job->step_body.clear();
+          job->step_attempts = 0;
+          mb.queue.push_front(std::move(job));
+          return;
+        }
+        break;
+      case Purpose::kChunk:
+        if (status == 201) return next_part();  // the last chunk: the attachment exists
+        if (status == 200 || status == 416) {
+          // Where the session stands: nextExpectedRanges ["N-"] (416: a
+          // chunk sent again after a lost answer, or out of order).
+          simdjson::dom::element doc;
+          simdjson::dom::array ranges;
+          uint64_t next = r.chunk_end;
+          if (!parser_.parse(r.response).get(doc) && !doc["nextExpectedRanges"].get(ranges)) {
+            for (auto v : ranges) {
+              std::string_view t;
+              if (!v.get(t)) next = std::strtoull(std::string(t).c_str(), nullptr, 10);
+              break;
+            }
+          }
+          if (status == 416 || next != r.chunk_end) {
+            if (++job->step_attempts > o_.max_internal_attempts) {
+              return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), true));
+            }
+          } else {
+            job->step_attempts = 0;
+          }
+          job->upload_offset = next;
+          mb.queue.push_front(std::move(job));
+          return;
+        }
+        if (status == 401 || status == 404) {
+          // The session ended or its token went stale: open a new one.
+          job->upload_url.clear();
+          job->upload_offset = 0;
+          return retry_step(milliseconds(0));
+        }
+        break;
+      default:
+        break;
+    }
+    if (MailboxFatal(mb, status, e, why)) {
+      return Finish(std::move(job),
+                    Completion::MailboxBad(Status::IOError(fmt::format(
+                        "{} (a partial copy of the item, id {}, may remain in the folder)", mb.bad.ToString(),
+                        job->created_id))));
+    }
+    if (status == 404 && r.purpose != Purpose::kChunk) {
+      // The item went away under us: nothing partial is left; send it again.
+      job->created_id.clear();
+      return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), false));
+    }
+    if (status >= 500 || status == 408) {
+      // A POST the backend may have finished is in doubt; the rest is retried.
+      if (r.purpose == Purpose::kAttach && status != 501 && status != 505) {
+        return Finish(std::move(job), Completion::Transient(Status::IOError(why), r.retry_after.value_or(milliseconds(0)), true));
+      }
+      return retry_step(r.retry_after.value_or(milliseconds(0)));
+    }
+    // Refused for good (too large, malformed): the item cannot go; the part
+    // already there is removed first.
+    Status bad = status == 413 || e.code == "ErrorMessageSizeExceeded" ? Status::TooLarge(why) : Status::InvalidArgument(why);
+    Discard(mb, std::move(job), Completion::ItemBad(std::move(bad)));
+  }
+
+  // Removes a delivery's partial item, then reports `outcome`.
+  void Discard(Mbox& mb, std::unique_ptr<Job> job, Completion outcome) {
+    job->after_discard = std::move(outcome);
+    job->step_attempts = 0;
+    mb.queue.push_front(std::move(job));
+    Activate(mb);
+  }
+
+  // permanentDelete of a partial item: for a delivery, then its outcome; for
+  // a probe, then a new look (a complete copy may be there too).
+  void OnDiscard(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    auto job = std::move(r.job);
+    Activate(mb);
+    const bool gone = rc == CURLE_OK && (status == 204 || status == 200 || status == 404);
+    const std::string why = rc != CURLE_OK ? CurlFailure(r, rc) : HttpFailure(r, status, e);
+    if (job->kind == Purpose::kImport) {
+      if (!gone && ++job->step_attempts <= o_.max_internal_attempts && !MailboxFatal(mb, status, e, why)) {
+        delayed_.emplace(Clock::now() + Backoff(job->step_attempts), std::move(job));
+        return;
+      }
+      Completion c = std::move(*job->after_discard);
+      if (!gone) {
+        // Left for a later probe: in doubt keeps the item's intent, so a
+        // rerun finds the partial item and removes it before resending.
+        c = Completion::Transient(
+            Status::IOError(fmt::format("{}; the partial item could not be removed: {}", c.error.ToString(), why)),
+            milliseconds(0), true);
+      }
+      job->created_id.clear();
+      return Finish(std::move(job), std::move(c));
+    }
+    if (!gone) {
+      if (MailboxFatal(mb, status, e, why)) return Finish(std::move(job), Completion::MailboxBad(mb.bad));
+      return RetryLater(mb, std::move(job), why);
+    }
+    job->candidate.clear();
+    job->discard = false;
+    if (++job->attempts >= o_.max_internal_attempts) {
+      return Finish(std::move(job), Completion::Transient(Status::IOError("probe: partial items keep coming back"),
+                                                          milliseconds(0), false));
+    }
+    mb.queue.push_front(std::move(job));
+  }
+
+  // A marked item's attachments: all there, or the item is partial.
+  void OnProbeParts(Mbox& mb, Request& r, CURLcode rc, long status, const ErrorInfo& e) {
+    simdjson::dom::element doc;
+    simdjson::dom::array arr;
+    auto job = TakeListAnswer(mb, r, rc, status, "probe", &doc, &arr);
+    if (job == nullptr) return;
+    const std::string why = HttpFailure(r, status, e);
+    if (status == 200) {
+      const uint64_t n = arr.size();
+      if (n == job->expected_parts) {
+        ProbeResult res;
+        res.kind = ProbeResult::Kind::kPresent;
+        res.remote_ref = job->candidate;
+        return job->probe_done(job->d.id, std::move(res));
+      }
+      job->discard = true;  // partial (or an attachment sent twice): remove it
+      mb.queue.push_front(std::move(job));
+      return;
+    }
+    if (MailboxFatal(mb, status, e, why)) return Finish(std::move(job), Completion::MailboxBad(mb.bad));
+    if (status == 404) {  // gone meanwhile: look again
+      job->candidate.clear();
+      mb.queue.push_front(std::move(job));
+      return;
+    }
+    RetryLater(mb, std::move(job), why);
   }
 
   void RetryLater(Mbox& mb, std::unique_ptr<Job> j, const std::string& why) {
@@ -1429,11 +1944,32 @@ class GraphSink final : public Sink {
       res.kind = ProbeResult::Kind::kAbsent;
       for (auto m : arr) {
         std::string_view id;
-        if (!m["id"].get(id)) {
-          res.kind = ProbeResult::Kind::kPresent;
-          res.remote_ref = std::string(id);
-          break;
+        if (m["id"].get(id)) continue;
+        // An item with attachments sent after its create counts only when
+        // they are all there: look at them first.
+        uint64_t parts = 0;
+        simdjson::dom::array props;
+        if (!m["singleValueExtendedProperties"].get(props)) {
+          for (auto p : props) {
+            std::string_view pid, value;
+            if (p["id"].get(pid) || p["value"].get(value)) continue;
+            if (pid.size() == graph::PartsProperty().size() &&
+                std::equal(pid.begin(), pid.end(), graph::PartsProperty().begin(), [](char a, char b) {
+                  return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+                })) {
+              parts = std::strtoull(std::string(value).c_str(), nullptr, 10);
+            }
+          }
         }
+        if (parts > 0) {
+          job->candidate = std::string(id);
+          job->expected_parts = parts;
+          mb.queue.push_front(std::move(job));
+          return;
+        }
+        res.kind = ProbeResult::Kind::kPresent;
+        res.remote_ref = std::string(id);
+        break;
       }
       return job->probe_done(job->d.id, std::move(res));
     }

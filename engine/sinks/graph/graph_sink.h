@@ -6,8 +6,21 @@
 // certificate (RS256 JWT client assertion with x5t); the token is cached,
 // refreshed before it expires and again after a 401.
 //
-// Not implemented yet: --graph-mode extprops (Open says so); upload sessions
-// (items over the request cap are kItemBad with the reason).
+// Two ways in (--graph-mode), both giving received mail, never drafts:
+// - importmime (default): one `POST /beta/users/{id}/mailFolders/{id}/importMime`
+//   per item (base64 MIME, text/plain), byte-exact headers. An item whose
+//   base64 exceeds the request cap is kItemBad with the reason.
+// - extprops: v1.0 JSON create in the folder with the MAPI properties that
+//   make it received mail (PidTagMessageFlags 0x0E07 = read, no mfUnsent;
+//   delivery 0x0E06 and submit 0x0039 times; transport headers 0x007D, so
+//   every X-WeChat-* header is on the item; In-Reply-To 0x1042, References
+//   0x1039). Attachments go inline while the request stays under the cap;
+//   the rest follow the create: `POST .../attachments` under 3 MB,
+//   `createUploadSession` and PUT chunks (multiples of 320 KiB, no
+//   Authorization header) from 3 MB. Such an item carries a marker property
+//   (PartsProperty(): how many attachments it must end with), so a probe
+//   tells a complete item from one a crash or a failed step left half-made;
+//   a partial one is removed (`permanentDelete`) and the item sent again.
 //
 // Per mailbox: user lookup (GET /v1.0/users/{mailbox}: 404 is that
 // mailbox's failure, "unknown mailbox"), the archive folder found or created
@@ -26,7 +39,10 @@
 // kTransient; a dropped connection or timeout after the body was fully sent,
 // and 500/504, are kTransient in doubt (the engine probes before resending).
 //
-// Probe: `$filter=internetMessageId eq '<id>'` in the folder. Inventory: every
+// Probe: `$filter=internetMessageId eq '<id>'` in the folder (with the
+// parts marker expanded; a marked item counts only with all its
+// attachments, else it is permanently deleted and the probe looks again).
+// Inventory: every
 // message's internetMessageId in the folder, following @odata.nextLink.
 //
 // Secrets (client secret, access tokens) never appear in errors or traces.
@@ -42,6 +58,10 @@
 #include <utility>
 
 #include "engine/sinks/sink.h"
+
+namespace wxa::pst {
+struct Message;
+}
 
 namespace wxa::sinks {
 
@@ -74,6 +94,11 @@ struct GraphOptions {
   std::chrono::milliseconds window_margin{0};
   // The request cap: a base64 body over it is reported (kItemBad).
   uint64_t max_request_bytes = 4u << 20;
+  // extprops: attachments from this size go through an upload session
+  // ("between 3 MB and 150 MB", attachment-createuploadsession), in PUT
+  // chunks of `upload_chunk_bytes` (a multiple of 320 KiB, under the cap).
+  uint64_t min_upload_session_bytes = 3u << 20;
+  uint64_t upload_chunk_bytes = 10 * 327680;
 
   uint32_t connect_timeout_ms = 15000;
   uint32_t request_timeout_ms = 120000;
@@ -97,6 +122,19 @@ std::string PercentEncode(std::string_view s);
 Status CheckEndpointUrl(std::string_view what, std::string_view url);
 // Standard base64 without line breaks.
 std::string Base64(std::string_view bytes);
+void AppendBase64(std::string_view bytes, std::string* out);
+// The id of the extended property an extprops item with attachments sent
+// after its create carries: its attachment count when complete.
+std::string_view PartsProperty();
+// extprops: the create request's JSON for a message, and which attachments
+// follow the create (indices into m.attachments, in order). An error when
+// the item cannot go through Graph at all (the reason says why).
+struct ExtPropsPlan {
+  std::string create_body;
+  std::vector<uint32_t> later;
+  std::vector<bool> session;  // per `later` entry: through an upload session
+};
+Result<ExtPropsPlan> PlanExtProps(const pst::Message& m, const GraphOptions& o);
 constexpr uint64_t Base64Size(uint64_t n) { return (n + 2) / 3 * 4; }
 // "N/SECONDS" (a budget per window, e.g. "10000/600"), SECONDS may be fractional.
 Result<std::pair<uint64_t, std::chrono::milliseconds>> ParseBudget(std::string_view text);
