@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--upload-budget", type=int, default=7_500_000)
     ap.add_argument("--upload-window-s", type=float, default=15)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--mode", choices=("importmime", "extprops"), default="importmime")
     a = ap.parse_args()
 
     cli = os.path.join(a.build, "wxarchiver")
@@ -73,7 +74,7 @@ def main():
            "--index", os.path.join(work, "index"), "--report", os.path.join(work, "report.json"),
            "--graph-tenant", "11111111-2222-3333-4444-555555555555", "--graph-client-id", "bench-client",
            "--graph-secret-file", secret, "--graph-login-url", base, "--graph-url", base,
-           "--connections", str(a.connections),
+           "--connections", str(a.connections), "--graph-mode", a.mode,
            "--graph-request-budget", f"{a.request_budget}/{a.request_window_s}",
            "--graph-upload-budget", f"{a.upload_budget}/{a.upload_window_s}"]
     print("$", " ".join(cmd), file=sys.stderr)
