@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config python3
   libgmime-3.0-dev libsimdjson-dev libcli11-dev libfmt-dev libspdlog-dev
   libssl-dev liblmdb-dev lmdb-utils time libtbb-dev libboost-dev libcurl4-openssl-dev
-  libtomlplusplus-dev libphonenumber-dev libisal-dev
+  libtomlplusplus-dev libphonenumber-dev libisal-dev libjemalloc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 # Extra groups, asked for by name: tools/setup-deps.sh imap pst perf
