@@ -188,6 +188,62 @@ Status FaultEnv::SyncDirFd(int fd, const std::string& path) {
   return Env::SyncDirFd(fd, path);
 }
 
+bool FaultEnv::ReadFaultFor(const std::string& path) const {
+  return !read_paths_containing.empty() && path.find(read_paths_containing) != std::string::npos;
+}
+
+Result<core::UniqueFd> FaultEnv::OpenFileBeneath(const core::RootedDir& root, std::string_view rel,
+                                                 struct stat* st) {
+  auto fd = Env::OpenFileBeneath(root, rel, st);
+  const std::string path = core::JoinPath(root.path(), rel);
+  if (fd.ok() && fail_read_open.load() && ReadFaultFor(path)) {
+    ++read_faults;
+    return Status::FromErrno("open", path, read_errno.load());
+  }
+  return fd;
+}
+
+Result<std::vector<std::string>> FaultEnv::ListDirFd(int dir_fd, const std::string& path) {
+  if (fail_list.load() && ReadFaultFor(path)) {
+    ++read_faults;
+    return Status::FromErrno("read directory", path, read_errno.load());
+  }
+  return Env::ListDirFd(dir_fd, path);
+}
+
+Result<size_t> FaultEnv::ReadLimit(uint64_t offset, size_t n, const std::string& path) {
+  const int64_t cut = shrink_reads_to.load();
+  const int64_t bad = fail_reads_at.load();
+  if (cut >= 0 && offset >= static_cast<uint64_t>(cut)) {
+    ++read_faults;
+    return size_t{0};
+  }
+  if (bad >= 0 && offset >= static_cast<uint64_t>(bad)) {
+    ++read_faults;
+    return Status::FromErrno("read", path, read_errno.load());
+  }
+  uint64_t end = offset + n;
+  if (cut >= 0) end = std::min<uint64_t>(end, static_cast<uint64_t>(cut));
+  if (bad >= 0) end = std::min<uint64_t>(end, static_cast<uint64_t>(bad));
+  return static_cast<size_t>(end - offset);
+}
+
+Result<size_t> FaultEnv::Read(int fd, char* buf, size_t n, const std::string& path) {
+  if (!ReadFaultFor(path) || n == 0) return Env::Read(fd, buf, n, path);
+  const off_t at = ::lseek(fd, 0, SEEK_CUR);
+  if (at < 0) return Status::FromErrno("seek", path, errno);
+  WXA_ASSIGN_OR_RETURN(size_t m, ReadLimit(static_cast<uint64_t>(at), n, path));
+  if (m == 0) return size_t{0};
+  return Env::Read(fd, buf, m, path);
+}
+
+Result<size_t> FaultEnv::PRead(int fd, char* buf, size_t n, uint64_t offset, const std::string& path) {
+  if (!ReadFaultFor(path) || n == 0) return Env::PRead(fd, buf, n, offset, path);
+  WXA_ASSIGN_OR_RETURN(size_t m, ReadLimit(offset, n, path));
+  if (m == 0) return size_t{0};
+  return Env::PRead(fd, buf, m, offset, path);
+}
+
 // ---- PowerCutEnv ------------------------------------------------------------
 
 namespace {

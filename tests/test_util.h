@@ -67,7 +67,9 @@ std::vector<std::string> CliImportArgs(const std::string& cli, const std::string
                                        const std::string& target);
 
 // Fails chosen calls with an errno: WriteAll after `fail_writes_after` more
-// successful writes, or every fsync/syncfs when fail_sync is set.
+// successful writes, or every fsync/syncfs when fail_sync is set. Reads of
+// the source (Env::OpenFileBeneath, Read, PRead, ListDirFd) fail or come up
+// short for paths containing `read_paths_containing` (set it before the run).
 class FaultEnv : public core::Env {
  public:
   std::atomic<long> fail_writes_after{-1};  // -1: never
@@ -77,11 +79,39 @@ class FaultEnv : public core::Env {
   // When set, only writes to paths containing it count and fail.
   std::string only_paths_containing;
 
+  // ---- read faults, only for paths containing read_paths_containing
+  // (empty: no read fault at all) ----
+  std::string read_paths_containing;
+  std::atomic<int> read_errno{EIO};
+  // Opening such a file fails with read_errno (after the real open succeeded,
+  // so what is refused anyway is still refused for its own reason).
+  std::atomic<bool> fail_read_open{false};
+  // Listing such a directory fails with read_errno.
+  std::atomic<bool> fail_list{false};
+  // A bad spot at this byte offset (-1: none): a read that reaches it returns
+  // the bytes before it (a short read), the next one fails with read_errno.
+  std::atomic<int64_t> fail_reads_at{-1};
+  // The file ends here for reads (-1: not cut), as if it shrank after it
+  // was opened: fstat still says the old size, reads see end of file.
+  std::atomic<int64_t> shrink_reads_to{-1};
+  // Opens, listings and reads failed or cut short so far.
+  std::atomic<long> read_faults{0};
+
   Status WriteAll(int fd, std::string_view data, const std::string& path) override;
   Status Sync(int fd, const std::string& path) override;
   Status SyncFilesystem(const std::string& path) override;
   Status SyncFilesystemFd(int fd, const std::string& path) override;
   Status SyncDirFd(int fd, const std::string& path) override;
+  Result<core::UniqueFd> OpenFileBeneath(const core::RootedDir& root, std::string_view rel,
+                                         struct stat* st) override;
+  Result<std::vector<std::string>> ListDirFd(int dir_fd, const std::string& path) override;
+  Result<size_t> Read(int fd, char* buf, size_t n, const std::string& path) override;
+  Result<size_t> PRead(int fd, char* buf, size_t n, uint64_t offset, const std::string& path) override;
+
+ private:
+  bool ReadFaultFor(const std::string& path) const;
+  // How many of n bytes at `offset` to really read (0: none), or the error.
+  Result<size_t> ReadLimit(uint64_t offset, size_t n, const std::string& path);
 };
 
 // A power cut, simulated (leveldb's FaultInjectionTestEnv idea, with

@@ -607,14 +607,14 @@ Result<Opened> OpenPhase(const ImportOptions& o, core::Env* env, IndexSummary* x
     return Status::InvalidArgument(fmt::format(
         "{}: targets need --index DIR: the index is what makes a rerun exactly-once", sinks::TargetKindName(op.target.kind)));
   }
-  WXA_ASSIGN_OR_RETURN(wecom::RecordReader reader, wecom::RecordReader::Open(o.source_dir));
+  WXA_ASSIGN_OR_RETURN(wecom::RecordReader reader, wecom::RecordReader::Open(o.source_dir, env));
   op.reader.emplace(std::move(reader));
   WXA_ASSIGN_OR_RETURN(wecom::Directory directory, wecom::Directory::Load(o.directory_csv));
   op.directory = std::make_unique<wecom::Directory>(std::move(directory));
   WXA_ASSIGN_OR_RETURN(mapping::Mapper mapper, mapping::Mapper::Create(op.directory.get(), o.mapping_csv,
                                                                        o.mailboxes_file, {o.default_region}));
   op.mapper.emplace(std::move(mapper));
-  WXA_ASSIGN_OR_RETURN(wecom::MediaStore media, wecom::MediaStore::Open(o.source_dir));
+  WXA_ASSIGN_OR_RETURN(wecom::MediaStore media, wecom::MediaStore::Open(o.source_dir, env));
   op.media.emplace(std::move(media));
   auto made = o.make_sink ? o.make_sink(op.target) : DefaultMakeSink(o, env, op.target);
   if (!made.ok()) return made.status();

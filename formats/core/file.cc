@@ -218,14 +218,14 @@ Result<std::vector<RootedDir::Entry>> RootedDir::List(std::string_view rel) cons
 }
 
 Status ReadFd(int fd, const std::string& path, uint64_t max_bytes, std::string* out) {
+  return ReadFd(Env::Default(), fd, path, max_bytes, out);
+}
+
+Status ReadFd(Env* env, int fd, const std::string& path, uint64_t max_bytes, std::string* out) {
   char buf[1 << 16];
   uint64_t got = 0;
   while (true) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("read", path, errno);
-    }
+    WXA_ASSIGN_OR_RETURN(size_t n, env->Read(fd, buf, sizeof buf, path));
     if (n == 0) return Status::Ok();
     got += static_cast<uint64_t>(n);
     if (got > max_bytes) {
@@ -517,6 +517,26 @@ Result<std::vector<std::string>> Env::ListDirFd(int dir_fd, const std::string& p
   ::closedir(d);
   if (err != 0) return Status::FromErrno("read directory", path, err);
   return out;
+}
+
+Result<UniqueFd> Env::OpenFileBeneath(const RootedDir& root, std::string_view rel, struct stat* st) {
+  return root.OpenFile(rel, st);
+}
+
+Result<size_t> Env::Read(int fd, char* buf, size_t n, const std::string& path) {
+  while (true) {
+    ssize_t got = ::read(fd, buf, n);
+    if (got >= 0) return static_cast<size_t>(got);
+    if (errno != EINTR) return Status::FromErrno("read", path, errno);
+  }
+}
+
+Result<size_t> Env::PRead(int fd, char* buf, size_t n, uint64_t offset, const std::string& path) {
+  while (true) {
+    ssize_t got = ::pread(fd, buf, n, static_cast<off_t>(offset));
+    if (got >= 0) return static_cast<size_t>(got);
+    if (errno != EINTR) return Status::FromErrno("read", path, errno);
+  }
 }
 
 Status WriteTempFile(Env* env, const std::string& tmp_path, std::string_view data, bool sync) {

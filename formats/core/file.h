@@ -109,9 +109,13 @@ class RootedDir {
 // without openat2 (both paths are tested).
 void UseOpenat2ForTesting(bool use);
 
+class Env;
+
 // Reads all of an open file descriptor into *out (appending), at most
 // `max_bytes` (more is kTooLarge). `path` names it in errors.
 Status ReadFd(int fd, const std::string& path, uint64_t max_bytes, std::string* out);
+// The same, each read through env->Read (so tests can fail it).
+Status ReadFd(Env* env, int fd, const std::string& path, uint64_t max_bytes, std::string* out);
 
 Result<std::string> ReadWholeFile(const std::string& path);
 bool PathExists(const std::string& path);
@@ -125,8 +129,9 @@ bool IsDirectory(const std::string& path);
 // Joins with exactly one '/' between the parts.
 std::string JoinPath(std::string_view a, std::string_view b);
 
-// What writers need from the OS. The default (Env::Default()) is POSIX;
-// tests wrap it to inject ENOSPC, EIO or crashes at chosen calls.
+// What writers need from the OS, and what the readers of the source use to
+// open and read it. The default (Env::Default()) is POSIX; tests wrap it to
+// inject ENOSPC, EIO, short reads or crashes at chosen calls.
 // All methods are thread-safe.
 class Env {
  public:
@@ -180,8 +185,23 @@ class Env {
   virtual Status SyncFilesystemFd(int fd, const std::string& path);
   // Sets both the access and modification times of an open file.
   virtual Status SetTimes(int fd, int64_t unix_seconds, const std::string& path);
-  // The names in an open directory, without "." and "..", unsorted.
+  // The names in an open directory, without "." and "..", unsorted. (The
+  // source directory is listed with it too.)
   virtual Result<std::vector<std::string>> ListDirFd(int dir_fd, const std::string& path);
+
+  // ---- source reads: the record files, media files and media/index.csv
+  // are opened and read only through these (and the source directory listed
+  // with ListDirFd), so tests can fail them. `path` names what is read, for
+  // errors (and for test environments that choose what to fail). ----
+  // Exactly root.OpenFile(rel, st): `rel` below `root`, never through a
+  // symlink out of it, opened O_NONBLOCK (a FIFO cannot block), refused
+  // unless a regular file; *st (when non-null) gets its fstat.
+  virtual Result<UniqueFd> OpenFileBeneath(const RootedDir& root, std::string_view rel, struct stat* st);
+  // read(2) of at most n bytes at the file position, retrying EINTR: the
+  // count read (0 at the end of the file); an error is "read <path>: ...".
+  virtual Result<size_t> Read(int fd, char* buf, size_t n, const std::string& path);
+  // pread(2) likewise at `offset`; the file position does not move.
+  virtual Result<size_t> PRead(int fd, char* buf, size_t n, uint64_t offset, const std::string& path);
 };
 
 // Creates `tmp_path` (O_EXCL; a stale one from a crashed run is replaced)

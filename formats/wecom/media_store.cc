@@ -58,8 +58,9 @@ std::string SdkFileIdName(std::string_view sdkfileid) {
   return name;
 }
 
-Result<MediaStore> MediaStore::Open(const std::string& source_dir) {
+Result<MediaStore> MediaStore::Open(const std::string& source_dir, core::Env* env) {
   MediaStore m;
+  m.env_ = env != nullptr ? env : core::Env::Default();
   m.media_dir_ = core::JoinPath(source_dir, kMediaDir);
   WXA_ASSIGN_OR_RETURN(m.source_, core::RootedDir::Open(source_dir));
   {
@@ -75,13 +76,13 @@ Result<MediaStore> MediaStore::Open(const std::string& source_dir) {
   const std::string index_rel = MediaPath("index.csv");
   const std::string index_path = core::JoinPath(source_dir, index_rel);
   struct stat st {};
-  auto fd = m.source_.OpenFile(index_rel, &st);
+  auto fd = m.env_->OpenFileBeneath(m.source_, index_rel, &st);
   if (!fd.ok()) {
     if (fd.status().IsNotFound()) return m;
     return fd.status().WithContext("media index");
   }
   std::string text;
-  WXA_RETURN_IF_ERROR(core::ReadFd(fd->get(), index_path, kMaxIndexCsvBytes, &text));
+  WXA_RETURN_IF_ERROR(core::ReadFd(m.env_, fd->get(), index_path, kMaxIndexCsvBytes, &text));
   auto table = core::ParseCsv(text, index_path);
   if (!table.ok()) return table.status().WithContext("media index");
   int c_id = table->Column({"sdkfileid", "fileid"});
@@ -140,12 +141,12 @@ void MediaStore::Resolve(core::MediaRef& ref) const {
     return;
   }
   struct stat st {};
-  auto fd = source_.OpenFile(MediaPath(rel), &st);
+  auto fd = env_->OpenFileBeneath(source_, MediaPath(rel), &st);
   if (!fd.ok() && fd.status().IsNotFound() && IsMd5Hex(ref.md5sum) && !ref.extension.empty() &&
       rel == core::AsciiLower(ref.md5sum)) {
     // Tools that save "<md5><suffix>" (e.g. WxJava's examples).
     std::string alt = rel + "." + ref.extension;
-    auto fa = source_.OpenFile(MediaPath(alt), &st);
+    auto fa = env_->OpenFileBeneath(source_, MediaPath(alt), &st);
     if (fa.ok() || !fa.status().IsNotFound()) {
       rel = alt;
       fd = std::move(fa);
@@ -177,7 +178,7 @@ Status MediaStore::Load(core::MediaRef& ref, uint64_t max_bytes) const {
     return Status::Ok();
   };
   struct stat st {};
-  auto fd = source_.OpenFile(ref.path, &st);
+  auto fd = env_->OpenFileBeneath(source_, ref.path, &st);
   if (!fd.ok()) return missing(fd.status());
   const uint64_t at_open = static_cast<uint64_t>(st.st_size);
   if (at_open > max_bytes) {
@@ -186,7 +187,7 @@ Status MediaStore::Load(core::MediaRef& ref, uint64_t max_bytes) const {
   }
   std::string bytes;
   bytes.reserve(at_open);
-  Status rs = core::ReadFd(fd->get(), full, max_bytes, &bytes);
+  Status rs = core::ReadFd(env_, fd->get(), full, max_bytes, &bytes);
   if (rs.code() == Status::Code::kTooLarge) {
     // It grew past the limit while read: the caller rejects the item.
     ref.size = max_bytes + 1;

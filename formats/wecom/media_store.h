@@ -9,6 +9,7 @@
 // verifies the declared size and MD5 on the very bytes that go into the item,
 // so a file rewritten or truncated during the run can never be mailed as if
 // it matched (and, being read rather than mapped, can never SIGBUS us).
+// Every open and read goes through a core::Env (tests fail them on demand).
 #pragma once
 
 #include <string>
@@ -26,8 +27,9 @@ class MediaStore {
  public:
   // `source_dir` holds media/ (which may not exist: every lookup then
   // misses). A malformed or refused media/index.csv is an error; its
-  // unusable rows are listed in issues().
-  static Result<MediaStore> Open(const std::string& source_dir);
+  // unusable rows are listed in issues(). Files are opened and read
+  // through `env`, which must outlive the store.
+  static Result<MediaStore> Open(const std::string& source_dir, core::Env* env = core::Env::Default());
 
   // Finds the file for `ref`: state kFound with path and size, or kMissing
   // with the reason in ref.problem. Opens and closes the file (one
@@ -36,7 +38,8 @@ class MediaStore {
 
   // Reads a kFound ref into ref.bytes and verifies it: kOk, or kCorrupt
   // (attached as read, ref.problem says why), or kMissing when it can no
-  // longer be opened. A file over `max_bytes` is not read: kTooLarge, and the
+  // longer be opened or its read fails (ref.problem names the file and the
+  // error). A file over `max_bytes` is not read: kTooLarge, and the
   // ref stays kFound. Refs in any other state are left alone. Thread-safe.
   Status Load(core::MediaRef& ref, uint64_t max_bytes) const;
 
@@ -47,6 +50,7 @@ class MediaStore {
   // The file name (relative to media/) for a ref, or an explanation in *why.
   std::string LocalName(const core::MediaRef& ref, std::string* why) const;
 
+  core::Env* env_ = core::Env::Default();
   core::RootedDir source_;  // invalid when the source has no media/ directory
   bool have_dir_ = false;
   std::string media_dir_;

@@ -18,16 +18,16 @@ namespace {
 constexpr size_t kReadChunk = 1u << 20;
 }
 
-Result<RecordReader> RecordReader::Open(const std::string& source_dir) {
+Result<RecordReader> RecordReader::Open(const std::string& source_dir, core::Env* env) {
   RecordReader r;
+  r.env_ = env != nullptr ? env : core::Env::Default();
   r.dir_ = source_dir;
   auto root = core::RootedDir::Open(source_dir);
   if (!root.ok()) return root.status().WithContext("source directory");
   r.root_ = std::move(*root);
-  WXA_ASSIGN_OR_RETURN(auto entries, r.root_.List(""));
+  WXA_ASSIGN_OR_RETURN(auto entries, r.env_->ListDirFd(r.root_.fd(), source_dir));
   std::vector<std::string> names;
-  for (const auto& e : entries) {
-    const std::string& name = e.name;
+  for (const auto& name : entries) {
     if (name.size() > 6 && name.compare(name.size() - 6, 6, ".jsonl") == 0 && name[0] != '.') {
       names.push_back(name);
     }
@@ -35,7 +35,7 @@ Result<RecordReader> RecordReader::Open(const std::string& source_dir) {
   std::sort(names.begin(), names.end());
   for (const auto& name : names) {
     struct stat st {};
-    auto fd = r.root_.OpenFile(name, &st);
+    auto fd = r.env_->OpenFileBeneath(r.root_, name, &st);
     if (!fd.ok()) {
       r.issues_.push_back({name, fd.status().IsNotFound()
                                      ? fmt::format("{}: a dangling symlink or gone", name)
@@ -58,16 +58,14 @@ std::vector<FileIssue> RecordReader::TakeNewIssues() {
 
 Result<std::string> RecordReader::PrefixHash(uint32_t i, uint32_t len) const {
   const std::string p = core::JoinPath(dir_, files_[i]);
-  auto fd = root_.OpenFile(files_[i], nullptr);
+  auto fd = env_->OpenFileBeneath(root_, files_[i], nullptr);
   if (!fd.ok()) return fd.status();
   std::string buf(len, '\0');
   size_t got = 0;
   while (got < len) {
-    ssize_t n = ::pread(fd->get(), buf.data() + got, len - got, static_cast<off_t>(got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return core::Status::FromErrno("read", p, errno);
+    WXA_ASSIGN_OR_RETURN(size_t n, env_->PRead(fd->get(), buf.data() + got, len - got, got, p));
     if (n == 0) break;
-    got += static_cast<size_t>(n);
+    got += n;
   }
   buf.resize(got);
   core::Sha256Digest d = core::Sha256(buf);
@@ -78,11 +76,12 @@ void RecordReader::SetStart(uint32_t i, FileStart start) { starts_[i] = start; }
 void RecordReader::SkipFile(uint32_t i) { skip_[i] = true; }
 
 core::Status RecordReader::OpenFile(uint32_t i) {
-  WXA_ASSIGN_OR_RETURN(fd_, root_.OpenFile(files_[i], nullptr));
+  cur_path_ = core::JoinPath(dir_, files_[i]);
+  WXA_ASSIGN_OR_RETURN(fd_, env_->OpenFileBeneath(root_, files_[i], nullptr));
   ::posix_fadvise(fd_.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   const FileStart& s = starts_[i];
   if (s.offset > 0 && ::lseek(fd_.get(), static_cast<off_t>(s.offset), SEEK_SET) < 0) {
-    return core::Status::FromErrno("seek", core::JoinPath(dir_, files_[i]), errno);
+    return core::Status::FromErrno("seek", cur_path_, errno);
   }
   buf_.clear();
   pos_ = 0;
@@ -112,19 +111,27 @@ Result<bool> RecordReader::Fill() {
   }
   size_t old = buf_.size();
   buf_.resize(old + kReadChunk);
-  ssize_t n;
-  do {
-    n = ::read(fd_.get(), buf_.data() + old, kReadChunk);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    int err = errno;
+  auto n = env_->Read(fd_.get(), buf_.data() + old, kReadChunk, cur_path_);
+  if (!n.ok()) {
     buf_.resize(old);
-    return core::Status::FromErrno("read", core::JoinPath(dir_, files_[cur_]), err);
+    return n.status();
   }
-  buf_.resize(old + static_cast<size_t>(n));
-  bytes_read_ += static_cast<uint64_t>(n);
-  if (n == 0) eof_ = true;
-  return n > 0;
+  buf_.resize(old + *n);
+  bytes_read_ += static_cast<uint64_t>(*n);
+  if (*n == 0) eof_ = true;
+  return *n > 0;
+}
+
+void RecordReader::AbandonFile(const core::Status& s, uint64_t offset, uint64_t line) {
+  // Nothing from `offset` on was handed out, so the file's cursor stays at
+  // or before it and a rerun reads the rest.
+  issues_.push_back({files_[cur_], fmt::format("the rest from byte {} (after line {}) is left for a rerun: {}",
+                                               offset, line, s.message())});
+  fd_.Reset();
+  open_ = false;
+  buf_.clear();
+  pos_ = 0;
+  ++cur_;
 }
 
 Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
@@ -149,15 +156,23 @@ Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
     size_t scanned = 0;
     size_t nl;
     bool too_long = false;
+    bool read_failed = false;
     while ((nl = buf_.find('\n', pos_ + scanned)) == std::string::npos) {
       scanned = buf_.size() - pos_;
       if (scanned > kMaxRecordBytes) {
         too_long = true;
         break;
       }
-      WXA_ASSIGN_OR_RETURN(bool more, Fill());
-      if (!more) break;
+      auto more = Fill();
+      if (!more.ok()) {
+        // The line begun at pos_ is dropped whole: a rerun reads it.
+        AbandonFile(more.status(), buf_offset_ + pos_, line_);
+        read_failed = true;
+        break;
+      }
+      if (!*more) break;
     }
+    if (read_failed) continue;
     if (too_long) {
       // Report the prefix, then discard up to the next newline (or EOF).
       RawRecord rec;
@@ -174,9 +189,15 @@ Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
           break;
         }
         pos_ = buf_.size();
-        WXA_ASSIGN_OR_RETURN(bool more, Fill());
-        if (!more) break;
+        auto more = Fill();
+        if (!more.ok()) {
+          AbandonFile(more.status(), rec.offset, rec.line - 1);
+          read_failed = true;
+          break;
+        }
+        if (!*more) break;
       }
+      if (read_failed) continue;
       rec.next_offset = buf_offset_ + pos_;
       out->push_back(std::move(rec));
       ++added;

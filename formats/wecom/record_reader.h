@@ -33,8 +33,9 @@ struct FileStart {
   uint64_t line = 0;  // lines before `offset`
 };
 
-// A *.jsonl name in the source that is not read, and why (a directory, a
-// FIFO, a dangling symlink or one leading out of the source, unreadable).
+// A *.jsonl name in the source that is not read, or not read to its end,
+// and why (a directory, a FIFO, a dangling symlink or one leading out of the
+// source, unreadable, a read error part way through).
 struct FileIssue {
   std::string file;
   std::string reason;
@@ -46,8 +47,9 @@ class RecordReader {
   // opened beneath source_dir (core::RootedDir): what is not a readable
   // regular file inside the source is left out and listed in issues(). An
   // empty directory is fine (no records); a missing or unreadable one is an
-  // error. A UTF-8 BOM at the start of a file is skipped.
-  static Result<RecordReader> Open(const std::string& source_dir);
+  // error. A UTF-8 BOM at the start of a file is skipped. Every listing,
+  // open and read goes through `env`.
+  static Result<RecordReader> Open(const std::string& source_dir, core::Env* env = core::Env::Default());
 
   const std::string& source_dir() const { return dir_; }
   // Paths relative to source_dir; the index of a file is its position here.
@@ -61,6 +63,11 @@ class RecordReader {
 
   // Appends records to *out until max_records or max_bytes is reached or the
   // files are exhausted. Returns false when no record was added (the end).
+  // A file that cannot be opened, or whose read fails part way through, is
+  // listed in issues() and left for the next file: the records read before
+  // the failure are handed out, nothing after it (not even a partly read
+  // line), so a rerun resuming at the last record's next_offset reads the
+  // rest exactly once.
   Result<bool> NextBatch(size_t max_records, size_t max_bytes, std::vector<RawRecord>* out);
 
   uint64_t bytes_read() const { return bytes_read_; }
@@ -69,9 +76,9 @@ class RecordReader {
   // file that was appended to from one that was replaced.
   Result<std::string> PrefixHash(uint32_t i, uint32_t len) const;
 
-  // Files left out at Open(), and files that could not be opened when their
-  // turn came (they are skipped; a rerun tries them again). Take() hands over
-  // the ones not taken yet.
+  // Files left out at Open(), and files that could not be opened or read to
+  // their end when their turn came (the rest is skipped; a rerun tries it
+  // again). Take() hands over the ones not taken yet.
   const std::vector<FileIssue>& issues() const { return issues_; }
   std::vector<FileIssue> TakeNewIssues();
 
@@ -79,7 +86,12 @@ class RecordReader {
   Status OpenFile(uint32_t i);
   // Refills buf_ from fd_ keeping [pos_, end). Returns false at EOF.
   Result<bool> Fill();
+  // A read of the current file failed with `s`: lists it in issues(), saying
+  // where reading stopped (byte `offset`, after line `line`), and moves on to
+  // the next file.
+  void AbandonFile(const core::Status& s, uint64_t offset, uint64_t line);
 
+  core::Env* env_ = core::Env::Default();
   std::string dir_;
   core::RootedDir root_;
   std::vector<FileIssue> issues_;
@@ -92,6 +104,7 @@ class RecordReader {
   uint32_t cur_ = 0;          // current file index
   bool open_ = false;
   core::UniqueFd fd_;
+  std::string cur_path_;      // full path of the current file, for errors
   std::string buf_;           // read buffer
   size_t pos_ = 0;            // first unconsumed byte in buf_
   uint64_t buf_offset_ = 0;   // file offset of buf_[0]
