@@ -72,6 +72,9 @@ struct FakeGraphLimits {
   // attachments included.
   uint64_t max_message_bytes = 35u << 20;
   int default_page_size = 10;  // "default page size (10 items)" (user-list-mailfolders)
+  // Attachment lists are a paged collection (attachmentBaseCollectionResponse);
+  // 0: one page, else this many per page with @odata.nextLink ($top/$skip).
+  int attachment_page_size = 0;
   int max_page_size = 1000;
   // A request to a mailbox that arrives after the last 429 plus this grace
   // (requests already on the wire are let off) but before its Retry-After
@@ -106,6 +109,11 @@ struct FakeGraphFaults {
   // the 201: the exactly-once case).
   FakeGraphFaultRule drop_before;
   FakeGraphFaultRule drop_after;
+  // The request IS processed (the item or attachment stored), then answered
+  // with `error_after_status` instead: a gateway that gave up on a backend
+  // that finished the work.
+  FakeGraphFaultRule error_after;
+  int error_after_status = 504;
   // Every N Graph requests all issued tokens expire (401 on next use).
   uint64_t expire_tokens_every_n = 0;
 };

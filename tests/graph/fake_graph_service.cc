@@ -611,6 +611,7 @@ void GraphService::ChooseFaults(const HttpRequest& req, const ParsedTarget& t, P
   bool delay = RuleFires(f.delay, seq);
   bool drop_before = RuleFires(f.drop_before, seq);
   bool drop_after = RuleFires(f.drop_after, seq);
+  bool error_after = RuleFires(f.error_after, seq);
   Mailbox* mb = plan->mailbox_key.empty() ? nullptr : &mailboxes_.at(plan->mailbox_key);
   if (in_batch) {
     // Inside a $batch only error answers make sense; drops and delays apply
@@ -635,6 +636,9 @@ void GraphService::ChooseFaults(const HttpRequest& req, const ParsedTarget& t, P
   } else if (drop_after) {
     plan->drop = Plan::Drop::kAfter;
     if (mb) ++mb->stats.dropped_after;
+  } else if (error_after) {
+    plan->fault_status_after = f.error_after_status;
+    if (mb) ++mb->stats.injected_errors;
   }
 }
 
@@ -815,12 +819,17 @@ HttpResponse GraphService::Execute(const HttpRequest& req, const Plan& plan) {
   switch (plan.kind) {
     case RouteKind::kFake: return HandleFake(req, plan);
     case RouteKind::kToken: return HandleToken(req, plan);
-    case RouteKind::kUpload: return HandleUpload(req, plan);
-    case RouteKind::kGraph: return HandleGraph(req, plan);
+    case RouteKind::kUpload: r = HandleUpload(req, plan); break;
+    case RouteKind::kGraph: r = HandleGraph(req, plan); break;
     case RouteKind::kBatch: return HandleBatch(req, plan);
-    case RouteKind::kNone: break;
+    case RouteKind::kNone: return GraphError(404, "NotFound", "No resource at this path.");
   }
-  return GraphError(404, "NotFound", "No resource at this path.");
+  if (plan.fault_status_after != 0) {
+    // Done, and the answer lost behind a failing gateway.
+    return GraphError(plan.fault_status_after, plan.fault_status_after == 504 ? "GatewayTimeout" : "InternalServerError",
+                      "Injected fault after processing.");
+  }
+  return r;
 }
 
 // ---- /_fake/* : test control, never counted or faulted ----
@@ -1358,15 +1367,24 @@ HttpResponse GraphService::HandleMail(Request& r) {
     if (IEquals(tail[0], "attachments")) {
       if (tail.size() == 1 && m == "POST") return AddAttachment(r, *msg);
       if (tail.size() == 1 && m == "GET") {
+        const auto& all = msg->m.attachments;
+        const size_t page = options_.limits.attachment_page_size > 0 ? size_t(options_.limits.attachment_page_size)
+                                                                     : all.size() + 1;
+        size_t skip = 0;
+        if (r.HasQuery("$skip")) skip = std::strtoull(r.Query("$skip").c_str(), nullptr, 10);
+        const size_t end = std::min(all.size(), skip + page);
         std::string body;
         JsonWriter w(&body);
         w.BeginObject().Key("value").BeginArray();
-        for (const auto& a : msg->m.attachments) {
+        for (size_t i = std::min(skip, all.size()); i < end; ++i) {
+          const auto& a = all[i];
           w.BeginObject().Field("@odata.type", "#microsoft.graph.fileAttachment").Field("id", a.id);
           w.Field("name", a.name).Field("contentType", a.content_type).Field("size", uint64_t(a.bytes.size()));
           w.Field("isInline", a.is_inline).EndObject();
         }
-        w.EndArray().EndObject();
+        w.EndArray();
+        if (end < all.size()) w.Field("@odata.nextLink", NextLink(r, int64_t(page), end));
+        w.EndObject();
         return Json(200, std::move(body));
       }
       if (tail.size() == 2 && IEquals(tail[1], "createUploadSession") && m == "POST") {

@@ -63,6 +63,7 @@ struct Plan {
   enum class Drop { kNone, kBefore, kAfter };
   Drop drop = Drop::kNone;
   int fault_status = 0;  // injected error, answered after the delay
+  int fault_status_after = 0;  // injected error, answered after processing
   // Identity of the caller and target (graph and upload routes).
   std::string app_id;
   std::string mailbox_key;  // lower-cased UPN; "" when no mailbox

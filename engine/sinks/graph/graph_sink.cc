@@ -477,10 +477,12 @@ struct Job {
   std::string upload_url;         // the open upload session
   uint64_t upload_offset = 0;
   uint32_t step_attempts = 0;     // retries of the current step
+  uint32_t throttles = 0;         // 429/503 answers to its requests (bounded)
   std::optional<Completion> after_discard;  // reported once the partial item is removed
   // Probes: a found item that carries the parts marker.
   std::string candidate;
   uint64_t expected_parts = 0;
+  uint64_t parts_seen = 0;  // attachments counted so far (the list may come in pages)
   bool discard = false;  // the candidate is partial: remove it, then look again
 };
 
@@ -1150,7 +1152,10 @@ class GraphSink final : public Sink {
         } else if (!j.candidate.empty()) {
           req.purpose = Purpose::kProbeParts;
           req.method = "GET";
-          req.url = fmt::format("{}/messages/{}/attachments?$select=id,size", user, graph::PercentEncode(j.candidate));
+          if (j.next_url.empty()) j.parts_seen = 0;  // the first page: count from zero
+          req.url = !j.next_url.empty() ? j.next_url
+                                        : fmt::format("{}/messages/{}/attachments?$select=id,size", user,
+                                                      graph::PercentEncode(j.candidate));
         } else {
           req.purpose = Purpose::kProbe;
           req.method = "GET";
@@ -1284,7 +1289,7 @@ class GraphSink final : public Sink {
       curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     }
     ++in_flight_total_;
-    if (Tracing()) fmt::print(stderr, "graph: {} {} ...\n", req->method, req->url);
+    if (Tracing()) fmt::print(stderr, "graph: {} {} ...\n", req->method, TracedUrl(*req));
     curl_multi_add_handle(multi_.get(), e);
     running_.emplace(e, std::move(req));
   }
@@ -1304,8 +1309,8 @@ class GraphSink final : public Sink {
       long status = 0;
       curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
       if (Tracing()) {
-        // The URL carries no secret (tokens go in a header, the secret in the body).
-        fmt::print(stderr, "graph: {} {} -> {} {}\n", req->method, req->url, status,
+        // Tokens go in a header, the secret in a body, an upload URL's authtoken is cut.
+        fmt::print(stderr, "graph: {} {} -> {} {}\n", req->method, TracedUrl(*req), status,
                    rc == CURLE_OK ? "" : curl_easy_strerror(rc));
       }
       // Handed to curl whole: the server may have it all (in doubt).
@@ -1322,6 +1327,12 @@ class GraphSink final : public Sink {
       OnResponse(*req, rc, status, body_sent);
       pool_.push_back(std::move(easy));
     }
+  }
+
+  // The URL as traced: an upload URL's query is its credential (authtoken).
+  static std::string_view TracedUrl(const Request& r) {
+    std::string_view u = r.url;
+    return r.purpose == Purpose::kChunk ? u.substr(0, u.find('?')) : u;
   }
 
   std::string CurlFailure(const Request& r, CURLcode rc) const {
@@ -1466,6 +1477,16 @@ class GraphSink final : public Sink {
       mb.paused_until = std::max(mb.paused_until, now + wait);
       if (r.job && (r.purpose == Purpose::kImport || r.purpose == Purpose::kCreate)) {
         Finish(std::move(r.job), Completion::Transient(Status::IOError(HttpFailure(r, status, e)), wait, false));
+        return;
+      }
+      if (r.job && ++r.job->throttles > 4 * o_.max_internal_attempts) {
+        // A step or a probe throttled without end: give the job back to the
+        // engine (an item begun stays in doubt: the probe settles it).
+        const bool partial = PartialExists(*r.job);
+        Finish(std::move(r.job), Completion::Transient(Status::IOError(fmt::format("{} (throttled {} times)",
+                                                                                     HttpFailure(r, status, e),
+                                                                                     4 * o_.max_internal_attempts)),
+                                                       wait, partial));
         return;
       }
       Requeue(mb, r);
@@ -1735,19 +1756,30 @@ class GraphSink final : public Sink {
       }
       mb.queue.push_front(std::move(job));
     };
+    // A chunk is safe to send again (the session says where it stands),
+    // except the last: once it lands the session ends and the attachment
+    // exists, so a resend would open a new session and attach it twice. An
+    // attachment POST or a last chunk that may have been stored is in doubt:
+    // the probe decides (it counts the attachments). Opening a session
+    // again is harmless (an unused one expires).
+    const bool last_chunk = r.purpose == Purpose::kChunk &&
+                            r.chunk_end == job->d.pst_message->attachments[job->later[job->part]].data.size();
+    auto in_doubt = [&]() {
+      const milliseconds after = rc == CURLE_OPERATION_TIMEDOUT ? milliseconds(o_.request_timeout_ms) : milliseconds(0);
+      Finish(std::move(job), Completion::Transient(Status::IOError(why), after, true));
+    };
     if (rc != CURLE_OK) {
       const bool connect_failed = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
-      // A chunk is safe to send again (the session says where it stands),
-      // except the last: once it lands the session ends and the attachment
-      // exists, so a resend would open a new session and attach it twice. A
-      // POST or last chunk whose body went out may have been stored: the
-      // probe decides (it counts the attachments).
-      const bool last_chunk = r.purpose == Purpose::kChunk &&
-                              r.chunk_end == job->d.pst_message->attachments[job->later[job->part]].data.size();
-      if (!body_sent || connect_failed || (r.purpose == Purpose::kChunk && !last_chunk)) {
+      if (!body_sent || connect_failed || r.purpose == Purpose::kSession ||
+          (r.purpose == Purpose::kChunk && !last_chunk)) {
         return retry_step(milliseconds(0));
       }
-      return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), true));
+      return in_doubt();
+    }
+    if (last_chunk && (status >= 500 || status == 408 || status == 404)) {
+      // The server may have finished the attachment before failing (or, 404,
+      // the session ended because it did): never a new session for it.
+      return in_doubt();
     }
     switch (r.purpose) {
       case Purpose::kAttach:
@@ -1762,7 +1794,8 @@ class GraphSink final : public Sink {
           }
           // The upload host differs from Graph's (outlook.office.com); it
           // gets no token, but still only https (or http to loopback).
-          if (auto ok = graph::CheckEndpointUrl("uploadUrl", url); !ok.ok()) {
+          // Its query is a credential (authtoken): never quoted.
+          if (auto ok = graph::CheckEndpointUrl("uploadUrl", url.substr(0, url.find('?'))); !ok.ok()) {
             return Discard(mb, std::move(job), Completion::ItemBad(ok));
           }
           job->upload_url = std::string(url);
@@ -1788,12 +1821,12 @@ class GraphSink final : public Sink {
               break;
             }
           }
-          if (status == 416 || next != r.chunk_end) {
-            if (++job->step_attempts > o_.max_internal_attempts) {
-              return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), true));
-            }
-          } else {
+          // Attempts count failures without progress: a session that moves
+          // on, however bumpily, is not given up.
+          if (next > job->upload_offset) {
             job->step_attempts = 0;
+          } else if (++job->step_attempts > o_.max_internal_attempts) {
+            return Finish(std::move(job), Completion::Transient(Status::IOError(why), milliseconds(0), true));
           }
           job->upload_offset = next;
           mb.queue.push_front(std::move(job));
@@ -1885,7 +1918,23 @@ class GraphSink final : public Sink {
     if (job == nullptr) return;
     const std::string why = HttpFailure(r, status, e);
     if (status == 200) {
-      const uint64_t n = arr.size();
+      job->parts_seen += arr.size();
+      std::string_view next;
+      if (!doc["@odata.nextLink"].get(next) && !next.empty()) {
+        // The attachment list is a paged collection: count every page, and
+        // only at the Graph endpoint we were given.
+        if (next.rfind(o_.graph_url + "/", 0) != 0) {
+          return Finish(std::move(job), Completion::Transient(
+                                            Status::IOError(fmt::format("probe: nextLink leaves {}", o_.graph_url)),
+                                            milliseconds(0), false));
+        }
+        job->next_url = std::string(next);
+        mb.queue.push_front(std::move(job));
+        return;
+      }
+      const uint64_t n = job->parts_seen;
+      job->parts_seen = 0;
+      job->next_url.clear();
       if (n == job->expected_parts) {
         ProbeResult res;
         res.kind = ProbeResult::Kind::kPresent;
@@ -1896,6 +1945,8 @@ class GraphSink final : public Sink {
       mb.queue.push_front(std::move(job));
       return;
     }
+    job->parts_seen = 0;
+    job->next_url.clear();
     if (MailboxFatal(mb, status, e, why)) return Finish(std::move(job), Completion::MailboxBad(mb.bad));
     if (status == 404) {  // gone meanwhile: look again
       job->candidate.clear();
@@ -1957,13 +2008,19 @@ class GraphSink final : public Sink {
                 std::equal(pid.begin(), pid.end(), graph::PartsProperty().begin(), [](char a, char b) {
                   return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
                 })) {
-              parts = std::strtoull(std::string(value).c_str(), nullptr, 10);
+              // An unreadable count can never match: the item is replaced.
+              char* end = nullptr;
+              const std::string v(value);
+              parts = std::strtoull(v.c_str(), &end, 10);
+              if (v.empty() || end == nullptr || *end != '\0' || parts == 0) parts = UINT64_MAX;
             }
           }
         }
         if (parts > 0) {
           job->candidate = std::string(id);
           job->expected_parts = parts;
+          job->parts_seen = 0;
+          job->next_url.clear();
           mb.queue.push_front(std::move(job));
           return;
         }
