@@ -868,6 +868,29 @@ TEST_F(GraphSinkTest, SecretsNeverShowAndPlainHttpOnlyToLoopback) {
   EXPECT_NE(out.find("loopback"), std::string::npos) << out;
 }
 
+// extprops: the upload URLs' authtoken (a credential for the upload host)
+// never shows in the trace or the report, nor does anything else secret.
+TEST_F(GraphExtPropsTest, UploadUrlTokensNeverShow) {
+  auto so = SmallServer();
+  so.limits.max_request_body_bytes = 16384;
+  so.limits.min_upload_session_bytes = 4096;
+  Start(so);
+  std::string out;
+  int rc = test::Run("WXA_GRAPH_TRACE=1 " + CliBase() +
+                         " --graph-mode extprops --graph-request-cap 16384 --graph-upload-session-min 4096 2>&1",
+                     &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("graph: PUT "), std::string::npos) << "chunks were uploaded and traced";
+  EXPECT_NE(out.find("AttachmentSessions("), std::string::npos) << "the upload URL's path is traced";
+  const std::string report = test::ReadFile(tmp_ / "report.json");
+  for (const std::string& text : {out, report}) {
+    EXPECT_EQ(text.find("authtoken"), std::string::npos);
+    EXPECT_EQ(text.find(kSecret), std::string::npos);
+    EXPECT_EQ(text.find("fake."), std::string::npos) << "an access token";
+    EXPECT_EQ(text.find("Bearer"), std::string::npos);
+  }
+}
+
 // kill -9 at moments chosen by progress (the server has stored N more
 // items), rerun each time, then a run to the end. Returns the number of
 // items the server stored in all (a DELETE does not lower it).
