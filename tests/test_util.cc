@@ -203,6 +203,24 @@ Result<core::UniqueFd> FaultEnv::OpenFileBeneath(const core::RootedDir& root, st
   return fd;
 }
 
+Result<core::RootedDir> FaultEnv::OpenRoot(const std::string& path) {
+  auto root = Env::OpenRoot(path);
+  if (root.ok() && fail_read_open.load() && ReadFaultFor(path)) {
+    ++read_faults;
+    return Status::FromErrno("open directory", path, read_errno.load());
+  }
+  return root;
+}
+
+Result<core::UniqueFd> FaultEnv::OpenUserFile(const std::string& path, struct stat* st) {
+  auto fd = Env::OpenUserFile(path, st);
+  if (fd.ok() && fail_read_open.load() && ReadFaultFor(path)) {
+    ++read_faults;
+    return Status::FromErrno("open", path, read_errno.load());
+  }
+  return fd;
+}
+
 Result<std::vector<std::string>> FaultEnv::ListDirFd(int dir_fd, const std::string& path) {
   if (fail_list.load() && ReadFaultFor(path)) {
     ++read_faults;

@@ -68,7 +68,8 @@ std::vector<std::string> CliImportArgs(const std::string& cli, const std::string
 
 // Fails chosen calls with an errno: WriteAll after `fail_writes_after` more
 // successful writes, or every fsync/syncfs when fail_sync is set. Reads of
-// the source (Env::OpenFileBeneath, Read, PRead, ListDirFd) fail or come up
+// the source and of the files the user names (Env::OpenRoot,
+// OpenFileBeneath, OpenUserFile, Read, PRead, ListDirFd) fail or come up
 // short for paths containing `read_paths_containing` (set it before the run).
 class FaultEnv : public core::Env {
  public:
@@ -104,6 +105,8 @@ class FaultEnv : public core::Env {
   Status SyncDirFd(int fd, const std::string& path) override;
   Result<core::UniqueFd> OpenFileBeneath(const core::RootedDir& root, std::string_view rel,
                                          struct stat* st) override;
+  Result<core::RootedDir> OpenRoot(const std::string& path) override;
+  Result<core::UniqueFd> OpenUserFile(const std::string& path, struct stat* st) override;
   Result<std::vector<std::string>> ListDirFd(int dir_fd, const std::string& path) override;
   Result<size_t> Read(int fd, char* buf, size_t n, const std::string& path) override;
   Result<size_t> PRead(int fd, char* buf, size_t n, uint64_t offset, const std::string& path) override;

@@ -70,7 +70,24 @@ std::optional<std::string> NormalizeMailbox(std::string_view address) {
 }
 
 Result<Mapper> Mapper::Create(const wecom::Directory* directory, const std::string& mapping_csv,
-                              const std::string& mailboxes_file, MapperOptions options) {
+                              const std::string& mailboxes_file, MapperOptions options, core::Env* env) {
+  Inputs in;
+  if (!mailboxes_file.empty()) {
+    auto text = core::ReadUserFile(env, mailboxes_file);
+    if (!text.ok()) return text.status().WithContext("mailbox list");
+    in.mailbox_list_name = mailboxes_file;
+    in.mailbox_list = std::move(*text);
+  }
+  if (!mapping_csv.empty()) {
+    auto text = core::ReadUserFile(env, mapping_csv);
+    if (!text.ok()) return text.status().WithContext("mapping CSV");
+    in.mapping_csv_name = mapping_csv;
+    in.mapping_csv = std::move(*text);
+  }
+  return Parse(directory, in, std::move(options));
+}
+
+Result<Mapper> Mapper::Parse(const wecom::Directory* directory, const Inputs& inputs, MapperOptions options) {
   Mapper m;
   m.directory_ = directory;
   m.options_ = std::move(options);
@@ -85,10 +102,8 @@ Result<Mapper> Mapper::Create(const wecom::Directory* directory, const std::stri
     }
   }
 
-  if (!mailboxes_file.empty()) {
-    auto text = core::ReadWholeFile(mailboxes_file);
-    if (!text.ok()) return text.status().WithContext("mailbox list");
-    std::string_view rest = *text;
+  if (!inputs.mailbox_list_name.empty()) {
+    std::string_view rest = inputs.mailbox_list;
     size_t line = 0;
     while (!rest.empty()) {
       size_t nl = rest.find('\n');
@@ -111,12 +126,12 @@ Result<Mapper> Mapper::Create(const wecom::Directory* directory, const std::stri
     }
     if (m.known_.empty()) {
       return Status::InvalidArgument(
-          fmt::format("mailbox list {} holds no valid address", mailboxes_file));
+          fmt::format("mailbox list {} holds no valid address", inputs.mailbox_list_name));
     }
   }
 
-  if (!mapping_csv.empty()) {
-    auto table = core::ReadCsvFile(mapping_csv);
+  if (!inputs.mapping_csv_name.empty()) {
+    auto table = core::ParseCsv(inputs.mapping_csv, inputs.mapping_csv_name);
     if (!table.ok()) return table.status().WithContext("mapping CSV");
     int c_mobile = table->Column({"mobile", "mobile number", "mobile_number", "phone",
                                   "phone number", "user's mobile number", "number"});
@@ -126,7 +141,7 @@ Result<Mapper> Mapper::Create(const wecom::Directory* directory, const std::stri
       return Status::InvalidArgument(fmt::format(
           "mapping CSV {}: header must name a mobile column and a mailbox column "
           "(expected: mobile,mailbox)",
-          mapping_csv));
+          inputs.mapping_csv_name));
     }
     for (const auto& row : table->rows) {
       auto field = [&](int c) {

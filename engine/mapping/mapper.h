@@ -19,6 +19,10 @@
 #include "formats/core/status.h"
 #include "formats/wecom/directory.h"
 
+namespace wxa::core {
+class Env;
+}  // namespace wxa::core
+
 namespace wxa::mapping {
 
 // The E.164 form ("+8613800138000") of a phone number written any common
@@ -43,9 +47,20 @@ struct Resolution {
 
 class Mapper {
  public:
-  // `directory` must outlive the mapper. Paths may be empty (not given).
+  // The mapping CSV and the known-mailbox list as bytes the caller read
+  // (the import reads each once, and fingerprints what was parsed). An
+  // empty name: that input was not given.
+  struct Inputs {
+    std::string mapping_csv_name, mapping_csv;
+    std::string mailbox_list_name, mailbox_list;
+  };
+  // `directory` must outlive the mapper.
+  static Result<Mapper> Parse(const wecom::Directory* directory, const Inputs& inputs, MapperOptions options);
+  // The same, reading the files (core::ReadUserFile through `env`, null: the
+  // default). Paths may be empty (not given).
   static Result<Mapper> Create(const wecom::Directory* directory, const std::string& mapping_csv,
-                               const std::string& mailboxes_file, MapperOptions options);
+                               const std::string& mailboxes_file, MapperOptions options,
+                               core::Env* env = nullptr);
 
   // Thread-safe (read-only after Create).
   Resolution Resolve(std::string_view participant_id) const;

@@ -532,18 +532,39 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   return out.substr(1, out.size() - 2);  // members only: Finish adds "entries"
 }
 
-// A fingerprint of everything the mapping depends on.
-Result<std::string> MappingFingerprint(const ImportOptions& o) {
+// The files the mapping depends on, each read once (through the Env), and a
+// fingerprint of exactly the bytes parsed: a file rewritten during start-up
+// cannot be parsed as one version and fingerprinted as another.
+struct MappingFiles {
+  std::string directory;
+  mapping::Mapper::Inputs mapper;
+  std::string fingerprint;
+};
+
+Result<MappingFiles> ReadMappingFiles(const ImportOptions& o, core::Env* env) {
+  MappingFiles f;
+  auto read = [&](const std::string& path, const char* what, std::string* out) -> Status {
+    if (path.empty()) return Status::Ok();
+    auto text = core::ReadUserFile(env, path);
+    if (!text.ok()) return text.status().WithContext(what);
+    *out = std::move(*text);
+    return Status::Ok();
+  };
+  WXA_RETURN_IF_ERROR(read(o.directory_csv, "user directory", &f.directory));
+  WXA_RETURN_IF_ERROR(read(o.mailboxes_file, "mailbox list", &f.mapper.mailbox_list));
+  WXA_RETURN_IF_ERROR(read(o.mapping_csv, "mapping CSV", &f.mapper.mapping_csv));
+  f.mapper.mailbox_list_name = o.mailboxes_file;
+  f.mapper.mapping_csv_name = o.mapping_csv;
   core::Sha256Stream h;
-  for (const std::string& path : {o.directory_csv, o.mapping_csv, o.mailboxes_file}) {
+  for (const auto& [path, bytes] : {std::pair<const std::string&, const std::string&>{o.directory_csv, f.directory},
+                                    {o.mapping_csv, f.mapper.mapping_csv},
+                                    {o.mailboxes_file, f.mapper.mailbox_list}}) {
     h.Update(path.empty() ? std::string_view("-") : std::string_view("+"));
-    if (!path.empty()) {
-      WXA_ASSIGN_OR_RETURN(std::string bytes, core::ReadWholeFile(path));
-      h.Update(core::ToHex(core::Sha256(bytes)));
-    }
+    if (!path.empty()) h.Update(core::ToHex(core::Sha256(bytes)));
   }
   h.Update(o.default_region);
-  return core::ToHex(h.Finish()).substr(0, 32);
+  f.fingerprint = core::ToHex(h.Finish()).substr(0, 32);
+  return f;
 }
 
 
@@ -559,6 +580,7 @@ struct Opened {
   std::unique_ptr<sinks::Sink> sink;
   std::unique_ptr<index::Index> idx;
   uint16_t sink_id = 0;
+  std::string mapping_fp;  // MappingFiles::fingerprint
 };
 
 Result<std::unique_ptr<sinks::Sink>> DefaultMakeSink(const ImportOptions& o, core::Env* env,
@@ -609,10 +631,12 @@ Result<Opened> OpenPhase(const ImportOptions& o, core::Env* env, IndexSummary* x
   }
   WXA_ASSIGN_OR_RETURN(wecom::RecordReader reader, wecom::RecordReader::Open(o.source_dir, env));
   op.reader.emplace(std::move(reader));
-  WXA_ASSIGN_OR_RETURN(wecom::Directory directory, wecom::Directory::Load(o.directory_csv));
+  WXA_ASSIGN_OR_RETURN(MappingFiles files, ReadMappingFiles(o, env));
+  op.mapping_fp = files.fingerprint;
+  WXA_ASSIGN_OR_RETURN(wecom::Directory directory, wecom::Directory::Parse(files.directory, o.directory_csv));
   op.directory = std::make_unique<wecom::Directory>(std::move(directory));
-  WXA_ASSIGN_OR_RETURN(mapping::Mapper mapper, mapping::Mapper::Create(op.directory.get(), o.mapping_csv,
-                                                                       o.mailboxes_file, {o.default_region}));
+  WXA_ASSIGN_OR_RETURN(mapping::Mapper mapper,
+                       mapping::Mapper::Parse(op.directory.get(), files.mapper, {o.default_region}));
   op.mapper.emplace(std::move(mapper));
   WXA_ASSIGN_OR_RETURN(wecom::MediaStore media, wecom::MediaStore::Open(o.source_dir, env));
   op.media.emplace(std::move(media));
@@ -708,7 +732,7 @@ struct Planned {
 Result<Planned> PlanPhase(const ImportOptions& o, Opened& op, IndexSummary* xs) {
   wecom::RecordReader& reader = *op.reader;
   const std::string cfg_prefix = fmt::format("config/{}/", op.sink_id);
-  WXA_ASSIGN_OR_RETURN(std::string mapping_fp, MappingFingerprint(o));
+  const std::string& mapping_fp = op.mapping_fp;
   const std::string limit_fp = fmt::format("{}:{}", o.limit.max_bytes, limits::PolicyName(o.limit.policy));
   bool rescan = o.rescan;
   if (rescan) xs->rescan_reason = "--rescan";

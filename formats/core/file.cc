@@ -235,6 +235,25 @@ Status ReadFd(Env* env, int fd, const std::string& path, uint64_t max_bytes, std
   }
 }
 
+Result<std::string> ReadUserFile(Env* env, const std::string& path, uint64_t max_bytes) {
+  if (env == nullptr) env = Env::Default();
+  struct stat st {};
+  WXA_ASSIGN_OR_RETURN(UniqueFd fd, env->OpenUserFile(path, &st));
+  auto too_large = [&] {
+    return Status::TooLarge(
+        fmt::format("{} is larger than {} MiB; refused before reading it", path, max_bytes >> 20));
+  };
+  std::string out;
+  if (S_ISREG(st.st_mode)) {
+    if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_large();
+    out.reserve(static_cast<size_t>(st.st_size));
+  }
+  Status s = ReadFd(env, fd.get(), path, max_bytes, &out);
+  if (s.code() == Status::Code::kTooLarge) return too_large();
+  if (!s.ok()) return s;
+  return out;
+}
+
 Result<std::string> ReadWholeFile(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return Status::FromErrno("open", path, errno);
@@ -517,6 +536,33 @@ Result<std::vector<std::string>> Env::ListDirFd(int dir_fd, const std::string& p
   ::closedir(d);
   if (err != 0) return Status::FromErrno("read directory", path, err);
   return out;
+}
+
+Result<RootedDir> Env::OpenRoot(const std::string& path) { return RootedDir::Open(path); }
+
+Result<UniqueFd> Env::OpenUserFile(const std::string& path, struct stat* st) {
+  struct stat local {};
+  if (st == nullptr) st = &local;
+  // O_NONBLOCK: opening a FIFO must not wait before its type is known.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return Status::NotFound(fmt::format("{} does not exist", path));
+    return Status::FromErrno("open", path, errno);
+  }
+  if (::fstat(fd.get(), st) != 0) return Status::FromErrno("fstat", path, errno);
+  if (S_ISREG(st->st_mode)) return fd;
+  if (!S_ISFIFO(st->st_mode)) {
+    return Status::InvalidArgument(
+        fmt::format("{} is {}, not a regular file or pipe", path, FileTypeName(st->st_mode)));
+  }
+  // A pipe (process substitution): read blocking, to its writer's end, as
+  // `cat` would. The same descriptor: opening it again would wait for a new
+  // writer when the first one has already finished.
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return Status::FromErrno("fcntl", path, errno);
+  }
+  return fd;
 }
 
 Result<UniqueFd> Env::OpenFileBeneath(const RootedDir& root, std::string_view rel, struct stat* st) {

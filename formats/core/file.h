@@ -118,6 +118,16 @@ Status ReadFd(int fd, const std::string& path, uint64_t max_bytes, std::string* 
 Status ReadFd(Env* env, int fd, const std::string& path, uint64_t max_bytes, std::string* out);
 
 Result<std::string> ReadWholeFile(const std::string& path);
+
+// The most a file the user names (the user directory, mapping CSV, mailbox
+// list, credentials) may hold: larger is refused before it is read whole.
+inline constexpr uint64_t kMaxUserFileBytes = uint64_t{256} << 20;
+
+// The whole of a file the user named on the command line, opened with
+// env->OpenUserFile and read with env->Read: a regular file, or a pipe or
+// FIFO (process substitution, read to its end once); anything else is
+// refused by OpenUserFile. More than `max_bytes` is kTooLarge, saying so.
+Result<std::string> ReadUserFile(Env* env, const std::string& path, uint64_t max_bytes = kMaxUserFileBytes);
 bool PathExists(const std::string& path);
 // The soft limit on open files (`cap` when unlimited or larger). Sinks that keep descriptors
 // per mailbox size their caches from it.
@@ -189,10 +199,21 @@ class Env {
   // source directory is listed with it too.)
   virtual Result<std::vector<std::string>> ListDirFd(int dir_fd, const std::string& path);
 
-  // ---- source reads: the record files, media files and media/index.csv
-  // are opened and read only through these (and the source directory listed
-  // with ListDirFd), so tests can fail them. `path` names what is read, for
-  // errors (and for test environments that choose what to fail). ----
+  // ---- source reads: the source directory, the record files, media files
+  // and media/index.csv are opened and read only through these (and the
+  // source directory listed with ListDirFd), and so are the files the user
+  // names (ReadUserFile), so tests can fail them. `path` names what is
+  // read, for errors (and for test environments that choose what to fail). ----
+  // Exactly RootedDir::Open(path): the source directory, below which the
+  // record and media files are opened.
+  virtual Result<RootedDir> OpenRoot(const std::string& path);
+  // A file the user named (symlinks followed: the user chose the path),
+  // opened read-only: a regular file, or a pipe or FIFO, which is then read
+  // as `cat` would (a named FIFO waits for its writer). A directory, device
+  // or socket is refused, kInvalidArgument "<path> is a character device,
+  // not a regular file or pipe", before any read (/dev/zero cannot fill
+  // memory). *st (when non-null) gets its fstat.
+  virtual Result<UniqueFd> OpenUserFile(const std::string& path, struct stat* st);
   // Exactly root.OpenFile(rel, st): `rel` below `root`, never through a
   // symlink out of it, opened O_NONBLOCK (a FIFO cannot block), refused
   // unless a regular file; *st (when non-null) gets its fstat.

@@ -8,8 +8,8 @@
 
 namespace wxa::wecom {
 
-Result<Directory> Directory::Load(const std::string& path) {
-  auto text = core::ReadWholeFile(path);
+Result<Directory> Directory::Load(const std::string& path, core::Env* env) {
+  auto text = core::ReadUserFile(env, path);
   if (!text.ok()) return text.status().WithContext("user directory");
   return Parse(*text, path);
 }

@@ -11,6 +11,10 @@
 #include "formats/core/csv.h"
 #include "formats/core/status.h"
 
+namespace wxa::core {
+class Env;
+}  // namespace wxa::core
+
 namespace wxa::wecom {
 
 struct DirectoryEntry {
@@ -25,7 +29,8 @@ using core::CsvIssue;
 class Directory {
  public:
   Directory() = default;
-  static Result<Directory> Load(const std::string& path);
+  // Reads `path` with core::ReadUserFile through `env` (null: the default).
+  static Result<Directory> Load(const std::string& path, core::Env* env = nullptr);
   static Result<Directory> Parse(std::string_view csv_text, std::string_view name_for_errors);
 
   // Null when the id is not in the directory. Valid while the Directory lives.

@@ -62,7 +62,7 @@ Result<MediaStore> MediaStore::Open(const std::string& source_dir, core::Env* en
   MediaStore m;
   m.env_ = env != nullptr ? env : core::Env::Default();
   m.media_dir_ = core::JoinPath(source_dir, kMediaDir);
-  WXA_ASSIGN_OR_RETURN(m.source_, core::RootedDir::Open(source_dir));
+  WXA_ASSIGN_OR_RETURN(m.source_, m.env_->OpenRoot(source_dir));
   {
     // media/ itself must be a real directory inside the source.
     Status d = m.source_.CheckDirectory(kMediaDir);

@@ -22,7 +22,7 @@ Result<RecordReader> RecordReader::Open(const std::string& source_dir, core::Env
   RecordReader r;
   r.env_ = env != nullptr ? env : core::Env::Default();
   r.dir_ = source_dir;
-  auto root = core::RootedDir::Open(source_dir);
+  auto root = r.env_->OpenRoot(source_dir);
   if (!root.ok()) return root.status().WithContext("source directory");
   r.root_ = std::move(*root);
   WXA_ASSIGN_OR_RETURN(auto entries, r.env_->ListDirFd(r.root_.fd(), source_dir));

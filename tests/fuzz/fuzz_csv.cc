@@ -1,8 +1,7 @@
 // Fuzz target: the user-facing CSVs.
 //  - core::ParseCsv on the whole input;
 //  - the user directory (wecom::Directory::Parse), the mapping CSV and the
-//    known-mailbox list (mapping::Mapper::Create, which takes paths: the
-//    parts are written to two files reused by every run).
+//    known-mailbox list (mapping::Mapper::Parse).
 // An input holding a form feed ('\f') is split there into up to three
 // parts: directory, mapping CSV, mailbox list; without one, every reader
 // gets the whole input. Checks, beyond "no crash":
@@ -130,16 +129,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!dir.ok()) return 0;
   CheckDirectory(*dir);
 
-  const auto& scratch = wxa::fuzz::ScratchDir::Get();
-  static const std::string map_path = scratch.Path("mapping.csv");
-  static const std::string list_path = scratch.Path("mailboxes.txt");
-  wxa::fuzz::WriteFileOrDie(map_path, parts[1]);
-  wxa::fuzz::WriteFileOrDie(list_path, parts[2]);
-
-  // Both files; when the list is refused (no valid address), the mapping
-  // CSV alone, so that it is exercised anyway.
-  auto m = mapping::Mapper::Create(&*dir, map_path, list_path, mapping::MapperOptions{});
-  if (!m.ok()) m = mapping::Mapper::Create(&*dir, map_path, "", mapping::MapperOptions{});
+  // Both inputs; when the list is refused (no valid address), the mapping
+  // CSV alone, so that it is exercised anyway. (From memory: the import
+  // reads each file once and parses its bytes the same way.)
+  mapping::Mapper::Inputs inputs;
+  inputs.mapping_csv_name = "mapping.csv";
+  inputs.mapping_csv = std::string(parts[1]);
+  inputs.mailbox_list_name = "mailboxes.txt";
+  inputs.mailbox_list = std::string(parts[2]);
+  auto m = mapping::Mapper::Parse(&*dir, inputs, mapping::MapperOptions{});
+  if (!m.ok()) {
+    inputs.mailbox_list_name.clear();
+    m = mapping::Mapper::Parse(&*dir, inputs, mapping::MapperOptions{});
+  }
   if (m.ok()) CheckMapper(*dir, *m);
   return 0;
 }

@@ -39,7 +39,7 @@ using Clock = std::chrono::steady_clock;
 using imap::Response;
 
 Result<std::string> ReadSecretFile(const std::string& path) {
-  WXA_ASSIGN_OR_RETURN(std::string s, core::ReadWholeFile(path));
+  WXA_ASSIGN_OR_RETURN(std::string s, core::ReadUserFile(nullptr, path, 1u << 20));
   size_t nl = s.find_first_of("\r\n");
   if (nl != std::string::npos) s.resize(nl);
   if (s.empty()) return Status::InvalidArgument(fmt::format("secret file {} is empty", path));
@@ -47,7 +47,7 @@ Result<std::string> ReadSecretFile(const std::string& path) {
 }
 
 Status LoadImapCredentials(const std::string& csv_path, ImapOptions* options) {
-  auto text = core::ReadWholeFile(csv_path);
+  auto text = core::ReadUserFile(nullptr, csv_path);
   if (!text.ok()) return text.status().WithContext("IMAP credentials");
   // No header requirement: "mailbox,login,secret" rows; a first row whose
   // mailbox is not an address is taken for a header.
