@@ -56,7 +56,7 @@ struct ImportOptions {
 
   // Bounds (STYLE rule 8). 0 threads = all cores.
   size_t threads = 0;
-  size_t batch_records = 256;
+  size_t batch_records = 1024;  // one index commit claims a batch: fewer, larger commits
   size_t batch_bytes = 4u << 20;
   size_t max_batches_in_flight = 0;  // 0 = 2 x threads + 2
   size_t max_open_folders = 0;       // local targets' folder cache; 0 = from the open-file limit

@@ -115,6 +115,7 @@ struct RawFlags {
   std::string policy = "reject";
   std::string sync_mode = "batch";
   int threads = 0;
+  int batch_records = 0;
   bool quiet = false;
   bool no_links = false;
   // IMAP
@@ -148,6 +149,7 @@ int CheckImportFlags(const RawFlags& f, wxa::pipeline::ImportOptions& o, wxa::si
   if (!mode.ok()) return usage("--sync", mode.status());
   o.sync_mode = *mode;
   o.threads = static_cast<size_t>(f.threads);
+  if (f.batch_records > 0) o.batch_records = static_cast<size_t>(f.batch_records);
   auto target = wxa::sinks::ParseTarget(o.target);
   if (!target.ok()) return usage("--to", target.status());
   if (auto lv = wxa::maildir::FolderLevels(o.folder); !lv.ok()) return usage("--folder", lv.status());
@@ -355,6 +357,9 @@ int main(int argc, char** argv) {
   imp->add_option("--default-region", io.default_region,
                   "region for phone numbers without a country code (default CN)");
   imp->add_option("--threads", f.threads, "worker threads (default 0: all cores)")->check(CLI::Range(0, 1024));
+  imp->add_option("--batch-records", f.batch_records,
+                  "records per batch: one index commit claims a batch (default 1024)")
+      ->check(CLI::Range(1, 65536));
   imp->add_option("--index", io.index_dir,
                   "LMDB index directory (default: <target dir>/.wxarchiver; required for remote targets)");
   imp->add_flag("--rescan", io.rescan, "read every record again, ignoring the cursors");
