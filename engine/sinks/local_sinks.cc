@@ -61,7 +61,7 @@ class LocalTreeSink final : public Sink {
     // normal way out, this is the safety net.
     std::lock_guard<std::mutex> l(mu_);
     for (const auto& p : pending_) {
-      if (!p.adopted) (void)env_->Remove(p.tmp_path);
+      if (!p.adopted && !p.tmp_path.empty()) (void)env_->Remove(p.tmp_path);
     }
   }
 
@@ -119,19 +119,16 @@ class LocalTreeSink final : public Sink {
     const std::string tmp_dir = layout_ == maildir::Layout::kMaildir ? f.folder.path() + "/tmp" : f.folder.path();
     const std::string key_hex = d.key.Hex();
     {
-      // The item is already staged for another mailbox in this batch: a hard
-      // link to that file instead of a second copy (the same bytes, the same
-      // mtime). Under mu_, so the batch cannot be published meanwhile.
+      // The item is already staged for another mailbox in this batch: it is
+      // published at the barrier as a hard link to that file, straight under
+      // its final name (no second copy, no temp name, no rename). Under mu_,
+      // so the batch cannot be published meanwhile.
       std::lock_guard<std::mutex> l(mu_);
       if (auto it = link_sources_.find(key_hex); it != link_sources_.end()) {
-        auto linked = f.folder.StageLink(it->second.folder->folder, it->second.tmp, d.key, d.msgtime_ms);
-        if (linked.ok()) {
-          s.tmp = std::move(*linked);
-          s.tmp_path = core::JoinPath(tmp_dir, s.tmp);
-          pending_.push_back(std::move(s));
-          return;
-        }
-        // EXDEV, EMLINK, ...: write a copy below.
+        s.link_from = it->second.folder;
+        s.link_tmp = it->second.tmp;
+        pending_.push_back(std::move(s));
+        return;
       }
     }
     auto tmp = f.folder.Stage(d.key, d.msgtime_ms, *d.bytes, o_.sync_mode == SyncMode::kFile);
@@ -142,7 +139,9 @@ class LocalTreeSink final : public Sink {
     s.tmp = std::move(*tmp);
     s.tmp_path = core::JoinPath(tmp_dir, s.tmp);
     std::lock_guard<std::mutex> l(mu_);
-    if (o_.link_copies) link_sources_.try_emplace(key_hex, LinkSource{*folder, s.tmp});
+    if (o_.link_copies && !links_refused_.load(std::memory_order_relaxed)) {
+      link_sources_.try_emplace(key_hex, LinkSource{*folder, s.tmp});
+    }
     pending_.push_back(std::move(s));
   }
 
@@ -161,34 +160,41 @@ class LocalTreeSink final : public Sink {
       // The data of every staged file, durable in one file-system commit.
       fatal = env_->SyncFilesystemFd(root_fd_.get(), target_.dir);
     }
-    // Publish per mailbox: one folder open and (kFile) one directory fsync each.
+    // Publish per mailbox: one folder open and (kFile) one directory fsync
+    // each. Links first, while their sources still have their temp names.
     std::map<std::string, std::vector<size_t>> by_mailbox;
     for (size_t i = 0; i < batch.size(); ++i) by_mailbox[batch[i].mailbox].push_back(i);
-    for (auto& [mb, idx] : by_mailbox) {
-      if (!fatal.ok()) break;
-      auto folder = GetFolder(mb, false);
-      Status s = folder.ok() ? Status::Ok() : folder.status();
-      for (size_t i : idx) {
-        Staged& e = batch[i];
-        if (s.ok()) {
-          s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
-                        : (*folder)->folder.Publish(e.tmp, e.key, e.t);
+    for (int pass = 0; pass < 2 && fatal.ok(); ++pass) {
+      const bool links = pass == 0;
+      for (auto& [mb, idx] : by_mailbox) {
+        if (!fatal.ok()) break;
+        auto folder = GetFolder(mb, false);
+        Status s = folder.ok() ? Status::Ok() : folder.status();
+        for (size_t i : idx) {
+          Staged& e = batch[i];
+          if ((e.link_from != nullptr) != links || result[i]) continue;
           if (s.ok()) {
-            result[i] = Completion::Done((*folder)->folder.FinalName(e.key, e.t), e.adopted);
-            e.published = !e.adopted;
-            continue;
+            bool present = e.adopted;
+            s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
+                : links   ? PublishLinked(**folder, e, &present)
+                          : (*folder)->folder.Publish(e.tmp, e.key, e.t);
+            if (s.ok()) {
+              result[i] = Completion::Done((*folder)->folder.FinalName(e.key, e.t), present);
+              e.published = !e.adopted && !links;
+              continue;
+            }
           }
+          if (ClassifyLocalError(s) == Completion::Kind::kSinkBad) {
+            fatal = s;
+            break;
+          }
+          result[i] = Completion::MailboxBad(s);
+          MarkBad(mb, s);
         }
-        if (ClassifyLocalError(s) == Completion::Kind::kSinkBad) {
-          fatal = s;
-          break;
+        if (!links && fatal.ok() && o_.sync_mode == SyncMode::kFile && folder.ok()) {
+          Status ds = (*folder)->folder.SyncFinalDir();
+          if (!ds.ok()) fatal = ds;
         }
-        result[i] = Completion::MailboxBad(s);
-        MarkBad(mb, s);
-      }
-      if (fatal.ok() && o_.sync_mode == SyncMode::kFile && folder.ok()) {
-        Status ds = (*folder)->folder.SyncFinalDir();
-        if (!ds.ok()) fatal = ds;
       }
     }
     if (fatal.ok() && o_.sync_mode == SyncMode::kBatch) {
@@ -287,8 +293,36 @@ class LocalTreeSink final : public Sink {
     std::string tmp_path;  // its full path (cleanup)
     bool adopted = false;  // already in place: only made durable
     DoneFn done;
-    bool published = false;
+    bool published = false;  // renamed into place (its temp name is gone)
+    // Published as a hard link to another mailbox's staged file of the same
+    // item (then tmp is empty): that folder and its temp name.
+    std::shared_ptr<Folder> link_from;
+    std::string link_tmp;
   };
+
+  // A linked delivery: a hard link to the source's staged file under the
+  // final name. Where links are refused (another file system under a
+  // mailbox, EMLINK, a file system without them), a copy of the source's
+  // bytes, fsynced, then renamed into place; later items are written as
+  // copies from the start when the file system refuses links altogether.
+  // *present: the name was already taken (another run's file: adopted).
+  Status PublishLinked(Folder& f, const Staged& e, bool* present) {
+    Status s = f.folder.PublishLink(e.link_from->folder, e.link_tmp, e.key, e.t);
+    if (s.code() == Status::Code::kAlreadyExists) {
+      *present = true;
+      return Status::Ok();
+    }
+    const int err = s.os_errno();
+    if (s.ok() || !(err == EXDEV || err == EMLINK || err == EPERM || err == ENOTSUP || err == EOPNOTSUPP)) {
+      return s;
+    }
+    if (err != EMLINK) links_refused_.store(true, std::memory_order_relaxed);
+    WXA_ASSIGN_OR_RETURN(std::string bytes, e.link_from->folder.ReadStaged(e.link_tmp));
+    WXA_ASSIGN_OR_RETURN(std::string tmp, f.folder.Stage(e.key, e.t, bytes, /*sync=*/true));
+    Status p = f.folder.Publish(tmp, e.key, e.t);
+    if (!p.ok()) f.folder.Discard(tmp);
+    return p;
+  }
 
   void MarkBad(const std::string& mb, const Status& s) {
     std::lock_guard<std::mutex> l(mu_);
@@ -364,6 +398,7 @@ class LocalTreeSink final : public Sink {
     std::string tmp;
   };
   std::unordered_map<std::string, LinkSource> link_sources_;        // GUARDED_BY(mu_)
+  std::atomic<bool> links_refused_{false};  // the tree's file system refused a hard link
 };
 
 // null: renders, counts and discards (measures the core loop; the index is kept).

@@ -266,18 +266,19 @@ Result<std::string> MailFolder::Stage(const core::ItemKey& key, int64_t msgtime_
   return name;
 }
 
-Result<std::string> MailFolder::StageLink(const MailFolder& src, const std::string& src_tmp_name,
-                                          const core::ItemKey& key, int64_t msgtime_ms) {
-  const std::string name = TempName(layout_, key, msgtime_ms);
-  const std::string tmp_path =
-      core::JoinPath(layout_ == Layout::kMaildir ? path_ + "/tmp" : path_, name);
-  Status s = env_->LinkAt(src.tmp_.get(), src_tmp_name, tmp_.get(), name, tmp_path);
-  if (s.code() == Status::Code::kAlreadyExists) {
-    WXA_RETURN_IF_ERROR(env_->UnlinkAt(tmp_.get(), name, tmp_path));  // a crashed run's, as in Stage
-    s = env_->LinkAt(src.tmp_.get(), src_tmp_name, tmp_.get(), name, tmp_path);
-  }
-  if (!s.ok()) return s;
-  return name;
+Status MailFolder::PublishLink(const MailFolder& src, const std::string& src_tmp_name, const core::ItemKey& key,
+                               int64_t msgtime_ms) {
+  return env_->LinkAt(src.tmp_.get(), src_tmp_name, final_.get(), FinalName(key, msgtime_ms),
+                      FinalPath(key, msgtime_ms));
+}
+
+Result<std::string> MailFolder::ReadStaged(const std::string& tmp_name) const {
+  const std::string path = core::JoinPath(layout_ == Layout::kMaildir ? path_ + "/tmp" : path_, tmp_name);
+  core::UniqueFd fd(::openat(tmp_.get(), tmp_name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open", path, errno);
+  std::string out;
+  WXA_RETURN_IF_ERROR(core::ReadFd(env_, fd.get(), path, uint64_t{1} << 32, &out));
+  return out;
 }
 
 Status MailFolder::Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms) {

@@ -67,12 +67,17 @@ class MailFolder {
   // temp directory). On failure nothing is left behind.
   Result<std::string> Stage(const core::ItemKey& key, int64_t msgtime_ms, std::string_view bytes,
                             bool sync);
-  // Stages the same item by a hard link to `src`'s staged file `src_tmp_name`
-  // (one inode for every mailbox of an item: no second write, no second
-  // fsync). Fails (EXDEV across file systems, EMLINK, EPERM where links are
-  // not allowed) without leaving anything; the caller then Stage()s a copy.
-  Result<std::string> StageLink(const MailFolder& src, const std::string& src_tmp_name, const core::ItemKey& key,
-                                int64_t msgtime_ms);
+  // Publishes the item as a hard link, under its final name, to `src`'s
+  // staged file `src_tmp_name` (one inode for every mailbox of an item: no
+  // second write, no second fsync, no temp name and rename). The source's
+  // bytes must be durable first (fsynced, or a file-system sync); the new
+  // name is durable after SyncFinalDir() (or a file-system sync). Fails
+  // (EXDEV across file systems, EMLINK, EPERM/ENOTSUP where links are not
+  // allowed; kAlreadyExists if the name is taken) without leaving anything.
+  Status PublishLink(const MailFolder& src, const std::string& src_tmp_name, const core::ItemKey& key,
+                     int64_t msgtime_ms);
+  // A staged file's bytes (to copy it where a link is refused).
+  Result<std::string> ReadStaged(const std::string& tmp_name) const;
   // Renames a staged file to its final name. Durable after SyncFinalDir()
   // (or a file-system sync).
   Status Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms);

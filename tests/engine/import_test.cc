@@ -465,6 +465,63 @@ TEST_F(ImportTest, AnItemsMailboxesShareOneFile) {
   }
 }
 
+// Where the tree's file system refuses a hard link (a mailbox directory on
+// another file system: EXDEV; a file system without links: EPERM; an inode
+// at its link limit: EMLINK), each delivery the link would have made is a
+// copy of the same bytes instead, and nothing is lost or left in tmp/.
+// (Without the fallback these deliveries fail as mailbox errors.)
+class RefuseLinksEnv : public core::Env {
+ public:
+  explicit RefuseLinksEnv(int err) : err_(err) {}
+  std::atomic<int> refused{0};
+  Status LinkAt(int, const std::string&, int, const std::string&, const std::string& path) override {
+    ++refused;
+    return Status::FromErrno("link", path, err_);
+  }
+
+ private:
+  int err_;
+};
+
+TEST_F(ImportTest, RefusedHardLinksBecomeCopies) {
+  WriteRecords("a.jsonl", {
+      R"({"msgid":"g1","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":1603875600000,"msgtype":"text","text":{"content":"group"}})",
+      R"({"msgid":"d1","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":1603875660000,"msgtype":"text","text":{"content":"direct"}})",
+      R"({"msgid":"g2","action":"send","from":"bob","tolist":["alice","carol"],"roomid":"wrRoom","msgtime":1603875720000,"msgtype":"text","text":{"content":"later"}})"});
+  for (const char* kind : {"maildir", "eml"}) {
+    for (int err : {EXDEV, EPERM, EMLINK}) {
+      SCOPED_TRACE(fmt::format("{} errno {}", kind, err));
+      ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+      RefuseLinksEnv env(err);
+      auto o = Options(kind);
+      o.env = &env;
+      o.batch_records = 2;  // g2 comes after the first refusal
+      auto r = Import(o);
+      EXPECT_EQ(r.counts.deliveries, 8u);
+      EXPECT_EQ(r.counts.deliveries_failed, 0u);
+      EXPECT_GE(env.refused.load(), 1);
+      std::map<std::string, std::string> bytes_of;  // file name -> bytes
+      size_t files = 0;
+      for (const auto& f : MailFiles()) {
+        if (f.find("maildirfolder") != std::string::npos) continue;
+        EXPECT_EQ(f.find("/tmp/"), std::string::npos) << "left in tmp/: " << f;
+        struct stat st {};
+        ASSERT_EQ(::stat((tmp_ / ("out/" + f)).c_str(), &st), 0) << f;
+        EXPECT_EQ(st.st_nlink, 1u) << f;
+        ++files;
+        const std::string base = f.substr(f.rfind('/') + 1);
+        const std::string bytes = test::ReadFile(tmp_ / ("out/" + f));
+        auto [it, fresh] = bytes_of.emplace(base, bytes);
+        if (!fresh) EXPECT_EQ(it->second, bytes) << "every mailbox gets the same bytes";
+      }
+      EXPECT_EQ(files, 8u);
+      EXPECT_EQ(bytes_of.size(), 3u);
+      auto again = Import(o);
+      EXPECT_EQ(again.counts.deliveries, 0u);
+    }
+  }
+}
+
 // More mailboxes than open folders: folders are closed and reopened as deliveries need them, and
 // nothing is lost or written twice (the default cache is sized from the open-file limit).
 TEST_F(ImportTest, MoreMailboxesThanOpenFolders) {
