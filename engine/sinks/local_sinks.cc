@@ -170,9 +170,22 @@ class LocalTreeSink final : public Sink {
         if (!fatal.ok()) break;
         auto folder = GetFolder(mb, false);
         Status s = folder.ok() ? Status::Ok() : folder.status();
+        if (!links && !folder.ok()) {
+          // The folder could not be opened again (evicted from the cache,
+          // then EMFILE, EIO, gone): the links the first pass made in it
+          // cannot be made durable (--sync file fsyncs the directory below),
+          // so they do not count as delivered either; a rerun finds them or not.
+          for (size_t i : idx) {
+            if (batch[i].link_from != nullptr && result[i] && result[i]->kind == Completion::Kind::kDone) {
+              result[i].reset();
+            }
+          }
+        }
         for (size_t i : idx) {
           Staged& e = batch[i];
-          if ((e.link_from != nullptr) != links || result[i]) continue;
+          if (result[i] || (!links && e.link_from != nullptr && folder.ok()) || (links && e.link_from == nullptr)) {
+            continue;
+          }
           if (s.ok()) {
             bool present = e.adopted;
             s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())

@@ -47,9 +47,14 @@ class PowerCut : public ::testing::TestWithParam<sinks::SyncMode> {
     o.batch_records = 2;  // several batches, several publishes
     o.barrier_batches = 1;  // a barrier per batch: cuts land between publishes (pacing is the crash test's)
     o.sync_mode = GetParam();
+    o.max_open_folders = open_folders_;
     o.env = env;
     return o;
   }
+  // 0: the default folder cache; 1: every mailbox's folder is closed and
+  // opened again between the publish passes (links, then renames), so a
+  // cut lands in that reopen too.
+  size_t open_folders_ = 0;
 
   // Mail files of a tree: path relative to the tree -> bytes.
   std::map<std::string, std::string> Mail(const std::string& out) {
@@ -76,11 +81,15 @@ INSTANTIATE_TEST_SUITE_P(SyncModes, PowerCut, ::testing::Values(sinks::SyncMode:
                          });
 
 TEST_P(PowerCut, AtEveryStepNothingDoneIsLost) {
+ for (size_t open_folders : {0, 1}) {
+  SCOPED_TRACE(fmt::format("max_open_folders {}", open_folders));
+  open_folders_ = open_folders;
   // The reference, and how many steps a whole run takes.
   test::PowerCutEnv counting;
-  auto ref = RunImport(Options(tmp_ / "ref", &counting));
+  const std::string ref_dir = tmp_ / fmt::format("ref{}", open_folders);
+  auto ref = RunImport(Options(ref_dir, &counting));
   ASSERT_TRUE(ref.ok() && ref->fatal.ok());
-  const auto reference = Mail(tmp_ / "ref");
+  const auto reference = Mail(ref_dir);
   ASSERT_EQ(reference.size(), 12u);
   const long total = counting.steps();
   ASSERT_GT(total, 30);
@@ -89,7 +98,7 @@ TEST_P(PowerCut, AtEveryStepNothingDoneIsLost) {
     const long k = step / 2;
     const auto outcome = step % 2 == 0 ? test::PowerCutEnv::Outcome::kUndoEntries
                                        : test::PowerCutEnv::Outcome::kKeepEntries;
-    const std::string out = tmp_ / fmt::format("cut{}-{}", k, step % 2);
+    const std::string out = tmp_ / fmt::format("cut{}-{}-{}", k, step % 2, open_folders);
     test::PowerCutEnv env;
     env.cut_at = k;
     auto r = RunImport(Options(out, &env));
@@ -122,8 +131,9 @@ TEST_P(PowerCut, AtEveryStepNothingDoneIsLost) {
     EXPECT_EQ(Mail(out), reference) << "cut at step " << k << " of " << total << (step % 2 ? " (entries kept)" : "");
   }
   EXPECT_GT(done_somewhere, 0) << "some cuts must land after deliveries were recorded done";
-  std::printf("power cuts (--sync %s): %ld steps, each cut checked\n",
-              GetParam() == sinks::SyncMode::kBatch ? "batch" : "file", total);
+  std::printf("power cuts (--sync %s, max_open_folders %zu): %ld steps, each cut checked\n",
+              GetParam() == sinks::SyncMode::kBatch ? "batch" : "file", open_folders, total);
+ }
 }
 
 }  // namespace
