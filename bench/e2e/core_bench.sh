@@ -61,11 +61,15 @@ mkdir -p "$work/out"
 out=$work
 if [[ ${FRESH_FS:-$([[ $(id -u) == 0 ]] && echo 1 || echo 0)} == 1 ]]; then
   command -v mkfs.ext4 >/dev/null || { echo "core_bench: FRESH_FS=1 needs mkfs.ext4 (e2fsprogs)" >&2; exit 2; }
+  if [[ $(stat -f -c %T "$work") == tmpfs ]]; then
+    echo "core_bench: $work is on tmpfs: the image (and every tree) would be in memory; set WORK to a disk path" >&2
+    exit 2
+  fi
+  trap 'umount "$work/out" 2>/dev/null || true; rm -f "$work/out.img"' EXIT
   # Sparse: it takes only what the steps write (FULL=1: about 45 GB).
   truncate -s 200G "$work/out.img"
   mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$work/out.img"
   mount -o loop "$work/out.img" "$work/out"
-  trap 'umount "$work/out" 2>/dev/null || true; rm -f "$work/out.img"' EXIT
   out=$work/out
   echo "core_bench: output steps write into a fresh ext4 file system at $out" >&2
 else

@@ -4,9 +4,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -538,6 +540,9 @@ Result<std::vector<std::string>> Env::ListDirFd(int dir_fd, const std::string& p
   return out;
 }
 
+// statfs f_type of an anonymous pipe (linux/magic.h PIPEFS_MAGIC).
+constexpr decltype(statfs::f_type) kPipeFsMagic = 0x50495045;
+
 Result<RootedDir> Env::OpenRoot(const std::string& path) { return RootedDir::Open(path); }
 
 Result<UniqueFd> Env::OpenUserFile(const std::string& path, struct stat* st) {
@@ -551,13 +556,26 @@ Result<UniqueFd> Env::OpenUserFile(const std::string& path, struct stat* st) {
   }
   if (::fstat(fd.get(), st) != 0) return Status::FromErrno("fstat", path, errno);
   if (S_ISREG(st->st_mode)) return fd;
-  if (!S_ISFIFO(st->st_mode)) {
+  // A terminal (a secret typed at it, ended with Ctrl-D) is read like a pipe.
+  const bool tty = S_ISCHR(st->st_mode) && ::isatty(fd.get()) == 1;
+  if (!S_ISFIFO(st->st_mode) && !tty) {
     return Status::InvalidArgument(
         fmt::format("{} is {}, not a regular file or pipe", path, FileTypeName(st->st_mode)));
   }
-  // A pipe (process substitution): read blocking, to its writer's end, as
-  // `cat` would. The same descriptor: opening it again would wait for a new
-  // writer when the first one has already finished.
+  if (S_ISFIFO(st->st_mode)) {
+    // A named FIFO whose writer has not opened it yet would read as empty:
+    // wait for its first data or its writer's end (Linux reports no hang-up
+    // before a writer has been seen). A pipe (process substitution) has had
+    // its writer from the start, which may have finished already: no wait.
+    struct statfs fs {};
+    if (::fstatfs(fd.get(), &fs) == 0 && fs.f_type != kPipeFsMagic) {
+      pollfd p{fd.get(), POLLIN, 0};
+      while (::poll(&p, 1, -1) < 0) {
+        if (errno != EINTR) return Status::FromErrno("poll", path, errno);
+      }
+    }
+  }
+  // Read blocking, to the writer's end, as `cat` would.
   const int flags = ::fcntl(fd.get(), F_GETFL);
   if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
     return Status::FromErrno("fcntl", path, errno);

@@ -208,11 +208,12 @@ class Env {
   // record and media files are opened.
   virtual Result<RootedDir> OpenRoot(const std::string& path);
   // A file the user named (symlinks followed: the user chose the path),
-  // opened read-only: a regular file, or a pipe or FIFO, which is then read
-  // as `cat` would (a named FIFO waits for its writer). A directory, device
-  // or socket is refused, kInvalidArgument "<path> is a character device,
-  // not a regular file or pipe", before any read (/dev/zero cannot fill
-  // memory). *st (when non-null) gets its fstat.
+  // opened read-only: a regular file, or a pipe, FIFO or terminal, which is
+  // then read as `cat` would (a named FIFO waits for its writer's first
+  // data or end). A directory, other device or socket is refused,
+  // kInvalidArgument "<path> is a character device, not a regular file or
+  // pipe", before any read (/dev/zero cannot fill memory). *st (when
+  // non-null) gets its fstat.
   virtual Result<UniqueFd> OpenUserFile(const std::string& path, struct stat* st);
   // Exactly root.OpenFile(rel, st): `rel` below `root`, never through a
   // symlink out of it, opened O_NONBLOCK (a FIFO cannot block), refused

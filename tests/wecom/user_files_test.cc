@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <set>
+#include <chrono>
 #include <thread>
 
 #include <fmt/format.h>
@@ -134,6 +135,37 @@ TEST(ReadUserFile, PipeWhoseWriterHasFinishedIsReadNotWaitedFor) {
   ::close(p[0]);
   ASSERT_TRUE(text.ok()) << text.status().ToString();
   EXPECT_EQ(*text, want);
+}
+
+TEST(ReadUserFile, NamedFifoWaitsForItsWriter) {
+  // mkfifo users.csv; (sleep 1; cat real.csv > users.csv) &: the writer
+  // opens after the reader. (Read at once, the FIFO looked empty.)
+  test::TempDir tmp;
+  const std::string fifo = tmp / "users.csv";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string want = "userid,name\nu1,One\n";
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    int w = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(w, 0);
+    ASSERT_EQ(::write(w, want.data(), want.size()), static_cast<ssize_t>(want.size()));
+    ::close(w);
+  });
+  auto text = core::ReadUserFile(nullptr, fifo);
+  writer.join();
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(*text, want);
+}
+
+TEST(ReadUserFile, EmptyFinishedPipeIsEmptyNotAHang) {
+  // <(true): the writer ended before the open, having written nothing.
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  ::close(p[1]);
+  auto text = core::ReadUserFile(nullptr, PipePath(p[0]));
+  ::close(p[0]);
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(*text, "");
 }
 
 TEST(ReadUserFile, PipeLongerThanTheCapIsRefused) {
