@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -282,6 +285,9 @@ struct Index::Impl {
   std::thread writer;
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> grows{0};
+  std::atomic<uint64_t> trims{0};
+  dev_t data_dev = 0;   // data.mdb, to find its mapping in /proc/self/smaps
+  ino_t data_ino = 0;
   Status broken;  // the first failed commit (writer thread only)
   std::string dir;
 
@@ -553,6 +559,62 @@ struct Index::Impl {
     return ApplyDelta(t, delta);
   }
 
+  // The map's mapping in /proc/self/smaps (found by data.mdb's device and
+  // inode, and only as a shared read-only mapping: LMDB maps it so without
+  // MDB_WRITEMAP) and its resident bytes; false if not found.
+  bool FindMap(uintptr_t* start, uintptr_t* end, uint64_t* rss) const {
+    if (data_ino == 0) return false;
+    FILE* f = std::fopen("/proc/self/smaps", "re");
+    if (f == nullptr) return false;
+    char line[512];
+    bool in_map = false, found = false;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      unsigned long lo = 0, hi = 0, off = 0, ino = 0;
+      unsigned maj = 0, min = 0;
+      char perms[8] = {};
+      if (std::sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off, &maj, &min, &ino) == 7) {
+        if (found) break;  // the next mapping: done
+        in_map = ino == data_ino && makedev(maj, min) == data_dev && perms[1] == '-' && perms[3] == 's';
+        if (in_map) {
+          *start = lo;
+          *end = hi;
+        }
+        continue;
+      }
+      unsigned long kb = 0;
+      if (in_map && std::sscanf(line, "Rss: %lu kB", &kb) == 1) {
+        *rss = uint64_t{kb} << 10;
+        found = true;
+      }
+    }
+    std::fclose(f);
+    return found;
+  }
+
+  // Drops the map's pages from the process's page tables once more than
+  // options.max_mapped_bytes are resident (checked after each commit). MADV_DONTNEED on a shared file
+  // mapping keeps the data (it is the page cache; readers fault it back in
+  // with the same bytes), so readers in other threads are unaffected. Under
+  // env_mu shared: the map cannot move meanwhile (Grow takes it exclusively).
+  void TrimMap() {
+    // Checked after every commit; first the process's resident shared
+    // pages (one short read), which bound the map's: /proc/self/smaps is
+    // read only when they pass the bound.
+    if (FILE* f = std::fopen("/proc/self/statm", "re")) {
+      unsigned long size = 0, resident = 0, shared = 0;
+      const int n = std::fscanf(f, "%lu %lu %lu", &size, &resident, &shared);
+      std::fclose(f);
+      if (n == 3 && uint64_t{shared} * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) <= options.max_mapped_bytes) {
+        return;
+      }
+    }
+    std::shared_lock l(env_mu);
+    uintptr_t start = 0, end = 0;
+    uint64_t rss = 0;
+    if (!FindMap(&start, &end, &rss) || rss <= options.max_mapped_bytes) return;
+    if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED) == 0) ++trims;
+  }
+
   Status Grow() {
     std::unique_lock l(env_mu);  // no read txn may be open
     MDB_envinfo info;
@@ -625,6 +687,7 @@ struct Index::Impl {
       }
       if (rc == 0) {
         ++commits;
+        if (options.max_mapped_bytes != 0) TrimMap();
         std::unique_lock l(ids_mu);
         for (auto& [addr, id] : fresh) {
           mailbox_ids[addr] = id;
@@ -696,6 +759,14 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   // Reader slots of processes killed mid-read (kill -9) would pin old pages.
   int dead_readers = 0;
   if ((rc = mdb_reader_check(im.env, &dead_readers)) != 0) return MdbError("check readers", rc, dir);
+  {
+    mdb_filehandle_t fd = -1;
+    struct stat ds {};
+    if (mdb_env_get_fd(im.env, &fd) == 0 && ::fstat(fd, &ds) == 0) {
+      im.data_dev = ds.st_dev;
+      im.data_ino = ds.st_ino;
+    }
+  }
   {
     // A map smaller than the file (an index grown by an earlier run) is
     // raised by LMDB on open; make sure we are at least at the file size.
@@ -804,6 +875,13 @@ std::future<Result<WriteResult>> Index::Submit(WriteBatch batch) {
 Result<WriteResult> Index::Write(WriteBatch batch) { return Submit(std::move(batch)).get(); }
 
 uint64_t Index::commits() const { return impl_->commits.load(); }
+uint64_t Index::map_trims() const { return impl_->trims.load(); }
+uint64_t Index::MappedResidentBytes() const {
+  std::shared_lock l(impl_->env_mu);
+  uintptr_t start = 0, end = 0;
+  uint64_t rss = 0;
+  return impl_->FindMap(&start, &end, &rss) ? rss : 0;
+}
 
 Result<std::string> Index::GetMeta(const std::string& key) {
   std::shared_lock l(impl_->env_mu);

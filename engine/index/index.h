@@ -128,6 +128,12 @@ struct IndexOptions {
   size_t max_ops_per_commit = 50000;       // group commit bounds
   uint32_t max_commit_delay_us = 2000;     // how long the writer waits to fill a group
   bool read_only = false;                  // for status: no writer, no lock
+  // Pages of the index that lookups touched stay mapped into the process,
+  // so its RSS would grow with the index (about 1 GB at 5 million records).
+  // They are page cache: past this many bytes mapped, the writer drops them
+  // from the process's page tables (nothing is lost; the next lookup maps
+  // a page again from the cache). 0: never.
+  uint64_t max_mapped_bytes = uint64_t{128} << 20;
 };
 
 // Totals kept by the writer in meta, in the same transactions as the records
@@ -224,6 +230,10 @@ class Index {
   const std::string& dir() const { return dir_; }
   // Group commits made by this process so far.
   uint64_t commits() const;
+  // Bytes of the index's map resident in this process (its Rss in
+  // /proc/self/smaps), and how often the writer dropped them.
+  uint64_t MappedResidentBytes() const;
+  uint64_t map_trims() const;
 
  private:
   struct Impl;

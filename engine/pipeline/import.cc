@@ -510,7 +510,7 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Field("items_done", x.items_done).Field("items_unmapped", x.items_unmapped);
   j.Field("items_rejected", x.items_rejected).Field("deliveries_done", x.deliveries_done);
   j.Field("deliveries_in_doubt", x.deliveries_in_doubt).Field("deliveries_failed", x.deliveries_failed);
-  j.Field("commits", x.commits);
+  j.Field("commits", x.commits).Field("map_trims", x.map_trims);
   j.EndObject();
   const ProcessMemory mem = ReadProcessMemory();
   j.Key("process").BeginObject();
@@ -982,6 +982,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
     xs.deliveries_failed = c->deliveries[static_cast<int>(index::DeliveryState::kFailed)];
   }
   xs.commits = op.idx->commits();
+  xs.map_trims = op.idx->map_trims();
   summary.elapsed_s = std::chrono::duration<double>(Clock::now() - started).count();
   Status rep = tracker.report_error();
   if (!rep.ok() && summary.fatal.ok()) summary.fatal = rep.WithContext("writing the report");

@@ -92,6 +92,7 @@ struct IndexSummary {
   uint64_t deliveries_in_doubt = 0;
   uint64_t deliveries_failed = 0;
   uint64_t commits = 0;
+  uint64_t map_trims = 0;  // times the index map was dropped from RSS (IndexOptions::max_mapped_bytes)
 };
 
 struct ImportSummary {
