@@ -286,6 +286,10 @@ struct Index::Impl {
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> grows{0};
   std::atomic<uint64_t> trims{0};
+  std::thread trimmer;  // TrimLoop
+  std::mutex trim_mu;
+  std::condition_variable trim_cv;
+  bool trim_stop = false;  // GUARDED_BY(trim_mu)
   dev_t data_dev = 0;   // data.mdb, to find its mapping in /proc/self/smaps
   ino_t data_ino = 0;
   Status broken;  // the first failed commit (writer thread only)
@@ -298,7 +302,25 @@ struct Index::Impl {
     }
     qcv.notify_all();
     if (writer.joinable()) writer.join();
+    {
+      std::lock_guard<std::mutex> l(trim_mu);
+      trim_stop = true;
+    }
+    trim_cv.notify_all();
+    if (trimmer.joinable()) trimmer.join();
     if (env != nullptr) mdb_env_close(env);
+  }
+
+  // Lookups map pages between commits too (a long commit on a slow disk
+  // lets the pipeline's reads bring in hundreds of MB): besides the check
+  // after each commit, one every 100 ms.
+  void TrimLoop() {
+    std::unique_lock<std::mutex> l(trim_mu);
+    while (!trim_cv.wait_for(l, std::chrono::milliseconds(100), [&] { return trim_stop; })) {
+      l.unlock();
+      TrimMap();
+      l.lock();
+    }
   }
 
   // Looks every key up among the items in one read transaction: (*out)[i]
@@ -592,7 +614,8 @@ struct Index::Impl {
   }
 
   // Drops the map's pages from the process's page tables once more than
-  // options.max_mapped_bytes are resident (checked after each commit). MADV_DONTNEED on a shared file
+  // options.max_mapped_bytes are resident (checked after each commit and
+  // every 100 ms; concurrent calls are harmless). MADV_DONTNEED on a shared file
   // mapping keeps the data (it is the page cache; readers fault it back in
   // with the same bytes), so readers in other threads are unaffected. Under
   // env_mu shared: the map cannot move meanwhile (Grow takes it exclusively).
@@ -853,6 +876,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   // are closed again if it is aborted.
   if ((rc = t.Commit()) != 0) return MdbError("commit", rc, dir);
   if (!options.read_only) im.writer = std::thread([&im] { im.WriterLoop(); });
+  if (!options.read_only && options.max_mapped_bytes != 0) im.trimmer = std::thread([&im] { im.TrimLoop(); });
   return idx;
 }
 

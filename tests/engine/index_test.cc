@@ -262,6 +262,44 @@ TEST(Index, MappedPagesStayBelowTheirBound) {
   EXPECT_EQ(st->deliveries_by_state[static_cast<int>(DeliveryState::kIntent)], 30000u);
 }
 
+// Reads alone (the pipeline's lookups between two commits, however long a
+// commit takes) are trimmed too, by the 100 ms check.
+TEST(Index, MappedPagesOfReadsAloneAreTrimmed) {
+  test::TempDir dir;
+  IndexOptions o;
+  o.initial_map_size = 4 << 20;
+  o.max_mapped_bytes = 0;  // written untrimmed
+  {
+    auto idx = Index::Open(dir / "idx", o);
+    ASSERT_TRUE(idx.ok());
+    for (int round = 0; round < 30; ++round) {
+      WriteBatch b;
+      for (int i = 0; i < 1000; ++i) {
+        ItemRecord r;
+        r.reason = std::string(200, 'r');
+        b.items.emplace_back(Key(round * 1000 + i), r);
+      }
+      ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
+    }
+  }
+  o.max_mapped_bytes = 1 << 20;
+  auto idx = Index::Open(dir / "idx", o);
+  ASSERT_TRUE(idx.ok());
+  std::vector<core::ItemKey> keys;
+  for (int n = 0; n < 30000; ++n) keys.push_back(Key(n));
+  std::vector<std::optional<ItemRecord>> out;
+  const uint64_t trims_before = (*idx)->map_trims();
+  ASSERT_TRUE((*idx)->GetItems(keys, &out).ok());
+  ASSERT_TRUE(out.back().has_value());
+  EXPECT_GT((*idx)->MappedResidentBytes(), 4u << 20) << "the reads must map more than the bound";
+  // (A trim may land while the reads still run: wait for one after them.)
+  for (int i = 0; i < 100 && (*idx)->MappedResidentBytes() >= (1u << 20); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GT((*idx)->map_trims(), trims_before);
+  EXPECT_LT((*idx)->MappedResidentBytes(), 1u << 20);
+}
+
 TEST(Index, GroupCommitMergesConcurrentWriters) {
   test::TempDir dir;
   IndexOptions o;
