@@ -4,7 +4,6 @@
 
 #include <fmt/format.h>
 
-#include "formats/core/file.h"
 #include "formats/core/text.h"
 
 namespace wxa::core {
@@ -107,11 +106,6 @@ Result<CsvTable> ParseCsv(std::string_view text, std::string_view name) {
   }
   if (!have_header) return Status::Corruption(fmt::format("{}: empty CSV (no header row)", name));
   return table;
-}
-
-Result<CsvTable> ReadCsvFile(const std::string& path) {
-  WXA_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path));
-  return ParseCsv(text, path);
 }
 
 }  // namespace wxa::core

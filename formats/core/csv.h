@@ -33,7 +33,5 @@ struct CsvTable {
 // Parses text; the first non-blank row is the header. Fails only on an
 // unterminated quoted field.
 Result<CsvTable> ParseCsv(std::string_view text, std::string_view name_for_errors);
-// Reads and parses a file; a clear error when it cannot be read.
-Result<CsvTable> ReadCsvFile(const std::string& path);
 
 }  // namespace wxa::core

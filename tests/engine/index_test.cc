@@ -193,6 +193,19 @@ TEST(Index, WriterStopsAfterItsFirstFailedCommit) {
   EXPECT_EQ(h.status().ToString(), r.status().ToString());
 }
 
+// A claim of item n for one of 50 mailboxes, and its item record, for
+// items [first, first + count).
+WriteBatch ClaimsAndItems(int first, int count) {
+  WriteBatch b;
+  for (int n = first; n < first + count; ++n) {
+    b.claims.push_back({1, fmt::format("u{}@x.com", n % 50), Key(n), n});
+    ItemRecord r;
+    r.reason = std::string(40, 'r');
+    b.items.emplace_back(Key(n), r);
+  }
+  return b;
+}
+
 TEST(Index, MapGrowsWhenFull) {
   test::TempDir dir;
   IndexOptions o;
@@ -200,15 +213,7 @@ TEST(Index, MapGrowsWhenFull) {
   auto idx = Index::Open(dir / "idx", o);
   ASSERT_TRUE(idx.ok());
   for (int round = 0; round < 10; ++round) {
-    WriteBatch b;
-    for (int i = 0; i < 2000; ++i) {
-      int n = round * 2000 + i;
-      b.claims.push_back({1, fmt::format("u{}@x.com", n % 50), Key(n), n});
-      ItemRecord r;
-      r.reason = std::string(40, 'r');
-      b.items.emplace_back(Key(n), r);
-    }
-    auto r = (*idx)->Write(std::move(b));
+    auto r = (*idx)->Write(ClaimsAndItems(round * 2000, 2000));
     ASSERT_TRUE(r.ok()) << r.status().ToString();
   }
   auto st = (*idx)->Stats();
@@ -233,15 +238,7 @@ TEST(Index, MappedPagesStayBelowTheirBound) {
   ASSERT_TRUE(idx.ok());
   uint64_t peak = 0;
   for (int round = 0; round < 30; ++round) {
-    WriteBatch b;
-    for (int i = 0; i < 1000; ++i) {
-      int n = round * 1000 + i;
-      b.claims.push_back({1, fmt::format("u{}@x.com", n % 50), Key(n), n});
-      ItemRecord r;
-      r.reason = std::string(40, 'r');
-      b.items.emplace_back(Key(n), r);
-    }
-    auto r = (*idx)->Write(std::move(b));
+    auto r = (*idx)->Write(ClaimsAndItems(round * 1000, 1000));
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     // Read everything written so far once more (a rerun's claims).
     if (round % 10 == 9) {
