@@ -292,6 +292,8 @@ struct Index::Impl {
   bool trim_stop = false;  // GUARDED_BY(trim_mu)
   dev_t data_dev = 0;   // data.mdb, to find its mapping in /proc/self/smaps
   ino_t data_ino = 0;
+  core::UniqueFd statm_fd;  // /proc/self/statm, read by TrimMapLocked
+  uint64_t page_size = 4096;
   Status broken;  // the first failed commit (writer thread only)
   std::string dir;
 
@@ -312,11 +314,12 @@ struct Index::Impl {
   }
 
   // Lookups map pages between commits too (a long commit on a slow disk
-  // lets the pipeline's reads bring in hundreds of MB): besides the check
-  // after each commit, one every 100 ms.
+  // lets the pipeline's reads bring in hundreds of MB): besides the checks
+  // after each commit and inside lookup loops, one every
+  // options.trim_interval_ms (lookups outside those loops: GetItem, GetMeta).
   void TrimLoop() {
     std::unique_lock<std::mutex> l(trim_mu);
-    while (!trim_cv.wait_for(l, std::chrono::milliseconds(100), [&] { return trim_stop; })) {
+    while (!trim_cv.wait_for(l, std::chrono::milliseconds(options.trim_interval_ms), [&] { return trim_stop; })) {
       l.unlock();
       TrimMap();
       l.lock();
@@ -457,11 +460,13 @@ struct Index::Impl {
             std::unordered_map<std::string, uint32_t>* fresh) {
     results->assign(group.size(), WriteResult{});
     Delta delta;
+    uint32_t looked = 0;
     for (size_t g = 0; g < group.size(); ++g) {
       const WriteBatch& b = group[g]->batch;
       WriteResult& res = (*results)[g];
       int rc;
       for (const auto& c : b.claims) {
+        NoteLookup(&looked);
         uint32_t mid;
         if ((rc = MailboxIdTx(t, c.mailbox, fresh, &mid)) != 0) return rc;
         std::string key = DeliveryKeyBytes(c.sink, mid, c.item);
@@ -492,6 +497,7 @@ struct Index::Impl {
         res.claims.push_back(ClaimResult::kClaimed);
       }
       for (const auto& u : b.done) {
+        NoteLookup(&looked);
         const DeliveryKey& d = u.key;
         uint32_t mid;
         if ((rc = MailboxIdTx(t, d.mailbox, fresh, &mid)) != 0) return rc;
@@ -513,6 +519,7 @@ struct Index::Impl {
         delta.deliveries[static_cast<int>(DeliveryState::kDone)]++;
       }
       for (const auto& u : b.failed) {
+        NoteLookup(&looked);
         const DeliveryKey& d = u.key;
         uint32_t mid;
         if ((rc = MailboxIdTx(t, d.mailbox, fresh, &mid)) != 0) return rc;
@@ -536,6 +543,7 @@ struct Index::Impl {
         delta.deliveries[static_cast<int>(DeliveryState::kFailed)]++;
       }
       for (const auto& d : b.released) {
+        NoteLookup(&looked);
         auto mid = CachedMailboxId(d.mailbox);
         if (!mid) {
           if (auto it = fresh->find(d.mailbox); it != fresh->end()) mid = it->second;
@@ -552,6 +560,7 @@ struct Index::Impl {
         if ((rc = Del(t, pending, key)) != 0) return rc;
       }
       for (const auto& [k, rec] : b.items) {
+        NoteLookup(&looked);
         std::string_view existing;
         if ((rc = Get(t, items, k.View(), &existing)) == 0) {
           delta.items[StateOf(existing)]--;
@@ -614,28 +623,47 @@ struct Index::Impl {
   }
 
   // Drops the map's pages from the process's page tables once more than
-  // options.max_mapped_bytes are resident (checked after each commit and
-  // every 100 ms; concurrent calls are harmless). MADV_DONTNEED on a shared file
-  // mapping keeps the data (it is the page cache; readers fault it back in
-  // with the same bytes), so readers in other threads are unaffected. Under
+  // options.max_mapped_bytes are resident (checked after each commit, every
+  // 100 ms, and every kLookupsPerTrimCheck lookups inside reads and commits;
+  // concurrent calls are harmless). MADV_DONTNEED on a shared file mapping
+  // keeps the data (it is the page cache; readers fault it back in with the
+  // same bytes), so readers in other threads are unaffected. The caller holds
   // env_mu shared: the map cannot move meanwhile (Grow takes it exclusively).
-  void TrimMap() {
-    // Checked after every commit; first the process's resident shared
-    // pages (one short read), which bound the map's: /proc/self/smaps is
-    // read only when they pass the bound.
-    if (FILE* f = std::fopen("/proc/self/statm", "re")) {
+  void TrimMapLocked() {
+    if (options.max_mapped_bytes == 0) return;
+    // First the process's resident shared pages (one short read of an open
+    // file), which bound the map's: /proc/self/smaps is read only when they
+    // pass the bound.
+    if (statm_fd.get() >= 0) {
+      char buf[128];
+      const ssize_t n = ::pread(statm_fd.get(), buf, sizeof buf - 1, 0);
       unsigned long size = 0, resident = 0, shared = 0;
-      const int n = std::fscanf(f, "%lu %lu %lu", &size, &resident, &shared);
-      std::fclose(f);
-      if (n == 3 && uint64_t{shared} * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) <= options.max_mapped_bytes) {
-        return;
+      if (n > 0) {
+        buf[n] = '\0';
+        if (std::sscanf(buf, "%lu %lu %lu", &size, &resident, &shared) == 3 &&
+            uint64_t{shared} * page_size <= options.max_mapped_bytes) {
+          return;
+        }
       }
     }
-    std::shared_lock l(env_mu);
     uintptr_t start = 0, end = 0;
     uint64_t rss = 0;
     if (!FindMap(&start, &end, &rss) || rss <= options.max_mapped_bytes) return;
     if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED) == 0) ++trims;
+  }
+  void TrimMap() {
+    std::shared_lock l(env_mu);
+    TrimMapLocked();
+  }
+  // Each lookup in a big index can map 64 KB or more: on a fault the kernel
+  // also maps the neighbouring pages already in the page cache (fault-around,
+  // and whole large folios, up to 1 MB per lookup measured on 6.18), so a
+  // commit's few thousand random lookups alone map hundreds of MB, faster
+  // than any timer can follow. Loops that look keys up call this once per
+  // lookup (n counts them; under env_mu shared).
+  static constexpr uint32_t kLookupsPerTrimCheck = 64;
+  void NoteLookup(uint32_t* n) {
+    if (++*n % kLookupsPerTrimCheck == 0) TrimMapLocked();
   }
 
   Status Grow() {
@@ -789,6 +817,8 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
       im.data_dev = ds.st_dev;
       im.data_ino = ds.st_ino;
     }
+    im.statm_fd = core::UniqueFd(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
+    if (const long ps = ::sysconf(_SC_PAGESIZE); ps > 0) im.page_size = static_cast<uint64_t>(ps);
   }
   {
     // A map smaller than the file (an index grown by an earlier run) is
@@ -876,7 +906,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   // are closed again if it is aborted.
   if ((rc = t.Commit()) != 0) return MdbError("commit", rc, dir);
   if (!options.read_only) im.writer = std::thread([&im] { im.WriterLoop(); });
-  if (!options.read_only && options.max_mapped_bytes != 0) im.trimmer = std::thread([&im] { im.TrimLoop(); });
+  if (!options.read_only && options.max_mapped_bytes != 0 && options.trim_interval_ms != 0) im.trimmer = std::thread([&im] { im.TrimLoop(); });
   return idx;
 }
 
@@ -972,7 +1002,9 @@ Status Index::GetDeliveries(const std::vector<DeliveryKey>& keys,
   std::shared_lock l(impl_->env_mu);
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  uint32_t looked = 0;
   for (size_t i = 0; i < keys.size(); ++i) {
+    impl_->NoteLookup(&looked);
     auto mid = impl_->CachedMailboxId(keys[i].mailbox);
     if (!mid) continue;
     std::string_view v;
@@ -993,7 +1025,9 @@ Status Index::Impl::ReadItems(const std::vector<core::ItemKey>& keys, std::strin
   std::shared_lock l(env_mu);
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(env, MDB_RDONLY));
+  uint32_t looked = 0;
   for (size_t i = 0; i < keys.size(); ++i) {
+    NoteLookup(&looked);
     std::string_view v;
     int rc = Get(t.get(), items, keys[i].View(), &v);
     if (rc == MDB_NOTFOUND) continue;
@@ -1068,7 +1102,9 @@ Status Index::ForEachDelivery(
   MdbCursor c;
   WXA_RETURN_IF_ERROR(c.Open(t.get(), impl_->deliveries));
   Status bad;
+  uint32_t looked = 0;
   WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+    impl_->NoteLookup(&looked);
     auto rec = DeliveryRecord::Decode(v);
     if (k.size() != 22 || !rec) {
       bad = Status::Corruption("malformed delivery record in the index");
@@ -1096,7 +1132,9 @@ Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> Index::PendingDelive
   MdbCursor c;
   WXA_RETURN_IF_ERROR(c.Open(t.get(), impl_->pending));
   Status bad;
+  uint32_t looked = 0;
   WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view) {
+    impl_->NoteLookup(&looked);
     if (k.size() != 22) {
       bad = Status::Corruption("malformed pending key in the index");
       return;
@@ -1149,10 +1187,12 @@ Result<IndexStats> Index::Stats() {
   std::shared_lock l(im.env_mu);
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(im.env, MDB_RDONLY));
+  uint32_t looked = 0;  // the walks below read the whole index
   {
     MdbCursor c;
     WXA_RETURN_IF_ERROR(c.Open(t.get(), im.items));
     WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view, std::string_view v) {
+      im.NoteLookup(&looked);
       if (!v.empty() && v[0] >= 1 && v[0] <= 4) s.items_by_state[static_cast<int>(v[0])]++;
     }));
   }
@@ -1161,6 +1201,7 @@ Result<IndexStats> Index::Stats() {
     MdbCursor c;
     WXA_RETURN_IF_ERROR(c.Open(t.get(), im.deliveries));
     WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+      im.NoteLookup(&looked);
       if (v.empty() || k.size() != 22) return;
       int st = v[0];
       if (st >= 1 && st <= 3) s.deliveries_by_state[st]++;

@@ -134,6 +134,9 @@ struct IndexOptions {
   // from the process's page tables (nothing is lost; the next lookup maps
   // a page again from the cache). 0: never.
   uint64_t max_mapped_bytes = uint64_t{128} << 20;
+  // Besides the checks inside reads and commits, one every this many ms
+  // (0: none; for tests).
+  uint32_t trim_interval_ms = 100;
 };
 
 // Totals kept by the writer in meta, in the same transactions as the records

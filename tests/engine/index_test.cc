@@ -259,8 +259,8 @@ TEST(Index, MappedPagesStayBelowTheirBound) {
   EXPECT_EQ(st->deliveries_by_state[static_cast<int>(DeliveryState::kIntent)], 30000u);
 }
 
-// Reads alone (the pipeline's lookups between two commits, however long a
-// commit takes) are trimmed too, by the 100 ms check.
+// Reads alone (lookups between two commits, however long a commit takes,
+// outside the loops that check as they go) are trimmed too, by the 100 ms check.
 TEST(Index, MappedPagesOfReadsAloneAreTrimmed) {
   test::TempDir dir;
   IndexOptions o;
@@ -286,8 +286,9 @@ TEST(Index, MappedPagesOfReadsAloneAreTrimmed) {
   for (int n = 0; n < 30000; ++n) keys.push_back(Key(n));
   std::vector<std::optional<ItemRecord>> out;
   const uint64_t trims_before = (*idx)->map_trims();
-  ASSERT_TRUE((*idx)->GetItems(keys, &out).ok());
-  ASSERT_TRUE(out.back().has_value());
+  // One key at a time: GetItem has no loop of its own to check in.
+  for (const auto& k : keys) ASSERT_TRUE((*idx)->GetItem(k).ok());
+  ASSERT_TRUE((*idx)->GetItem(keys.back())->has_value());
   EXPECT_GT((*idx)->MappedResidentBytes(), 4u << 20) << "the reads must map more than the bound";
   // (A trim may land while the reads still run: wait for one after them.)
   for (int i = 0; i < 100 && (*idx)->MappedResidentBytes() >= (1u << 20); ++i) {
@@ -295,6 +296,53 @@ TEST(Index, MappedPagesOfReadsAloneAreTrimmed) {
   }
   EXPECT_GT((*idx)->map_trims(), trims_before);
   EXPECT_LT((*idx)->MappedResidentBytes(), 1u << 20);
+}
+
+// One read or one commit alone can map far more than the bound: each random
+// lookup also maps the page cache's neighbouring pages (64 KB per fault or
+// more), so the loops check every few dozen lookups, not only the timer and
+// the end of each commit. The timer is off here: only those checks can trim.
+TEST(Index, OneBigReadOrCommitStaysNearTheBound) {
+  test::TempDir dir;
+  IndexOptions o;
+  o.initial_map_size = 4 << 20;
+  o.max_mapped_bytes = 0;  // written untrimmed
+  {
+    auto idx = Index::Open(dir / "idx", o);
+    ASSERT_TRUE(idx.ok());
+    for (int round = 0; round < 30; ++round) {
+      WriteBatch b = ClaimsAndItems(round * 1000, 1000);
+      for (auto& [k, r] : b.items) r.reason = std::string(300, 'r');
+      ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
+    }
+  }
+  o.max_mapped_bytes = 1 << 20;
+  o.trim_interval_ms = 0;
+  auto idx = Index::Open(dir / "idx", o);
+  ASSERT_TRUE(idx.ok());
+  std::vector<core::ItemKey> keys;
+  for (int n = 0; n < 30000; ++n) keys.push_back(Key(n));
+  std::vector<std::optional<ItemRecord>> out;
+  ASSERT_TRUE((*idx)->GetItems(keys, &out).ok());
+  ASSERT_TRUE(out.back().has_value());
+  // At most kLookupsPerTrimCheck (64) lookups since the last check, of 64 KB each.
+  EXPECT_LT((*idx)->MappedResidentBytes(), 6u << 20) << "one read mapped the index unchecked";
+  EXPECT_GT((*idx)->map_trims(), 0u);
+  // Stats walks the whole index, and is checked the same way.
+  auto st = (*idx)->Stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_GT(st->map_size, 12u << 20) << "the index must be well over the bound for the test to mean anything";
+  EXPECT_LT((*idx)->MappedResidentBytes(), 6u << 20) << "Stats mapped the index unchecked";
+
+  // One commit looking up every delivery again: trimmed while it runs, not
+  // just once after it.
+  const uint64_t trims_before = (*idx)->map_trims();
+  WriteBatch again;
+  for (int n = 0; n < 30000; ++n) again.claims.push_back({1, fmt::format("u{}@x.com", n % 50), Key(n), n});
+  auto a = (*idx)->Write(std::move(again));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(a->claims.back(), ClaimResult::kInFlight);
+  EXPECT_GE((*idx)->map_trims(), trims_before + 3) << "only the check after the commit trimmed";
 }
 
 TEST(Index, GroupCommitMergesConcurrentWriters) {
