@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -75,6 +76,12 @@ struct Batch {
   bool sealed = false;      // left the TBB pipeline: nothing more is added
   uint64_t bytes_held = 0;  // rendered bytes kept for retries
   std::vector<core::ItemKey> claimed_keys;  // items this batch claimed (in-run conflict check)
+  // The claim stage's commit of the batch's intents, answered in the deliver
+  // stage (which renders ahead while it is in flight). claim_owner[k]: the
+  // record (index into work) and mailbox (index into its needed) of claim k.
+  std::future<Result<index::WriteResult>> claims;
+  std::vector<std::pair<uint32_t, uint32_t>> claim_owner;
+  bool claims_pending = false;
 };
 
 // The cursor of a source file for a sink: "<sink id>/<file name>".

@@ -216,22 +216,32 @@ class ImportRun {
       }
     }
     index::WriteBatch wb;
-    std::vector<std::pair<RecordWork*, const std::string*>> owner;  // parallel to wb.claims
-    for (auto& rw : b.work) {
-      for (const auto& mb : rw.needed) {
-        wb.claims.push_back({sink_id_, mb, rw.item->key, rw.item->msgtime_ms});
-        owner.emplace_back(&rw, &mb);
+    for (uint32_t r = 0; r < b.work.size(); ++r) {
+      const RecordWork& rw = b.work[r];
+      for (uint32_t m = 0; m < rw.needed.size(); ++m) {
+        wb.claims.push_back({sink_id_, rw.needed[m], rw.item->key, rw.item->msgtime_ms});
+        b.claim_owner.emplace_back(r, m);
       }
     }
     if (wb.claims.empty()) return;
-    auto r = idx_.Write(std::move(wb));
+    // Not waited for here: the deliver stage renders while the commit (a
+    // durable write) is in flight, and writes nothing before it answers.
+    b.claims = idx_.Submit(std::move(wb));
+    b.claims_pending = true;
+  }
+
+  // The answer to the batch's claims (waits for the commit). Once per batch.
+  void ResolveClaims(Batch& b) {
+    if (!b.claims_pending) return;
+    b.claims_pending = false;
+    auto r = b.claims.get();
     if (!r.ok()) {
       Fail(r.status().WithContext("recording intents in the index"));
       return;
     }
-    for (size_t k = 0; k < owner.size(); ++k) {
-      RecordWork& rw = *owner[k].first;
-      const std::string& mb = *owner[k].second;
+    for (size_t k = 0; k < b.claim_owner.size(); ++k) {
+      RecordWork& rw = b.work[b.claim_owner[k].first];
+      const std::string& mb = rw.needed[b.claim_owner[k].second];
       std::string why;
       switch (r->claims[k]) {
         case index::ClaimResult::kClaimed: rw.claimed.push_back(mb); break;
@@ -260,18 +270,41 @@ class ImportRun {
 
   // Stage 4 (parallel): render each record once, submit its deliveries,
   // then ask the sink to make the batch durable (local trees: one
-  // file-system commit for the whole batch).
+  // file-system commit for the whole batch). While the batch's intents are
+  // being committed (tens of ms on a disk), records that need a delivery are
+  // rendered ahead, up to kRenderAheadBytes; nothing reaches the target
+  // before the commit answers, and a rendering the answer makes unneeded
+  // (delivered by another record meanwhile) is dropped.
+  static constexpr uint64_t kRenderAheadBytes = uint64_t{16} << 20;
   void Deliver(Worker& w, Batch& b, sinks::Sink& sink) {
     const bool want_pst = sink.capabilities().wants_pst_message;
+    std::vector<std::pair<RecordWork*, Prepared>> ahead;
+    uint64_t ahead_bytes = 0;
+    auto finish_ahead = [&] {
+      ResolveClaims(b);
+      for (auto& [rw, p] : ahead) Finish(b, *rw, std::move(p));
+      ahead.clear();
+    };
     for (auto& rw : b.work) {
+      if (b.claims_pending) {
+        if (rw.needed.empty()) continue;  // no claim: nothing to deliver
+        if (ahead_bytes < kRenderAheadBytes && !failed() &&
+            b.claims.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+          Prepared p = Prepare(w, rw, want_pst);
+          ahead_bytes += p.held();
+          ahead.emplace_back(&rw, std::move(p));
+          continue;
+        }
+        finish_ahead();
+      }
       if (rw.claimed.empty()) continue;
       if (failed()) {
-        rw.released = std::move(rw.claimed);  // never written: give the claim back
-        rw.claimed.clear();
+        Finish(b, rw, Prepared{});
         continue;
       }
-      DeliverRecord(w, b, rw, want_pst);
+      Finish(b, rw, Prepare(w, rw, want_pst));
     }
+    finish_ahead();
     if (!BarrierDue(sink)) return;
     Status s = sink.Barrier();
     if (!s.ok()) Fail(s.WithContext("making deliveries durable"));
@@ -349,10 +382,94 @@ class ImportRun {
     }
   }
 
-  void DeliverRecord(Worker& w, Batch& b, RecordWork& rw, bool want_pst) {
+  // A record's rendering, or why it has none, before its claims are known.
+  struct Prepared {
+    enum class Kind : uint8_t { kNone, kRendered, kRejected, kFailed } kind = Kind::kNone;
+    Outcome outcome = Outcome::kFailed;  // kRejected, kFailed
+    std::string reason;
+    uint64_t size = 0;
+    bool rendered = false;  // the renderer ran
+    std::shared_ptr<const std::string> bytes;
+    std::string content_hash;
+    std::shared_ptr<const pst::Message> pst_message;
+    std::vector<ReportEntry> warnings;
+    uint64_t held() const { return bytes ? bytes->size() : 0; }
+  };
+
+  // Renders one record whose deliveries are needed. Changes nothing in rw
+  // (its item's media are resolved and loaded): Finish applies the result.
+  Prepared Prepare(Worker& w, RecordWork& rw, bool want_pst) {
     core::Item& item = *rw.item;
+    Prepared p;
     for (auto& m : item.media) media_.Resolve(m);
     const uint64_t limit = o_.limit.max_bytes;
+    auto reject = [&](Prepared::Kind kind, Outcome o, std::string reason, uint64_t size) {
+      p.kind = kind;
+      p.outcome = o;
+      p.reason = std::move(reason);
+      p.size = size;
+      p.bytes.reset();
+      p.pst_message.reset();
+      return std::move(p);
+    };
+    // Over the limit by the media sizes alone: rejected before any byte of
+    // them is read or hashed, so memory per record stays bounded by the limit.
+    const uint64_t estimate = mime::RenderedSizeLowerBound(item);
+    if (estimate > limit) {
+      return reject(Prepared::Kind::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, estimate, true),
+                    estimate);
+    }
+    for (auto& m : item.media) {
+      Status ls = media_.Load(m, limit);
+      if (ls.code() == Status::Code::kTooLarge) {  // grew past the limit since it was found
+        uint64_t size = std::max(mime::RenderedSizeLowerBound(item), limit + 1);
+        return reject(Prepared::Kind::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, size, true),
+                      size);
+      }
+    }
+    p.rendered = true;
+    core::Participants who = mapper_.ParticipantsFor(item);
+    mime::RenderInput in{&item, std::move(who.from), std::move(who.to)};
+    auto bytes = w.renderer.Render(in);
+    if (!bytes.ok()) return reject(Prepared::Kind::kFailed, Outcome::kFailed, bytes.status().ToString(), 0);
+    if (bytes->size() > limit) {
+      const uint64_t size = bytes->size();
+      return reject(Prepared::Kind::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, size), size);
+    }
+    p.kind = Prepared::Kind::kRendered;
+    p.size = bytes->size();
+    core::Sha256Digest h = core::Sha256(*bytes);
+    p.content_hash.assign(reinterpret_cast<const char*>(h.data()), 16);
+    p.bytes = std::make_shared<const std::string>(std::move(*bytes));
+
+    // Warnings, reported if the item is imported.
+    for (const auto& m : item.media) {
+      if (m.state == core::MediaState::kMissing) {
+        p.warnings.push_back(EntryFor(item, Outcome::kMissingMedia,
+                                      fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
+      } else if (m.state == core::MediaState::kCorrupt) {
+        p.warnings.push_back(EntryFor(item, Outcome::kCorruptMedia,
+                                      fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
+      }
+    }
+    if (item.kind == core::ItemKind::kUnknown) {
+      p.warnings.push_back(EntryFor(
+          item, Outcome::kUnknownType,
+          fmt::format("unknown msgtype '{}': imported generically with the record attached", item.msgtype)));
+    } else if (!item.notes.empty()) {
+      p.warnings.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
+    }
+    // PST volumes: the composed item as PST properties, built while its
+    // attachment bytes (pointers into the item) are still there.
+    if (want_pst) p.pst_message = sinks::PstMessageFor(w.renderer.composed(), *p.bytes, item.msgtime_ms);
+    return p;
+  }
+
+  // Applies a record's preparation once its claims are known: submits its
+  // claimed deliveries, or gives the claims back with the reason.
+  void Finish(Batch& b, RecordWork& rw, Prepared p) {
+    if (rw.claimed.empty()) return;  // nothing of it to deliver (rendered ahead for nothing)
+    core::Item& item = *rw.item;
     auto give_back = [&](index::ItemState st, Outcome o, std::string reason, uint64_t size) {
       ReportEntry e = EntryFor(item, o, reason);
       e.size = size;
@@ -364,64 +481,28 @@ class ImportRun {
       rw.settled = true;
       Compact(item);
     };
-    // Over the limit by the media sizes alone: rejected before any byte of
-    // them is read or hashed, so memory per record stays bounded by the limit.
-    const uint64_t estimate = mime::RenderedSizeLowerBound(item);
-    if (estimate > limit) {
-      give_back(index::ItemState::kRejected, Outcome::kOversize,
-                limits::OversizeReason(o_.limit, estimate, true), estimate);
+    if (failed() || p.kind == Prepared::Kind::kNone) {
+      rw.released = std::move(rw.claimed);  // never written: give the claim back
+      rw.claimed.clear();
       return;
     }
-    for (auto& m : item.media) {
-      Status ls = media_.Load(m, limit);
-      if (ls.code() == Status::Code::kTooLarge) {  // grew past the limit since it was found
-        uint64_t size = std::max(mime::RenderedSizeLowerBound(item), limit + 1);
-        give_back(index::ItemState::kRejected, Outcome::kOversize,
-                  limits::OversizeReason(o_.limit, size, true), size);
+    rw.rendered = p.rendered;
+    switch (p.kind) {
+      case Prepared::Kind::kRejected:
+        give_back(index::ItemState::kRejected, p.outcome, std::move(p.reason), p.size);
         return;
-      }
+      case Prepared::Kind::kFailed:
+        give_back(index::ItemState::kFailed, p.outcome, std::move(p.reason), p.size);
+        return;
+      default:
+        break;
     }
-    rw.rendered = true;
-    core::Participants who = mapper_.ParticipantsFor(item);
-    mime::RenderInput in{&item, std::move(who.from), std::move(who.to)};
-    auto bytes = w.renderer.Render(in);
-    if (!bytes.ok()) {
-      give_back(index::ItemState::kFailed, Outcome::kFailed, bytes.status().ToString(), 0);
-      return;
-    }
-    if (bytes->size() > limit) {
-      const uint64_t size = bytes->size();
-      give_back(index::ItemState::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, size), size);
-      return;
-    }
-    rw.size = bytes->size();
-    core::Sha256Digest h = core::Sha256(*bytes);
-    rw.content_hash.assign(reinterpret_cast<const char*>(h.data()), 16);
-    rw.bytes = std::make_shared<const std::string>(std::move(*bytes));
-
-    // Warnings, reported if the item is imported.
-    for (const auto& m : item.media) {
-      if (m.state == core::MediaState::kMissing) {
-        rw.warnings.push_back(EntryFor(item, Outcome::kMissingMedia,
-                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
-      } else if (m.state == core::MediaState::kCorrupt) {
-        rw.warnings.push_back(EntryFor(item, Outcome::kCorruptMedia,
-                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
-      }
-    }
-    if (item.kind == core::ItemKind::kUnknown) {
-      rw.warnings.push_back(EntryFor(
-          item, Outcome::kUnknownType,
-          fmt::format("unknown msgtype '{}': imported generically with the record attached", item.msgtype)));
-    } else if (!item.notes.empty()) {
-      rw.warnings.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
-    }
-    // PST volumes: the composed item as PST properties, built while its
-    // attachment bytes (pointers into the item) are still there.
-    std::shared_ptr<const pst::Message> pst_message;
-    if (want_pst) pst_message = sinks::PstMessageFor(w.renderer.composed(), *rw.bytes, item.msgtime_ms);
+    rw.size = p.size;
+    rw.content_hash = std::move(p.content_hash);
+    rw.bytes = std::move(p.bytes);
+    for (auto& e : p.warnings) rw.warnings.push_back(std::move(e));
     Compact(item);  // the rendering holds everything now
-    tracker_->SubmitRecord(b, rw, item, std::move(pst_message));
+    tracker_->SubmitRecord(b, rw, item, std::move(p.pst_message));
   }
 
   const ImportOptions& o_;
