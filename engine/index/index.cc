@@ -294,6 +294,8 @@ struct Index::Impl {
   ino_t data_ino = 0;
   core::UniqueFd statm_fd;  // /proc/self/statm, read by TrimMapLocked
   uint64_t page_size = 4096;
+  std::atomic<uint64_t> shared_base{0};  // shared resident bytes just after the last trim (or open)
+  std::atomic<uintptr_t> map_start{0}, map_end{0};  // the map's range, 0 until found; reset by Grow
   Status broken;  // the first failed commit (writer thread only)
   std::string dir;
 
@@ -631,25 +633,32 @@ struct Index::Impl {
   // env_mu shared: the map cannot move meanwhile (Grow takes it exclusively).
   void TrimMapLocked() {
     if (options.max_mapped_bytes == 0) return;
-    // First the process's resident shared pages (one short read of an open
-    // file), which bound the map's: /proc/self/smaps is read only when they
-    // pass the bound.
-    if (statm_fd.get() >= 0) {
-      char buf[128];
-      const ssize_t n = ::pread(statm_fd.get(), buf, sizeof buf - 1, 0);
-      unsigned long size = 0, resident = 0, shared = 0;
-      if (n > 0) {
-        buf[n] = '\0';
-        if (std::sscanf(buf, "%lu %lu %lu", &size, &resident, &shared) == 3 &&
-            uint64_t{shared} * page_size <= options.max_mapped_bytes) {
-          return;
-        }
-      }
+    // The process's resident shared pages (one short read of an open file),
+    // less those that were left just after the last trim (the program's own
+    // files, mostly): the map's share, without walking /proc/self/smaps,
+    // which costs as much as the lookups themselves when read this often.
+    const uint64_t shared = SharedResidentBytes();
+    if (shared == 0 || shared <= shared_base.load(std::memory_order_relaxed) + options.max_mapped_bytes) return;
+    uintptr_t start = map_start.load(), end = map_end.load();
+    if (start == 0) {  // found once per map (Grow moves it)
+      uint64_t rss = 0;
+      if (!FindMap(&start, &end, &rss)) return;
+      map_start.store(start);
+      map_end.store(end);
     }
-    uintptr_t start = 0, end = 0;
-    uint64_t rss = 0;
-    if (!FindMap(&start, &end, &rss) || rss <= options.max_mapped_bytes) return;
     if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED) == 0) ++trims;
+    shared_base.store(SharedResidentBytes(), std::memory_order_relaxed);
+  }
+  // RssFile + RssShmem of the process (/proc/self/statm), 0 if unknown.
+  uint64_t SharedResidentBytes() const {
+    if (statm_fd.get() < 0) return 0;
+    char buf[128];
+    const ssize_t n = ::pread(statm_fd.get(), buf, sizeof buf - 1, 0);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    unsigned long size = 0, resident = 0, shared = 0;
+    if (std::sscanf(buf, "%lu %lu %lu", &size, &resident, &shared) != 3) return 0;
+    return uint64_t{shared} * page_size;
   }
   void TrimMap() {
     std::shared_lock l(env_mu);
@@ -673,6 +682,8 @@ struct Index::Impl {
     if (rc != 0) return MdbError("read environment info", rc, dir);
     size_t next = info.me_mapsize * 2;
     rc = mdb_env_set_mapsize(env, next);
+    map_start.store(0);  // LMDB maps it again, elsewhere
+    map_end.store(0);
     if (rc != 0) return MdbError("grow map", rc, dir);
     ++grows;
     return Status::Ok();
@@ -819,6 +830,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
     }
     im.statm_fd = core::UniqueFd(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
     if (const long ps = ::sysconf(_SC_PAGESIZE); ps > 0) im.page_size = static_cast<uint64_t>(ps);
+    im.shared_base.store(im.SharedResidentBytes());
   }
   {
     // A map smaller than the file (an index grown by an earlier run) is
