@@ -6,9 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <optional>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -49,6 +52,9 @@ Result<std::string> FolderFor(maildir::Layout layout, std::string_view folder) {
 size_t FolderCacheSize(uint64_t nofile) { return static_cast<size_t>(std::clamp<uint64_t>(nofile / 4 / 3, 64, 4096)); }
 
 class LocalTreeSink final : public Sink {
+  struct Folder;
+  struct Staged;
+
  public:
   LocalTreeSink(Target t, maildir::Layout layout, std::string folder, LocalSinkOptions o)
       : env_(o.env != nullptr ? o.env : core::Env::Default()), target_(std::move(t)), layout_(layout),
@@ -58,10 +64,27 @@ class LocalTreeSink final : public Sink {
 
   ~LocalTreeSink() override {
     // Temp files of deliveries never published are garbage; Close() is the
-    // normal way out, this is the safety net.
+    // normal way out, this is the safety net. Batches handed over but not
+    // yet taken by the publisher are dropped uncompleted (whoever would hear
+    // of them may be gone); one it is publishing is finished first.
+    std::deque<std::vector<Staged>> dropped;
+    {
+      std::lock_guard<std::mutex> l(pub_mu_);
+      pub_stop_ = true;
+      dropped.swap(to_publish_);
+      pub_cv_.notify_all();
+    }
+    if (publisher_.joinable()) publisher_.join();
     std::lock_guard<std::mutex> l(mu_);
-    for (const auto& p : pending_) {
-      if (!p.adopted && !p.tmp_path.empty()) (void)env_->Remove(p.tmp_path);
+    for (auto* staged : {&pending_}) {
+      for (const auto& p : *staged) {
+        if (!p.adopted && !p.tmp_path.empty()) (void)env_->Remove(p.tmp_path);
+      }
+    }
+    for (const auto& batch : dropped) {
+      for (const auto& p : batch) {
+        if (!p.adopted && !p.tmp_path.empty()) (void)env_->Remove(p.tmp_path);
+      }
     }
   }
 
@@ -97,7 +120,12 @@ class LocalTreeSink final : public Sink {
       return;
     }
     Folder& f = **folder;
-    Staged s{d.id, mb, d.key, d.msgtime_ms, {}, {}, false, std::move(done)};
+    Staged s;
+    s.id = d.id;
+    s.mailbox = mb;
+    s.key = d.key;
+    s.t = d.msgtime_ms;
+    s.done = std::move(done);
     if (f.existed) {
       // A stopped run (or another tool) may have put it there already: adopt it.
       Result<bool> has(false);
@@ -145,14 +173,54 @@ class LocalTreeSink final : public Sink {
     pending_.push_back(std::move(s));
   }
 
+  // Hands what was staged since the last barrier to the publisher thread
+  // and returns: the pipeline's workers go on rendering and staging while it
+  // syncs the file system and renames (a syncfs takes tens to hundreds of ms
+  // on a disk). Completions come from that thread. Returns the first failure
+  // of an earlier publication, if any.
   Status Barrier() override {
-    std::lock_guard<std::mutex> pl(publish_mu_);
     std::vector<Staged> batch;
     {
       std::lock_guard<std::mutex> l(mu_);
       batch.swap(pending_);
       link_sources_.clear();  // their temp files are about to be renamed
     }
+    std::lock_guard<std::mutex> l(pub_mu_);
+    if (!batch.empty()) {
+      to_publish_.push_back(std::move(batch));
+      if (!publisher_.joinable()) publisher_ = std::thread([this] { PublishLoop(); });
+      pub_cv_.notify_all();
+    }
+    return pub_fatal_;
+  }
+
+  // Waits until every batch handed over is published and completed.
+  Status WaitPublished() {
+    std::unique_lock<std::mutex> l(pub_mu_);
+    pub_cv_.wait(l, [&] { return to_publish_.empty() && !publishing_; });
+    return pub_fatal_;
+  }
+
+  void PublishLoop() {
+    std::unique_lock<std::mutex> l(pub_mu_);
+    while (true) {
+      pub_cv_.wait(l, [&] { return !to_publish_.empty() || pub_stop_; });
+      if (to_publish_.empty()) return;  // stopping, nothing left
+      std::vector<Staged> batch = std::move(to_publish_.front());
+      to_publish_.pop_front();
+      publishing_ = true;
+      l.unlock();
+      Status s = Publish(batch);  // calls the completions: no lock of ours held
+      l.lock();
+      if (!s.ok() && pub_fatal_.ok()) pub_fatal_ = s;
+      publishing_ = false;
+      pub_cv_.notify_all();
+    }
+  }
+
+  // Makes a batch's staged files durable and visible, then completes it.
+  Status Publish(std::vector<Staged>& batch) {
+    std::lock_guard<std::mutex> pl(publish_mu_);
     if (batch.empty()) return Status::Ok();
     std::vector<std::optional<Completion>> result(batch.size());
     Status fatal;
@@ -285,6 +353,8 @@ class LocalTreeSink final : public Sink {
 
   Status Close() override {
     Status s = Barrier();
+    Status w = WaitPublished();
+    if (s.ok()) s = w;
     std::lock_guard<std::mutex> l(mu_);
     cache_.clear();
     lock_fd_.Reset();
@@ -397,7 +467,15 @@ class LocalTreeSink final : public Sink {
   LocalSinkOptions o_;
   core::UniqueFd root_fd_;
   core::UniqueFd lock_fd_;
-  std::mutex publish_mu_;  // one Barrier at a time
+  std::mutex publish_mu_;  // one Publish at a time
+  // The publisher thread (started by the first Barrier) and its queue.
+  std::mutex pub_mu_;
+  std::condition_variable pub_cv_;
+  std::deque<std::vector<Staged>> to_publish_;  // GUARDED_BY(pub_mu_)
+  bool publishing_ = false;                     // GUARDED_BY(pub_mu_)
+  bool pub_stop_ = false;                       // GUARDED_BY(pub_mu_)
+  Status pub_fatal_;                            // GUARDED_BY(pub_mu_): the first failed publication
+  std::thread publisher_;
   std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<Folder>> cache_;  // GUARDED_BY(mu_)
   std::unordered_set<std::string> seen_;                            // GUARDED_BY(mu_)

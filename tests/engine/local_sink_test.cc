@@ -1,0 +1,94 @@
+// The Maildir/EML sink on its own, driven the way the pipeline drives it:
+// Submit, Barrier (which hands the batch to the publisher thread), Close.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "engine/sinks/local_sinks.h"
+#include "engine/sinks/sink.h"
+#include "tests/test_util.h"
+
+namespace wxa::sinks {
+namespace {
+
+constexpr int64_t kT = 1603875600000;
+
+struct Outcomes {
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, Completion>> got;
+  DoneFn Fn() {
+    return [this](uint64_t id, Completion c) {
+      std::lock_guard<std::mutex> l(mu);
+      got.emplace_back(id, std::move(c));
+    };
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> l(mu);
+    return got.size();
+  }
+};
+
+Delivery MakeDelivery(uint64_t id, const std::string& mailbox, int item) {
+  Delivery d;
+  d.id = id;
+  d.mailbox = mailbox;
+  d.key = core::ItemKey::For("wecom", "default", fmt::format("m{}", item));
+  d.msgtime_ms = kT + item * 1000;
+  d.message_id = fmt::format("m{}@wxa", item);
+  d.bytes = std::make_shared<const std::string>(
+      fmt::format("Message-ID: <m{}@wxa>\r\nSubject: item {}\r\n\r\n{}\r\n", item, item, std::string(2000, 'x')));
+  return d;
+}
+
+// Regular files of the tree, its lock file and Maildir++ folder markers aside.
+size_t MessageFiles(const std::string& root) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && name.rfind(".wxarchiver", 0) != 0 && name != "maildirfolder") ++n;
+  }
+  return n;
+}
+
+// Barrier() only hands a batch over; Close() must not return before every
+// batch handed over is published and completed (its caller then releases
+// the tree's lock and records the outcomes).
+TEST(LocalSink, CloseWaitsForEveryBatchHandedOver) {
+  for (const char* layout : {"maildir", "eml"}) {
+    SCOPED_TRACE(layout);
+    test::TempDir dir;
+    auto target = ParseTarget(fmt::format("{}:{}", layout, dir / "out"));
+    ASSERT_TRUE(target.ok()) << target.status().ToString();
+    auto sink = MakeLocalSink(*target, LocalSinkOptions{});
+    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+    ASSERT_TRUE((*sink)->Open().ok());
+    Outcomes out;
+    const std::vector<std::string> mailboxes = {"a@x.com", "b@x.com", "c@x.com"};
+    uint64_t id = 0;
+    for (int batch = 0; batch < 4; ++batch) {
+      for (int item = batch * 100; item < (batch + 1) * 100; ++item) {
+        for (const auto& mb : mailboxes) (*sink)->Submit(MakeDelivery(id++, mb, item), out.Fn());
+      }
+      ASSERT_TRUE((*sink)->Barrier().ok());
+    }
+    ASSERT_TRUE((*sink)->Close().ok());
+    ASSERT_EQ(out.size(), id) << "Close returned before the publisher completed everything";
+    std::set<uint64_t> ids;
+    for (const auto& [i, c] : out.got) {
+      EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
+      ids.insert(i);
+    }
+    EXPECT_EQ(ids.size(), id);
+    EXPECT_EQ(MessageFiles(dir / "out"), id) << "every delivery is a file in its folder, nothing left in tmp/";
+    sink->reset();
+  }
+}
+
+}  // namespace
+}  // namespace wxa::sinks
