@@ -294,7 +294,7 @@ struct Index::Impl {
   ino_t data_ino = 0;
   core::UniqueFd statm_fd;  // /proc/self/statm, read by TrimMapLocked
   uint64_t page_size = 4096;
-  std::atomic<uint64_t> shared_base{0};  // shared resident bytes just after the last trim (or open)
+  std::atomic<uint64_t> shared_base{0};  // shared resident bytes not the map's (at open; see TrimMapLocked)
   std::atomic<uintptr_t> map_start{0}, map_end{0};  // the map's range, 0 until found; reset by Grow
   Status broken;  // the first failed commit (writer thread only)
   std::string dir;
@@ -634,9 +634,9 @@ struct Index::Impl {
   void TrimMapLocked() {
     if (options.max_mapped_bytes == 0) return;
     // The process's resident shared pages (one short read of an open file),
-    // less those that were left just after the last trim (the program's own
-    // files, mostly): the map's share, without walking /proc/self/smaps,
-    // which costs as much as the lookups themselves when read this often.
+    // less those it had at open (the program's own files, mostly): the map's
+    // share, without walking /proc/self/smaps, which costs as much as the
+    // lookups themselves when read this often.
     const uint64_t shared = SharedResidentBytes();
     if (shared == 0 || shared <= shared_base.load(std::memory_order_relaxed) + options.max_mapped_bytes) return;
     uintptr_t start = map_start.load(), end = map_end.load();
@@ -647,7 +647,13 @@ struct Index::Impl {
       map_end.store(end);
     }
     if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED) == 0) ++trims;
-    shared_base.store(SharedResidentBytes(), std::memory_order_relaxed);
+    // The base stays what it was at open (the program's own files), unless
+    // even just after a trim the process keeps more than half the bound
+    // above it: other files it maps grew, and would make every check trim.
+    const uint64_t after = SharedResidentBytes();
+    if (after > shared_base.load(std::memory_order_relaxed) + options.max_mapped_bytes / 2) {
+      shared_base.store(after, std::memory_order_relaxed);
+    }
   }
   // RssFile + RssShmem of the process (/proc/self/statm), 0 if unknown.
   uint64_t SharedResidentBytes() const {
@@ -670,7 +676,7 @@ struct Index::Impl {
   // commit's few thousand random lookups alone map hundreds of MB, faster
   // than any timer can follow. Loops that look keys up call this once per
   // lookup (n counts them; under env_mu shared).
-  static constexpr uint32_t kLookupsPerTrimCheck = 64;
+  static constexpr uint32_t kLookupsPerTrimCheck = 16;
   void NoteLookup(uint32_t* n) {
     if (++*n % kLookupsPerTrimCheck == 0) TrimMapLocked();
   }

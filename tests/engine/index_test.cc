@@ -325,7 +325,7 @@ TEST(Index, OneBigReadOrCommitStaysNearTheBound) {
   std::vector<std::optional<ItemRecord>> out;
   ASSERT_TRUE((*idx)->GetItems(keys, &out).ok());
   ASSERT_TRUE(out.back().has_value());
-  // At most kLookupsPerTrimCheck (64) lookups since the last check, of 64 KB each.
+  // At most kLookupsPerTrimCheck (16) lookups since the last check, of 64 KB or more each.
   EXPECT_LT((*idx)->MappedResidentBytes(), 6u << 20) << "one read mapped the index unchecked";
   EXPECT_GT((*idx)->map_trims(), 0u);
   // Stats walks the whole index, and is checked the same way.
