@@ -230,6 +230,8 @@ class MdbCursor {
     int rc = mdb_cursor_open(txn, dbi, &c_);
     return rc == 0 ? Status::Ok() : MdbError("open cursor", rc);
   }
+  int OpenRc(MDB_txn* txn, MDB_dbi dbi) { return mdb_cursor_open(txn, dbi, &c_); }
+  MDB_cursor* get() const { return c_; }
   // Iterates every entry: fn(key, value).
   template <typename Fn>
   Status ForEach(Fn&& fn) {
@@ -463,6 +465,8 @@ struct Index::Impl {
     results->assign(group.size(), WriteResult{});
     Delta delta;
     uint32_t looked = 0;
+    MdbCursor dc;  // on deliveries; closed before the commit (it ends with Apply)
+    if (int rc = dc.OpenRc(t, deliveries); rc != 0) return rc;
     for (size_t g = 0; g < group.size(); ++g) {
       const WriteBatch& b = group[g]->batch;
       WriteResult& res = (*results)[g];
@@ -476,9 +480,13 @@ struct Index::Impl {
         rec.state = DeliveryState::kIntent;
         rec.attempts = 1;
         rec.msgtime_ms = c.msgtime_ms;
-        std::string_view existing;
-        rc = Get(t, deliveries, key, &existing);
-        if (rc == 0) {
+        // One search: a new key is inserted, an existing one is answered
+        // with its value (MDB_KEYEXIST).
+        const std::string fresh_rec = rec.Encode();
+        MDB_val k = Val(key), v = Val(fresh_rec);
+        rc = mdb_put(t, deliveries, &k, &v, MDB_NOOVERWRITE);
+        if (rc == MDB_KEYEXIST) {
+          const std::string_view existing = View(v);
           auto old = DeliveryRecord::Decode(existing);
           if (old && old->state == DeliveryState::kDone) {
             res.claims.push_back(ClaimResult::kDone);
@@ -490,10 +498,10 @@ struct Index::Impl {
           }
           if (old) rec.attempts = old->attempts + 1;  // failed before: try again
           delta.deliveries[StateOf(existing)]--;
-        } else if (rc != MDB_NOTFOUND) {
+          if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
+        } else if (rc != 0) {
           return rc;
         }
-        if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
         if ((rc = Put(t, pending, key, "")) != 0) return rc;
         delta.deliveries[static_cast<int>(DeliveryState::kIntent)]++;
         res.claims.push_back(ClaimResult::kClaimed);
@@ -509,14 +517,20 @@ struct Index::Impl {
         rec.attempts = 1;
         rec.msgtime_ms = d.msgtime_ms;
         rec.remote_ref = u.remote_ref;
-        std::string_view existing;
-        if ((rc = Get(t, deliveries, key, &existing)) == 0) {
+        // One search: the cursor stays on the record it replaces.
+        MDB_val k = Val(key), v;
+        if ((rc = mdb_cursor_get(dc.get(), &k, &v, MDB_SET)) == 0) {
+          const std::string_view existing = View(v);
           if (auto old = DeliveryRecord::Decode(existing)) rec.attempts = std::max(1u, old->attempts);
           delta.deliveries[StateOf(existing)]--;
+          const std::string enc = rec.Encode();
+          MDB_val nv = Val(enc);
+          if ((rc = mdb_cursor_put(dc.get(), &k, &nv, MDB_CURRENT)) != 0) return rc;
         } else if (rc != MDB_NOTFOUND) {
           return rc;
+        } else if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) {
+          return rc;
         }
-        if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
         if ((rc = Del(t, pending, key)) != 0) return rc;
         delta.deliveries[static_cast<int>(DeliveryState::kDone)]++;
       }
@@ -563,13 +577,15 @@ struct Index::Impl {
       }
       for (const auto& [k, rec] : b.items) {
         NoteLookup(&looked);
-        std::string_view existing;
-        if ((rc = Get(t, items, k.View(), &existing)) == 0) {
-          delta.items[StateOf(existing)]--;
-        } else if (rc != MDB_NOTFOUND) {
+        const std::string enc = rec.Encode();
+        MDB_val mk = Val(k.View()), mv = Val(enc);
+        rc = mdb_put(t, items, &mk, &mv, MDB_NOOVERWRITE);  // one search for a new item
+        if (rc == MDB_KEYEXIST) {
+          delta.items[StateOf(View(mv))]--;
+          if ((rc = Put(t, items, k.View(), enc)) != 0) return rc;
+        } else if (rc != 0) {
           return rc;
         }
-        if ((rc = Put(t, items, k.View(), rec.Encode())) != 0) return rc;
         delta.items[static_cast<int>(rec.state)]++;
       }
       for (const auto& [name, cur] : b.cursors) {
