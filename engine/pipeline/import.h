@@ -56,7 +56,11 @@ struct ImportOptions {
 
   // Bounds (STYLE rule 8). 0 threads = all cores.
   size_t threads = 0;
-  size_t batch_records = 1024;  // one index commit claims a batch: fewer, larger commits
+  // One index commit claims a batch, and the deliver stage renders the batch
+  // while that commit is in flight: 2,048 records hide a commit's latency on
+  // a disk (1 thread to null: 3.6 -> 2.3 s against 1,024, Maildir at 2
+  // threads 8.4 -> 7.3 s, for 25-35 MB more peak RSS).
+  size_t batch_records = 2048;
   size_t batch_bytes = 4u << 20;
   size_t max_batches_in_flight = 0;  // 0 = 2 x threads + 2
   size_t max_open_folders = 0;       // local targets' folder cache; 0 = from the open-file limit
@@ -65,7 +69,7 @@ struct ImportOptions {
   // max_outstanding_batches (sealed batches wait for it).
   size_t barrier_batches = 16;
   uint32_t barrier_interval_ms = 1000;
-  size_t max_outstanding_batches = 64;            // waiting for completions (remote sinks)
+  size_t max_outstanding_batches = 32;            // waiting for completions (65,536 records at 2,048 a batch)
   uint64_t max_outstanding_bytes = 256ull << 20;  // rendered bytes kept until completion
 
   core::Env* env = nullptr;                 // null = Env::Default()

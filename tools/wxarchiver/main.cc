@@ -358,7 +358,7 @@ int main(int argc, char** argv) {
                   "region for phone numbers without a country code (default CN)");
   imp->add_option("--threads", f.threads, "worker threads (default 0: all cores)")->check(CLI::Range(0, 1024));
   imp->add_option("--batch-records", f.batch_records,
-                  "records per batch: one index commit claims a batch (default 1024)")
+                  "records per batch: one index commit claims a batch (default 2048)")
       ->check(CLI::Range(1, 65536));
   imp->add_option("--index", io.index_dir,
                   "LMDB index directory (default: <target dir>/.wxarchiver; required for remote targets)");
