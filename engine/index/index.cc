@@ -284,6 +284,7 @@ struct Index::Impl {
   std::condition_variable qcv;
   std::deque<Pending> queue;  // GUARDED_BY(qmu)
   bool stopping = false;      // GUARDED_BY(qmu)
+  bool flush_lazy = false;    // GUARDED_BY(qmu): lazy writes no longer wait (FlushLazy)
   std::thread writer;
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> grows{0};
@@ -740,6 +741,25 @@ struct Index::Impl {
             break;
           }
         }
+        // Lazy writes alone wait a little for one that is waited for, and
+        // share its commit (one durable commit per batch instead of two).
+        auto all_lazy = [&] {
+          return std::all_of(group.begin(), group.end(), [](const Pending& p) { return p.batch.lazy; });
+        };
+        if (options.lazy_commit_delay_ms != 0 && ops < options.max_ops_per_commit && all_lazy()) {
+          const auto lazy_deadline = std::chrono::steady_clock::now() +
+                                     std::chrono::milliseconds(options.lazy_commit_delay_ms);
+          while (!stopping && !flush_lazy && all_lazy() && ops < options.max_ops_per_commit) {
+            if (queue.empty() && qcv.wait_until(l, lazy_deadline) == std::cv_status::timeout && queue.empty()) break;
+            while (!queue.empty() && ops + queue.front().batch.ops() <= options.max_ops_per_commit) {
+              ops += queue.front().batch.ops();
+              group.push_back(std::move(queue.front()));
+              queue.pop_front();
+            }
+            if (!queue.empty()) break;  // the next one does not fit: commit what is here
+            if (std::chrono::steady_clock::now() >= lazy_deadline) break;
+          }
+        }
       }
       std::vector<Pending*> ptrs;
       for (auto& p : group) ptrs.push_back(&p);
@@ -961,6 +981,14 @@ std::future<Result<WriteResult>> Index::Submit(WriteBatch batch) {
 }
 
 Result<WriteResult> Index::Write(WriteBatch batch) { return Submit(std::move(batch)).get(); }
+
+void Index::FlushLazy() {
+  {
+    std::lock_guard<std::mutex> l(impl_->qmu);
+    impl_->flush_lazy = true;
+  }
+  impl_->qcv.notify_all();
+}
 
 uint64_t Index::commits() const { return impl_->commits.load(); }
 uint64_t Index::map_trims() const { return impl_->trims.load(); }

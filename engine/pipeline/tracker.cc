@@ -454,6 +454,7 @@ void Tracker::Finalize(Batch& b) {
     }
     wb.cursors.emplace_back(CursorKey(c_.sink_id, (*c_.files)[fi]), cur);
   }
+  wb.lazy = true;  // its outcomes are durable in the target already: shares the next claims' commit
   if (wb.ops() > 0) writes_.push_back(c_.idx->Submit(std::move(wb)));
   if (c_.on_finalized) c_.on_finalized(b);
 }
@@ -500,11 +501,13 @@ void Tracker::Drain(bool give_up, std::chrono::milliseconds grace) {
     FinalizeReady();
   }
   drain_cv_.wait(l, [&] { return sealed_.empty(); });
+  c_.idx->FlushLazy();  // no claims will come for the last done records to share
   Reap(true);
 }
 
 void Tracker::WaitForIndex() {
   std::lock_guard<std::mutex> l(mu_);
+  c_.idx->FlushLazy();
   Reap(true);
 }
 

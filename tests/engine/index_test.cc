@@ -2,6 +2,7 @@
 
 #include <lmdb.h>
 
+#include <future>
 #include <thread>
 
 #include <fmt/format.h>
@@ -343,6 +344,45 @@ TEST(Index, OneBigReadOrCommitStaysNearTheBound) {
   ASSERT_TRUE(a.ok()) << a.status().ToString();
   EXPECT_EQ(a->claims.back(), ClaimResult::kInFlight);
   EXPECT_GE((*idx)->map_trims(), trims_before + 3) << "only the check after the commit trimmed";
+}
+
+// A lazy write (done records) waits for the next write that is waited for
+// (a batch's claims) and shares its commit.
+TEST(Index, LazyWritesShareTheNextCommit) {
+  test::TempDir dir;
+  IndexOptions o;
+  o.lazy_commit_delay_ms = 2000;
+  auto idx = Index::Open(dir / "idx", o);
+  ASSERT_TRUE(idx.ok());
+  const uint64_t before = (*idx)->commits();
+  WriteBatch lazy = ClaimsAndItems(0, 10);
+  lazy.claims.clear();
+  lazy.lazy = true;
+  auto lazy_done = (*idx)->Submit(std::move(lazy));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(lazy_done.wait_for(std::chrono::seconds(0)), std::future_status::timeout) << "committed alone";
+  auto claims = (*idx)->Write(ClaimsAndItems(100, 10));
+  ASSERT_TRUE(claims.ok()) << claims.status().ToString();
+  ASSERT_EQ(lazy_done.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  ASSERT_TRUE(lazy_done.get().ok());
+  EXPECT_EQ((*idx)->commits(), before + 1);
+  // Alone, it still commits, after the delay.
+  WriteBatch alone = ClaimsAndItems(200, 1);
+  alone.claims.clear();
+  alone.lazy = true;
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE((*idx)->Write(std::move(alone)).ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1900));
+  EXPECT_EQ((*idx)->commits(), before + 2);
+  // At the end of a run (FlushLazy) nothing waits any more.
+  (*idx)->FlushLazy();
+  WriteBatch last = ClaimsAndItems(300, 1);
+  last.claims.clear();
+  last.lazy = true;
+  t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE((*idx)->Write(std::move(last)).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500)) << "FlushLazy did not stop the wait";
+  EXPECT_EQ((*idx)->commits(), before + 3);
 }
 
 TEST(Index, GroupCommitMergesConcurrentWriters) {
