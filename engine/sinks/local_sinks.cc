@@ -76,11 +76,7 @@ class LocalTreeSink final : public Sink {
     }
     if (publisher_.joinable()) publisher_.join();
     std::lock_guard<std::mutex> l(mu_);
-    for (auto* staged : {&pending_}) {
-      for (const auto& p : *staged) {
-        if (!p.adopted && !p.tmp_path.empty()) (void)env_->Remove(p.tmp_path);
-      }
-    }
+    dropped.push_back(std::move(pending_));
     for (const auto& batch : dropped) {
       for (const auto& p : batch) {
         if (!p.adopted && !p.tmp_path.empty()) (void)env_->Remove(p.tmp_path);
