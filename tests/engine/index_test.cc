@@ -207,6 +207,19 @@ WriteBatch ClaimsAndItems(int first, int count) {
   return b;
 }
 
+// 30,000 claimed items with 300-byte reasons (an index well over a 1 MB
+// bound), written without trimming; o's other fields are kept.
+void WriteUntrimmedIndex(const std::string& dir, IndexOptions o) {
+  o.max_mapped_bytes = 0;
+  auto idx = Index::Open(dir, o);
+  ASSERT_TRUE(idx.ok());
+  for (int round = 0; round < 30; ++round) {
+    WriteBatch b = ClaimsAndItems(round * 1000, 1000);
+    for (auto& [k, r] : b.items) r.reason = std::string(300, 'r');
+    ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
+  }
+}
+
 TEST(Index, MapGrowsWhenFull) {
   test::TempDir dir;
   IndexOptions o;
@@ -266,26 +279,12 @@ TEST(Index, MappedPagesOfReadsAloneAreTrimmed) {
   test::TempDir dir;
   IndexOptions o;
   o.initial_map_size = 4 << 20;
-  o.max_mapped_bytes = 0;  // written untrimmed
-  {
-    auto idx = Index::Open(dir / "idx", o);
-    ASSERT_TRUE(idx.ok());
-    for (int round = 0; round < 30; ++round) {
-      WriteBatch b;
-      for (int i = 0; i < 1000; ++i) {
-        ItemRecord r;
-        r.reason = std::string(200, 'r');
-        b.items.emplace_back(Key(round * 1000 + i), r);
-      }
-      ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteUntrimmedIndex(dir / "idx", o));
   o.max_mapped_bytes = 1 << 20;
   auto idx = Index::Open(dir / "idx", o);
   ASSERT_TRUE(idx.ok());
   std::vector<core::ItemKey> keys;
   for (int n = 0; n < 30000; ++n) keys.push_back(Key(n));
-  std::vector<std::optional<ItemRecord>> out;
   const uint64_t trims_before = (*idx)->map_trims();
   // One key at a time: GetItem has no loop of its own to check in.
   for (const auto& k : keys) ASSERT_TRUE((*idx)->GetItem(k).ok());
@@ -307,16 +306,7 @@ TEST(Index, OneBigReadOrCommitStaysNearTheBound) {
   test::TempDir dir;
   IndexOptions o;
   o.initial_map_size = 4 << 20;
-  o.max_mapped_bytes = 0;  // written untrimmed
-  {
-    auto idx = Index::Open(dir / "idx", o);
-    ASSERT_TRUE(idx.ok());
-    for (int round = 0; round < 30; ++round) {
-      WriteBatch b = ClaimsAndItems(round * 1000, 1000);
-      for (auto& [k, r] : b.items) r.reason = std::string(300, 'r');
-      ASSERT_TRUE((*idx)->Write(std::move(b)).ok());
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteUntrimmedIndex(dir / "idx", o));
   o.max_mapped_bytes = 1 << 20;
   o.trim_interval_ms = 0;
   auto idx = Index::Open(dir / "idx", o);

@@ -90,5 +90,28 @@ TEST(LocalSink, CloseWaitsForEveryBatchHandedOver) {
   }
 }
 
+// A publication that fails (here the file-system sync) is the sink's
+// failure: its deliveries complete SinkBad, and the next Barrier and Close
+// say so, although the publisher thread, not the caller, met the error.
+TEST(LocalSink, AFailedPublicationIsReportedByBarrierAndClose) {
+  test::TempDir dir;
+  test::FaultEnv env;
+  env.fail_sync = true;
+  auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
+  ASSERT_TRUE(target.ok());
+  LocalSinkOptions o;
+  o.env = &env;
+  auto sink = MakeLocalSink(*target, o);
+  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+  ASSERT_TRUE((*sink)->Open().ok());
+  Outcomes out;
+  for (int item = 0; item < 10; ++item) (*sink)->Submit(MakeDelivery(item, "a@x.com", item), out.Fn());
+  (void)(*sink)->Barrier();  // handed over; the error comes later
+  EXPECT_FALSE((*sink)->Close().ok()) << "Close hid the publisher's failure";
+  ASSERT_EQ(out.size(), 10u);
+  for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kSinkBad);
+  EXPECT_FALSE((*sink)->Barrier().ok());
+}
+
 }  // namespace
 }  // namespace wxa::sinks
