@@ -91,15 +91,12 @@ Result<Mapper> Mapper::Parse(const wecom::Directory* directory, const Inputs& in
   Mapper m;
   m.directory_ = directory;
   m.options_ = std::move(options);
-  {
-    PhoneNumberUtil* util = PhoneNumberUtil::GetInstance();
-    std::set<std::string> regions;
-    util->GetSupportedRegions(&regions);
-    if (regions.count(m.options_.default_region) == 0) {
-      return Status::InvalidArgument(
-          fmt::format("unknown default region '{}' (expected an ISO 3166 code such as CN, US, GB)",
-                      m.options_.default_region));
-    }
+  // A supported region has a country calling code; 0 means unknown. (Not
+  // GetSupportedRegions: that builds a set of ~245 strings per call.)
+  if (PhoneNumberUtil::GetInstance()->GetCountryCodeForRegion(m.options_.default_region) == 0) {
+    return Status::InvalidArgument(
+        fmt::format("unknown default region '{}' (expected an ISO 3166 code such as CN, US, GB)",
+                    m.options_.default_region));
   }
 
   if (!inputs.mailbox_list_name.empty()) {
@@ -169,6 +166,13 @@ Result<Mapper> Mapper::Parse(const wecom::Directory* directory, const Inputs& in
   }
 
   if (directory != nullptr) {
+    // Each mobile goes through libphonenumber once: SetUnknownToTarget
+    // resolves everyone again from this cache.
+    if (!m.by_mobile_.empty()) {
+      for (const auto& [id, entry] : directory->entries()) {
+        if (!entry.mobile.empty()) m.e164_.emplace(id, NormalizeE164(entry.mobile, m.options_.default_region));
+      }
+    }
     for (const auto& [id, entry] : directory->entries()) m.resolved_.emplace(id, m.ResolveEntry(entry));
   }
   return m;
@@ -178,7 +182,9 @@ Resolution Mapper::ResolveEntry(const wecom::DirectoryEntry& e) const {
   Resolution r;
   std::vector<std::string> why;
   if (!e.mobile.empty() && !by_mobile_.empty()) {
-    auto e164 = NormalizeE164(e.mobile, options_.default_region);
+    auto cached = e164_.find(e.userid);
+    const std::optional<std::string> e164 =
+        cached != e164_.end() ? cached->second : NormalizeE164(e.mobile, options_.default_region);
     if (!e164) {
       why.push_back(fmt::format("mobile '{}' is not a phone number", core::OneLine(e.mobile)));
     } else if (auto it = by_mobile_.find(*e164); it != by_mobile_.end()) {

@@ -97,6 +97,7 @@ class Mapper {
   std::unordered_map<std::string, std::string> by_mobile_;  // E.164 -> mailbox
   std::unordered_set<std::string> known_;                   // empty: every valid address is known
   std::unordered_map<std::string, Resolution> resolved_;    // userid -> resolution (precomputed)
+  std::unordered_map<std::string, std::optional<std::string>> e164_;  // userid -> its mobile in E.164
   std::unordered_set<std::string> unknown_to_target_;      // the target said it does not know these
   std::vector<core::CsvIssue> issues_;
 };

@@ -118,6 +118,30 @@ TEST_F(MapperTest, PersonsForRendering) {
   EXPECT_EQ(in.to[1].address, "emailonly@corp.com");
 }
 
+// The target refusing mailboxes (IMAP: no such folder owner) moves each
+// participant to the next rule; a later answer replaces the earlier one.
+TEST_F(MapperTest, TargetRefusalFallsBackToTheNextRule) {
+  auto m = Mapper::Create(&dir_, tmp_ / "map.csv", "", {});
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->Resolve("both").mailbox, "both.mapped@corp.com");
+  EXPECT_EQ(m->Resolve("csvonly").mailbox, "csv.only@corp.com");
+
+  m->SetUnknownToTarget({"both.mapped@corp.com", "csv.only@corp.com"});
+  Resolution both = m->Resolve("both");
+  EXPECT_EQ(both.mailbox, "both@corp.com");
+  EXPECT_EQ(both.via, Resolution::Via::kDirectoryEmail);
+  Resolution csvonly = m->Resolve("csvonly");
+  EXPECT_FALSE(csvonly.mapped());
+  EXPECT_NE(csvonly.why_not.find("csv.only@corp.com, which is not a known mailbox of the target"),
+            std::string::npos)
+      << csvonly.why_not;
+
+  m->SetUnknownToTarget({});
+  EXPECT_EQ(m->Resolve("both").mailbox, "both.mapped@corp.com");
+  EXPECT_EQ(m->Resolve("csvonly").mailbox, "csv.only@corp.com");
+  EXPECT_EQ(m->Resolve("emailonly").mailbox, "emailonly@corp.com");
+}
+
 TEST_F(MapperTest, ClearErrors) {
   auto no_file = Mapper::Create(&dir_, tmp_ / "missing.csv", "", {});
   ASSERT_FALSE(no_file.ok());
@@ -127,6 +151,8 @@ TEST_F(MapperTest, ClearErrors) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("mobile"), std::string::npos);
   EXPECT_FALSE(Mapper::Create(&dir_, "", "", {"XX"}).ok());
+  EXPECT_FALSE(Mapper::Create(&dir_, "", "", {""}).ok());
+  EXPECT_TRUE(Mapper::Create(&dir_, "", "", {"US"}).ok());
   test::WriteFile(tmp_ / "empty.txt", "# nothing\n");
   EXPECT_FALSE(Mapper::Create(&dir_, "", tmp_ / "empty.txt", {}).ok());
 }
