@@ -52,22 +52,23 @@ Result<CsvTable> ParseCsv(std::string_view text, std::string_view name) {
         quoted = true;
         i = j + 1;
         const size_t quote_line = line;
+        // Whole runs up to the next quote are appended at once; "" is one
+        // quote inside the field.
         while (true) {
-          if (i >= text.size()) {
+          const size_t q = text.find('"', i);
+          if (q == std::string_view::npos) {
             return Status::Corruption(
                 fmt::format("{}:{}: quoted field is never closed", name, quote_line));
           }
-          char c = text[i++];
-          if (c == '"') {
-            if (i < text.size() && text[i] == '"') {
-              field.push_back('"');
-              ++i;
-            } else {
-              break;
-            }
+          const std::string_view run = text.substr(i, q - i);
+          line += static_cast<size_t>(std::count(run.begin(), run.end(), '\n'));
+          field.append(run);
+          i = q + 1;
+          if (i < text.size() && text[i] == '"') {
+            field.push_back('"');
+            ++i;
           } else {
-            if (c == '\n') ++line;
-            field.push_back(c);
+            break;
           }
         }
         // Anything between the closing quote and the separator is kept, trimmed.
@@ -76,11 +77,10 @@ Result<CsvTable> ParseCsv(std::string_view text, std::string_view name) {
           ++i;
         }
       } else {
-        while (i < text.size() && text[i] != sep && text[i] != '\n' && text[i] != '\r') {
-          field.push_back(text[i++]);
-        }
+        const size_t start = i;
+        while (i < text.size() && text[i] != sep && text[i] != '\n' && text[i] != '\r') ++i;
+        field.assign(Trim(text.substr(start, i - start)));
       }
-      if (!quoted) field = std::string(Trim(field));
       if (!field.empty() || quoted) row_has_content = true;
       row.fields.push_back(std::move(field));
       if (i < text.size() && text[i] == sep) {
