@@ -1043,6 +1043,21 @@ TEST_F(GraphSinkTest, CertificateCredentials) {
   auto bad = pipeline::RunImport(Options());
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().ToString().find("invalid_client"), std::string::npos) << bad.status().ToString();
+  // Read as any file the user names: a device or a directory is refused
+  // before a read (/dev/zero would never end), a file without a key is named.
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"/dev/zero", "character device"},
+      {tmp_.path(), "directory"},
+      {tmp_ / "cert.pem", "no unencrypted RSA private key"},
+      {tmp_ / "missing.pem", "does not exist"}};
+  for (const auto& [path, why] : refused) {
+    graph_.certificate_file = path;
+    std::filesystem::remove_all(tmp_ / "index");
+    auto r = pipeline::RunImport(Options());
+    ASSERT_FALSE(r.ok()) << path;
+    EXPECT_NE(r.status().ToString().find("--graph-certificate"), std::string::npos) << r.status().ToString();
+    EXPECT_NE(r.status().ToString().find(why), std::string::npos) << r.status().ToString();
+  }
 }
 
 TEST(GraphHelpers, QuotingEncodingAndUrls) {

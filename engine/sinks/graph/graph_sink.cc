@@ -27,6 +27,7 @@
 
 #include <fmt/format.h>
 
+#include "formats/core/file.h"
 #include "formats/core/json_writer.h"
 #include "formats/pst/pst_writer.h"
 
@@ -346,8 +347,13 @@ struct ClientCert {
 };
 
 Result<ClientCert> LoadClientCert(const std::string& path) {
-  std::unique_ptr<BIO, BioDeleter> bio(BIO_new_file(path.c_str(), "r"));
-  if (!bio) return Status::InvalidArgument(fmt::format("--graph-certificate {}: cannot be read", path));
+  // Read as every file the user names is (core::ReadUserFile: a directory or
+  // a device is refused before any read, the size is bounded), then parsed
+  // from memory.
+  auto pem = core::ReadUserFile(nullptr, path, 1u << 20);
+  if (!pem.ok()) return pem.status().WithContext("--graph-certificate");
+  std::unique_ptr<BIO, BioDeleter> bio(BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())));
+  if (!bio) return Status::IOError(fmt::format("--graph-certificate {}: out of memory", path));
   ClientCert c;
   c.key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
   if (!c.key || EVP_PKEY_base_id(c.key.get()) != EVP_PKEY_RSA) {
