@@ -2,10 +2,13 @@
 // Submit, Barrier (which hands the batch to the publisher thread), Close.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -111,6 +114,81 @@ TEST(LocalSink, AFailedPublicationIsReportedByBarrierAndClose) {
   ASSERT_EQ(out.size(), 10u);
   for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kSinkBad);
   EXPECT_FALSE((*sink)->Barrier().ok());
+}
+
+// An Env whose file-system syncs wait until the test opens the gate.
+class GatedSyncEnv : public core::Env {
+ public:
+  Status SyncFilesystemFd(int fd, const std::string& path) override {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      ++entered_;
+      cv_.notify_all();
+      cv_.wait(l, [&] { return open_; });
+    }
+    return core::Env::SyncFilesystemFd(fd, path);
+  }
+  void WaitEntered() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return entered_ > 0; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int entered_ = 0;
+  bool open_ = false;
+};
+
+size_t FilesInTmpDirs(const std::string& root) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
+    if (e.is_regular_file() && e.path().parent_path().filename() == "tmp") ++n;
+  }
+  return n;
+}
+
+// The sink destroyed without Close (the run is being torn down after an
+// error): the batch being published is finished, a batch handed over but
+// not taken and deliveries staged since the last Barrier are dropped, and
+// their temp files removed. Nothing is left in tmp/.
+TEST(LocalSink, DestroyedWithoutCloseLeavesNoTempFiles) {
+  test::TempDir dir;
+  GatedSyncEnv env;
+  auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
+  ASSERT_TRUE(target.ok());
+  LocalSinkOptions o;
+  o.env = &env;
+  auto sink = MakeLocalSink(*target, o);
+  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
+  ASSERT_TRUE((*sink)->Open().ok());
+  Outcomes out;
+  uint64_t id = 0;
+  for (int item = 0; item < 10; ++item) (*sink)->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
+  ASSERT_TRUE((*sink)->Barrier().ok());
+  env.WaitEntered();  // the publisher holds the first batch, in its sync
+  for (int item = 10; item < 20; ++item) (*sink)->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
+  ASSERT_TRUE((*sink)->Barrier().ok());  // handed over, not taken
+  for (int item = 20; item < 30; ++item) (*sink)->Submit(MakeDelivery(id++, "b@x.com", item), out.Fn());
+  EXPECT_EQ(FilesInTmpDirs(dir / "out"), 30u);
+
+  std::thread destroy([&] { sink->reset(); });
+  // Let the destructor take the queue first (if it has not by then, the
+  // second batch is published instead: tmp/ ends empty either way).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  env.Open();
+  destroy.join();
+
+  EXPECT_EQ(FilesInTmpDirs(dir / "out"), 0u) << "temp files of dropped deliveries were left behind";
+  const size_t published = MessageFiles(dir / "out");
+  EXPECT_TRUE(published == 10u || published == 20u) << published;
+  EXPECT_EQ(out.size(), published) << "the batch in progress completes; dropped ones do not";
+  for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
 }
 
 }  // namespace
