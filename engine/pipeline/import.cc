@@ -78,6 +78,7 @@ class ImportRun {
   bool failed() const { return failed_.load(); }
   std::atomic<size_t> unbarriered_{0};   // batches delivered since the last Barrier
   std::atomic<int64_t> last_barrier_{Clock::now().time_since_epoch().count()};
+  std::atomic<uint64_t> render_ahead_peak_{0};  // ImportSummary::render_ahead_peak_bytes
   Status fatal() const {
     std::lock_guard<std::mutex> lock(mu_);
     return fatal_;
@@ -272,10 +273,9 @@ class ImportRun {
   // then ask the sink to make the batch durable (local trees: one
   // file-system commit for the whole batch). While the batch's intents are
   // being committed (tens of ms on a disk), records that need a delivery are
-  // rendered ahead, up to kRenderAheadBytes; nothing reaches the target
-  // before the commit answers, and a rendering the answer makes unneeded
-  // (delivered by another record meanwhile) is dropped.
-  static constexpr uint64_t kRenderAheadBytes = uint64_t{16} << 20;
+  // rendered ahead, up to ImportOptions::render_ahead_bytes; nothing
+  // reaches the target before the commit answers, and a rendering the
+  // answer makes unneeded (delivered by another record meanwhile) is dropped.
   void Deliver(Worker& w, Batch& b, sinks::Sink& sink) {
     const bool want_pst = sink.capabilities().wants_pst_message;
     std::vector<std::pair<RecordWork*, Prepared>> ahead;
@@ -288,11 +288,14 @@ class ImportRun {
     for (auto& rw : b.work) {
       if (b.claims_pending) {
         if (rw.needed.empty()) continue;  // no claim: nothing to deliver
-        if (ahead_bytes < kRenderAheadBytes && !failed() &&
+        if (ahead_bytes < o_.render_ahead_bytes && !failed() &&
             b.claims.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
           Prepared p = Prepare(w, rw, want_pst);
           ahead_bytes += p.held();
           ahead.emplace_back(&rw, std::move(p));
+          uint64_t peak = render_ahead_peak_.load(std::memory_order_relaxed);
+          while (ahead_bytes > peak && !render_ahead_peak_.compare_exchange_weak(peak, ahead_bytes)) {
+          }
           continue;
         }
         finish_ahead();
@@ -597,6 +600,7 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Key("process").BeginObject();
   j.Field("peak_rss_bytes", mem.peak_rss).Field("rss_anon_bytes", mem.rss_anon);
   j.Field("rss_file_bytes", mem.rss_file);
+  j.Field("render_ahead_peak_bytes", s.render_ahead_peak_bytes);
   j.EndObject();
   j.Key("deliveries_by_mailbox").BeginObject();
   for (const auto& [mb, n] : s.deliveries_by_mailbox) j.Field(mb, n);
@@ -734,6 +738,7 @@ Result<Opened> OpenPhase(const ImportOptions& o, core::Env* env, IndexSummary* x
   if (xs->dir.empty()) return Status::InvalidArgument("the null: target needs --index DIR");
   index::IndexOptions iopts;
   if (o.index_map_size != 0) iopts.initial_map_size = o.index_map_size;
+  if (o.index_commit_delay_us != 0) iopts.max_commit_delay_us = o.index_commit_delay_us;
   WXA_ASSIGN_OR_RETURN(op.idx, index::Index::Open(xs->dir, iopts));
   WXA_RETURN_IF_ERROR(op.idx->BindCorp(o.corp));
   WXA_ASSIGN_OR_RETURN(op.sink_id, op.idx->SinkId(op.target.Canonical()));
@@ -1052,6 +1057,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   summary.unmapped_participants = tracker.unmapped_participants();
   summary.mailboxes_failed = tracker.stopped_mailboxes();
   summary.mailboxes_touched = tracker.mailboxes_touched();
+  summary.render_ahead_peak_bytes = run.render_ahead_peak_.load();
   counts.source_bytes = reader.bytes_read();
   counts.source_total = source_total;
   if (auto c = op.idx->GetCounters(); c.ok()) {

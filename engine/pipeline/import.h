@@ -69,6 +69,13 @@ struct ImportOptions {
   // max_outstanding_batches (sealed batches wait for it).
   size_t barrier_batches = 16;
   uint32_t barrier_interval_ms = 1000;
+  // While a batch's claims commit is in flight, each worker renders the
+  // batch's records ahead, holding at most about this many rendered bytes
+  // (the last item rendered may take it past).
+  uint64_t render_ahead_bytes = 16u << 20;
+  // The index writer's wait to fill a group commit (IndexOptions::
+  // max_commit_delay_us); 0: the index's default. Tests make commits slow with it.
+  uint32_t index_commit_delay_us = 0;
   size_t max_outstanding_batches = 32;            // waiting for completions (65,536 records at 2,048 a batch)
   uint64_t max_outstanding_bytes = 256ull << 20;  // rendered bytes kept until completion
 
@@ -106,6 +113,9 @@ struct ImportSummary {
   std::map<std::string, std::string> mailboxes_failed;    // mailbox -> why it was stopped
   std::map<std::string, std::pair<uint64_t, std::string>> unmapped_participants;  // id -> (items, why)
   uint64_t mailboxes_touched = 0;
+  // The most rendered bytes one worker held ahead of a claims commit
+  // (ImportOptions::render_ahead_bytes bounds it).
+  uint64_t render_ahead_peak_bytes = 0;
   size_t source_files = 0;
   double elapsed_s = 0;
   size_t threads = 0;

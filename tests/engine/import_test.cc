@@ -571,6 +571,40 @@ TEST_F(ImportTest, PacedBarriersNeitherStallNorLoseTheLastBatches) {
   }
 }
 
+// While a batch's claims commit is slow, the worker renders ahead, but holds
+// no more than render_ahead_bytes (plus the item that crossed it); with room
+// it renders the whole batch ahead. Everything is delivered once either way.
+TEST_F(ImportTest, RenderAheadIsBoundedWhileClaimsCommit) {
+  std::vector<std::string> recs;
+  for (int i = 0; i < 200; ++i) {
+    recs.push_back(fmt::format(
+        R"({{"msgid":"ra{}","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":{},"msgtype":"text","text":{{"content":"{}"}}}})",
+        i, kT + i * 1000, std::string(3000, static_cast<char>('a' + i % 26))));
+  }
+  WriteRecords("a.jsonl", recs);
+  constexpr uint64_t kCap = 64 << 10, kOneItem = 16 << 10;
+  for (uint64_t cap : {kCap, uint64_t{16} << 20}) {
+    SCOPED_TRACE(cap);
+    ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+    auto o = Options("maildir");
+    o.threads = 1;
+    o.batch_records = 200;                // one batch: one claims commit
+    o.index_commit_delay_us = 100000;     // which takes 100 ms
+    o.render_ahead_bytes = cap;
+    auto r = Import(o);
+    EXPECT_EQ(r.counts.deliveries, 400u);
+    EXPECT_GT(r.render_ahead_peak_bytes, 0u) << "nothing was rendered during the commit";
+    std::printf("render-ahead bound %lu: peak %lu bytes\n", static_cast<unsigned long>(cap),
+                static_cast<unsigned long>(r.render_ahead_peak_bytes));
+    if (cap == kCap) {
+      EXPECT_LE(r.render_ahead_peak_bytes, kCap + kOneItem) << "render-ahead went past its bound";
+    } else {
+      EXPECT_GT(r.render_ahead_peak_bytes, kCap + kOneItem) << "with room, the whole batch is rendered ahead";
+    }
+    EXPECT_EQ(Import(o).counts.deliveries, 0u);
+  }
+}
+
 TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   std::string data(20000, 'x');
   std::string md5 = AddMedia(data);
