@@ -8,6 +8,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <list>
 #include <map>
 #include <optional>
 #include <mutex>
@@ -149,7 +150,7 @@ class LocalTreeSink final : public Sink {
       // so the batch cannot be published meanwhile.
       std::lock_guard<std::mutex> l(mu_);
       if (auto it = link_sources_.find(key_hex); it != link_sources_.end()) {
-        s.link_from = it->second.folder;
+        s.link_from = it->second.mailbox;
         s.link_tmp = it->second.tmp;
         pending_.push_back(std::move(s));
         return;
@@ -164,7 +165,7 @@ class LocalTreeSink final : public Sink {
     s.tmp_path = core::JoinPath(tmp_dir, s.tmp);
     std::lock_guard<std::mutex> l(mu_);
     if (o_.link_copies && !links_refused_.load(std::memory_order_relaxed)) {
-      link_sources_.try_emplace(key_hex, LinkSource{*folder, s.tmp});
+      link_sources_.try_emplace(key_hex, LinkSource{mb, s.tmp});
     }
     pending_.push_back(std::move(s));
   }
@@ -232,6 +233,14 @@ class LocalTreeSink final : public Sink {
       const bool links = pass == 0;
       for (auto& [mb, idx] : by_mailbox) {
         if (!fatal.ok()) break;
+        // Batch mode: a mailbox with nothing to do in this pass is not opened
+        // (with more mailboxes than the folder cache holds, every open is a
+        // reopen). --sync file opens each in the second pass: it fsyncs the
+        // directory the links went into.
+        if (o_.sync_mode == SyncMode::kBatch &&
+            std::none_of(idx.begin(), idx.end(), [&](size_t i) { return (!batch[i].link_from.empty()) == links; })) {
+          continue;
+        }
         auto folder = GetFolder(mb, false);
         Status s = folder.ok() ? Status::Ok() : folder.status();
         if (!links && !folder.ok()) {
@@ -240,14 +249,14 @@ class LocalTreeSink final : public Sink {
           // cannot be made durable (--sync file fsyncs the directory below),
           // so they do not count as delivered either; a rerun finds them or not.
           for (size_t i : idx) {
-            if (batch[i].link_from != nullptr && result[i] && result[i]->kind == Completion::Kind::kDone) {
+            if (!batch[i].link_from.empty() && result[i] && result[i]->kind == Completion::Kind::kDone) {
               result[i].reset();
             }
           }
         }
         for (size_t i : idx) {
           Staged& e = batch[i];
-          if (result[i] || (!links && e.link_from != nullptr && folder.ok()) || (links && e.link_from == nullptr)) {
+          if (result[i] || (!links && !e.link_from.empty() && folder.ok()) || (links && e.link_from.empty())) {
             continue;
           }
           if (s.ok()) {
@@ -353,6 +362,7 @@ class LocalTreeSink final : public Sink {
     if (s.ok()) s = w;
     std::lock_guard<std::mutex> l(mu_);
     cache_.clear();
+    lru_.clear();
     lock_fd_.Reset();
     return s;
   }
@@ -374,8 +384,11 @@ class LocalTreeSink final : public Sink {
     DoneFn done;
     bool published = false;  // renamed into place (its temp name is gone)
     // Published as a hard link to another mailbox's staged file of the same
-    // item (then tmp is empty): that folder and its temp name.
-    std::shared_ptr<Folder> link_from;
+    // item (then tmp is empty): that mailbox and its temp name. The name, not
+    // its open folder: a batch links into thousands of mailboxes, and holding
+    // each source folder's descriptors until the barrier ran a 2-thread
+    // import with 5,254 mailboxes out of them (EMFILE).
+    std::string link_from;
     std::string link_tmp;
   };
 
@@ -386,7 +399,8 @@ class LocalTreeSink final : public Sink {
   // copies from the start when the file system refuses links altogether.
   // *present: the name was already taken (another run's file: adopted).
   Status PublishLinked(Folder& f, const Staged& e, bool* present) {
-    Status s = f.folder.PublishLink(e.link_from->folder, e.link_tmp, e.key, e.t);
+    WXA_ASSIGN_OR_RETURN(std::shared_ptr<Folder> src, GetFolder(e.link_from, false));
+    Status s = f.folder.PublishLink(src->folder, e.link_tmp, e.key, e.t);
     if (s.code() == Status::Code::kAlreadyExists) {
       *present = true;
       return Status::Ok();
@@ -396,7 +410,7 @@ class LocalTreeSink final : public Sink {
       return s;
     }
     if (err != EMLINK) links_refused_.store(true, std::memory_order_relaxed);
-    WXA_ASSIGN_OR_RETURN(std::string bytes, e.link_from->folder.ReadStaged(e.link_tmp));
+    WXA_ASSIGN_OR_RETURN(std::string bytes, src->folder.ReadStaged(e.link_tmp));
     WXA_ASSIGN_OR_RETURN(std::string tmp, f.folder.Stage(e.key, e.t, bytes, /*sync=*/true));
     Status p = f.folder.Publish(tmp, e.key, e.t);
     if (!p.ok()) f.folder.Discard(tmp);
@@ -421,7 +435,10 @@ class LocalTreeSink final : public Sink {
 
   Result<std::shared_ptr<Folder>> GetFolder(const std::string& mailbox, bool create) {
     std::lock_guard<std::mutex> l(mu_);
-    if (auto it = cache_.find(mailbox); it != cache_.end()) return it->second;
+    if (auto it = cache_.find(mailbox); it != cache_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.second);
+      return it->second.first;
+    }
     const std::string mdir = maildir::MailboxDirName(mailbox);
     auto f = std::make_shared<Folder>();
     auto opened = maildir::MailFolder::Open(env_, layout_, root_fd_.get(), target_.dir, mdir, folder_, false);
@@ -451,8 +468,12 @@ class LocalTreeSink final : public Sink {
         return n.status();
       }
     }
-    if (cache_.size() >= o_.max_open_folders) cache_.erase(cache_.begin());  // holders keep theirs open
-    cache_.emplace(mailbox, f);
+    if (cache_.size() >= o_.max_open_folders) {  // the least recently used goes; holders keep theirs open
+      cache_.erase(lru_.back());
+      lru_.pop_back();
+    }
+    lru_.push_front(mailbox);
+    cache_.emplace(mailbox, std::make_pair(f, lru_.begin()));
     return f;
   }
 
@@ -473,7 +494,11 @@ class LocalTreeSink final : public Sink {
   Status pub_fatal_;                            // GUARDED_BY(pub_mu_): the first failed publication
   std::thread publisher_;
   std::mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<Folder>> cache_;  // GUARDED_BY(mu_)
+  // Open folders, at most max_open_folders, the least recently used evicted
+  // first: a record's mailboxes are staged and published close together.
+  std::unordered_map<std::string, std::pair<std::shared_ptr<Folder>, std::list<std::string>::iterator>>
+      cache_;                     // GUARDED_BY(mu_)
+  std::list<std::string> lru_;  // GUARDED_BY(mu_), most recently used first
   std::unordered_set<std::string> seen_;                            // GUARDED_BY(mu_)
   std::unordered_map<std::string, bool> existed_;                   // GUARDED_BY(mu_)
   std::unordered_set<std::string> cleaned_;                         // GUARDED_BY(mu_)
@@ -481,7 +506,7 @@ class LocalTreeSink final : public Sink {
   std::vector<Staged> pending_;                                     // GUARDED_BY(mu_)
   // Staged files of the pending batch by item key, for hard links.
   struct LinkSource {
-    std::shared_ptr<Folder> folder;
+    std::string mailbox;
     std::string tmp;
   };
   std::unordered_map<std::string, LinkSource> link_sources_;        // GUARDED_BY(mu_)
