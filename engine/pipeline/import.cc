@@ -279,7 +279,7 @@ class ImportRun {
   void Deliver(Worker& w, Batch& b, sinks::Sink& sink) {
     const bool want_pst = sink.capabilities().wants_pst_message;
     std::vector<std::pair<RecordWork*, Prepared>> ahead;
-    uint64_t ahead_bytes = 0;
+    uint64_t ahead_bytes = 0, ahead_peak = 0;
     auto finish_ahead = [&] {
       ResolveClaims(b);
       for (auto& [rw, p] : ahead) Finish(b, *rw, std::move(p));
@@ -293,9 +293,7 @@ class ImportRun {
           Prepared p = Prepare(w, rw, want_pst);
           ahead_bytes += p.held();
           ahead.emplace_back(&rw, std::move(p));
-          uint64_t peak = render_ahead_peak_.load(std::memory_order_relaxed);
-          while (ahead_bytes > peak && !render_ahead_peak_.compare_exchange_weak(peak, ahead_bytes)) {
-          }
+          ahead_peak = std::max(ahead_peak, ahead_bytes);
           continue;
         }
         finish_ahead();
@@ -308,6 +306,9 @@ class ImportRun {
       Finish(b, rw, Prepare(w, rw, want_pst));
     }
     finish_ahead();
+    uint64_t peak = render_ahead_peak_.load(std::memory_order_relaxed);
+    while (ahead_peak > peak && !render_ahead_peak_.compare_exchange_weak(peak, ahead_peak)) {
+    }
     if (!BarrierDue(sink)) return;
     Status s = sink.Barrier();
     if (!s.ok()) Fail(s.WithContext("making deliveries durable"));

@@ -402,7 +402,9 @@ class LocalTreeSink final : public Sink {
   // copies from the start when the file system refuses links altogether.
   // *present: the name was already taken (another run's file: adopted).
   Status PublishLinked(Folder& f, const Staged& e, bool* present) {
-    WXA_ASSIGN_OR_RETURN(std::shared_ptr<Folder> src, GetFolder(e.link_from, false));
+    auto opened = GetFolder(e.link_from, false);
+    if (!opened.ok()) return opened.status().WithContext(fmt::format("linking from mailbox {}", e.link_from));
+    const std::shared_ptr<Folder>& src = *opened;
     Status s = f.folder.PublishLink(src->folder, e.link_tmp, e.key, e.t);
     if (s.code() == Status::Code::kAlreadyExists) {
       *present = true;

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -62,6 +63,21 @@ size_t MessageFiles(const std::string& root) {
   return n;
 }
 
+// A Maildir (or EML) sink into <dir>/out, opened; null after a failure,
+// which the EXPECTs report.
+std::unique_ptr<Sink> OpenedSink(const test::TempDir& dir, LocalSinkOptions o = {},
+                                 const char* layout = "maildir") {
+  auto target = ParseTarget(fmt::format("{}:{}", layout, dir / "out"));
+  EXPECT_TRUE(target.ok()) << target.status().ToString();
+  if (!target.ok()) return nullptr;
+  auto sink = MakeLocalSink(*target, o);
+  EXPECT_TRUE(sink.ok()) << sink.status().ToString();
+  if (!sink.ok()) return nullptr;
+  Status opened = (*sink)->Open();
+  EXPECT_TRUE(opened.ok()) << opened.ToString();
+  return opened.ok() ? std::move(*sink) : nullptr;
+}
+
 // Barrier() only hands a batch over; Close() must not return before every
 // batch handed over is published and completed (its caller then releases
 // the tree's lock and records the outcomes).
@@ -69,21 +85,18 @@ TEST(LocalSink, CloseWaitsForEveryBatchHandedOver) {
   for (const char* layout : {"maildir", "eml"}) {
     SCOPED_TRACE(layout);
     test::TempDir dir;
-    auto target = ParseTarget(fmt::format("{}:{}", layout, dir / "out"));
-    ASSERT_TRUE(target.ok()) << target.status().ToString();
-    auto sink = MakeLocalSink(*target, LocalSinkOptions{});
-    ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-    ASSERT_TRUE((*sink)->Open().ok());
+    auto sink = OpenedSink(dir, {}, layout);
+    ASSERT_NE(sink, nullptr);
     Outcomes out;
     const std::vector<std::string> mailboxes = {"a@x.com", "b@x.com", "c@x.com"};
     uint64_t id = 0;
     for (int batch = 0; batch < 4; ++batch) {
       for (int item = batch * 100; item < (batch + 1) * 100; ++item) {
-        for (const auto& mb : mailboxes) (*sink)->Submit(MakeDelivery(id++, mb, item), out.Fn());
+        for (const auto& mb : mailboxes) sink->Submit(MakeDelivery(id++, mb, item), out.Fn());
       }
-      ASSERT_TRUE((*sink)->Barrier().ok());
+      ASSERT_TRUE(sink->Barrier().ok());
     }
-    ASSERT_TRUE((*sink)->Close().ok());
+    ASSERT_TRUE(sink->Close().ok());
     ASSERT_EQ(out.size(), id) << "Close returned before the publisher completed everything";
     std::set<uint64_t> ids;
     for (const auto& [i, c] : out.got) {
@@ -92,7 +105,7 @@ TEST(LocalSink, CloseWaitsForEveryBatchHandedOver) {
     }
     EXPECT_EQ(ids.size(), id);
     EXPECT_EQ(MessageFiles(dir / "out"), id) << "every delivery is a file in its folder, nothing left in tmp/";
-    sink->reset();
+    sink.reset();
   }
 }
 
@@ -103,20 +116,17 @@ TEST(LocalSink, AFailedPublicationIsReportedByBarrierAndClose) {
   test::TempDir dir;
   test::FaultEnv env;
   env.fail_sync = true;
-  auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
-  ASSERT_TRUE(target.ok());
   LocalSinkOptions o;
   o.env = &env;
-  auto sink = MakeLocalSink(*target, o);
-  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-  ASSERT_TRUE((*sink)->Open().ok());
+  auto sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
   Outcomes out;
-  for (int item = 0; item < 10; ++item) (*sink)->Submit(MakeDelivery(item, "a@x.com", item), out.Fn());
-  (void)(*sink)->Barrier();  // handed over; the error comes later
-  EXPECT_FALSE((*sink)->Close().ok()) << "Close hid the publisher's failure";
+  for (int item = 0; item < 10; ++item) sink->Submit(MakeDelivery(item, "a@x.com", item), out.Fn());
+  (void)sink->Barrier();  // handed over; the error comes later
+  EXPECT_FALSE(sink->Close().ok()) << "Close hid the publisher's failure";
   ASSERT_EQ(out.size(), 10u);
   for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kSinkBad);
-  EXPECT_FALSE((*sink)->Barrier().ok());
+  EXPECT_FALSE(sink->Barrier().ok());
 }
 
 // An Env whose file-system syncs wait until the test opens the gate.
@@ -163,24 +173,21 @@ size_t FilesInTmpDirs(const std::string& root) {
 TEST(LocalSink, DestroyedWithoutCloseLeavesNoTempFiles) {
   test::TempDir dir;
   GatedSyncEnv env;
-  auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
-  ASSERT_TRUE(target.ok());
   LocalSinkOptions o;
   o.env = &env;
-  auto sink = MakeLocalSink(*target, o);
-  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-  ASSERT_TRUE((*sink)->Open().ok());
+  auto sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
   Outcomes out;
   uint64_t id = 0;
-  for (int item = 0; item < 10; ++item) (*sink)->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
-  ASSERT_TRUE((*sink)->Barrier().ok());
+  for (int item = 0; item < 10; ++item) sink->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
+  ASSERT_TRUE(sink->Barrier().ok());
   env.WaitEntered();  // the publisher holds the first batch, in its sync
-  for (int item = 10; item < 20; ++item) (*sink)->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
-  ASSERT_TRUE((*sink)->Barrier().ok());  // handed over, not taken
-  for (int item = 20; item < 30; ++item) (*sink)->Submit(MakeDelivery(id++, "b@x.com", item), out.Fn());
+  for (int item = 10; item < 20; ++item) sink->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
+  ASSERT_TRUE(sink->Barrier().ok());  // handed over, not taken
+  for (int item = 20; item < 30; ++item) sink->Submit(MakeDelivery(id++, "b@x.com", item), out.Fn());
   EXPECT_EQ(FilesInTmpDirs(dir / "out"), 30u);
 
-  std::thread destroy([&] { sink->reset(); });
+  std::thread destroy([&] { sink.reset(); });
   // Let the destructor take the queue first (if it has not by then, the
   // second batch is published instead: tmp/ ends empty either way).
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -223,22 +230,19 @@ class CountingOpenEnv : public core::Env {
 TEST(LocalSink, TheFolderCacheKeepsTheMostRecentlyUsed) {
   test::TempDir dir;
   CountingOpenEnv env;
-  auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
-  ASSERT_TRUE(target.ok());
   LocalSinkOptions o;
   o.env = &env;
   o.max_open_folders = 3;
-  auto sink = MakeLocalSink(*target, o);
-  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-  ASSERT_TRUE((*sink)->Open().ok());
+  auto sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
   Outcomes out;
   uint64_t id = 0;
   int item = 0;
   constexpr int kPairs = 30;
   for (int i = 0; i < kPairs; ++i) {
     for (int round = 0; round < 3; ++round) {
-      (*sink)->Submit(MakeDelivery(id++, fmt::format("a{}@x.com", i), item++), out.Fn());
-      (*sink)->Submit(MakeDelivery(id++, fmt::format("b{}@x.com", i), item++), out.Fn());
+      sink->Submit(MakeDelivery(id++, fmt::format("a{}@x.com", i), item++), out.Fn());
+      sink->Submit(MakeDelivery(id++, fmt::format("b{}@x.com", i), item++), out.Fn());
     }
   }
   int reopened = 0;
@@ -248,7 +252,7 @@ TEST(LocalSink, TheFolderCacheKeepsTheMostRecentlyUsed) {
     }
   }
   EXPECT_EQ(reopened, 0) << "folders in use were evicted";
-  ASSERT_TRUE((*sink)->Close().ok());
+  ASSERT_TRUE(sink->Close().ok());
   EXPECT_EQ(out.size(), id);
   EXPECT_EQ(MessageFiles(dir / "out"), id);
 }
@@ -266,24 +270,21 @@ size_t OpenDescriptors() {
 // mailboxes stopped with EMFILE).
 TEST(LocalSink, StagedLinksHoldNoFolderOpen) {
   test::TempDir dir;
-  auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
-  ASSERT_TRUE(target.ok());
   LocalSinkOptions o;
   o.max_open_folders = 4;
-  auto sink = MakeLocalSink(*target, o);
-  ASSERT_TRUE(sink.ok()) << sink.status().ToString();
-  ASSERT_TRUE((*sink)->Open().ok());
+  auto sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
   const size_t before = OpenDescriptors();
   Outcomes out;
   uint64_t id = 0;
   constexpr int kItems = 300;
   for (int i = 0; i < kItems; ++i) {
-    (*sink)->Submit(MakeDelivery(id++, fmt::format("a{}@x.com", i), i), out.Fn());
-    (*sink)->Submit(MakeDelivery(id++, fmt::format("b{}@x.com", i), i), out.Fn());
+    sink->Submit(MakeDelivery(id++, fmt::format("a{}@x.com", i), i), out.Fn());
+    sink->Submit(MakeDelivery(id++, fmt::format("b{}@x.com", i), i), out.Fn());
   }
   const size_t staged = OpenDescriptors();
   EXPECT_LE(staged, before + 4 * 3 + 8) << "descriptors held for " << kItems << " staged links";
-  ASSERT_TRUE((*sink)->Close().ok());
+  ASSERT_TRUE(sink->Close().ok());
   ASSERT_EQ(out.size(), id);
   for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
   EXPECT_EQ(MessageFiles(dir / "out"), id);
