@@ -65,6 +65,16 @@ void Compact(core::Item& item) {
   std::vector<std::string>().swap(item.to);
 }
 
+// Sealed batches the tracker lets wait for their completions. Completions a
+// sink holds until Close() (PST volumes) cannot be waited for batch by batch;
+// their bytes are bounded (max_outstanding_bytes).
+size_t MaxOutstandingBatches(const ImportOptions& o, const sinks::Capabilities& caps) {
+  if (caps.holds_until_close) return SIZE_MAX;
+  size_t n = o.max_outstanding_batches;
+  if (caps.holds_until_barrier) n = std::min(n, o.max_outstanding_batches_local);
+  return std::max<size_t>(1, n);
+}
+
 // Everything the stages share. One per run.
 class ImportRun {
  public:
@@ -242,10 +252,10 @@ class ImportRun {
     }
     for (size_t k = 0; k < b.claim_owner.size(); ++k) {
       RecordWork& rw = b.work[b.claim_owner[k].first];
-      const std::string& mb = rw.needed[b.claim_owner[k].second];
+      std::string& mb = rw.needed[b.claim_owner[k].second];
       std::string why;
       switch (r->claims[k]) {
-        case index::ClaimResult::kClaimed: rw.claimed.push_back(mb); break;
+        case index::ClaimResult::kClaimed: rw.claimed.push_back(std::move(mb)); break;
         case index::ClaimResult::kDone: ++rw.deliveries_present; break;
         case index::ClaimResult::kInFlight:
           // An intent of a stopped run that could not be probed (its mailbox
@@ -259,7 +269,12 @@ class ImportRun {
           break;
       }
     }
+    // Answered: the plan is spent. A batch waits for its completions holding
+    // only what the tracker records (with slow publication, 32 batches of
+    // 2,048 records wait at once).
+    std::vector<std::pair<uint32_t, uint32_t>>().swap(b.claim_owner);
     for (auto& rw : b.work) {
+      std::vector<std::string>().swap(rw.needed);
       if (rw.kind == RecordWork::Kind::kItem && rw.item && !rw.item_record && rw.claimed.empty() &&
           rw.deliveries.empty()) {
         // Another record with the same msgid delivers it (or did): it records the item.
@@ -321,7 +336,7 @@ class ImportRun {
   // count stays below the tracker's bound on sealed batches (no deadlock).
   bool BarrierDue(sinks::Sink& sink) {
     if (!sink.capabilities().holds_until_barrier || failed()) return true;
-    const size_t every = std::clamp<size_t>(o_.barrier_batches, 1, std::max<size_t>(1, o_.max_outstanding_batches / 4));
+    const size_t every = std::clamp<size_t>(o_.barrier_batches, 1, std::max<size_t>(1, MaxOutstandingBatches(o_, sink.capabilities()) / 4));
     const int64_t now = Clock::now().time_since_epoch().count();
     const int64_t interval = std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::milliseconds(o_.barrier_interval_ms)).count();
@@ -943,9 +958,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   tc.max_attempts = std::max<uint32_t>(1, o.max_attempts);
   tc.retry_base_ms = o.retry_base_ms;
   tc.retry_max_ms = std::max(o.retry_base_ms, o.retry_max_ms);
-  // Completions a sink holds until Close() (PST volumes) cannot be waited
-  // for batch by batch; their records are compact, and bytes are bounded.
-  tc.max_outstanding_batches = caps.holds_until_close ? SIZE_MAX : std::max<size_t>(1, o.max_outstanding_batches);
+  tc.max_outstanding_batches = MaxOutstandingBatches(o, caps);
   tc.max_outstanding_bytes = o.max_outstanding_bytes;
   tc.keep_bytes_for_retry = caps.remote;
   tc.fail = [&run](const Status& s) { run.Fail(s); };

@@ -97,10 +97,11 @@ void Tracker::SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item,
   {
     std::lock_guard<std::mutex> l(mu_);
     const uint32_t r = static_cast<uint32_t>(&rw - b.work.data());
-    for (const auto& mb : rw.claimed) {
+    rw.deliveries.reserve(rw.deliveries.size() + rw.claimed.size());
+    for (auto& mb : rw.claimed) {
       DeliveryWork d;
-      d.mailbox = mb;
-      if (auto it = stopped_.find(mb); it != stopped_.end()) {
+      d.mailbox = std::move(mb);
+      if (auto it = stopped_.find(d.mailbox); it != stopped_.end()) {
         d.state = State::kFailed;
         d.error = fmt::format("not sent: the mailbox was stopped earlier in this run ({})", it->second);
         d.blocks_cursor = true;
@@ -129,7 +130,7 @@ void Tracker::SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item,
       b.bytes_held += held;
       bytes_held_ += held;
     }
-    rw.claimed.clear();
+    std::vector<std::string>().swap(rw.claimed);  // each delivery has its mailbox now
   }
   for (auto& d : out) {
     d.pst_message = pst_message;

@@ -164,11 +164,10 @@ class LocalTreeSink final : public Sink {
       Fail(d, tmp.status(), s.done);
       return;
     }
-    s.tmp = std::move(*tmp);
-    s.tmp_path = core::JoinPath(tmp_dir, s.tmp);
+    s.tmp_path = core::JoinPath(tmp_dir, *tmp);
     std::lock_guard<std::mutex> l(mu_);
     if (o_.link_copies && !links_refused_.load(std::memory_order_relaxed)) {
-      link_sources_.try_emplace(key_hex, LinkSource{mb, s.tmp});
+      link_sources_.try_emplace(key_hex, LinkSource{mb, std::move(*tmp)});
     }
     pending_.push_back(std::move(s));
   }
@@ -266,7 +265,7 @@ class LocalTreeSink final : public Sink {
             bool present = e.adopted;
             s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
                 : links   ? PublishLinked(**folder, e, &present)
-                          : (*folder)->folder.Publish(e.tmp, e.key, e.t);
+                          : (*folder)->folder.Publish(e.tmp_name(), e.key, e.t);
             if (s.ok()) {
               result[i] = Completion::Done((*folder)->folder.FinalName(e.key, e.t), present);
               e.published = !e.adopted && !links;
@@ -381,18 +380,21 @@ class LocalTreeSink final : public Sink {
     std::string mailbox;
     core::ItemKey key;
     int64_t t = 0;
-    std::string tmp;       // temp name in the folder's temp directory
-    std::string tmp_path;  // its full path (cleanup)
+    std::string tmp_path;  // the staged temp file (empty when adopted or linked)
     bool adopted = false;  // already in place: only made durable
     DoneFn done;
     bool published = false;  // renamed into place (its temp name is gone)
     // Published as a hard link to another mailbox's staged file of the same
-    // item (then tmp is empty): that mailbox and its temp name. The name, not
+    // item (then tmp_path is empty): that mailbox and its temp name. The name, not
     // its open folder: a batch links into thousands of mailboxes, and holding
     // each source folder's descriptors until the barrier ran a 2-thread
     // import with 5,254 mailboxes out of them (EMFILE).
     std::string link_from;
     std::string link_tmp;
+
+    // Its name in the folder's temp directory. One string, not two: with slow
+    // publication, 32 batches of staged deliveries wait at once.
+    std::string tmp_name() const { return tmp_path.substr(tmp_path.rfind('/') + 1); }
   };
 
   // A linked delivery: a hard link to the source's staged file under the
