@@ -297,7 +297,7 @@ struct Index::Impl {
   ino_t data_ino = 0;
   core::UniqueFd statm_fd;  // /proc/self/statm, read by TrimMapLocked
   uint64_t page_size = 4096;
-  std::atomic<uint64_t> shared_base{0};  // shared resident bytes not the map's (at open; see TrimMapLocked)
+  MapBaseline shared_base;  // shared resident bytes not the map's
   std::atomic<uintptr_t> map_start{0}, map_end{0};  // the map's range, 0 until found; reset by Grow
   Status broken;  // the first failed commit (writer thread only)
   std::string dir;
@@ -655,7 +655,7 @@ struct Index::Impl {
     // share, without walking /proc/self/smaps, which costs as much as the
     // lookups themselves when read this often.
     const uint64_t shared = SharedResidentBytes();
-    if (shared == 0 || shared <= shared_base.load(std::memory_order_relaxed) + options.max_mapped_bytes) return;
+    if (shared == 0 || shared <= shared_base.base() + options.max_mapped_bytes) return;
     uintptr_t start = map_start.load(), end = map_end.load();
     if (start == 0) {  // found once per map (Grow moves it)
       uint64_t rss = 0;
@@ -664,13 +664,7 @@ struct Index::Impl {
       map_end.store(end);
     }
     if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED) == 0) ++trims;
-    // The base stays what it was at open (the program's own files), unless
-    // even just after a trim the process keeps more than half the bound
-    // above it: other files it maps grew, and would make every check trim.
-    const uint64_t after = SharedResidentBytes();
-    if (after > shared_base.load(std::memory_order_relaxed) + options.max_mapped_bytes / 2) {
-      shared_base.store(after, std::memory_order_relaxed);
-    }
+    shared_base.AfterTrim(SharedResidentBytes(), options.max_mapped_bytes);
   }
   // RssFile + RssShmem of the process (/proc/self/statm), 0 if unknown.
   uint64_t SharedResidentBytes() const {
@@ -872,7 +866,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
     }
     im.statm_fd = core::UniqueFd(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
     if (const long ps = ::sysconf(_SC_PAGESIZE); ps > 0) im.page_size = static_cast<uint64_t>(ps);
-    im.shared_base.store(im.SharedResidentBytes());
+    im.shared_base.Reset(im.SharedResidentBytes());
   }
   {
     // A map smaller than the file (an index grown by an earlier run) is

@@ -273,6 +273,27 @@ TEST(Index, MappedPagesStayBelowTheirBound) {
   EXPECT_EQ(st->deliveries_by_state[static_cast<int>(DeliveryState::kIntent)], 30000u);
 }
 
+// The trim's idea of the process's other file-backed pages: one high
+// reading after a trim (a passing moment) leaves it; kRaiseAfter in a row
+// (other mapped files grew) raise it to the lowest of them, so a growing
+// program does not trim at every check.
+TEST(Index, MapBaselineIgnoresOneHighReading) {
+  constexpr uint64_t kMB = 1 << 20, kBudget = 128 * kMB;
+  MapBaseline b;
+  b.Reset(20 * kMB);
+  for (int i = 0; i < 100; ++i) {
+    b.AfterTrim(i % 3 == 0 ? 90 * kMB : 20 * kMB, kBudget);  // a high reading now and then
+    ASSERT_EQ(b.base(), 20 * kMB) << "raised by a passing reading, at " << i;
+  }
+  b.AfterTrim(20 * kMB, kBudget);  // ends the last streak
+  for (uint32_t i = 0; i + 1 < MapBaseline::kRaiseAfter; ++i) b.AfterTrim((100 + i) * kMB, kBudget);
+  EXPECT_EQ(b.base(), 20 * kMB);
+  b.AfterTrim(95 * kMB, kBudget);  // the kRaiseAfter-th in a row
+  EXPECT_EQ(b.base(), 95 * kMB) << "to the lowest of the streak";
+  for (uint32_t i = 0; i < MapBaseline::kRaiseAfter; ++i) b.AfterTrim(150 * kMB, kBudget);  // within budget/2 of 95
+  EXPECT_EQ(b.base(), 95 * kMB);
+}
+
 // Reads alone (lookups between two commits, however long a commit takes,
 // outside the loops that check as they go) are trimmed too, by the 100 ms check.
 TEST(Index, MappedPagesOfReadsAloneAreTrimmed) {
