@@ -32,7 +32,8 @@ NdbWriter::NdbWriter(core::UniqueFd fd, std::string path, size_t write_buffer)
 char* NdbWriter::BufferAt(uint64_t rel, size_t n) {
   const size_t end = static_cast<size_t>(rel) + n;
   if (end > buf_cap_) {
-    size_t cap = std::max(end, buf_cap_ * 2);
+    // The first allocation (again after ReleaseBuffer) is the usual size.
+    size_t cap = std::max({end, buf_cap_ * 2, write_buffer_ + 16384});
     std::unique_ptr<char[]> bigger(new char[cap]);
     std::memcpy(bigger.get(), buf_.get(), buf_len_);
     buf_ = std::move(bigger);
@@ -57,6 +58,14 @@ Status NdbWriter::Flush() {
   }
   buf_off_ += buf_len_;
   buf_len_ = 0;
+  return Status::Ok();
+}
+
+Status NdbWriter::ReleaseBuffer() {
+  if (!error_.ok()) return error_;
+  WXA_RETURN_IF_ERROR(Flush());
+  buf_.reset();
+  buf_cap_ = 0;
   return Status::Ok();
 }
 

@@ -66,6 +66,11 @@ class NdbWriter {
   uint64_t BlockSize(uint64_t bid) const;
   // Heap bytes held by the index entries (the memory bound's main term).
   uint64_t IndexMemoryBytes() const;
+  // Writes out what the write buffer holds and frees it (the next write
+  // allocates it again): a sink with thousands of volumes open keeps
+  // buffers for the busy ones only. The file's bytes do not change.
+  Status ReleaseBuffer();
+  size_t buffer_bytes() const { return buf_cap_; }
 
   // B-trees, maps, DList, header; fsync when `sync`. The writer is spent after.
   Status Finish(const NdbHeaderInfo& info, bool sync);

@@ -290,6 +290,16 @@ uint64_t Writer::close_bytes_estimate() const {
   return IntervalBase(interval) + kAMapCoverage - written;
 }
 
+Status Writer::ReleaseBuffer() {
+  if (!impl_->error.ok()) return impl_->error;
+  if (!impl_->ndb) return Status::Ok();
+  Status s = impl_->ndb->ReleaseBuffer();
+  if (!s.ok()) impl_->error = s;  // a failed write: the volume is abandoned, as after Append
+  return s;
+}
+
+size_t Writer::buffer_bytes() const { return impl_->ndb ? impl_->ndb->buffer_bytes() : 0; }
+
 uint64_t Writer::index_memory_bytes() const { return impl_->ndb ? impl_->ndb->IndexMemoryBytes() : 0; }
 
 Status Writer::Append(const Message& m) {

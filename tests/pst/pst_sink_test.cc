@@ -286,6 +286,41 @@ TEST_F(PstSinkTest, HeldCompletionsCapRollsVolumesEarly) {
   EXPECT_EQ(Verify(dir), 0);
 }
 
+// With fewer write buffers than open volumes (every mailbox switch writes
+// out and frees another volume's buffer), the volumes are the same: one per
+// mailbox, every item once, readable by readpst/pffexport and our reader.
+TEST_F(PstSinkTest, FewWriteBuffersForManyVolumes) {
+  const std::string dir = tmp_ / "pst";
+  pipeline::ImportOptions o;
+  const std::string c = CorpusDir();
+  o.source_dir = c;
+  o.directory_csv = c + "/directory.csv";
+  o.mapping_csv = c + "/mapping.csv";
+  o.mailboxes_file = c + "/mailboxes.txt";
+  o.target = "pst:" + dir;
+  o.threads = 2;
+  sinks::SinkOptions so;
+  so.pst.max_buffered_volumes = 2;
+  so.pst.write_buffer = 64 << 10;
+  o.make_sink = [so](const sinks::Target& t) { return sinks::MakeSink(t, so); };
+  auto r = pipeline::RunImport(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->fatal.ok()) << r->fatal.ToString();
+  Census census = Look(dir);
+  EXPECT_TRUE(census.partial.empty());
+  ASSERT_GT(ReferenceCounts().size(), 2u) << "needs more mailboxes than buffers";
+  for (const auto& v : census.finished) EXPECT_TRUE(v.ends_with("-001.pst")) << v;
+  EXPECT_EQ(CountByMailbox(dir), ReferenceCounts());
+  for (const auto& v : census.finished) {
+    auto rd = pst::Reader::Open(dir + "/" + v);
+    ASSERT_TRUE(rd.ok());
+    Status vs = (*rd)->Verify();
+    EXPECT_TRUE(vs.ok()) << v << ": " << vs.ToString();
+  }
+  CheckWithReaders(dir);
+  EXPECT_EQ(Verify(dir), 0);
+}
+
 // Open(): one run at a time; leftover .partial files are removed; numbering
 // goes on after the finished volumes; Probe finds finished items only.
 TEST_F(PstSinkTest, OpenCleansPartialsProbeAndLock) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -214,6 +215,7 @@ class PstSink final : public Sink {
     std::shared_ptr<Box> box = GetBox(d.mailbox);
     std::vector<Held> finished;
     std::optional<Completion> now;
+    bool appended = false;
     {
       std::lock_guard<std::mutex> bl(box->mu);
       if (!box->bad.ok()) {
@@ -232,6 +234,7 @@ class PstSink final : public Sink {
         if (vs.ok()) {
           box->held.push_back({d.id, std::move(done), Completion{}});
           ++held_total_;
+          appended = true;
         } else {
           // The open volume is lost (a failed writer refuses further calls):
           // what it held fails with this item; a rerun writes them again.
@@ -242,6 +245,7 @@ class PstSink final : public Sink {
       }
     }
     d.pst_message.reset();  // nothing of the item stays here
+    if (appended) NoteBuffered(box);
     if (now) done(d.id, *now);
     Deliver(finished);
     if (held_total_.load() > o_.max_pending) (void)FinishAll(false);
@@ -315,6 +319,7 @@ class PstSink final : public Sink {
     std::string partial, final_name;
     std::vector<Held> held;  // completions of the open volume
     Status bad;              // kMailboxBad: the mailbox is stopped
+    bool in_buffered = false;  // GUARDED_BY(PstSink::mu_): listed in buffered_
     bool ids_loaded = false;
     std::unordered_map<std::string, std::string> ids;  // Message-ID -> volume (Probe)
   };
@@ -427,6 +432,32 @@ class PstSink final : public Sink {
     box.held.clear();
   }
 
+  // The box has just been written to, so its volume holds a write buffer.
+  // At most o_.max_buffered_volumes boxes are listed (every box with a
+  // buffer is); past that, the one listed longest ago writes out and frees
+  // its buffer. A box listed whose volume was finished meanwhile holds a
+  // place without a buffer until its turn comes.
+  void NoteBuffered(const std::shared_ptr<Box>& box) {
+    std::vector<std::shared_ptr<Box>> release;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (box->in_buffered) return;
+      box->in_buffered = true;
+      buffered_.push_back(box);
+      while (buffered_.size() > std::max<size_t>(1, o_.max_buffered_volumes)) {
+        buffered_.front()->in_buffered = false;
+        release.push_back(std::move(buffered_.front()));
+        buffered_.pop_front();
+      }
+    }
+    for (const auto& b : release) {
+      std::lock_guard<std::mutex> bl(b->mu);
+      // A failed write fails the volume's writer: its next Append or its
+      // Close reports it, with that volume's items.
+      if (b->writer) (void)b->writer->ReleaseBuffer();
+    }
+  }
+
   static void Deliver(std::vector<Held>& hs) {
     for (auto& h : hs) h.done(h.id, std::move(h.c));
     hs.clear();
@@ -522,6 +553,7 @@ class PstSink final : public Sink {
   core::UniqueFd lock_fd_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Box>> boxes_;  // GUARDED_BY(mu_)
+  std::deque<std::shared_ptr<Box>> buffered_;          // GUARDED_BY(mu_), NoteBuffered
   Status fatal_;                                       // GUARDED_BY(mu_)
   std::mutex finish_mu_;                               // one FinishAll at a time
   std::atomic<size_t> held_total_{0};
