@@ -60,6 +60,11 @@ const Prop* FindProp(std::span<const Prop> props, uint16_t id);
 class PropList {
  public:
   void Clear() { n_ = 0; }
+  // Clear() and give the reused capacity back (a writer idle for a while).
+  void Release() {
+    std::vector<Prop>().swap(v_);
+    n_ = 0;
+  }
   Prop& Add(uint16_t id, uint16_t type);
   void Int32(uint16_t id, int32_t v);
   void Bool(uint16_t id, bool v);

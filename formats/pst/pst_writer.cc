@@ -293,6 +293,13 @@ uint64_t Writer::close_bytes_estimate() const {
 Status Writer::ReleaseBuffer() {
   if (!impl_->error.ok()) return impl_->error;
   if (!impl_->ndb) return Status::Ok();
+  // The properties reused from one message to the next hold the largest
+  // body and headers seen, in UTF-16: with thousands of volumes open they
+  // were 276 MB of a pst: import's 654 MB heap peak (5,311 mailboxes).
+  impl_->message_props.Release();
+  impl_->recipient_props.Release();
+  std::string().swap(impl_->scratch_entry_id);
+  std::string().swap(impl_->scratch_search_key);
   Status s = impl_->ndb->ReleaseBuffer();
   if (!s.ok()) impl_->error = s;  // a failed write: the volume is abandoned, as after Append
   return s;

@@ -85,8 +85,9 @@ class Writer {
   uint64_t messages() const { return messages_; }
   // Bytes of heap the writer holds for its indexes (the memory bound's main term).
   uint64_t index_memory_bytes() const;
-  // Writes out and frees the write buffer (WriterOptions::write_buffer);
-  // the next Append allocates it again. The volume's bytes are the same.
+  // Writes out and frees the write buffer (WriterOptions::write_buffer) and
+  // the per-message scratch; the next Append allocates them again. The
+  // volume's bytes are the same.
   Status ReleaseBuffer();
   size_t buffer_bytes() const;  // heap held by the write buffer now
   // Tables, B-trees, maps, header; fsync when sync_on_close. Call once.
