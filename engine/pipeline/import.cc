@@ -270,8 +270,8 @@ class ImportRun {
       }
     }
     // Answered: the plan is spent. A batch waits for its completions holding
-    // only what the tracker records (with slow publication, 32 batches of
-    // 2,048 records wait at once).
+    // only what the tracker records (with slow publication, up to
+    // max_outstanding_batches_local batches of 2,048 records wait at once).
     std::vector<std::pair<uint32_t, uint32_t>>().swap(b.claim_owner);
     for (auto& rw : b.work) {
       std::vector<std::string>().swap(rw.needed);

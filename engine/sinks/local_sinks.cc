@@ -393,7 +393,7 @@ class LocalTreeSink final : public Sink {
     std::string link_tmp;
 
     // Its name in the folder's temp directory. One string, not two: with slow
-    // publication, 32 batches of staged deliveries wait at once.
+    // publication, many batches of staged deliveries wait at once.
     std::string tmp_name() const { return tmp_path.substr(tmp_path.rfind('/') + 1); }
   };
 
