@@ -3,6 +3,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <cerrno>
@@ -115,6 +117,37 @@ class FaultEnv : public core::Env {
   bool ReadFaultFor(const std::string& path) const;
   // How many of n bytes at `offset` to really read (0: none), or the error.
   Result<size_t> ReadLimit(uint64_t offset, size_t n, const std::string& path);
+};
+
+// File-system syncs (SyncFilesystemFd: a local tree's batch publication)
+// wait until the test opens the gate.
+class GatedSyncEnv : public core::Env {
+ public:
+  Status SyncFilesystemFd(int fd, const std::string& path) override {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      ++entered_;
+      cv_.notify_all();
+      cv_.wait(l, [&] { return open_; });
+    }
+    return core::Env::SyncFilesystemFd(fd, path);
+  }
+  // Whether a sync is waiting (or went through) within `limit`.
+  bool WaitEntered(std::chrono::seconds limit = std::chrono::seconds(60)) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, limit, [&] { return entered_ > 0; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int entered_ = 0;
+  bool open_ = false;
 };
 
 // A power cut, simulated (leveldb's FaultInjectionTestEnv idea, with

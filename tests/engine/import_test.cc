@@ -580,32 +580,6 @@ TEST_F(ImportTest, PacedBarriersNeitherStallNorLoseTheLastBatches) {
 // wait for it: each holds its records' bookkeeping until it is published
 // (at 32 batches of 2,048 records, 330 MB of heap in a measured run). When
 // the sync returns, everything is delivered once.
-class GatedSyncfsEnv : public core::Env {
- public:
-  Status SyncFilesystemFd(int fd, const std::string& path) override {
-    std::unique_lock<std::mutex> l(mu_);
-    ++syncs_;
-    cv_.wait(l, [&] { return open_; });
-    l.unlock();
-    return core::Env::SyncFilesystemFd(fd, path);
-  }
-  int syncs() {
-    std::lock_guard<std::mutex> l(mu_);
-    return syncs_;
-  }
-  void Open() {
-    std::lock_guard<std::mutex> l(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
-  int syncs_ = 0;
-};
-
 TEST_F(ImportTest, SlowPublicationBoundsTheBatchesWaiting) {
   std::vector<std::string> recs;
   for (int i = 0; i < 120; ++i) {
@@ -615,7 +589,7 @@ TEST_F(ImportTest, SlowPublicationBoundsTheBatchesWaiting) {
   }
   WriteRecords("a.jsonl", recs);
   constexpr size_t kBound = 8, kThreads = 1, kInPipeline = 2 * kThreads + 2;
-  GatedSyncfsEnv env;
+  test::GatedSyncEnv env;
   auto o = Options("maildir");
   o.env = &env;
   o.threads = kThreads;
@@ -631,11 +605,13 @@ TEST_F(ImportTest, SlowPublicationBoundsTheBatchesWaiting) {
     for (const auto& f : MailFiles()) n += f.find("/tmp/") != std::string::npos;
     return n;
   };
+  const bool entered = env.WaitEntered(std::chrono::seconds(30));
+  EXPECT_TRUE(entered) << "no sync began";
   size_t seen = 0;
   int stable = 0;
-  for (int i = 0; i < 400 && stable < 10; ++i) {  // until 500 ms without change
+  for (int i = 0; entered && i < 400 && stable < 10; ++i) {  // until 500 ms without change
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    const size_t now = env.syncs() > 0 ? staged() : 0;
+    const size_t now = staged();
     stable = now == seen && now > 0 ? stable + 1 : 0;
     seen = now;
   }

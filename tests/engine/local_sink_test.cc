@@ -129,35 +129,6 @@ TEST(LocalSink, AFailedPublicationIsReportedByBarrierAndClose) {
   EXPECT_FALSE(sink->Barrier().ok());
 }
 
-// An Env whose file-system syncs wait until the test opens the gate.
-class GatedSyncEnv : public core::Env {
- public:
-  Status SyncFilesystemFd(int fd, const std::string& path) override {
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      ++entered_;
-      cv_.notify_all();
-      cv_.wait(l, [&] { return open_; });
-    }
-    return core::Env::SyncFilesystemFd(fd, path);
-  }
-  void WaitEntered() {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return entered_ > 0; });
-  }
-  void Open() {
-    std::lock_guard<std::mutex> l(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int entered_ = 0;
-  bool open_ = false;
-};
-
 size_t FilesInTmpDirs(const std::string& root) {
   size_t n = 0;
   for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
@@ -172,7 +143,7 @@ size_t FilesInTmpDirs(const std::string& root) {
 // their temp files removed. Nothing is left in tmp/.
 TEST(LocalSink, DestroyedWithoutCloseLeavesNoTempFiles) {
   test::TempDir dir;
-  GatedSyncEnv env;
+  test::GatedSyncEnv env;
   LocalSinkOptions o;
   o.env = &env;
   auto sink = OpenedSink(dir, o);

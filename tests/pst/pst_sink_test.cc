@@ -144,6 +144,18 @@ class PstSinkTest : public ::testing::Test {
     return n;
   }
 
+  // Under the default volume cap: one volume per mailbox, each passing
+  // our reader's Verify.
+  static void ExpectOneVerifiedVolumePerMailbox(const std::string& dir, const Census& c) {
+    for (const auto& v : c.finished) {
+      EXPECT_TRUE(v.ends_with("-001.pst")) << v << ": one volume per mailbox under the default cap";
+      auto r = pst::Reader::Open(dir + "/" + v);
+      ASSERT_TRUE(r.ok()) << v;
+      Status vs = (*r)->Verify();
+      EXPECT_TRUE(vs.ok()) << v << ": " << vs.ToString();
+    }
+  }
+
   static std::map<std::string, size_t> ReferenceCounts(int which = 0) {
     std::map<std::string, size_t> n;
     for (const auto& f : test::ListFiles(Reference(which))) {
@@ -161,13 +173,7 @@ TEST_F(PstSinkTest, ImportMatchesMaildirReadersVerifyAndRerun) {
   Census c = Look(dir);
   EXPECT_TRUE(c.partial.empty());
   EXPECT_EQ(CountByMailbox(dir), ReferenceCounts());
-  for (const auto& v : c.finished) {
-    EXPECT_TRUE(v.ends_with("-001.pst")) << v << ": one volume per mailbox under the default cap";
-    auto r = pst::Reader::Open(dir + "/" + v);
-    ASSERT_TRUE(r.ok());
-    Status vs = (*r)->Verify();
-    EXPECT_TRUE(vs.ok()) << v << ": " << vs.ToString();
-  }
+  ExpectOneVerifiedVolumePerMailbox(dir, c);
   CheckWithReaders(dir);
   EXPECT_EQ(Verify(dir), 0);
 
@@ -291,32 +297,12 @@ TEST_F(PstSinkTest, HeldCompletionsCapRollsVolumesEarly) {
 // mailbox, every item once, readable by readpst/pffexport and our reader.
 TEST_F(PstSinkTest, FewWriteBuffersForManyVolumes) {
   const std::string dir = tmp_ / "pst";
-  pipeline::ImportOptions o;
-  const std::string c = CorpusDir();
-  o.source_dir = c;
-  o.directory_csv = c + "/directory.csv";
-  o.mapping_csv = c + "/mapping.csv";
-  o.mailboxes_file = c + "/mailboxes.txt";
-  o.target = "pst:" + dir;
-  o.threads = 2;
-  sinks::SinkOptions so;
-  so.pst.max_buffered_volumes = 2;
-  so.pst.write_buffer = 64 << 10;
-  o.make_sink = [so](const sinks::Target& t) { return sinks::MakeSink(t, so); };
-  auto r = pipeline::RunImport(o);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_TRUE(r->fatal.ok()) << r->fatal.ToString();
+  ASSERT_EQ(RunCli(ImportArgs("pst:" + dir, {"--pst-buffered-volumes", "2"})), 0);
   Census census = Look(dir);
   EXPECT_TRUE(census.partial.empty());
   ASSERT_GT(ReferenceCounts().size(), 2u) << "needs more mailboxes than buffers";
-  for (const auto& v : census.finished) EXPECT_TRUE(v.ends_with("-001.pst")) << v;
   EXPECT_EQ(CountByMailbox(dir), ReferenceCounts());
-  for (const auto& v : census.finished) {
-    auto rd = pst::Reader::Open(dir + "/" + v);
-    ASSERT_TRUE(rd.ok());
-    Status vs = (*rd)->Verify();
-    EXPECT_TRUE(vs.ok()) << v << ": " << vs.ToString();
-  }
+  ExpectOneVerifiedVolumePerMailbox(dir, census);
   CheckWithReaders(dir);
   EXPECT_EQ(Verify(dir), 0);
 }
