@@ -8,6 +8,7 @@
 // volumes just finished) followed by reruns still give every item exactly
 // once and leave no .partial; the held-completions cap (max_pending) rolls
 // volumes early without losing anything.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -292,9 +293,11 @@ TEST_F(PstSinkTest, HeldCompletionsCapRollsVolumesEarly) {
   EXPECT_EQ(Verify(dir), 0);
 }
 
-// With fewer write buffers than open volumes (every mailbox switch writes
-// out and frees another volume's buffer), the volumes are the same: one per
-// mailbox, every item once, readable by readpst/pffexport and our reader.
+// A whole import with --pst-buffered-volumes 2 (fewer write buffers than
+// open volumes: mailbox switches write out and free other volumes' buffers)
+// gives the same volumes: one per mailbox, every item once, readable by
+// readpst/pffexport and our reader. The CLI reports nothing of the buffers:
+// that the bound holds is BufferedVolumesStayWithinTheBound's check.
 TEST_F(PstSinkTest, FewWriteBuffersForManyVolumes) {
   const std::string dir = tmp_ / "pst";
   ASSERT_EQ(RunCli(ImportArgs("pst:" + dir, {"--pst-buffered-volumes", "2"})), 0);
@@ -305,6 +308,57 @@ TEST_F(PstSinkTest, FewWriteBuffersForManyVolumes) {
   ExpectOneVerifiedVolumePerMailbox(dir, census);
   CheckWithReaders(dir);
   EXPECT_EQ(Verify(dir), 0);
+}
+
+// The bound itself: with 2 buffers allowed and one thread submitting
+// round-robin to 12 mailboxes, at most 3 volumes hold a buffer at once (the
+// one just appended to may take one before another gives its up); every
+// volume still holds all its messages. With room for all 12, the same
+// counter sees 12 (so it counts what is there, not what the bound says).
+TEST_F(PstSinkTest, BufferedVolumesStayWithinTheBound) {
+  auto run = [&](const std::string& dir, size_t bound, sinks::PstSinkStats* stats) {
+    auto target = sinks::ParseTarget("pst:" + dir);
+    ASSERT_TRUE(target.ok());
+    sinks::PstSinkOptions po;
+    po.max_buffered_volumes = bound;
+    po.stats = stats;
+    auto sink = sinks::MakePstSink(*target, po);
+    ASSERT_TRUE(sink.ok());
+    ASSERT_TRUE((*sink)->Open().ok());
+    size_t done = 0;
+    for (int round = 0; round < 5; ++round) {
+      for (int b = 0; b < 12; ++b) {
+        sinks::Delivery d;
+        d.id = static_cast<uint64_t>(round * 12 + b + 1);
+        d.mailbox = fmt::format("user{:02}@example.com", b);
+        auto m = std::make_shared<pst::Message>();
+        m->subject = fmt::format("round {} box {}", round, b);
+        m->internet_message_id = fmt::format("<r{}.b{}@x>", round, b);
+        m->sender_address = "a@example.com";
+        m->body_plain = std::string(4000, static_cast<char>('a' + b));
+        d.pst_message = m;
+        (*sink)->Submit(std::move(d), [&done](uint64_t, sinks::Completion c) {
+          EXPECT_EQ(c.kind, sinks::Completion::Kind::kDone) << c.error.ToString();
+          ++done;
+        });
+      }
+    }
+    ASSERT_TRUE((*sink)->Close().ok());
+    EXPECT_EQ(done, 60u);
+    Census census = Look(dir);
+    EXPECT_EQ(census.finished.size(), 12u);
+    ExpectOneVerifiedVolumePerMailbox(dir, census);
+    for (const auto& [box, n] : CountByMailbox(dir)) EXPECT_EQ(n, 5u) << box;
+  };
+  sinks::PstSinkStats few;
+  run(tmp_ / "few", 2, &few);
+  EXPECT_LE(few.buffers_peak.load(), 3u);
+  EXPECT_GE(few.buffers_peak.load(), 2u);
+  EXPECT_GE(few.buffer_releases.load(), 50u) << "each switch to another mailbox gives up a buffer";
+  sinks::PstSinkStats all;
+  run(tmp_ / "all", 100, &all);
+  EXPECT_EQ(all.buffers_peak.load(), 12u);
+  EXPECT_EQ(all.buffer_releases.load(), 0u);
 }
 
 // Open(): one run at a time; leftover .partial files are removed; numbering

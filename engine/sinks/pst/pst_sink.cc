@@ -231,6 +231,7 @@ class PstSink final : public Sink {
         }
         if (vs.ok() && !box->writer) vs = StartVolume(*box);
         if (vs.ok()) vs = box->writer->Append(*d.pst_message);
+        CountBuffer(*box);
         if (vs.ok()) {
           box->held.push_back({d.id, std::move(done), Completion{}});
           ++held_total_;
@@ -320,6 +321,7 @@ class PstSink final : public Sink {
     std::vector<Held> held;  // completions of the open volume
     Status bad;              // kMailboxBad: the mailbox is stopped
     bool in_buffered = false;  // GUARDED_BY(PstSink::mu_): listed in buffered_
+    bool has_buffer = false;   // the writer holds a write buffer (counted in buffers_live_)
     bool ids_loaded = false;
     std::unordered_map<std::string, std::string> ids;  // Message-ID -> volume (Probe)
   };
@@ -397,6 +399,7 @@ class PstSink final : public Sink {
     const std::string ppath = core::JoinPath(box.dir_path, box.partial);
     Status s = box.writer->Close();
     box.writer.reset();
+    CountBuffer(box);
     if (s.ok()) s = env_->RenameAt(box.dir_fd.get(), box.partial, box.dir_fd.get(), box.final_name, ppath);
     if (s.ok()) s = env_->SyncDirFd(box.dir_fd.get(), box.dir_path);
     if (!s.ok()) {
@@ -422,6 +425,7 @@ class PstSink final : public Sink {
   void AbandonVolume(Box& box, const Completion& c, std::vector<Held>* out) {
     if (box.writer) {
       box.writer.reset();
+      CountBuffer(box);
       (void)env_->UnlinkAt(box.dir_fd.get(), box.partial, core::JoinPath(box.dir_path, box.partial));
     }
     for (auto& h : box.held) {
@@ -454,7 +458,29 @@ class PstSink final : public Sink {
       std::lock_guard<std::mutex> bl(b->mu);
       // A failed write fails the volume's writer: its next Append or its
       // Close reports it, with that volume's items.
-      if (b->writer) (void)b->writer->ReleaseBuffer();
+      if (b->writer) {
+        (void)b->writer->ReleaseBuffer();
+        if (o_.stats != nullptr && b->has_buffer) ++o_.stats->buffer_releases;
+      }
+      CountBuffer(*b);
+    }
+  }
+
+  // Keeps buffers_live_ (volumes whose writer holds a write buffer) in step
+  // with the box's writer after anything that may allocate or free its
+  // buffer. Caller holds box.mu.
+  void CountBuffer(Box& box) {
+    const bool now = box.writer && box.writer->buffer_bytes() > 0;
+    if (now == box.has_buffer) return;
+    box.has_buffer = now;
+    if (!now) {
+      --buffers_live_;
+      return;
+    }
+    const size_t live = ++buffers_live_;
+    if (o_.stats == nullptr) return;
+    size_t peak = o_.stats->buffers_peak.load();
+    while (live > peak && !o_.stats->buffers_peak.compare_exchange_weak(peak, live)) {
     }
   }
 
@@ -557,6 +583,7 @@ class PstSink final : public Sink {
   Status fatal_;                                       // GUARDED_BY(mu_)
   std::mutex finish_mu_;                               // one FinishAll at a time
   std::atomic<size_t> held_total_{0};
+  std::atomic<size_t> buffers_live_{0};  // CountBuffer
 };
 
 }  // namespace
