@@ -41,11 +41,27 @@ struct DeliveryWork {
   bool blocks_cursor = false; // a rerun must read this record again to retry it
 };
 
+// What the index and the report record of an item: all a record keeps of
+// it once it is rendered, or known not to need rendering. A batch waits for
+// its completions holding 2,048 of these (a PST run: up to 200,000 deliveries
+// worth), not the items (672 bytes each before their strings).
+struct ItemHead {
+  core::ItemKey key;
+  std::string msgid, msgtype, record_hash;
+  int64_t msgtime_ms = 0;
+  core::SourcePos pos;
+
+  static ItemHead Of(const core::Item& item) {
+    return {item.key, item.msgid, item.msgtype, item.record_hash, item.msgtime_ms, item.pos};
+  }
+};
+
 // One record's way through the stages. The parallel stages fill it; the
 // tracker reads it in source order.
 struct RecordWork {
   enum class Kind : uint8_t { kSkipped, kItem, kSwitch, kMalformed } kind = Kind::kSkipped;
-  std::optional<core::Item> item;              // compacted once rendered (report fields only)
+  std::optional<ItemHead> item;                // kItem: its identity and position
+  std::unique_ptr<core::Item> full;            // the parsed item, until rendered (or not needed)
   std::vector<std::string> needed;             // mailboxes without a done delivery (plan)
   std::vector<std::string> claimed;            // mailboxes whose intent this run recorded (claim)
   std::vector<std::string> released;           // claimed but never submitted (oversize, render failure, stop)

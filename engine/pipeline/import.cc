@@ -42,7 +42,7 @@ struct Worker {
   mime::Renderer renderer;
 };
 
-ReportEntry EntryFor(const core::Item& item, Outcome o, std::string reason) {
+ReportEntry EntryFor(const ItemHead& item, Outcome o, std::string reason) {
   ReportEntry e;
   e.outcome = o;
   e.reason = std::move(reason);
@@ -51,18 +51,6 @@ ReportEntry EntryFor(const core::Item& item, Outcome o, std::string reason) {
   e.msgtype = item.msgtype;
   e.item_key = item.key.Hex();
   return e;
-}
-
-// What a record keeps once it is rendered: enough for the report and the
-// index (key, time, position, ids), not its text, facts or media.
-void Compact(core::Item& item) {
-  std::string().swap(item.text);
-  std::string().swap(item.raw);
-  std::vector<core::Fact>().swap(item.facts);
-  std::vector<core::Entry>().swap(item.entries);
-  std::vector<core::MediaRef>().swap(item.media);
-  std::vector<std::string>().swap(item.notes);
-  std::vector<std::string>().swap(item.to);
 }
 
 // Sealed batches the tracker lets wait for their completions. Completions a
@@ -99,7 +87,7 @@ class ImportRun {
     failed_ = true;
   }
 
-  index::ItemRecord RecordFor(const core::Item& item, index::ItemState st, std::string reason) const {
+  index::ItemRecord RecordFor(const ItemHead& item, index::ItemState st, std::string reason) const {
     index::ItemRecord r;
     r.state = st;
     r.msgtime_ms = item.msgtime_ms;
@@ -185,7 +173,7 @@ class ImportRun {
         if (!st || st->state != index::ItemState::kDone) {
           rw.item_record = RecordFor(*rw.item, index::ItemState::kDone, "");
         }
-        Compact(*rw.item);
+        rw.full.reset();
       }
     }
   }
@@ -193,7 +181,7 @@ class ImportRun {
   // The record reuses a msgid for other content: reported with both
   // positions, not delivered, the first record's item untouched.
   void MarkConflict(RecordWork& rw, const std::string& first_at) {
-    const core::Item& item = *rw.item;
+    const ItemHead& item = *rw.item;
     ReportEntry e = EntryFor(item, Outcome::kConflict,
                              fmt::format("msgid {} was first seen with other content at {}; this record ({}:{}) "
                                          "is not delivered: check which is right",
@@ -205,7 +193,7 @@ class ImportRun {
     rw.item_record.reset();
     rw.deliveries_present = 0;
     rw.settled = true;
-    Compact(*rw.item);
+    rw.full.reset();
   }
 
   // Stage 3 (serial): claim the needed deliveries durably before writing any.
@@ -279,7 +267,7 @@ class ImportRun {
           rw.deliveries.empty()) {
         // Another record with the same msgid delivers it (or did): it records the item.
         rw.settled = true;
-        Compact(*rw.item);
+        rw.full.reset();
       }
     }
   }
@@ -374,8 +362,9 @@ class ImportRun {
       return;
     }
     out.kind = RecordWork::Kind::kItem;
-    out.item = std::move(parsed->item);
-    const core::Item& item = *out.item;
+    out.full = std::make_unique<core::Item>(std::move(parsed->item));
+    out.item = ItemHead::Of(*out.full);
+    const core::Item& item = *out.full;
     std::vector<std::string> why;
     for (const auto& id : item.Participants()) {
       mapping::Resolution r = mapper_.Resolve(id);
@@ -392,12 +381,12 @@ class ImportRun {
       std::string reason = why.empty() ? "the record names no participant"
                                        : fmt::format("no participant maps to a mailbox ({})",
                                                      fmt::join(why, "; "));
-      ReportEntry e = EntryFor(item, Outcome::kUnmapped, reason);
+      ReportEntry e = EntryFor(*out.item, Outcome::kUnmapped, reason);
       e.participants = item.Participants();
       out.entries.push_back(std::move(e));
-      out.item_record = RecordFor(item, index::ItemState::kUnmapped, reason);
+      out.item_record = RecordFor(*out.item, index::ItemState::kUnmapped, reason);
       out.settled = true;
-      Compact(*out.item);
+      out.full.reset();
     }
   }
 
@@ -418,8 +407,14 @@ class ImportRun {
   // Renders one record whose deliveries are needed. Changes nothing in rw
   // (its item's media are resolved and loaded): Finish applies the result.
   Prepared Prepare(Worker& w, RecordWork& rw, bool want_pst) {
-    core::Item& item = *rw.item;
     Prepared p;
+    if (!rw.full) {  // released as settled: never asked for (Deliver skips records without claims)
+      p.kind = Prepared::Kind::kFailed;
+      p.reason = "internal error: the item was released before it was rendered";
+      return p;
+    }
+    core::Item& item = *rw.full;
+    const ItemHead& head = *rw.item;
     for (auto& m : item.media) media_.Resolve(m);
     const uint64_t limit = o_.limit.max_bytes;
     auto reject = [&](Prepared::Kind kind, Outcome o, std::string reason, uint64_t size) {
@@ -464,19 +459,19 @@ class ImportRun {
     // Warnings, reported if the item is imported.
     for (const auto& m : item.media) {
       if (m.state == core::MediaState::kMissing) {
-        p.warnings.push_back(EntryFor(item, Outcome::kMissingMedia,
+        p.warnings.push_back(EntryFor(head, Outcome::kMissingMedia,
                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
       } else if (m.state == core::MediaState::kCorrupt) {
-        p.warnings.push_back(EntryFor(item, Outcome::kCorruptMedia,
+        p.warnings.push_back(EntryFor(head, Outcome::kCorruptMedia,
                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
       }
     }
     if (item.kind == core::ItemKind::kUnknown) {
       p.warnings.push_back(EntryFor(
-          item, Outcome::kUnknownType,
+          head, Outcome::kUnknownType,
           fmt::format("unknown msgtype '{}': imported generically with the record attached", item.msgtype)));
     } else if (!item.notes.empty()) {
-      p.warnings.push_back(EntryFor(item, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
+      p.warnings.push_back(EntryFor(head, Outcome::kRepaired, fmt::format("{}", fmt::join(item.notes, "; "))));
     }
     // PST volumes: the composed item as PST properties, built while its
     // attachment bytes (pointers into the item) are still there.
@@ -488,7 +483,7 @@ class ImportRun {
   // claimed deliveries, or gives the claims back with the reason.
   void Finish(Batch& b, RecordWork& rw, Prepared p) {
     if (rw.claimed.empty()) return;  // nothing of it to deliver (rendered ahead for nothing)
-    core::Item& item = *rw.item;
+    const ItemHead& item = *rw.item;
     auto give_back = [&](index::ItemState st, Outcome o, std::string reason, uint64_t size) {
       ReportEntry e = EntryFor(item, o, reason);
       e.size = size;
@@ -498,7 +493,7 @@ class ImportRun {
       rw.released = std::move(rw.claimed);
       rw.claimed.clear();
       rw.settled = true;
-      Compact(item);
+      rw.full.reset();
     };
     if (failed() || p.kind == Prepared::Kind::kNone) {
       rw.released = std::move(rw.claimed);  // never written: give the claim back
@@ -520,8 +515,8 @@ class ImportRun {
     rw.content_hash = std::move(p.content_hash);
     rw.bytes = std::move(p.bytes);
     for (auto& e : p.warnings) rw.warnings.push_back(std::move(e));
-    Compact(item);  // the rendering holds everything now
-    tracker_->SubmitRecord(b, rw, item, std::move(p.pst_message));
+    rw.full.reset();  // the rendering holds everything now
+    tracker_->SubmitRecord(b, rw, std::move(p.pst_message));
   }
 
   const ImportOptions& o_;
@@ -962,7 +957,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   tc.max_outstanding_bytes = o.max_outstanding_bytes;
   tc.keep_bytes_for_retry = caps.remote;
   tc.fail = [&run](const Status& s) { run.Fail(s); };
-  tc.record_for = [&run](const core::Item& item, index::ItemState st, std::string reason) {
+  tc.record_for = [&run](const ItemHead& item, index::ItemState st, std::string reason) {
     return run.RecordFor(item, st, std::move(reason));
   };
   tc.on_finalized = [&run](const Batch& b) { run.Forget(b); };

@@ -90,9 +90,7 @@ sinks::Delivery Tracker::MakeDelivery(const Slot& s) const {
   return out;
 }
 
-void Tracker::SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item,
-                           std::shared_ptr<const pst::Message> pst_message) {
-  (void)item;
+void Tracker::SubmitRecord(Batch& b, RecordWork& rw, std::shared_ptr<const pst::Message> pst_message) {
   std::vector<sinks::Delivery> out;
   {
     std::lock_guard<std::mutex> l(mu_);

@@ -47,7 +47,7 @@ struct TrackerConfig {
   // Called once a batch is recorded (in order, under the tracker's lock).
   std::function<void(const Batch&)> on_finalized;
   // The item record for an item (source position filled in).
-  std::function<index::ItemRecord(const core::Item&, index::ItemState, std::string)> record_for;
+  std::function<index::ItemRecord(const ItemHead&, index::ItemState, std::string)> record_for;
 };
 
 class Tracker {
@@ -69,8 +69,7 @@ class Tracker {
   // delivery per mailbox. Mailboxes stopped earlier fail at once. `b` must
   // stay alive until Seal(). `pst_message` (sinks that want one) goes with
   // the first submission of each delivery.
-  void SubmitRecord(Batch& b, RecordWork& rw, const core::Item& item,
-                    std::shared_ptr<const pst::Message> pst_message = nullptr);
+  void SubmitRecord(Batch& b, RecordWork& rw, std::shared_ptr<const pst::Message> pst_message = nullptr);
   // Claim stage: an intent that stays in doubt (its mailbox could not be
   // probed) is a delivery this run cannot settle.
   void AddInDoubt(RecordWork& rw, const std::string& mailbox, const std::string& why);
