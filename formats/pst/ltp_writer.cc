@@ -89,7 +89,9 @@ size_t HeapBuilder::SealedSize(const Block& b) {
 HeapBuilder::Block HeapBuilder::NewBlock(uint32_t index) {
   Block b;
   b.index = index;
-  b.bytes.reserve(kHnMaxBlock);  // a block grows to at most this: one allocation, no regrowth
+  // Not reserved to its full kHnMaxBlock: a volume's contents table keeps
+  // its first and current blocks while the volume is open, and a sink with
+  // thousands of volumes open pays 8 KB per reserved block per volume.
   b.bytes.assign(HeaderSize(index), '\0');
   return b;
 }
@@ -163,6 +165,10 @@ Result<uint32_t> HeapBuilder::Allocate(std::string_view data) {
     open = &current_;
   }
   open->starts.push_back(static_cast<uint16_t>(open->bytes.size()));
+  if (const size_t need = open->bytes.size() + data.size(); need > open->bytes.capacity()) {
+    // Doubling, but never past what a block can hold (fits() said it does).
+    open->bytes.reserve(std::min<size_t>(kHnMaxBlock, std::max(need, 2 * open->bytes.capacity())));
+  }
   open->bytes.append(data);
   return static_cast<uint32_t>((open->index << 16) | (open->starts.size() << 5));
 }

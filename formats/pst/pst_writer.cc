@@ -206,18 +206,36 @@ uint64_t EstimateMessageBytes(const Message& m) {
   return payload + payload / 64 + 4096 + 2 * (kMaxBlockData + 64);
 }
 
-struct Writer::Impl {
-  std::unique_ptr<NdbWriter> ndb;
-  WriterOptions opt;
-  std::string uid;  // 16 bytes
-  std::vector<std::string> folder_names;
-  std::vector<uint32_t> folder_nids;
+// The table layouts, built once per process and shared by every writer
+// (immutable): a sink with thousands of volumes open paid 2 KB per volume
+// for private copies.
+namespace {
+struct Schemas {
   TableSchema hierarchy{kHierarchyTemplate}, contents{kContentsTemplate}, fai{kFaiTemplate},
       search_contents{kSearchContentsTemplate}, receive_folder{kReceiveFolderTable},
       outgoing{kOutgoingQueueTable}, attach{kAttachmentTable}, recip{kRecipientTable},
       t6b6{kTable6B6}, t6d7{kTable6D7}, t6f8{kTable6F8}, root_fai{kRootFai},
       ipm_hierarchy{kIpmSubtreeHierarchy}, search_hierarchy{kSearchRootHierarchy},
       common_views_fai{kCommonViewsFai};
+};
+const Schemas& SharedSchemas() {
+  static const Schemas s;
+  return s;
+}
+}  // namespace
+
+struct Writer::Impl {
+  std::unique_ptr<NdbWriter> ndb;
+  WriterOptions opt;
+  std::string uid;  // 16 bytes
+  std::vector<std::string> folder_names;
+  std::vector<uint32_t> folder_nids;
+  const Schemas& sc = SharedSchemas();
+  const TableSchema &hierarchy = sc.hierarchy, &contents = sc.contents, &fai = sc.fai,
+                    &search_contents = sc.search_contents, &receive_folder = sc.receive_folder,
+                    &outgoing = sc.outgoing, &attach = sc.attach, &recip = sc.recip, &t6b6 = sc.t6b6,
+                    &t6d7 = sc.t6d7, &t6f8 = sc.t6f8, &root_fai = sc.root_fai, &ipm_hierarchy = sc.ipm_hierarchy,
+                    &search_hierarchy = sc.search_hierarchy, &common_views_fai = sc.common_views_fai;
   std::unique_ptr<TableBuilder> leaf_contents;
   uint32_t next_message_index = kFirstMessageIndex;
   uint64_t unread = 0;

@@ -125,7 +125,7 @@ struct RawFlags {
   int connections = 16, connections_per_mailbox = 2, imap_batch = 100;
   // PST
   std::string pst_volume_size = "20GB";
-  int pst_buffered_volumes = 256;
+  int pst_buffered_volumes = 64;
   // Graph
   std::string graph_tenant, graph_client_id, graph_secret_file, graph_certificate, graph_login_url, graph_url,
       graph_mode = "importmime";
@@ -316,7 +316,7 @@ void AddImapFlags(CLI::App* cmd, RawFlags& f) {
   cmd->add_option("--imap-batch", f.imap_batch, "IMAP: messages per MULTIAPPEND (default 100)")->check(CLI::Range(1, 10000));
   cmd->add_option("--pst-volume-size", f.pst_volume_size, "PST: largest volume before the next one (default 20GB)");
   cmd->add_option("--pst-buffered-volumes", f.pst_buffered_volumes,
-                  "PST: volumes keeping a 256 KB write buffer at once; others write out and free theirs (default 256)")
+                  "PST: volumes keeping a 256 KB write buffer at once; others write out and free theirs (default 64)")
       ->check(CLI::Range(1, 1000000));
   cmd->add_option("--graph-tenant", f.graph_tenant, "Graph: Entra ID tenant (id or domain)");
   cmd->add_option("--graph-client-id", f.graph_client_id, "Graph: application (client) id");

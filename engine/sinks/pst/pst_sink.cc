@@ -233,7 +233,7 @@ class PstSink final : public Sink {
         if (vs.ok()) vs = box->writer->Append(*d.pst_message);
         CountBuffer(*box);
         if (vs.ok()) {
-          box->held.push_back({d.id, std::move(done), Completion{}});
+          box->held.push_back({d.id, std::move(done), nullptr});
           ++held_total_;
           appended = true;
         } else {
@@ -305,10 +305,12 @@ class PstSink final : public Sink {
   }
 
  private:
+  // 200,000 of these may wait (max_pending): the outcome, one per finished
+  // volume, is shared rather than copied into each.
   struct Held {
     uint64_t id = 0;
     DoneFn done;
-    Completion c;  // set when it is delivered
+    std::shared_ptr<const Completion> c;  // set when it is delivered
   };
   struct Box {
     std::mutex mu;
@@ -404,21 +406,23 @@ class PstSink final : public Sink {
     if (s.ok()) s = env_->SyncDirFd(box.dir_fd.get(), box.dir_path);
     if (!s.ok()) {
       (void)env_->UnlinkAt(box.dir_fd.get(), box.partial, ppath);
-      Completion c = Failure(box, s.WithContext(fmt::format("finishing PST volume {}", ppath)));
+      auto c = std::make_shared<const Completion>(
+          Failure(box, s.WithContext(fmt::format("finishing PST volume {}", ppath))));
       for (auto& h : box.held) {
         h.c = c;
         out->push_back(std::move(h));
       }
     } else {
+      auto c = std::make_shared<const Completion>(Completion::Done(box.final_name));
       for (auto& h : box.held) {
-        h.c = Completion::Done(box.final_name);
+        h.c = c;
         out->push_back(std::move(h));
       }
       box.ids_loaded = false;  // Probe reads the volumes again
       ++box.next_no;
     }
     held_total_ -= box.held.size();
-    box.held.clear();
+    std::vector<Held>().swap(box.held);  // not clear(): thousands of boxes would keep their peak
     return s;
   }
 
@@ -428,12 +432,13 @@ class PstSink final : public Sink {
       CountBuffer(box);
       (void)env_->UnlinkAt(box.dir_fd.get(), box.partial, core::JoinPath(box.dir_path, box.partial));
     }
+    auto shared = std::make_shared<const Completion>(c);
     for (auto& h : box.held) {
-      h.c = c;
+      h.c = shared;
       out->push_back(std::move(h));
     }
     held_total_ -= box.held.size();
-    box.held.clear();
+    std::vector<Held>().swap(box.held);
   }
 
   // The box has just been written to, so its volume holds a write buffer.
@@ -485,7 +490,7 @@ class PstSink final : public Sink {
   }
 
   static void Deliver(std::vector<Held>& hs) {
-    for (auto& h : hs) h.done(h.id, std::move(h.c));
+    for (auto& h : hs) h.done(h.id, *h.c);
     hs.clear();
   }
 
