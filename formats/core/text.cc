@@ -217,8 +217,21 @@ std::string HtmlEscape(std::string_view s) {
   return out;
 }
 
+namespace {
+// 0001-01-01 00:00:00 and 9999-12-31 23:59:59 UTC, in seconds since 1970.
+constexpr int64_t kFirstSecond = -62135596800LL;
+constexpr int64_t kLastSecond = 253402300799LL;
+}  // namespace
+
+std::string FormatUtcSeconds(int64_t s) {
+  if (s < kFirstSecond || s > kLastSecond) return fmt::format("{} s since 1970 (out of range)", s);
+  return FormatUtcMillis(s * 1000);  // within +-2.6e14: no overflow
+}
+
 std::string FormatUtcMillis(int64_t ms) {
-  time_t secs = static_cast<time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+  const int64_t s = ms >= 0 ? ms / 1000 : -((-(ms + 1)) / 1000) - 1;  // floor, without overflow at INT64_MIN
+  if (s < kFirstSecond || s > kLastSecond) return fmt::format("{} ms since 1970 (out of range)", ms);
+  time_t secs = static_cast<time_t>(s);
   struct tm tm {};
   gmtime_r(&secs, &tm);
   return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC", tm.tm_year + 1900, tm.tm_mon + 1,

@@ -38,6 +38,9 @@ std::string HtmlEscape(std::string_view s);
 
 // "2019-01-10 02:38:14 UTC" for milliseconds since the epoch.
 std::string FormatUtcMillis(int64_t ms);
+// The same for seconds. Both say "... (out of range)" outside years 1-9999
+// (record times are untrusted input: no overflow, whatever the value).
+std::string FormatUtcSeconds(int64_t s);
 // "1:02:03" or "0:10" for a duration in seconds.
 std::string FormatDuration(int64_t seconds);
 

@@ -265,7 +265,7 @@ void BuildBody(const RenderInput& in, const std::vector<AttachmentPlan>& atts, s
     Append(&h, "<p>{} recalled a message.</p>\n", Esc(from));
     if (!rid.empty()) {
       auto when = TimeFromMsgId(rid);
-      std::string when_text = when ? core::FormatUtcMillis(*when * 1000) : "not given by the record";
+      std::string when_text = when ? core::FormatUtcSeconds(*when) : "not given by the record";
       std::string mid = item.recalled_key ? MessageIdFor(*item.recalled_key) : "";
       Append(&p, "Recalled message: {}\nIt was sent: {}\n", rid, when_text);
       if (!mid.empty()) Append(&p, "Archived as: <mid:{}>\n", mid);
@@ -290,8 +290,8 @@ void BuildBody(const RenderInput& in, const std::vector<AttachmentPlan>& atts, s
     const auto& c = *item.call;
     std::string line = "Call: " + OneLineClean(c.call_type);
     if (c.duration_s) Append(&line, ", duration {}", core::FormatDuration(*c.duration_s));
-    if (c.start_s) Append(&line, ", started {}", core::FormatUtcMillis(*c.start_s * 1000));
-    if (c.end_s) Append(&line, ", ended {}", core::FormatUtcMillis(*c.end_s * 1000));
+    if (c.start_s) Append(&line, ", started {}", core::FormatUtcSeconds(*c.start_s));
+    if (c.end_s) Append(&line, ", ended {}", core::FormatUtcSeconds(*c.end_s));
     line += "\nParticipants: ";
     line += from;
     for (const auto& t : in.to) line.append(", ").append(DisplayName(t));
@@ -305,7 +305,7 @@ void BuildBody(const RenderInput& in, const std::vector<AttachmentPlan>& atts, s
     p += "\n";
     h += "<ul>\n";
     for (const auto& e : item.entries) {
-      std::string when = e.time_s ? core::FormatUtcMillis(*e.time_s * 1000) + " " : "";
+      std::string when = e.time_s ? core::FormatUtcSeconds(*e.time_s) + " " : "";
       std::string t = OneLineClean(e.text);
       std::string type = OneLineClean(e.type);
       Append(&p, "- {}[{}] {}\n", when, type, t);

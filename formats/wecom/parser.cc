@@ -153,7 +153,7 @@ std::vector<std::string> StringList(element obj, std::string_view key) {
 // Seconds or milliseconds since the epoch, formatted; payload times are
 // documented as seconds but some exporters write milliseconds.
 std::string FormatEpoch(int64_t v) {
-  return core::FormatUtcMillis(v >= 100000000000LL ? v : v * 1000);
+  return v >= 100000000000LL ? core::FormatUtcMillis(v) : core::FormatUtcSeconds(v);
 }
 
 std::optional<int64_t> EpochSeconds(element obj, std::string_view key) {
@@ -612,8 +612,8 @@ void OnMeeting(Ctx& c) {
   if (!topic.empty()) c.item.label = "meeting invitation: " + topic;
   auto start = EpochSeconds(p, "starttime"), end = EpochSeconds(p, "endtime");
   std::string slot;
-  if (start) slot = core::FormatUtcMillis(*start * 1000);
-  if (end) slot += (slot.empty() ? "until " : " - ") + core::FormatUtcMillis(*end * 1000);
+  if (start) slot = core::FormatUtcSeconds(*start);
+  if (end) slot += (slot.empty() ? "until " : " - ") + core::FormatUtcSeconds(*end);
   c.item.text = "Meeting invitation: " + topic;
   if (!slot.empty()) c.item.text += "\nWhen: " + slot;
   auto mtype = U64(p, "meetingtype");

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "formats/core/csv.h"
 #include "formats/core/file.h"
 #include "formats/core/hash.h"
@@ -84,6 +86,15 @@ TEST(Text, SanitizeFileName) {
 TEST(Text, Formats) {
   EXPECT_EQ(FormatUtcMillis(1547087894783), "2019-01-10 02:38:14 UTC");
   EXPECT_EQ(FormatUtcMillis(0), "1970-01-01 00:00:00 UTC");
+  EXPECT_EQ(FormatUtcMillis(-1), "1969-12-31 23:59:59 UTC");
+  EXPECT_EQ(FormatUtcMillis(253402300799999), "9999-12-31 23:59:59 UTC");
+  EXPECT_EQ(FormatUtcMillis(253402300800000), "253402300800000 ms since 1970 (out of range)");
+  EXPECT_EQ(FormatUtcMillis(std::numeric_limits<int64_t>::min()),
+            "-9223372036854775808 ms since 1970 (out of range)");
+  EXPECT_EQ(FormatUtcSeconds(-62135596800), "0001-01-01 00:00:00 UTC");
+  EXPECT_EQ(FormatUtcSeconds(1547087894), "2019-01-10 02:38:14 UTC");
+  EXPECT_EQ(FormatUtcSeconds(std::numeric_limits<int64_t>::max()),
+            "9223372036854775807 s since 1970 (out of range)");
   EXPECT_EQ(FormatDuration(10), "0:10");
   EXPECT_EQ(FormatDuration(3725), "1:02:05");
   EXPECT_TRUE(AllDigits("0123"));

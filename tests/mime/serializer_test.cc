@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <ctime>
+#include <limits>
 #include <random>
 #include <string>
 
@@ -249,6 +250,26 @@ core::Item OneToOne() {
   it.kind = core::ItemKind::kCall;
   it.call = core::CallInfo{"voice meeting", 54, {}, {}};
   return it;
+}
+
+// Payload times are untrusted: an entry or call time of any int64 value is
+// shown as out of range, never multiplied past int64 (fuzz_render_roundtrip
+// found -16038603875611001 * 1000 under UBSan).
+TEST_F(MimeSerializer, PayloadTimesOfAnyValue) {
+  for (int64_t t : {std::numeric_limits<int64_t>::min(), int64_t{-16038603875611001}, int64_t{-62135596801},
+                    int64_t{253402300800}, std::numeric_limits<int64_t>::max()}) {
+    core::Item it = OneToOne();
+    it.entries.push_back({"ChatRecordText", t, "hello"});
+    it.call = core::CallInfo{"voice call (1:1)", std::nullopt, t, t};
+    RenderInput in{&it, {"a", "A", "a@x.com"}, {{"b", "B", "b@x.com"}}};
+    ComposedItem c = Compose(in);
+    EXPECT_NE(c.plain.find(fmt::format("{} s since 1970 (out of range)", t)), std::string::npos) << c.plain;
+    EXPECT_EQ(Join(RoundTrip(c)), "") << t;
+  }
+  core::Item it = OneToOne();
+  it.entries.push_back({"ChatRecordText", int64_t{1603875610}, "hello"});
+  RenderInput in{&it, {"a", "A", "a@x.com"}, {{"b", "B", "b@x.com"}}};
+  EXPECT_NE(Compose(in).plain.find("2020-10-28 09:00:10 UTC [ChatRecordText] hello"), std::string::npos);
 }
 
 TEST_F(MimeSerializer, ToIsNeverEmpty) {
