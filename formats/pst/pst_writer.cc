@@ -785,7 +785,9 @@ Status Writer::Impl::WriteScaffolding(uint64_t message_count) {
   return Status::Ok();
 }
 
-Status Writer::Close() {
+Status Writer::Close() { return Close(impl_->opt.sync_on_close); }
+
+Status Writer::Close(bool sync) {
   if (!impl_->error.ok()) return impl_->error;
   if (impl_->closed) return Status::InvalidArgument("pst: writer closed");
   impl_->closed = true;
@@ -802,7 +804,7 @@ Status Writer::Close() {
     info.rgnid[kNidTypeNormalMessage] = impl_->next_message_index;
     info.rgnid[kNidTypeAssocMessage] = 0x8000;
     info.unique = 1;
-    s = impl_->ndb->Finish(info, impl_->opt.sync_on_close);
+    s = impl_->ndb->Finish(info, sync);
   }
   if (!s.ok()) impl_->error = s;
   return s;

@@ -92,6 +92,9 @@ class Writer {
   size_t buffer_bytes() const;  // heap held by the write buffer now
   // Tables, B-trees, maps, header; fsync when sync_on_close. Call once.
   Status Close();
+  // The same, syncing or not whatever sync_on_close says (a caller that
+  // closes many volumes and makes them durable with one syncfs).
+  Status Close(bool sync);
 
  private:
   struct Impl;

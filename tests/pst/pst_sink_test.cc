@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -359,6 +360,80 @@ TEST_F(PstSinkTest, BufferedVolumesStayWithinTheBound) {
   run(tmp_ / "all", 100, &all);
   EXPECT_EQ(all.buffers_peak.load(), 12u);
   EXPECT_EQ(all.buffer_releases.load(), 0u);
+}
+
+// Finishing all open volumes together (Close() here; also past
+// max_pending): no volume is renamed before a sync that follows its close,
+// and no completion is delivered before a sync that follows every rename.
+TEST_F(PstSinkTest, VolumesFinishedTogetherAreSyncedBeforeRenameAndDone) {
+  struct OrderEnv : core::Env {
+    std::mutex mu;
+    std::vector<std::string> log;
+    void Note(std::string what) {
+      std::lock_guard<std::mutex> l(mu);
+      log.push_back(std::move(what));
+    }
+    Status SyncFilesystemFd(int fd, const std::string& path) override {
+      Note("sync");
+      return core::Env::SyncFilesystemFd(fd, path);
+    }
+    Status RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                    const std::string& path) override {
+      if (to.ends_with(".pst")) Note("rename " + to);
+      return core::Env::RenameAt(from_dir, from, to_dir, to, path);
+    }
+  } env;
+  const std::string dir = tmp_ / "pst";
+  auto target = sinks::ParseTarget("pst:" + dir);
+  ASSERT_TRUE(target.ok());
+  sinks::PstSinkOptions po;
+  po.env = &env;
+  auto sink = sinks::MakePstSink(*target, po);
+  ASSERT_TRUE(sink.ok());
+  ASSERT_TRUE((*sink)->Open().ok());
+  for (int i = 0; i < 6; ++i) {
+    sinks::Delivery d;
+    d.id = static_cast<uint64_t>(i + 1);
+    d.mailbox = fmt::format("user{}@example.com", i % 3);
+    auto m = std::make_shared<pst::Message>();
+    m->subject = fmt::format("message {}", i);
+    m->internet_message_id = fmt::format("<m{}@x>", i);
+    m->sender_address = "a@example.com";
+    d.pst_message = m;
+    (*sink)->Submit(std::move(d), [&env](uint64_t id, sinks::Completion c) {
+      EXPECT_EQ(c.kind, sinks::Completion::Kind::kDone) << c.error.ToString();
+      env.Note(fmt::format("done {}", id));
+    });
+  }
+  {
+    std::lock_guard<std::mutex> l(env.mu);
+    env.log.clear();  // Open()'s own syncs
+  }
+  ASSERT_TRUE((*sink)->Close().ok());
+  const std::vector<std::string>& log = env.log;
+  std::string all;
+  for (const auto& e : log) all += e + "; ";
+  size_t renames = 0, dones = 0, syncs_before_renames = 0;
+  bool synced_since_rename = false;
+  for (const auto& e : log) {
+    if (e == "sync") {
+      if (renames == 0) ++syncs_before_renames;
+      synced_since_rename = true;
+    } else if (e.starts_with("rename ")) {
+      EXPECT_GE(syncs_before_renames, 1u) << "renamed before its data was synced: " << all;
+      ++renames;
+      synced_since_rename = false;
+    } else if (e.starts_with("done ")) {
+      EXPECT_EQ(renames, 3u) << all;
+      EXPECT_TRUE(synced_since_rename) << "done before the renames were synced: " << all;
+      ++dones;
+    }
+  }
+  EXPECT_EQ(renames, 3u) << all;
+  EXPECT_EQ(dones, 6u) << all;
+  EXPECT_LE(std::count(log.begin(), log.end(), "sync"), 3) << "one sync for all volumes, not one each: " << all;
+  EXPECT_EQ(CountByMailbox(dir), (std::map<std::string, size_t>{
+                                     {"user0@example.com", 2}, {"user1@example.com", 2}, {"user2@example.com", 2}}));
 }
 
 // Open(): one run at a time; leftover .partial files are removed; numbering

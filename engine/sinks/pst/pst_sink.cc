@@ -507,15 +507,63 @@ class PstSink final : public Sink {
       std::lock_guard<std::mutex> l(mu_);
       for (auto& [mb, b] : boxes_) boxes.push_back(b);
     }
-    Status first;
+    // Every open volume is taken out of its box (which goes on: its next
+    // item starts the next number) and they are finished together: each
+    // closed without a sync, one syncfs, the renames, a second syncfs, and
+    // only then their completions. Two syncs in all instead of an fsync and
+    // a directory fsync per volume: with 5,255 mailboxes on a slow disk the
+    // one-by-one finish was most of a run's wall time.
+    struct Closing {
+      std::shared_ptr<Box> box;
+      std::unique_ptr<pst::Writer> writer;
+      std::string partial, final_name;
+      std::vector<Held> held;
+      Status s;
+    };
+    std::vector<Closing> closing;
     for (auto& b : boxes) {
-      std::vector<Held> out;
-      {
-        std::lock_guard<std::mutex> bl(b->mu);
-        Status s = FinishVolume(*b, &out);
-        if (!s.ok() && first.ok()) first = s;
+      std::lock_guard<std::mutex> bl(b->mu);
+      if (!b->writer) continue;
+      Closing c{b, std::move(b->writer), b->partial, b->final_name, std::move(b->held), Status::Ok()};
+      b->held = {};
+      held_total_ -= c.held.size();
+      ++b->next_no;  // a failed volume leaves a gap in the numbering, nothing else
+      CountBuffer(*b);
+      closing.push_back(std::move(c));
+    }
+    if (closing.empty()) return Status::Ok();
+    for (auto& c : closing) {
+      c.s = c.writer->Close(false);
+      c.writer.reset();
+    }
+    const Status data_synced = env_->SyncFilesystemFd(root_fd_.get(), target_.dir);
+    for (auto& c : closing) {
+      if (c.s.ok()) c.s = data_synced;
+      if (c.s.ok()) {
+        c.s = env_->RenameAt(c.box->dir_fd.get(), c.partial, c.box->dir_fd.get(), c.final_name,
+                             core::JoinPath(c.box->dir_path, c.partial));
       }
-      Deliver(out);
+    }
+    const Status names_synced = env_->SyncFilesystemFd(root_fd_.get(), target_.dir);
+    Status first;
+    for (auto& c : closing) {
+      if (c.s.ok()) c.s = names_synced;
+      std::shared_ptr<const Completion> outcome;
+      {
+        std::lock_guard<std::mutex> bl(c.box->mu);
+        if (c.s.ok()) {
+          outcome = std::make_shared<const Completion>(Completion::Done(c.final_name));
+          c.box->ids_loaded = false;  // Probe reads the volumes again
+        } else {
+          const std::string ppath = core::JoinPath(c.box->dir_path, c.partial);
+          (void)env_->UnlinkAt(c.box->dir_fd.get(), c.partial, ppath);
+          outcome = std::make_shared<const Completion>(
+              Failure(*c.box, c.s.WithContext(fmt::format("finishing PST volume {}", ppath))));
+          if (first.ok()) first = c.s;
+        }
+      }
+      for (auto& h : c.held) h.c = outcome;
+      Deliver(c.held);
     }
     return first;
   }

@@ -17,17 +17,20 @@
 // `max_pending` completions are held across all volumes (every open volume
 // is finished then: the engine records batches in source order and keeps
 // each batch until all its deliveries are answered, so this bounds its
-// memory), and at Close(): pst::Writer::Close (tables, B-trees, fsync),
-// rename of `.partial` to `.pst`, fsync of the directory, and only then
-// kDone with remote_ref = the volume's file name. A crash loses the open
+// memory), and at Close(). One volume (past `volume_size`):
+// pst::Writer::Close (tables, B-trees, fsync), rename of `.partial` to
+// `.pst`, fsync of the directory. All open volumes (the other two cases):
+// each closed without a sync, one syncfs of the target's file system, the
+// renames, a second syncfs. Only then kDone with remote_ref = the volume's
+// file name. A crash loses the open
 // `.partial` files, which the next Open() deletes: their items were never
 // recorded done and are written again (Probe says absent for them).
 //
 // Memory: the sink keeps no item bytes (the message is released once
 // appended); per open volume (one per mailbox written to) the writer's
 // index (~120 B per small message, see formats/pst/README.md) plus a
-// `write_buffer` (256 KB) and ~30 KB of table blocks; per held completion
-// ~64 B here, and the engine's record of the batch (a few hundred bytes per
+// `write_buffer` (256 KB; only `max_buffered_volumes` keep one) and up to
+// ~25 KB of table blocks; per held completion ~56 B here, and the engine's record of the batch (a few hundred bytes per
 // record) until the completion arrives. Probe() and Inventory() read
 // finished volumes with pst::Reader.
 #pragma once
