@@ -50,6 +50,7 @@ struct ItemHead {
   std::string msgid, msgtype, record_hash;
   int64_t msgtime_ms = 0;
   core::SourcePos pos;
+  uint32_t file_index = UINT32_MAX;  // pos.file in the reader's file list, when known
 
   static ItemHead Of(const core::Item& item) {
     return {item.key, item.msgid, item.msgtype, item.record_hash, item.msgtime_ms, item.pos};

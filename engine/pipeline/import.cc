@@ -91,7 +91,11 @@ class ImportRun {
     index::ItemRecord r;
     r.state = st;
     r.msgtime_ms = item.msgtime_ms;
-    size_t fi = static_cast<size_t>(std::find(files_.begin(), files_.end(), item.pos.file) - files_.begin());
+    // The record's own file index; a search (one string compare per source
+    // file, per item: a years-long backfill has thousands) only without it.
+    size_t fi = item.file_index < files_.size() && files_[item.file_index] == item.pos.file
+                    ? item.file_index
+                    : static_cast<size_t>(std::find(files_.begin(), files_.end(), item.pos.file) - files_.begin());
     r.file_id = fi < file_ids_.size() ? file_ids_[fi] : 0;
     r.offset = item.pos.offset;
     r.line = item.pos.line;
@@ -364,6 +368,7 @@ class ImportRun {
     out.kind = RecordWork::Kind::kItem;
     out.full = std::make_unique<core::Item>(std::move(parsed->item));
     out.item = ItemHead::Of(*out.full);
+    out.item->file_index = rec.file_index;
     const core::Item& item = *out.full;
     std::vector<std::string> why;
     for (const auto& id : item.Participants()) {
