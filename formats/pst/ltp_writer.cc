@@ -165,10 +165,6 @@ Result<uint32_t> HeapBuilder::Allocate(std::string_view data) {
     open = &current_;
   }
   open->starts.push_back(static_cast<uint16_t>(open->bytes.size()));
-  if (const size_t need = open->bytes.size() + data.size(); need > open->bytes.capacity()) {
-    // Doubling, but never past what a block can hold (fits() said it does).
-    open->bytes.reserve(std::min<size_t>(kHnMaxBlock, std::max(need, 2 * open->bytes.capacity())));
-  }
   open->bytes.append(data);
   return static_cast<uint32_t>((open->index << 16) | (open->starts.size() << 5));
 }

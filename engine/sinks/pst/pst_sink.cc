@@ -404,26 +404,30 @@ class PstSink final : public Sink {
     CountBuffer(box);
     if (s.ok()) s = env_->RenameAt(box.dir_fd.get(), box.partial, box.dir_fd.get(), box.final_name, ppath);
     if (s.ok()) s = env_->SyncDirFd(box.dir_fd.get(), box.dir_path);
-    if (!s.ok()) {
-      (void)env_->UnlinkAt(box.dir_fd.get(), box.partial, ppath);
-      auto c = std::make_shared<const Completion>(
-          Failure(box, s.WithContext(fmt::format("finishing PST volume {}", ppath))));
-      for (auto& h : box.held) {
-        h.c = c;
-        out->push_back(std::move(h));
-      }
-    } else {
-      auto c = std::make_shared<const Completion>(Completion::Done(box.final_name));
-      for (auto& h : box.held) {
-        h.c = c;
-        out->push_back(std::move(h));
-      }
-      box.ids_loaded = false;  // Probe reads the volumes again
-      ++box.next_no;
+    auto c = VolumeOutcome(box, box.partial, box.final_name, s);
+    if (s.ok()) ++box.next_no;
+    for (auto& h : box.held) {
+      h.c = c;
+      out->push_back(std::move(h));
     }
     held_total_ -= box.held.size();
     std::vector<Held>().swap(box.held);  // not clear(): thousands of boxes would keep their peak
     return s;
+  }
+
+  // What a volume's items get once its finish ended with `s`: kDone with
+  // its file name, or the failure (its partial file removed: a rerun
+  // writes them again). Caller holds box.mu.
+  std::shared_ptr<const Completion> VolumeOutcome(Box& box, const std::string& partial,
+                                                  const std::string& final_name, const Status& s) {
+    if (s.ok()) {
+      box.ids_loaded = false;  // Probe reads the volumes again
+      return std::make_shared<const Completion>(Completion::Done(final_name));
+    }
+    const std::string ppath = core::JoinPath(box.dir_path, partial);
+    (void)env_->UnlinkAt(box.dir_fd.get(), partial, ppath);
+    return std::make_shared<const Completion>(
+        Failure(box, s.WithContext(fmt::format("finishing PST volume {}", ppath))));
   }
 
   void AbandonVolume(Box& box, const Completion& c, std::vector<Held>* out) {
@@ -548,19 +552,11 @@ class PstSink final : public Sink {
     Status first;
     for (auto& c : closing) {
       if (c.s.ok()) c.s = names_synced;
+      if (!c.s.ok() && first.ok()) first = c.s;
       std::shared_ptr<const Completion> outcome;
       {
         std::lock_guard<std::mutex> bl(c.box->mu);
-        if (c.s.ok()) {
-          outcome = std::make_shared<const Completion>(Completion::Done(c.final_name));
-          c.box->ids_loaded = false;  // Probe reads the volumes again
-        } else {
-          const std::string ppath = core::JoinPath(c.box->dir_path, c.partial);
-          (void)env_->UnlinkAt(c.box->dir_fd.get(), c.partial, ppath);
-          outcome = std::make_shared<const Completion>(
-              Failure(*c.box, c.s.WithContext(fmt::format("finishing PST volume {}", ppath))));
-          if (first.ok()) first = c.s;
-        }
+        outcome = VolumeOutcome(*c.box, c.partial, c.final_name, c.s);
       }
       for (auto& h : c.held) h.c = outcome;
       Deliver(c.held);
