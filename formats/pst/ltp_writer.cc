@@ -66,6 +66,19 @@ uint8_t FillLevel(size_t free_bytes) {
   for (uint8_t i = 0; i < 15; ++i) if (free_bytes >= kThresholds[i]) return i;
   return 0xF;
 }
+// Makes room for `add` more bytes in a buffer that never holds more than
+// `limit`: doubling, but never past `limit` (doubling from 7,680 bytes would
+// reserve 15,360 for a block of at most 8,176). libstdc++'s reserve() doubles
+// too, so the bytes move to a string reserved from empty (which is exact).
+void GrowWithin(std::string& s, size_t add, size_t limit) {
+  size_t need = s.size() + add;
+  if (need <= s.capacity()) return;
+  std::string t;
+  t.reserve(std::max(need, std::min(limit, 2 * s.capacity())));
+  t.append(s);
+  s.swap(t);
+}
+
 void SetNibble(char* base, size_t i, uint8_t v) {
   auto& b = reinterpret_cast<uint8_t&>(base[i / 2]);
   if (i % 2 == 0) b = static_cast<uint8_t>((b & 0xF0) | v);
@@ -74,8 +87,8 @@ void SetNibble(char* base, size_t i, uint8_t v) {
 
 }  // namespace
 
-HeapBuilder::HeapBuilder(NdbWriter* ndb, uint8_t client_sig)
-    : ndb_(ndb), client_sig_(client_sig), block0_(NewBlock(0)) {}
+HeapBuilder::HeapBuilder(NdbWriter* ndb, uint8_t client_sig, size_t held_limit)
+    : ndb_(ndb), client_sig_(client_sig), held_limit_(held_limit), block0_(NewBlock(0)) {}
 
 size_t HeapBuilder::HeaderSize(uint32_t index) {
   if (index == 0) return 12;               // HNHDR
@@ -154,6 +167,9 @@ Result<uint32_t> HeapBuilder::Allocate(std::string_view data) {
   Block* open = have_current_ ? &current_ : &block0_;
   auto fits = [&](const Block& b) {
     size_t end = ((b.bytes.size() + data.size() + 1) & ~size_t{1}) + 4 + 2 * (b.starts.size() + 2);
+    // A held block takes at least one allocation (a block without any is
+    // left to readers' mercy) and none past the held limit.
+    if ((b.index == 0 || IsBitmapBlock(b.index)) && !b.starts.empty() && b.bytes.size() + data.size() > held_limit_) return false;
     return end <= kHnMaxBlock && b.starts.size() + 1 <= kMaxAllocsPerBlock;
   };
   if (!fits(*open)) {
@@ -165,23 +181,37 @@ Result<uint32_t> HeapBuilder::Allocate(std::string_view data) {
     open = &current_;
   }
   open->starts.push_back(static_cast<uint16_t>(open->bytes.size()));
+  GrowWithin(open->bytes, data.size(), kHnMaxBlock);
   open->bytes.append(data);
   return static_cast<uint32_t>((open->index << 16) | (open->starts.size() << 5));
 }
 
-Status HeapBuilder::Patch(uint32_t hid, std::string_view data) {
+std::string_view HeapBuilder::Peek(uint32_t hid) {
   Block* b = InMemory(hid >> 16);
   size_t a = (hid >> 5) & 0x7FF;
-  if (b == nullptr || a == 0 || a > b->starts.size()) return Status::InvalidArgument("pst: heap patch out of reach");
+  if (b == nullptr || a == 0 || a > b->starts.size()) return {};
   size_t start = b->starts[a - 1];
   size_t end = a < b->starts.size() ? b->starts[a] : b->bytes.size();
-  if (end - start != data.size()) return Status::InvalidArgument("pst: heap patch size mismatch");
-  std::memcpy(b->bytes.data() + start, data.data(), data.size());
+  return std::string_view(b->bytes).substr(start, end - start);
+}
+
+Status HeapBuilder::Patch(uint32_t hid, std::string_view data) {
+  std::string_view at = Peek(hid);
+  if (at.empty()) return Status::InvalidArgument("pst: heap patch out of reach");
+  if (at.size() != data.size()) return Status::InvalidArgument("pst: heap patch size mismatch");
+  std::memcpy(const_cast<char*>(at.data()), data.data(), data.size());
   return Status::Ok();
 }
 
 uint64_t HeapBuilder::DataBytes() const {
   return sealed_bytes_ + SealedSize(block0_) + (have_current_ ? SealedSize(current_) : 0);
+}
+
+size_t HeapBuilder::HeldBytes() const {
+  auto block = [](const Block& b) { return b.bytes.capacity() + 2 * b.starts.capacity(); };
+  size_t n = block(block0_) + block(current_) + fill_.capacity() + 8 * bids_.capacity();
+  if (bitmap_) n += block(*bitmap_);
+  return n;
 }
 
 Result<uint64_t> HeapBuilder::Finish() {
@@ -236,6 +266,7 @@ Status BthBuilder::Add(std::string_view key, std::string_view value) {
   if (key.size() != cb_key_ || value.size() != cb_ent_) return Status::InvalidArgument("pst: BTH record size");
   if (count_ > 0 && !KeyLess(last_key_, key)) return Status::InvalidArgument("pst: BTH keys must rise");
   if (leaf_.empty()) leaf_first_key_.assign(key);
+  GrowWithin(leaf_, key.size() + value.size(), kMaxHeapAlloc);
   leaf_.append(key);
   leaf_.append(value);
   last_key_.assign(key);
@@ -244,22 +275,29 @@ Status BthBuilder::Add(std::string_view key, std::string_view value) {
   return Status::Ok();
 }
 
+size_t BthBuilder::HeldBytes() const {
+  return leaf_.capacity() + level1_.capacity() * sizeof(level1_[0]);
+}
+
 Status BthBuilder::FlushLeaf() {
   if (leaf_.empty()) return Status::Ok();
   WXA_ASSIGN_OR_RETURN(uint32_t hid, heap_->Allocate(leaf_));
   level1_.emplace_back(leaf_first_key_, hid);
-  last_leaf_ = leaf_;
   last_leaf_hid_ = hid;
   leaf_.clear();
   return Status::Ok();
 }
 
 Status BthBuilder::PatchLastLeafValue(std::string_view key, std::string_view value) {
+  // The leaf is read back from its heap block (a copy kept here would cost a
+  // long-lived table 3.5 KB for a patch only property contexts make).
+  std::string leaf(last_leaf_hid_ != 0 ? heap_->Peek(last_leaf_hid_) : std::string_view());
+  if (leaf.empty()) return Status::InvalidArgument("pst: BTH last leaf out of reach");
   size_t rec = cb_key_ + cb_ent_;
-  for (size_t off = 0; off + rec <= last_leaf_.size(); off += rec) {
-    if (last_leaf_.compare(off, cb_key_, key) == 0) {
-      last_leaf_.replace(off + cb_key_, cb_ent_, value);
-      return heap_->Patch(last_leaf_hid_, last_leaf_);
+  for (size_t off = 0; off + rec <= leaf.size(); off += rec) {
+    if (leaf.compare(off, cb_key_, key) == 0) {
+      leaf.replace(off + cb_key_, cb_ent_, value);
+      return heap_->Patch(last_leaf_hid_, leaf);
     }
   }
   return Status::NotFound("pst: BTH key not in last leaf");
@@ -371,8 +409,12 @@ TableSchema::TableSchema(const std::vector<uint32_t>& tags) {
   rgib[3] = static_cast<uint16_t>(off + (cols_.size() + 7) / 8);
 }
 
-TableBuilder::TableBuilder(NdbWriter* ndb, const TableSchema* schema)
-    : ndb_(ndb), schema_(schema), heap_(ndb, 0x7C), index_(&heap_, 4, 4),
+// A long-lived table's held heap blocks: its header, BTH header and TCINFO
+// (22 bytes plus 8 per column) and little more.
+constexpr size_t kLongLivedHeldLimit = 1024;
+
+TableBuilder::TableBuilder(NdbWriter* ndb, const TableSchema* schema, bool long_lived)
+    : ndb_(ndb), schema_(schema), heap_(ndb, 0x7C, long_lived ? kLongLivedHeldLimit : fmt::kMaxBlockData), index_(&heap_, 4, 4),
       rows_per_block_(kMaxBlockData / schema->row_size()) {}
 
 Status TableBuilder::Start() {
@@ -414,6 +456,8 @@ Status TableBuilder::AddRow(uint32_t row_id, uint32_t row_ver, std::span<const P
   };
   if (rows_nid_ == 0 && rows_buf_.size() + size > kMaxHeapAlloc) rows_nid_ = nids_.Next();
   const size_t at = rows_buf_.size();
+  // At most a row block (subnode rows), or a heap allocation plus a row.
+  GrowWithin(rows_buf_, size, std::max<size_t>(rows_per_block_ * size, kMaxHeapAlloc + size));
   rows_buf_.resize(at + size, '\0');  // the row is built in place
   for (const Column& c : schema_->columns()) {
     uint16_t id = static_cast<uint16_t>(c.tag >> 16), type = static_cast<uint16_t>(c.tag & 0xFFFF);
@@ -442,6 +486,11 @@ Status TableBuilder::AddRow(uint32_t row_id, uint32_t row_ver, std::span<const P
   WXA_RETURN_IF_ERROR(index_.Add(std::string_view(k, 4), std::string_view(v, 4)));
   ++rows_;
   return Status::Ok();
+}
+
+size_t TableBuilder::HeldBytes() const {
+  return heap_.HeldBytes() + index_.HeldBytes() + rows_buf_.capacity() + 8 * row_bids_.capacity() +
+         2 * row_sizes_.capacity() + sizeof(SlEntry) * subnodes_.capacity();
 }
 
 Result<NodeData> TableBuilder::Finish() {

@@ -5,7 +5,11 @@
 // HNHDR is finished last) and a bitmap block (HNBITMAPHDR: its fill levels
 // cover the 127 blocks after it) until those are sealed. So a heap holds at
 // most three 8 KB blocks in memory whatever its size, plus 8 bytes per block
-// for the data tree and one index entry per 3,580-byte BTH leaf.
+// for the data tree and one index entry per 3,580-byte BTH leaf. A heap that
+// lives long (a folder's contents table, open for the whole volume) can cap
+// the blocks it holds (`held_limit`): those take no allocations past it, so it
+// holds its open block and two small ones. A block's buffer grows to 8 KB at
+// most (not the 16 KB that doubling past 7,680 bytes would give).
 // Internal to formats/pst.
 #pragma once
 
@@ -19,6 +23,7 @@
 
 #include "formats/core/status.h"
 #include "formats/pst/ndb_writer.h"
+#include "formats/pst/pst_format.h"
 
 namespace wxa::pst {
 
@@ -83,16 +88,23 @@ class PropList {
 
 class HeapBuilder {
  public:
-  HeapBuilder(NdbWriter* ndb, uint8_t client_sig);
+  // `held_limit`: bytes (header and allocations) past which block 0 and the
+  // bitmap blocks take no more allocations; a smaller heap block 0 costs a
+  // reader nothing (the HIDs say where each allocation is).
+  HeapBuilder(NdbWriter* ndb, uint8_t client_sig, size_t held_limit = fmt::kMaxBlockData);
   // Allocates `data` (at most 3,580 bytes) and returns its HID.
   Result<uint32_t> Allocate(std::string_view data);
   // Overwrites an allocation of the same size; only blocks still in memory.
   Status Patch(uint32_t hid, std::string_view data);
+  // An allocation's bytes while its block is in memory (empty otherwise).
+  std::string_view Peek(uint32_t hid);
   void SetUserRoot(uint32_t hid) { user_root_ = hid; }
   // Bytes the heap's blocks take so far (what PidTagMessageSize counts).
   uint64_t DataBytes() const;
   // Seals and writes the remaining blocks and returns the data tree's BID.
   Result<uint64_t> Finish();
+  // Heap memory the builder holds now (its blocks in memory, per-block lists).
+  size_t HeldBytes() const;
 
  private:
   struct Block {
@@ -112,6 +124,7 @@ class HeapBuilder {
 
   NdbWriter* ndb_;
   uint8_t client_sig_;
+  size_t held_limit_;
   uint32_t user_root_ = 0;
   Block block0_;
   Block current_;            // index > 0 when in use
@@ -132,13 +145,13 @@ class BthBuilder {
   Status Add(std::string_view key, std::string_view value);
   Result<uint32_t> Finish();  // the header's HID
   uint64_t count() const { return count_; }
+  size_t HeldBytes() const;  // heap memory held now (leaves, index entries)
   // After Finish: rewrites the value of `key` in the last leaf (a PC's size
   // property, known only once the heap's layout is final).
   Status PatchLastLeafValue(std::string_view key, std::string_view value);
 
  private:
   Status FlushLeaf();
-  std::string last_leaf_;
   uint32_t last_leaf_hid_ = 0;
   HeapBuilder* heap_;
   uint8_t cb_key_, cb_ent_;
@@ -193,13 +206,19 @@ class TableSchema {
 
 class TableBuilder {
  public:
-  TableBuilder(NdbWriter* ndb, const TableSchema* schema);
+  // `long_lived`: the table stays open while many others are built (a
+  // folder's contents table): its heap holds small blocks 0 and bitmap
+  // blocks (see HeapBuilder's `held_limit`).
+  TableBuilder(NdbWriter* ndb, const TableSchema* schema, bool long_lived = false);
   Status Start();
   // Adds a row whose cells come from `props` (absent columns stay absent);
   // LtpRowId/LtpRowVer are set here. Row ids must rise.
   Status AddRow(uint32_t row_id, uint32_t row_ver, std::span<const Prop> props);
   Result<NodeData> Finish();
   uint64_t rows() const { return rows_; }
+  // Heap memory held now: the heap's blocks in memory, the current row block,
+  // the row index's open leaf and per-block lists.
+  size_t HeldBytes() const;
 
  private:
   Status FlushRowBlock();

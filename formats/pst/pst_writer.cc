@@ -286,7 +286,7 @@ Result<std::unique_ptr<Writer>> Writer::Create(const std::string& path, WriterOp
   impl->message_search_key_base = Guid(o.store_uid, "message-search-key");
   impl->opt = std::move(o);
   WXA_ASSIGN_OR_RETURN(impl->ndb, NdbWriter::Create(path, impl->opt.write_buffer));
-  impl->leaf_contents = std::make_unique<TableBuilder>(impl->ndb.get(), &impl->contents);
+  impl->leaf_contents = std::make_unique<TableBuilder>(impl->ndb.get(), &impl->contents, /*long_lived=*/true);
   WXA_RETURN_IF_ERROR(impl->leaf_contents->Start());
   return std::unique_ptr<Writer>(new Writer(std::move(impl)));
 }
@@ -326,6 +326,7 @@ Status Writer::ReleaseBuffer() {
 size_t Writer::buffer_bytes() const { return impl_->ndb ? impl_->ndb->buffer_bytes() : 0; }
 
 uint64_t Writer::index_memory_bytes() const { return impl_->ndb ? impl_->ndb->IndexMemoryBytes() : 0; }
+uint64_t Writer::table_memory_bytes() const { return impl_->leaf_contents ? impl_->leaf_contents->HeldBytes() : 0; }
 
 Status Writer::Append(const Message& m) {
   if (!impl_->error.ok()) return impl_->error;

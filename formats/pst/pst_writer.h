@@ -85,6 +85,9 @@ class Writer {
   uint64_t messages() const { return messages_; }
   // Bytes of heap the writer holds for its indexes (the memory bound's main term).
   uint64_t index_memory_bytes() const;
+  // Bytes of heap the folder's contents table holds while the volume is open
+  // (its heap blocks in memory, current row block, row index leaf).
+  uint64_t table_memory_bytes() const;
   // Writes out and frees the write buffer (WriterOptions::write_buffer) and
   // the per-message scratch; the next Append allocates them again. The
   // volume's bytes are the same.

@@ -695,6 +695,29 @@ TEST(PstWriter, IndexMemoryPerMessage) {
   ASSERT_TRUE((*w)->Close().ok());
 }
 
+// A volume's contents table stays open while the volume is: thousands of
+// open volumes (one per mailbox) each hold it. It must hold about one heap
+// block and one row block whatever the folder's size: block 0 and the bitmap
+// blocks (held to the end for their fill levels) stay small, and no buffer
+// doubles past a block's 8 KB.
+TEST(PstWriter, ContentsTableMemoryStaysAboutABlock) {
+  TempDir dir;
+  WriterOptions o;
+  o.sync_on_close = false;
+  auto w = Writer::Create(dir / "t.pst", o);
+  ASSERT_TRUE(w.ok());
+  constexpr int kN = 6000;  // a heap past its second bitmap block would need 136 blocks
+  uint64_t peak = 0;
+  for (int i = 0; i < kN; ++i) {
+    ASSERT_TRUE((*w)->Append(TextMessage(i)).ok());
+    peak = std::max(peak, (*w)->table_memory_bytes());
+  }
+  std::printf("contents table: %llu bytes held at most over %d messages\n",
+              static_cast<unsigned long long>(peak), kN);
+  EXPECT_LT(peak, 28u * 1024);  // a heap block, a row block, an index leaf (8 + 8 + 3.5 KB) and small parts
+  ASSERT_TRUE((*w)->Close().ok());
+}
+
 // Throughput against a plain sequential write of the same bytes (both with
 // fsync), and items/s for small messages. Informational; run with
 // WXA_PST_BENCH=1.
