@@ -72,7 +72,8 @@ struct RecordWork {
   // extprops), kept with `bytes` while a retry may need it.
   std::shared_ptr<const pst::Message> structured;
   uint64_t structured_bytes = 0;               // its payload, counted with the bytes held
-  std::optional<index::ItemRecord> item_record;  // outcome known without deliveries
+  // Outcome known without deliveries (few records: a pointer, not 144 bytes in each).
+  std::unique_ptr<index::ItemRecord> item_record;
   std::string content_hash;                    // of the rendering (16 bytes)
   uint64_t size = 0;                           // rendered bytes
   uint64_t deliveries_present = 0;             // done before this run (or by another record)

@@ -175,7 +175,7 @@ class ImportRun {
       if (!rw.item_record && rw.needed.empty()) {
         rw.settled = true;
         if (!st || st->state != index::ItemState::kDone) {
-          rw.item_record = RecordFor(*rw.item, index::ItemState::kDone, "");
+          rw.item_record = std::make_unique<index::ItemRecord>(RecordFor(*rw.item, index::ItemState::kDone, ""));
         }
         rw.full.reset();
       }
@@ -389,7 +389,7 @@ class ImportRun {
       ReportEntry e = EntryFor(*out.item, Outcome::kUnmapped, reason);
       e.participants = item.Participants();
       out.entries.push_back(std::move(e));
-      out.item_record = RecordFor(*out.item, index::ItemState::kUnmapped, reason);
+      out.item_record = std::make_unique<index::ItemRecord>(RecordFor(*out.item, index::ItemState::kUnmapped, reason));
       out.settled = true;
       out.full.reset();
     }
@@ -493,7 +493,7 @@ class ImportRun {
       ReportEntry e = EntryFor(item, o, reason);
       e.size = size;
       rw.entries.push_back(std::move(e));
-      rw.item_record = RecordFor(item, st, std::move(reason));
+      rw.item_record = std::make_unique<index::ItemRecord>(RecordFor(item, st, std::move(reason)));
       rw.item_record->size = size;
       rw.released = std::move(rw.claimed);
       rw.claimed.clear();

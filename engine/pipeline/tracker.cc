@@ -395,7 +395,8 @@ void Tracker::Finalize(Batch& b) {
       counts_.deliveries_failed += failed;
       const bool imported = fresh > 0;
       if (imported) ++counts_.imported;
-      std::optional<index::ItemRecord> item_rec = rw.item_record;
+      std::optional<index::ItemRecord> item_rec;
+      if (rw.item_record) item_rec = *rw.item_record;
       if (!rw.deliveries.empty()) {
         if (failed > 0) {
           std::string reason = fmt::format("{} of {} deliveries failed: {}", failed + unsettled,

@@ -177,13 +177,13 @@ Result<uint64_t> NdbWriter::WriteBlock(std::string_view data, bool internal) {
     WXA_RETURN_IF_ERROR(WriteAt(ib, block));
   }
   // Outlook counts the BBT's own reference: a block used once has cRef 2.
-  bbt_.push_back(BbtEntry{bid, ib, static_cast<uint16_t>(data.size()), 2});
+  bbt_.push_back(BbtEntry{ib, static_cast<uint16_t>(data.size()), 2, internal});
   return bid;
 }
 
 void NdbWriter::AddRef(uint64_t bid) {
   uint64_t idx = (bid >> 2) - 1;
-  if (idx < bbt_.size() && (bbt_[idx].bid & ~uint64_t{3}) == (bid & ~uint64_t{3})) ++bbt_[idx].cref;
+  if (idx < bbt_.size()) ++bbt_[idx].cref;
 }
 
 uint64_t NdbWriter::BlockSize(uint64_t bid) const {
@@ -294,7 +294,7 @@ Result<NdbWriter::BRef> NdbWriter::BuildBTree(const std::vector<Entry>& entries,
     std::string page;
     uint64_t first_key = 0;
     for (size_t k = 0; k < n; ++k) {
-      uint64_t key = fill_leaf(page, entries[i + k]);
+      uint64_t key = fill_leaf(page, entries[i + k], i + k);
       if (k == 0) first_key = key;
     }
     page.resize(488, '\0');
@@ -345,16 +345,17 @@ Status NdbWriter::Finish(const NdbHeaderInfo& info, bool sync) {
     if (nbt_[i].nid == nbt_[i - 1].nid) return Fail(Status::InvalidArgument("pst: duplicate NID"));
   }
   WXA_ASSIGN_OR_RETURN(BRef bbt_root,
-                       BuildBTree(bbt_, kPtypeBBT, 24, [](std::string& p, const BbtEntry& e) {
-                         Append64(p, e.bid);
+                       BuildBTree(bbt_, kPtypeBBT, 24, [](std::string& p, const BbtEntry& e, size_t i) {
+                         uint64_t bid = BidAt(i, e);
+                         Append64(p, bid);
                          Append64(p, e.ib);
                          Append16(p, e.cb);
                          Append16(p, e.cref);
                          Append32(p, 0);
-                         return e.bid;
+                         return bid;
                        }));
   WXA_ASSIGN_OR_RETURN(BRef nbt_root,
-                       BuildBTree(nbt_, kPtypeNBT, 32, [](std::string& p, const NbtEntry& e) {
+                       BuildBTree(nbt_, kPtypeNBT, 32, [](std::string& p, const NbtEntry& e, size_t) {
                          Append64(p, e.nid);
                          Append64(p, e.bid_data);
                          Append64(p, e.bid_sub);
