@@ -48,12 +48,21 @@ Result<std::string> FolderFor(maildir::Layout layout, std::string_view folder) {
   return eml::FolderPath(folder);
 }
 
-// Folders to keep open with `nofile` descriptors allowed: half of them (each folder holds up
-// to 3), keeping the rest for media, the index and the source; a local tree sink holds no
-// other descriptors across deliveries. With more mailboxes than this, staging reopens folders
-// (5 opens each): at 5,311 mailboxes and 20,000 descriptors, a quarter of the budget (1,666
-// folders) made reopening a quarter of the import's CPU.
-size_t FolderCacheSize(uint64_t nofile) { return static_cast<size_t>(std::clamp<uint64_t>(nofile / 2 / 3, 64, 16384)); }
+}  // namespace
+
+// Folders to keep open with `nofile` descriptors allowed: each holds up to 3, and a reserve
+// (a sixteenth, at least 256) is kept for the rest of the run, which needs few at once (one
+// media file at a time per worker, the index, the report, the source files); a local tree
+// sink holds no other descriptors across deliveries. With more mailboxes than this, staging
+// and publishing reopen folders (5 opens each), mostly in vain (deliveries pick mailboxes
+// about at random): at 5,255 mailboxes and 20,000 descriptors, half the budget (3,333
+// folders) took 45.8 s and 40.7 CPU seconds to import, all of it (6,250) 39.4 s and 35.4.
+size_t FolderCacheSize(uint64_t nofile) {
+  const uint64_t reserve = std::max<uint64_t>(256, nofile / 16);
+  return static_cast<size_t>(std::clamp<uint64_t>(nofile > reserve ? (nofile - reserve) / 3 : 0, 64, 16384));
+}
+
+namespace {
 
 class LocalTreeSink final : public Sink {
   struct Folder;

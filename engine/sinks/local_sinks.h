@@ -30,8 +30,8 @@ Result<SyncMode> ParseSyncMode(std::string_view s);  // "batch" | "file"
 struct LocalSinkOptions {
   std::string folder = "WeChat Archiver";
   SyncMode sync_mode = SyncMode::kBatch;
-  // Folders whose descriptors stay open (3 each for Maildir, 2 for EML). 0: sized from the
-  // open-file limit (which the CLI raises towards its hard limit), between 64 and 4,096. A cache smaller than
+  // Folders whose descriptors stay open (3 each for Maildir, 2 for EML). 0: FolderCacheSize of
+  // the open-file limit (which the CLI raises towards its hard limit). A cache smaller than
   // the mailboxes a run writes to reopens 5 directories per delivery (measured: 612,531
   // openat2 calls for 120,035 deliveries into 100 mailboxes with 64).
   size_t max_open_folders = 0;
@@ -40,6 +40,11 @@ struct LocalSinkOptions {
   bool link_copies = true;
   core::Env* env = nullptr;      // null = Env::Default(); must outlive the sink
 };
+
+// Folders a local tree sink keeps open with `nofile` descriptors allowed:
+// (nofile - reserve) / 3, the reserve a sixteenth of them and at least 256,
+// between 64 and 16,384.
+size_t FolderCacheSize(uint64_t nofile);
 
 // The lock file each local tree holds while a run writes into it.
 inline constexpr std::string_view kTargetLockName = ".wxarchiver-target.lock";
