@@ -23,6 +23,7 @@ Result<uint64_t> ParseSize(std::string_view text) {
   else if (unit == "gb") mult = 1000ull * 1000 * 1000;
   else return Status::InvalidArgument(fmt::format("'{}': unknown size unit '{}'", text, unit));
   if (n == 0) return Status::InvalidArgument("a size limit of 0 would reject everything");
+  if (n > UINT64_MAX / mult) return Status::InvalidArgument(fmt::format("'{}' is too large", text));
   return n * mult;
 }
 

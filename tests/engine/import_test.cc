@@ -866,7 +866,9 @@ TEST_F(ImportTest, CommandLine) {
                            test::ShellQuote(tmp_ / "src/directory.csv") + " --to maildir:" +
                            test::ShellQuote(tmp_ / "fresh");
   for (const char* bad : {" --threads -1", " --threads x", " --sync sometimes", " --oversize split",
-                          " --no-such-flag", " --folder a.b", " --imap-auth kerberos", " --connections 0"}) {
+                          " --no-such-flag", " --folder a.b", " --imap-auth kerberos", " --connections 0",
+                          " --max-item-size 999999999999999g", " --pst-open-memory 0", " --pst-open-memory 1k",
+                          " --pst-open-memory 99999999999999gib"}) {
     out.clear();
     rc = test::Run(cli + good + bad, &out);
     EXPECT_EQ(rc, 2) << bad << ": " << out;

@@ -126,6 +126,7 @@ struct RawFlags {
   // PST
   std::string pst_volume_size = "20GB";
   int pst_buffered_volumes = 64;
+  std::string pst_open_memory = "128MiB";
   // Graph
   std::string graph_tenant, graph_client_id, graph_secret_file, graph_certificate, graph_login_url, graph_url,
       graph_mode = "importmime";
@@ -200,6 +201,10 @@ int CheckImportFlags(const RawFlags& f, wxa::pipeline::ImportOptions& o, wxa::si
   if (*volume < (1u << 20)) return usage("--pst-volume-size", wxa::Status::InvalidArgument("at least 1MiB"));
   so.pst.volume_size = *volume;
   so.pst.max_buffered_volumes = static_cast<size_t>(f.pst_buffered_volumes);
+  auto open_memory = wxa::limits::ParseSize(f.pst_open_memory);
+  if (!open_memory.ok()) return usage("--pst-open-memory", open_memory.status());
+  if (*open_memory < (1u << 20)) return usage("--pst-open-memory", wxa::Status::InvalidArgument("at least 1MiB"));
+  so.pst.max_open_volume_bytes = *open_memory;
   auto& g = so.graph;
   g.tenant = f.graph_tenant;
   g.client_id = f.graph_client_id;
@@ -318,6 +323,9 @@ void AddImapFlags(CLI::App* cmd, RawFlags& f) {
   cmd->add_option("--pst-buffered-volumes", f.pst_buffered_volumes,
                   "PST: volumes keeping a 256 KB write buffer at once; others write out and free theirs (default 64)")
       ->check(CLI::Range(1, 1000000));
+  cmd->add_option("--pst-open-memory", f.pst_open_memory,
+                  "PST: memory the open volumes may hold for their indexes and tables before all are finished "
+                  "early (default 128MiB)");
   cmd->add_option("--graph-tenant", f.graph_tenant, "Graph: Entra ID tenant (id or domain)");
   cmd->add_option("--graph-client-id", f.graph_client_id, "Graph: application (client) id");
   cmd->add_option("--graph-secret-file", f.graph_secret_file, "Graph: file holding the client secret");

@@ -231,7 +231,7 @@ class PstSink final : public Sink {
         }
         if (vs.ok() && !box->writer) vs = StartVolume(*box);
         if (vs.ok()) vs = box->writer->Append(*d.pst_message);
-        CountBuffer(*box);
+        Account(*box);
         if (vs.ok()) {
           box->held.push_back({d.id, std::move(done), nullptr});
           ++held_total_;
@@ -249,7 +249,10 @@ class PstSink final : public Sink {
     if (appended) NoteBuffered(box);
     if (now) done(d.id, *now);
     Deliver(finished);
-    if (held_total_.load() > o_.max_pending) (void)FinishAll(false);
+    if (held_total_.load() > o_.max_pending || open_bytes_.load() > o_.max_open_volume_bytes) {
+      if (o_.stats != nullptr) ++o_.stats->early_finishes;
+      (void)FinishAll(false);
+    }
   }
 
   // Completions wait for a finished volume, never for a barrier.
@@ -324,6 +327,7 @@ class PstSink final : public Sink {
     Status bad;              // kMailboxBad: the mailbox is stopped
     bool in_buffered = false;  // GUARDED_BY(PstSink::mu_): listed in buffered_
     bool has_buffer = false;   // the writer holds a write buffer (counted in buffers_live_)
+    uint64_t open_bytes = 0;   // the writer's index and table memory (counted in open_bytes_)
     bool ids_loaded = false;
     std::unordered_map<std::string, std::string> ids;  // Message-ID -> volume (Probe)
   };
@@ -401,7 +405,7 @@ class PstSink final : public Sink {
     const std::string ppath = core::JoinPath(box.dir_path, box.partial);
     Status s = box.writer->Close();
     box.writer.reset();
-    CountBuffer(box);
+    Account(box);
     if (s.ok()) s = env_->RenameAt(box.dir_fd.get(), box.partial, box.dir_fd.get(), box.final_name, ppath);
     if (s.ok()) s = env_->SyncDirFd(box.dir_fd.get(), box.dir_path);
     auto c = VolumeOutcome(box, box.partial, box.final_name, s);
@@ -433,7 +437,7 @@ class PstSink final : public Sink {
   void AbandonVolume(Box& box, const Completion& c, std::vector<Held>* out) {
     if (box.writer) {
       box.writer.reset();
-      CountBuffer(box);
+      Account(box);
       (void)env_->UnlinkAt(box.dir_fd.get(), box.partial, core::JoinPath(box.dir_path, box.partial));
     }
     auto shared = std::make_shared<const Completion>(c);
@@ -471,14 +475,25 @@ class PstSink final : public Sink {
         (void)b->writer->ReleaseBuffer();
         if (o_.stats != nullptr && b->has_buffer) ++o_.stats->buffer_releases;
       }
-      CountBuffer(*b);
+      Account(*b);
     }
   }
 
-  // Keeps buffers_live_ (volumes whose writer holds a write buffer) in step
-  // with the box's writer after anything that may allocate or free its
-  // buffer. Caller holds box.mu.
-  void CountBuffer(Box& box) {
+  // Keeps buffers_live_ (volumes whose writer holds a write buffer) and
+  // open_bytes_ (the open writers' index and table memory) in step with the
+  // box's writer after anything that may change them. Caller holds box.mu.
+  void Account(Box& box) {
+    const uint64_t bytes = box.writer ? box.writer->index_memory_bytes() + box.writer->table_memory_bytes() : 0;
+    if (bytes != box.open_bytes) {
+      // Unsigned: a shrink wraps around and still adds the right change.
+      const uint64_t total = open_bytes_ += bytes - box.open_bytes;
+      box.open_bytes = bytes;
+      if (o_.stats != nullptr) {
+        uint64_t peak = o_.stats->open_volume_bytes_peak.load();
+        while (total > peak && !o_.stats->open_volume_bytes_peak.compare_exchange_weak(peak, total)) {
+        }
+      }
+    }
     const bool now = box.writer && box.writer->buffer_bytes() > 0;
     if (now == box.has_buffer) return;
     box.has_buffer = now;
@@ -532,7 +547,7 @@ class PstSink final : public Sink {
       b->held = {};
       held_total_ -= c.held.size();
       ++b->next_no;  // a failed volume leaves a gap in the numbering, nothing else
-      CountBuffer(*b);
+      Account(*b);
       closing.push_back(std::move(c));
     }
     if (closing.empty()) return Status::Ok();
@@ -632,7 +647,8 @@ class PstSink final : public Sink {
   Status fatal_;                                       // GUARDED_BY(mu_)
   std::mutex finish_mu_;                               // one FinishAll at a time
   std::atomic<size_t> held_total_{0};
-  std::atomic<size_t> buffers_live_{0};  // CountBuffer
+  std::atomic<size_t> buffers_live_{0};  // Account
+  std::atomic<uint64_t> open_bytes_{0};  // Account: the open writers' index and table memory
 };
 
 }  // namespace

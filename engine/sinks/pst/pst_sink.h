@@ -57,6 +57,10 @@ namespace wxa::sinks {
 struct PstSinkStats {
   std::atomic<size_t> buffers_peak{0};      // volumes holding a write buffer at once, at most
   std::atomic<uint64_t> buffer_releases{0};  // buffers given up past max_buffered_volumes
+  // Heap the open volumes' writers held for their indexes and contents
+  // tables at once (as accounted against max_open_volume_bytes), at most.
+  std::atomic<uint64_t> open_volume_bytes_peak{0};
+  std::atomic<uint64_t> early_finishes{0};  // every open volume finished before its size
 };
 
 struct PstSinkOptions {
@@ -66,6 +70,13 @@ struct PstSinkOptions {
   // every open volume is finished early. Bounds the engine's memory for
   // answers it waits for (a few hundred bytes per held item).
   size_t max_pending = 200000;
+  // Heap the open volumes' writers may hold for their block and node lists
+  // and their contents tables (pst::Writer::index_memory_bytes +
+  // table_memory_bytes) before every open volume is finished early. A run
+  // has a volume open per mailbox it writes to, each holding about a heap
+  // block and a row block (up to 26 KB) plus about 92 bytes per message: with
+  // tens of thousands of mailboxes this, not max_pending, bounds the sink.
+  uint64_t max_open_volume_bytes = 128ull << 20;
   // Write buffer per open volume (pst::WriterOptions::write_buffer): a run
   // has one volume open per mailbox it writes to.
   size_t write_buffer = 256u << 10;
