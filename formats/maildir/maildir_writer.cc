@@ -185,12 +185,15 @@ constexpr std::string_view kEmlSuffix = ".eml";
 // A temp name no other writer uses: pid and a process-wide counter.
 std::string TempName(Layout layout, const core::ItemKey& key, int64_t msgtime_ms) {
   static std::atomic<uint64_t> counter{0};
+  // glibc no longer caches getpid(): one system call per item otherwise.
+  // This process does not fork (children it starts exec at once).
+  static const pid_t pid = ::getpid();
   const std::string base = BaseName(key, msgtime_ms);
   const uint64_t n = counter.fetch_add(1);
   // EML temp files share the folder with items: '.'-leading, ".tmp" ending,
   // so no reader takes them for mail.
-  return layout == Layout::kMaildir ? fmt::format("{}.{}_{}", base, ::getpid(), n)
-                                    : fmt::format(".{}.{}_{}.tmp", base, ::getpid(), n);
+  return layout == Layout::kMaildir ? fmt::format("{}.{}_{}", base, pid, n)
+                                    : fmt::format(".{}.{}_{}.tmp", base, pid, n);
 }
 
 bool IsOurTemp(Layout layout, std::string_view n) {
