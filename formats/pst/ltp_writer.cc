@@ -87,8 +87,8 @@ void SetNibble(char* base, size_t i, uint8_t v) {
 
 }  // namespace
 
-HeapBuilder::HeapBuilder(NdbWriter* ndb, uint8_t client_sig, size_t held_limit)
-    : ndb_(ndb), client_sig_(client_sig), held_limit_(held_limit), block0_(NewBlock(0)) {}
+HeapBuilder::HeapBuilder(NdbWriter* ndb, uint8_t client_sig)
+    : ndb_(ndb), client_sig_(client_sig), block0_(NewBlock(0)) {}
 
 size_t HeapBuilder::HeaderSize(uint32_t index) {
   if (index == 0) return 12;               // HNHDR
@@ -186,20 +186,20 @@ Result<uint32_t> HeapBuilder::Allocate(std::string_view data) {
   return static_cast<uint32_t>((open->index << 16) | (open->starts.size() << 5));
 }
 
-std::string_view HeapBuilder::Peek(uint32_t hid) {
+std::optional<std::string_view> HeapBuilder::Peek(uint32_t hid) {
   Block* b = InMemory(hid >> 16);
   size_t a = (hid >> 5) & 0x7FF;
-  if (b == nullptr || a == 0 || a > b->starts.size()) return {};
+  if (b == nullptr || a == 0 || a > b->starts.size()) return std::nullopt;
   size_t start = b->starts[a - 1];
   size_t end = a < b->starts.size() ? b->starts[a] : b->bytes.size();
   return std::string_view(b->bytes).substr(start, end - start);
 }
 
 Status HeapBuilder::Patch(uint32_t hid, std::string_view data) {
-  std::string_view at = Peek(hid);
-  if (at.empty()) return Status::InvalidArgument("pst: heap patch out of reach");
-  if (at.size() != data.size()) return Status::InvalidArgument("pst: heap patch size mismatch");
-  std::memcpy(const_cast<char*>(at.data()), data.data(), data.size());
+  std::optional<std::string_view> at = Peek(hid);
+  if (!at) return Status::InvalidArgument("pst: heap patch out of reach");
+  if (at->size() != data.size()) return Status::InvalidArgument("pst: heap patch size mismatch");
+  std::memcpy(const_cast<char*>(at->data()), data.data(), data.size());
   return Status::Ok();
 }
 
@@ -291,8 +291,9 @@ Status BthBuilder::FlushLeaf() {
 Status BthBuilder::PatchLastLeafValue(std::string_view key, std::string_view value) {
   // The leaf is read back from its heap block (a copy kept here would cost a
   // long-lived table 3.5 KB for a patch only property contexts make).
-  std::string leaf(last_leaf_hid_ != 0 ? heap_->Peek(last_leaf_hid_) : std::string_view());
-  if (leaf.empty()) return Status::InvalidArgument("pst: BTH last leaf out of reach");
+  std::optional<std::string_view> at = heap_->Peek(last_leaf_hid_);
+  if (last_leaf_hid_ == 0 || !at) return Status::InvalidArgument("pst: BTH last leaf out of reach");
+  std::string leaf(*at);
   size_t rec = cb_key_ + cb_ent_;
   for (size_t off = 0; off + rec <= leaf.size(); off += rec) {
     if (leaf.compare(off, cb_key_, key) == 0) {
@@ -414,8 +415,8 @@ TableSchema::TableSchema(const std::vector<uint32_t>& tags) {
 constexpr size_t kLongLivedHeldLimit = 1024;
 
 TableBuilder::TableBuilder(NdbWriter* ndb, const TableSchema* schema, bool long_lived)
-    : ndb_(ndb), schema_(schema), heap_(ndb, 0x7C, long_lived ? kLongLivedHeldLimit : fmt::kMaxBlockData), index_(&heap_, 4, 4),
-      rows_per_block_(kMaxBlockData / schema->row_size()) {}
+    : ndb_(ndb), schema_(schema), heap_(ndb, 0x7C), index_(&heap_, 4, 4),
+      rows_per_block_(kMaxBlockData / schema->row_size()), long_lived_(long_lived) {}
 
 Status TableBuilder::Start() {
   first_block_ = ndb_->blocks();
@@ -423,6 +424,9 @@ Status TableBuilder::Start() {
   (void)bth;
   WXA_ASSIGN_OR_RETURN(tcinfo_hid_, heap_.Allocate(std::string(22 + 8 * schema_->columns().size(), '\0')));
   heap_.SetUserRoot(tcinfo_hid_);
+  // The BTH header and the TCINFO, patched at Finish, are in block 0 (held
+  // to the end) whatever their size; later allocations respect the limit.
+  if (long_lived_) heap_.SetHeldLimit(kLongLivedHeldLimit);
   return Status::Ok();
 }
 

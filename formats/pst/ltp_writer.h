@@ -88,16 +88,18 @@ class PropList {
 
 class HeapBuilder {
  public:
-  // `held_limit`: bytes (header and allocations) past which block 0 and the
-  // bitmap blocks take no more allocations; a smaller heap block 0 costs a
-  // reader nothing (the HIDs say where each allocation is).
-  HeapBuilder(NdbWriter* ndb, uint8_t client_sig, size_t held_limit = fmt::kMaxBlockData);
+  HeapBuilder(NdbWriter* ndb, uint8_t client_sig);
+  // From now on, block 0 and the bitmap blocks take no allocation that would
+  // bring them past `bytes` (header and allocations); a smaller heap block
+  // costs a reader nothing (the HIDs say where each allocation is). Set after
+  // the allocations that are patched at the end, which must stay in block 0.
+  void SetHeldLimit(size_t bytes) { held_limit_ = bytes; }
   // Allocates `data` (at most 3,580 bytes) and returns its HID.
   Result<uint32_t> Allocate(std::string_view data);
   // Overwrites an allocation of the same size; only blocks still in memory.
   Status Patch(uint32_t hid, std::string_view data);
-  // An allocation's bytes while its block is in memory (empty otherwise).
-  std::string_view Peek(uint32_t hid);
+  // An allocation's bytes while its block is in memory (nullopt otherwise).
+  std::optional<std::string_view> Peek(uint32_t hid);
   void SetUserRoot(uint32_t hid) { user_root_ = hid; }
   // Bytes the heap's blocks take so far (what PidTagMessageSize counts).
   uint64_t DataBytes() const;
@@ -124,7 +126,7 @@ class HeapBuilder {
 
   NdbWriter* ndb_;
   uint8_t client_sig_;
-  size_t held_limit_;
+  size_t held_limit_ = fmt::kMaxBlockData;
   uint32_t user_root_ = 0;
   Block block0_;
   Block current_;            // index > 0 when in use
@@ -237,6 +239,7 @@ class TableBuilder {
   uint64_t rows_ = 0;
   std::vector<SlEntry> subnodes_;
   uint64_t first_block_ = 0;
+  bool long_lived_;
 };
 
 }  // namespace wxa::pst

@@ -21,6 +21,8 @@
 
 #include "formats/core/hash.h"
 #include "formats/core/json_writer.h"
+#include "formats/pst/ltp_writer.h"
+#include "formats/pst/ndb_writer.h"
 #include "formats/pst/pst_format.h"
 #include "formats/pst/pst_reader.h"
 #include "formats/pst/pst_writer.h"
@@ -716,6 +718,28 @@ TEST(PstWriter, ContentsTableMemoryStaysAboutABlock) {
               static_cast<unsigned long long>(peak), kN);
   EXPECT_LT(peak, 28u * 1024);  // a heap block, a row block, an index leaf (8 + 8 + 3.5 KB) and small parts
   ASSERT_TRUE((*w)->Close().ok());
+}
+
+// A long-lived table whose TCINFO alone passes the held blocks' limit (200
+// columns: 1,622 bytes): the TCINFO and the BTH header, patched at Finish,
+// stay in block 0 whatever their size, and only later allocations move on;
+// with enough rows that the next heap block is sealed and written, Finish
+// still reaches them.
+TEST(PstWriter, WideLongLivedTableKeepsItsHeaderInBlockZero) {
+  TempDir dir;
+  auto ndb = NdbWriter::Create(dir / "wide.ndb");
+  ASSERT_TRUE(ndb.ok()) << ndb.status().ToString();
+  std::vector<uint32_t> tags{(0x67F2u << 16) | kPtInt32, (0x67F3u << 16) | kPtInt32, (0x0037u << 16) | kPtString};
+  for (uint32_t i = 0; tags.size() < 200; ++i) tags.push_back(((0x8000u + i) << 16) | kPtInt32);
+  TableSchema schema(tags);
+  TableBuilder t(ndb->get(), &schema, /*long_lived=*/true);
+  ASSERT_TRUE(t.Start().ok());
+  for (uint32_t r = 0; r < 100; ++r) {
+    std::vector<Prop> props{StringProp(0x0037, std::string(150, static_cast<char>('a' + r % 26)))};
+    ASSERT_TRUE(t.AddRow(0x200024 + (r << 5), 0, props).ok());
+  }
+  auto done = t.Finish();
+  EXPECT_TRUE(done.ok()) << done.status().ToString();
 }
 
 // Throughput against a plain sequential write of the same bytes (both with
