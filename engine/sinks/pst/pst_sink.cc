@@ -250,7 +250,6 @@ class PstSink final : public Sink {
     if (now) done(d.id, *now);
     Deliver(finished);
     if (held_total_.load() > o_.max_pending || open_bytes_.load() > o_.max_open_volume_bytes) {
-      if (o_.stats != nullptr) ++o_.stats->early_finishes;
       (void)FinishAll(false);
     }
   }
@@ -520,6 +519,8 @@ class PstSink final : public Sink {
       fl.lock();
     } else if (!fl.try_lock()) {
       return Status::Ok();  // another thread is finishing them
+    } else if (o_.stats != nullptr) {
+      ++o_.stats->early_finishes;
     }
     std::vector<std::shared_ptr<Box>> boxes;
     {
