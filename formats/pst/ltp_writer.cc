@@ -149,17 +149,16 @@ Status HeapBuilder::SealCurrent() {
   }
   have_current_ = false;
   current_ = Block{};
-  if (bitmap_ && idx == bitmap_->index + 127) {
-    std::string s = Seal(std::move(*bitmap_));
-    for (uint32_t k = 0; k < 128; ++k) {
-      uint32_t b = bitmap_->index + k;
-      SetNibble(s.data() + 2, k, b < fill_.size() ? fill_[b] : 0);
-    }
-    uint32_t bi = bitmap_->index;
-    bitmap_.reset();
-    WXA_RETURN_IF_ERROR(WriteSealed(bi, s));
-  }
+  if (bitmap_ && idx == bitmap_->index + 127) WXA_RETURN_IF_ERROR(WriteBitmap());
   return Status::Ok();
+}
+
+Status HeapBuilder::WriteBitmap() {
+  const uint32_t bi = bitmap_->index;
+  std::string s = Seal(std::move(*bitmap_));
+  bitmap_.reset();
+  for (uint32_t k = 0; k < 128; ++k) SetNibble(s.data() + 2, k, bi + k < fill_.size() ? fill_[bi + k] : 0);
+  return WriteSealed(bi, s);
 }
 
 Result<uint32_t> HeapBuilder::Allocate(std::string_view data) {
@@ -216,16 +215,7 @@ size_t HeapBuilder::HeldBytes() const {
 
 Result<uint64_t> HeapBuilder::Finish() {
   if (have_current_) WXA_RETURN_IF_ERROR(SealCurrent());
-  if (bitmap_) {
-    std::string s = Seal(std::move(*bitmap_));
-    for (uint32_t k = 0; k < 128; ++k) {
-      uint32_t b = bitmap_->index + k;
-      SetNibble(s.data() + 2, k, b < fill_.size() ? fill_[b] : 0);
-    }
-    uint32_t bi = bitmap_->index;
-    bitmap_.reset();
-    WXA_RETURN_IF_ERROR(WriteSealed(bi, s));
-  }
+  if (bitmap_) WXA_RETURN_IF_ERROR(WriteBitmap());
   if (fill_.empty()) fill_.resize(1, 0);
   fill_[0] = FillLevel(kHnMaxBlock - SealedSize(block0_));
   std::string s = Seal(std::move(block0_));

@@ -121,6 +121,8 @@ class HeapBuilder {
   static std::string Seal(Block&& b);
   static Block NewBlock(uint32_t index);
   Status SealCurrent();
+  // Writes the held bitmap block with the fill levels of its 128 blocks.
+  Status WriteBitmap();
   Status WriteSealed(uint32_t index, const std::string& bytes);
   Block* InMemory(uint32_t index);
 

@@ -232,7 +232,33 @@ struct Reader::Impl {
         prev = o;
       }
     }
+    WXA_RETURN_IF_ERROR(CheckFillLevels(heap));
     return heap;
+  }
+
+  // [MS-PST] 2.3.1.2-2.3.1.4: HNHDR's rgbFillLevel (blocks 0-7) and each
+  // HNBITMAPHDR's (block 8 + 128k and the 127 after it) hint at each block's
+  // free space, one nibble per block, low nibble first. A writer that trusts
+  // a hint saying there is more room than there is would overwrite; a hint
+  // saying less only wastes room. So a level may understate, never overstate.
+  static Status CheckFillLevels(const Heap& h) {
+    static constexpr uint16_t kAtLeast[15] = {3584, 2560, 2048, 1792, 1536, 1280, 1024, 768, 512, 256, 128, 64, 32, 16, 8};
+    auto check = [&](const std::string& holder, size_t at, size_t first) -> Status {
+      for (size_t k = 0; k < (first == 0 ? 8u : 128u) && first + k < h.blocks.size(); ++k) {
+        if (at + k / 2 >= holder.size()) return Status::Corruption("pst: heap fill levels out of block");
+        const auto byte = static_cast<uint8_t>(holder[at + k / 2]);
+        const uint8_t level = k % 2 == 0 ? (byte & 0x0F) : (byte >> 4);
+        const size_t free_bytes = kMaxBlockData - std::min(kMaxBlockData, h.blocks[first + k].size());
+        if (level < 15 && free_bytes < kAtLeast[level]) {
+          return Status::Corruption("pst: heap block " + std::to_string(first + k) + " has " + std::to_string(free_bytes) +
+                                    " bytes free but its fill level says at least " + std::to_string(kAtLeast[level]));
+        }
+      }
+      return Status::Ok();
+    };
+    WXA_RETURN_IF_ERROR(check(h.blocks[0], 8, 0));
+    for (size_t i = 8; i < h.blocks.size(); i += 128) WXA_RETURN_IF_ERROR(check(h.blocks[i], 2, i));
+    return Status::Ok();
   }
 
   static Result<std::string> Alloc(const Heap& h, uint32_t hid) {
