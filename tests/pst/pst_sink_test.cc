@@ -158,6 +158,39 @@ class PstSinkTest : public ::testing::Test {
     }
   }
 
+  // Opens a pst: sink at `dir` with `po`, submits `rounds` messages to each
+  // of `boxes` mailboxes (user00@example.com, ...) in turn from one thread,
+  // closes it and expects every delivery done.
+  static void SubmitRoundRobin(const std::string& dir, const sinks::PstSinkOptions& po, int boxes, int rounds,
+                               size_t body_bytes) {
+    auto target = sinks::ParseTarget("pst:" + dir);
+    ASSERT_TRUE(target.ok());
+    auto sink = sinks::MakePstSink(*target, po);
+    ASSERT_TRUE(sink.ok());
+    ASSERT_TRUE((*sink)->Open().ok());
+    size_t done = 0;
+    for (int round = 0; round < rounds; ++round) {
+      for (int b = 0; b < boxes; ++b) {
+        sinks::Delivery d;
+        d.id = static_cast<uint64_t>(round * boxes + b + 1);
+        d.mailbox = fmt::format("user{:02}@example.com", b);
+        auto m = std::make_shared<pst::Message>();
+        m->subject = fmt::format("round {} box {} with a subject long enough to take heap room", round, b);
+        m->internet_message_id = fmt::format("<r{}.b{}@x>", round, b);
+        m->sender_address = "a@example.com";
+        m->sender_name = "Alice Example";
+        m->body_plain = std::string(body_bytes, static_cast<char>('a' + b % 26));
+        d.pst_message = m;
+        (*sink)->Submit(std::move(d), [&done](uint64_t, sinks::Completion c) {
+          EXPECT_EQ(c.kind, sinks::Completion::Kind::kDone) << c.error.ToString();
+          ++done;
+        });
+      }
+    }
+    ASSERT_TRUE((*sink)->Close().ok());
+    EXPECT_EQ(done, static_cast<size_t>(boxes) * rounds);
+  }
+
   static std::map<std::string, size_t> ReferenceCounts(int which = 0) {
     std::map<std::string, size_t> n;
     for (const auto& f : test::ListFiles(Reference(which))) {
@@ -318,34 +351,10 @@ TEST_F(PstSinkTest, FewWriteBuffersForManyVolumes) {
 // counter sees 12 (so it counts what is there, not what the bound says).
 TEST_F(PstSinkTest, BufferedVolumesStayWithinTheBound) {
   auto run = [&](const std::string& dir, size_t bound, sinks::PstSinkStats* stats) {
-    auto target = sinks::ParseTarget("pst:" + dir);
-    ASSERT_TRUE(target.ok());
     sinks::PstSinkOptions po;
     po.max_buffered_volumes = bound;
     po.stats = stats;
-    auto sink = sinks::MakePstSink(*target, po);
-    ASSERT_TRUE(sink.ok());
-    ASSERT_TRUE((*sink)->Open().ok());
-    size_t done = 0;
-    for (int round = 0; round < 5; ++round) {
-      for (int b = 0; b < 12; ++b) {
-        sinks::Delivery d;
-        d.id = static_cast<uint64_t>(round * 12 + b + 1);
-        d.mailbox = fmt::format("user{:02}@example.com", b);
-        auto m = std::make_shared<pst::Message>();
-        m->subject = fmt::format("round {} box {}", round, b);
-        m->internet_message_id = fmt::format("<r{}.b{}@x>", round, b);
-        m->sender_address = "a@example.com";
-        m->body_plain = std::string(4000, static_cast<char>('a' + b));
-        d.pst_message = m;
-        (*sink)->Submit(std::move(d), [&done](uint64_t, sinks::Completion c) {
-          EXPECT_EQ(c.kind, sinks::Completion::Kind::kDone) << c.error.ToString();
-          ++done;
-        });
-      }
-    }
-    ASSERT_TRUE((*sink)->Close().ok());
-    EXPECT_EQ(done, 60u);
+    SubmitRoundRobin(dir, po, 12, 5, 4000);
     Census census = Look(dir);
     EXPECT_EQ(census.finished.size(), 12u);
     ExpectOneVerifiedVolumePerMailbox(dir, census);
@@ -373,35 +382,10 @@ TEST_F(PstSinkTest, BufferedVolumesStayWithinTheBound) {
 TEST_F(PstSinkTest, OpenVolumeMemoryStaysWithinTheBudget) {
   constexpr int kBoxes = 40, kRounds = 12;
   auto run = [&](const std::string& dir, uint64_t budget, sinks::PstSinkStats* stats) {
-    auto target = sinks::ParseTarget("pst:" + dir);
-    ASSERT_TRUE(target.ok());
     sinks::PstSinkOptions po;
     po.max_open_volume_bytes = budget;
     po.stats = stats;
-    auto sink = sinks::MakePstSink(*target, po);
-    ASSERT_TRUE(sink.ok());
-    ASSERT_TRUE((*sink)->Open().ok());
-    size_t done = 0;
-    for (int round = 0; round < kRounds; ++round) {
-      for (int b = 0; b < kBoxes; ++b) {
-        sinks::Delivery d;
-        d.id = static_cast<uint64_t>(round * kBoxes + b + 1);
-        d.mailbox = fmt::format("user{:02}@example.com", b);
-        auto m = std::make_shared<pst::Message>();
-        m->subject = fmt::format("round {} box {} with a subject long enough to take heap room", round, b);
-        m->internet_message_id = fmt::format("<r{}.b{}@x>", round, b);
-        m->sender_address = "a@example.com";
-        m->sender_name = "Alice Example";
-        m->body_plain = std::string(500, static_cast<char>('a' + b % 26));
-        d.pst_message = m;
-        (*sink)->Submit(std::move(d), [&done](uint64_t, sinks::Completion c) {
-          EXPECT_EQ(c.kind, sinks::Completion::Kind::kDone) << c.error.ToString();
-          ++done;
-        });
-      }
-    }
-    ASSERT_TRUE((*sink)->Close().ok());
-    EXPECT_EQ(done, size_t{kBoxes} * kRounds);
+    SubmitRoundRobin(dir, po, kBoxes, kRounds, 500);
     Census census = Look(dir);
     EXPECT_TRUE(census.partial.empty());
     for (const auto& v : census.finished) {

@@ -28,9 +28,9 @@
 //
 // Memory: the sink keeps no item bytes (the message is released once
 // appended); per open volume (one per mailbox written to) the writer's
-// index (~120 B per small message, see formats/pst/README.md) plus a
+// index (~92 B per small message, see formats/pst/README.md) plus a
 // `write_buffer` (256 KB; only `max_buffered_volumes` keep one) and up to
-// ~25 KB of table blocks; per held completion ~56 B here, and the engine's record of the batch (a few hundred bytes per
+// about 28 KB of table blocks; per held completion ~56 B here, and the engine's record of the batch (a few hundred bytes per
 // record) until the completion arrives. Probe() and Inventory() read
 // finished volumes with pst::Reader.
 #pragma once
@@ -74,7 +74,7 @@ struct PstSinkOptions {
   // and their contents tables (pst::Writer::index_memory_bytes +
   // table_memory_bytes) before every open volume is finished early. A run
   // has a volume open per mailbox it writes to, each holding about a heap
-  // block and a row block (up to 26 KB) plus about 92 bytes per message: with
+  // block and a row block (up to about 28 KB) plus about 92 bytes per message: with
   // tens of thousands of mailboxes this, not max_pending, bounds the sink.
   uint64_t max_open_volume_bytes = 128ull << 20;
   // Write buffer per open volume (pst::WriterOptions::write_buffer): a run
