@@ -248,14 +248,27 @@ class MdbCursor {
   MDB_cursor* c_ = nullptr;
 };
 
+// Schema 2: item key (16) + sink (2) + mailbox id (4), so that an item's
+// deliveries sort right after its own record in `items` (see index.h).
+constexpr size_t kItemKeySize = 16;
+constexpr size_t kDeliveryKeySize = kItemKeySize + 6;
 std::string DeliveryKeyBytes(uint16_t sink, uint32_t mailbox_id, const core::ItemKey& item) {
   std::string k;
-  k.reserve(22);
+  k.reserve(kDeliveryKeySize);
+  k.append(item.View());
   k.push_back(static_cast<char>(sink >> 8));
   k.push_back(static_cast<char>(sink & 0xFF));
   PutU32BE(&k, mailbox_id);
-  k.append(item.View());
   return k;
+}
+uint16_t GetU16BE(std::string_view b) {
+  return static_cast<uint16_t>((static_cast<unsigned char>(b[0]) << 8) | static_cast<unsigned char>(b[1]));
+}
+// The parts of a schema 2 delivery key (size kDeliveryKeySize).
+void ParseDeliveryKey(std::string_view k, uint16_t* sink, uint32_t* mailbox_id, core::ItemKey* item) {
+  std::memcpy(item->bytes.data(), k.data(), 16);
+  *sink = GetU16BE(k.substr(16, 2));
+  *mailbox_id = GetU32BE(k.substr(18, 4));
 }
 
 }  // namespace
@@ -263,7 +276,9 @@ std::string DeliveryKeyBytes(uint16_t sink, uint32_t mailbox_id, const core::Ite
 struct Index::Impl {
   IndexOptions options;
   MDB_env* env = nullptr;  // closed in ~Impl
-  MDB_dbi meta = 0, items = 0, deliveries = 0, pending = 0, cursors = 0, mailboxes = 0;
+  // Done and failed deliveries live in `items`, after their item's record
+  // (kDeliveryKeySize keys); intents only in `pending` (schema 2).
+  MDB_dbi meta = 0, items = 0, pending = 0, cursors = 0, mailboxes = 0;
   core::UniqueFd lock_fd;
 
   // Readers hold it shared while a read txn is open; the writer takes it
@@ -460,14 +475,28 @@ struct Index::Impl {
     return it->second;
   }
 
+  Status UpgradeFrom1(MDB_txn* t);
+  bool ToDelivery(std::string_view k, std::string_view v, DeliveryKey* dk, DeliveryRecord* rec);
+
+  // Drops the delivery's intent from `pending`, if there is one, carrying
+  // its attempt count over to *rec (at least 1). Returns an LMDB rc.
+  int TakeIntent(MDB_txn* t, const std::string& key, DeliveryRecord* rec, Delta* delta) {
+    MDB_val k = Val(key), v;
+    int rc = mdb_get(t, pending, &k, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc != 0) return rc;
+    if (auto old = DeliveryRecord::Decode(View(v))) rec->attempts = std::max(rec->attempts, old->attempts);
+    delta->deliveries[static_cast<int>(DeliveryState::kIntent)]--;
+    rc = mdb_del(t, pending, &k, nullptr);
+    return rc;
+  }
+
   // Applies a group of batches in one txn. Returns an LMDB rc (0 = ok).
   int Apply(MDB_txn* t, std::vector<Pending*>& group, std::vector<WriteResult>* results,
             std::unordered_map<std::string, uint32_t>* fresh) {
     results->assign(group.size(), WriteResult{});
     Delta delta;
     uint32_t looked = 0;
-    MdbCursor dc;  // on deliveries; closed before the commit (it ends with Apply)
-    if (int rc = dc.OpenRc(t, deliveries); rc != 0) return rc;
     for (size_t g = 0; g < group.size(); ++g) {
       const WriteBatch& b = group[g]->batch;
       WriteResult& res = (*results)[g];
@@ -481,29 +510,27 @@ struct Index::Impl {
         rec.state = DeliveryState::kIntent;
         rec.attempts = 1;
         rec.msgtime_ms = c.msgtime_ms;
-        // One search: a new key is inserted, an existing one is answered
-        // with its value (MDB_KEYEXIST).
-        const std::string fresh_rec = rec.Encode();
-        MDB_val k = Val(key), v = Val(fresh_rec);
-        rc = mdb_put(t, deliveries, &k, &v, MDB_NOOVERWRITE);
-        if (rc == MDB_KEYEXIST) {
-          const std::string_view existing = View(v);
+        // The intent goes to `pending` only (small: its pages stay hot); the
+        // big table is only read here, and written once, at done.
+        std::string_view existing;
+        if ((rc = Get(t, pending, key, &existing)) == 0) {
+          res.claims.push_back(ClaimResult::kInFlight);
+          continue;
+        }
+        if (rc != MDB_NOTFOUND) return rc;
+        if ((rc = Get(t, items, key, &existing)) == 0) {
           auto old = DeliveryRecord::Decode(existing);
           if (old && old->state == DeliveryState::kDone) {
             res.claims.push_back(ClaimResult::kDone);
             continue;
           }
-          if (old && old->state == DeliveryState::kIntent) {
-            res.claims.push_back(ClaimResult::kInFlight);
-            continue;
-          }
           if (old) rec.attempts = old->attempts + 1;  // failed before: try again
           delta.deliveries[StateOf(existing)]--;
-          if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
-        } else if (rc != 0) {
+          if ((rc = Del(t, items, key)) != 0) return rc;
+        } else if (rc != MDB_NOTFOUND) {
           return rc;
         }
-        if ((rc = Put(t, pending, key, "")) != 0) return rc;
+        if ((rc = Put(t, pending, key, rec.Encode())) != 0) return rc;
         delta.deliveries[static_cast<int>(DeliveryState::kIntent)]++;
         res.claims.push_back(ClaimResult::kClaimed);
       }
@@ -518,21 +545,17 @@ struct Index::Impl {
         rec.attempts = 1;
         rec.msgtime_ms = d.msgtime_ms;
         rec.remote_ref = u.remote_ref;
-        // One search: the cursor stays on the record it replaces.
-        MDB_val k = Val(key), v;
-        if ((rc = mdb_cursor_get(dc.get(), &k, &v, MDB_SET)) == 0) {
-          const std::string_view existing = View(v);
-          if (auto old = DeliveryRecord::Decode(existing)) rec.attempts = std::max(1u, old->attempts);
-          delta.deliveries[StateOf(existing)]--;
-          const std::string enc = rec.Encode();
-          MDB_val nv = Val(enc);
-          if ((rc = mdb_cursor_put(dc.get(), &k, &nv, MDB_CURRENT)) != 0) return rc;
-        } else if (rc != MDB_NOTFOUND) {
-          return rc;
-        } else if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) {
+        if ((rc = TakeIntent(t, key, &rec, &delta)) != 0) return rc;
+        // One search for a new record; an existing one (done twice) is replaced.
+        const std::string enc = rec.Encode();
+        MDB_val k = Val(key), v = Val(enc);
+        rc = mdb_put(t, items, &k, &v, MDB_NOOVERWRITE);
+        if (rc == MDB_KEYEXIST) {
+          delta.deliveries[StateOf(View(v))]--;
+          if ((rc = Put(t, items, key, enc)) != 0) return rc;
+        } else if (rc != 0) {
           return rc;
         }
-        if ((rc = Del(t, pending, key)) != 0) return rc;
         delta.deliveries[static_cast<int>(DeliveryState::kDone)]++;
       }
       for (const auto& u : b.failed) {
@@ -547,16 +570,20 @@ struct Index::Impl {
         rec.msgtime_ms = d.msgtime_ms;
         rec.last_error = u.error;
         std::string_view existing;
-        if ((rc = Get(t, deliveries, key, &existing)) == 0) {
+        if ((rc = Get(t, items, key, &existing)) == 0) {
           auto old = DeliveryRecord::Decode(existing);
-          if (old && old->state == DeliveryState::kDone) continue;  // never undo a done delivery
+          if (old && old->state == DeliveryState::kDone) {  // never undo a done delivery
+            DeliveryRecord ignored;
+            if ((rc = TakeIntent(t, key, &ignored, &delta)) != 0) return rc;
+            continue;
+          }
           if (old) rec.attempts = std::max(1u, old->attempts);
           delta.deliveries[StateOf(existing)]--;
         } else if (rc != MDB_NOTFOUND) {
           return rc;
         }
-        if ((rc = Put(t, deliveries, key, rec.Encode())) != 0) return rc;
-        if ((rc = Del(t, pending, key)) != 0) return rc;
+        if ((rc = TakeIntent(t, key, &rec, &delta)) != 0) return rc;
+        if ((rc = Put(t, items, key, rec.Encode())) != 0) return rc;
         delta.deliveries[static_cast<int>(DeliveryState::kFailed)]++;
       }
       for (const auto& d : b.released) {
@@ -566,15 +593,8 @@ struct Index::Impl {
           if (auto it = fresh->find(d.mailbox); it != fresh->end()) mid = it->second;
         }
         if (!mid) continue;
-        std::string key = DeliveryKeyBytes(d.sink, *mid, d.item);
-        std::string_view existing;
-        if ((rc = Get(t, deliveries, key, &existing)) == 0) {
-          delta.deliveries[StateOf(existing)]--;
-        } else if (rc != MDB_NOTFOUND) {
-          return rc;
-        }
-        if ((rc = Del(t, deliveries, key)) != 0) return rc;
-        if ((rc = Del(t, pending, key)) != 0) return rc;
+        DeliveryRecord ignored;
+        if ((rc = TakeIntent(t, DeliveryKeyBytes(d.sink, *mid, d.item), &ignored, &delta)) != 0) return rc;
       }
       for (const auto& [k, rec] : b.items) {
         NoteLookup(&looked);
@@ -809,6 +829,59 @@ struct Index::Impl {
   }
 };
 
+// Schema 1 kept every delivery in a `deliveries` database keyed sink (2) +
+// mailbox id (4) + item key (16), intents there too, and `pending` held the
+// intents' keys with empty values. Schema 2 (index.h) moves done and failed
+// deliveries into `items` and intents with their records into `pending`,
+// both keyed item first. One transaction: a crash leaves schema 1 intact.
+Status Index::Impl::UpgradeFrom1(MDB_txn* t) {
+  Impl& im = *this;
+  MDB_dbi old = 0;
+  int rc = mdb_dbi_open(t, "deliveries", 0, &old);
+  if (rc != 0 && rc != MDB_NOTFOUND) return MdbError("open database deliveries", rc);
+  const bool have_old = rc == 0;
+  auto rekey = [](std::string_view k1) {
+    std::string k2;
+    k2.reserve(kDeliveryKeySize);
+    k2.append(k1.substr(6, kItemKeySize));
+    k2.append(k1.substr(0, 6));
+    return k2;
+  };
+  // The old intents' keys (an intent without a record keeps a default one).
+  std::vector<std::string> intents;
+  {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t, im.pending));
+    Status bad;
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view) {
+      if (k.size() != kDeliveryKeySize) bad = Status::Corruption("malformed pending key in a schema 1 index");
+      intents.emplace_back(k);
+    }));
+    WXA_RETURN_IF_ERROR(bad);
+  }
+  if ((rc = mdb_drop(t, im.pending, 0)) != 0) return MdbError("empty pending", rc);
+  for (const auto& k : intents) {
+    DeliveryRecord rec;  // intent, attempts 0, msgtime 0
+    if ((rc = Impl::Put(t, im.pending, rekey(k), rec.Encode())) != 0) return MdbError("write pending", rc);
+  }
+  if (have_old) {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t, old));
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+      const std::string_view kv = View(k), vv = View(v);
+      if (kv.size() != kDeliveryKeySize || vv.empty()) return Status::Corruption("malformed delivery record in a schema 1 index");
+      const bool intent = vv[0] == static_cast<char>(DeliveryState::kIntent);
+      const int put = Impl::Put(t, intent ? im.pending : im.items, rekey(kv), vv);
+      if (put != 0) return MdbError("write delivery", put);
+    }
+    if (rc != MDB_NOTFOUND) return MdbError("read deliveries", rc);
+    if ((rc = mdb_drop(t, old, 1)) != 0) return MdbError("drop deliveries", rc);
+  }
+  rc = Impl::Put(t, im.meta, "schema_version", std::to_string(kSchemaVersion));
+  return rc == 0 ? Status::Ok() : MdbError("write schema version", rc);
+}
+
 Index::Index(std::string dir) : dir_(std::move(dir)), impl_(std::make_unique<Impl>()) {}
 Index::~Index() = default;
 
@@ -902,8 +975,8 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   struct {
     const char* name;
     MDB_dbi* dbi;
-  } dbs[] = {{"meta", &im.meta},       {"items", &im.items},     {"deliveries", &im.deliveries},
-             {"pending", &im.pending}, {"cursors", &im.cursors}, {"mailboxes", &im.mailboxes}};
+  } dbs[] = {{"meta", &im.meta},       {"items", &im.items},     {"pending", &im.pending},
+             {"cursors", &im.cursors}, {"mailboxes", &im.mailboxes}};
   for (auto& d : dbs) {
     rc = mdb_dbi_open(t.get(), d.name, create, d.dbi);
     if (rc == MDB_INCOMPATIBLE) {
@@ -934,8 +1007,13 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
           "newer wxarchiver",
           dir, n, kSchemaVersion));
     }
-    if (n < kSchemaVersion) {
-      return Status::Unsupported(fmt::format("the index at {} has old schema {} (expected {})", dir, n, kSchemaVersion));
+    if (n == 1 && !options.read_only) {
+      WXA_RETURN_IF_ERROR(im.UpgradeFrom1(t.get()).WithContext(fmt::format("upgrade the index at {} to schema 2", dir)));
+    } else if (n < kSchemaVersion) {
+      return Status::Unsupported(fmt::format(
+          "the index at {} has old schema {} (this wxarchiver writes {}); any import with it "
+          "upgrades the index in place",
+          dir, n, kSchemaVersion));
     }
   }
   // Load the mailbox ids.
@@ -1043,8 +1121,10 @@ Result<std::optional<DeliveryRecord>> Index::GetDelivery(const DeliveryKey& k) {
   std::shared_lock l(impl_->env_mu);
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  const std::string key = DeliveryKeyBytes(k.sink, *mid, k.item);
   std::string_view v;
-  int rc = Impl::Get(t.get(), impl_->deliveries, DeliveryKeyBytes(k.sink, *mid, k.item), &v);
+  int rc = Impl::Get(t.get(), impl_->pending, key, &v);  // an intent
+  if (rc == MDB_NOTFOUND) rc = Impl::Get(t.get(), impl_->items, key, &v);
   if (rc == MDB_NOTFOUND) return std::optional<DeliveryRecord>();
   if (rc != 0) return MdbError("read delivery", rc);
   auto rec = DeliveryRecord::Decode(v);
@@ -1063,8 +1143,10 @@ Status Index::GetDeliveries(const std::vector<DeliveryKey>& keys,
     impl_->NoteLookup(&looked);
     auto mid = impl_->CachedMailboxId(keys[i].mailbox);
     if (!mid) continue;
+    const std::string key = DeliveryKeyBytes(keys[i].sink, *mid, keys[i].item);
     std::string_view v;
-    int rc = Impl::Get(t.get(), impl_->deliveries, DeliveryKeyBytes(keys[i].sink, *mid, keys[i].item), &v);
+    int rc = Impl::Get(t.get(), impl_->pending, key, &v);  // an intent
+    if (rc == MDB_NOTFOUND) rc = Impl::Get(t.get(), impl_->items, key, &v);
     if (rc == MDB_NOTFOUND) continue;
     if (rc != 0) return MdbError("read delivery", rc);
     if (v.empty()) return Status::Corruption("empty delivery record in the index");
@@ -1150,33 +1232,48 @@ Result<std::optional<Cursor>> Index::GetCursor(const std::string& file) {
   return std::optional<Cursor>(std::move(*c));
 }
 
+// A delivery record from `items` or `pending` as the caller sees it; false
+// when the key or the record is malformed.
+bool Index::Impl::ToDelivery(std::string_view k, std::string_view v, DeliveryKey* dk, DeliveryRecord* rec) {
+  if (k.size() != kDeliveryKeySize) return false;
+  auto r = DeliveryRecord::Decode(v);
+  if (!r) return false;
+  uint32_t mid = 0;
+  ParseDeliveryKey(k, &dk->sink, &mid, &dk->item);
+  {
+    std::shared_lock il(ids_mu);
+    auto it = mailbox_names.find(mid);
+    dk->mailbox = it != mailbox_names.end() ? it->second : std::string();
+  }
+  dk->msgtime_ms = r->msgtime_ms;
+  *rec = std::move(*r);
+  return true;
+}
+
 Status Index::ForEachDelivery(
     const std::function<void(const DeliveryKey&, const DeliveryRecord&)>& fn) {
   std::shared_lock l(impl_->env_mu);
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
-  MdbCursor c;
-  WXA_RETURN_IF_ERROR(c.Open(t.get(), impl_->deliveries));
   Status bad;
   uint32_t looked = 0;
-  WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
-    impl_->NoteLookup(&looked);
-    auto rec = DeliveryRecord::Decode(v);
-    if (k.size() != 22 || !rec) {
-      bad = Status::Corruption("malformed delivery record in the index");
-      return;
-    }
-    DeliveryKey dk;
-    dk.sink = static_cast<uint16_t>((static_cast<unsigned char>(k[0]) << 8) | static_cast<unsigned char>(k[1]));
-    std::memcpy(dk.item.bytes.data(), k.data() + 6, 16);
-    {
-      std::shared_lock il(impl_->ids_mu);
-      auto it = impl_->mailbox_names.find(GetU32BE(k.substr(2, 4)));
-      if (it != impl_->mailbox_names.end()) dk.mailbox = it->second;
-    }
-    dk.msgtime_ms = rec->msgtime_ms;
-    fn(dk, *rec);
-  }));
+  // Done and failed ones among the items (the item records have shorter
+  // keys), then the intents.
+  for (MDB_dbi db : {impl_->items, impl_->pending}) {
+    MdbCursor c;
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), db));
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
+      impl_->NoteLookup(&looked);
+      if (db == impl_->items && k.size() == kItemKeySize) return;
+      DeliveryKey dk;
+      DeliveryRecord rec;
+      if (!impl_->ToDelivery(k, v, &dk, &rec)) {
+        if (bad.ok()) bad = Status::Corruption("malformed delivery record in the index");
+        return;
+      }
+      fn(dk, rec);
+    }));
+  }
   return bad;
 }
 
@@ -1189,27 +1286,14 @@ Result<std::vector<std::pair<DeliveryKey, DeliveryRecord>>> Index::PendingDelive
   WXA_RETURN_IF_ERROR(c.Open(t.get(), impl_->pending));
   Status bad;
   uint32_t looked = 0;
-  WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view) {
+  WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
     impl_->NoteLookup(&looked);
-    if (k.size() != 22) {
-      bad = Status::Corruption("malformed pending key in the index");
+    DeliveryKey dk;
+    DeliveryRecord rec;
+    if (!impl_->ToDelivery(k, v, &dk, &rec)) {
+      if (bad.ok()) bad = Status::Corruption("malformed pending delivery in the index");
       return;
     }
-    DeliveryKey dk;
-    dk.sink = static_cast<uint16_t>((static_cast<unsigned char>(k[0]) << 8) | static_cast<unsigned char>(k[1]));
-    uint32_t mid = GetU32BE(k.substr(2, 4));
-    std::memcpy(dk.item.bytes.data(), k.data() + 6, 16);
-    {
-      std::shared_lock il(impl_->ids_mu);
-      auto it = impl_->mailbox_names.find(mid);
-      if (it != impl_->mailbox_names.end()) dk.mailbox = it->second;
-    }
-    std::string_view v;
-    DeliveryRecord rec;
-    if (Impl::Get(t.get(), impl_->deliveries, k, &v) == 0) {
-      if (auto r = DeliveryRecord::Decode(v)) rec = *r;
-    }
-    dk.msgtime_ms = rec.msgtime_ms;
     out.emplace_back(std::move(dk), std::move(rec));
   }));
   if (!bad.ok()) return bad;
@@ -1244,27 +1328,31 @@ Result<IndexStats> Index::Stats() {
   Txn t;
   WXA_RETURN_IF_ERROR(t.Begin(im.env, MDB_RDONLY));
   uint32_t looked = 0;  // the walks below read the whole index
+  std::unordered_map<uint32_t, IndexStats::Mailbox> per_mailbox;
+  auto count_delivery = [&](std::string_view k, std::string_view v) {
+    if (v.empty() || k.size() != kDeliveryKeySize) return;
+    int st = v[0];
+    if (st >= 1 && st <= 3) s.deliveries_by_state[st]++;
+    auto& m = per_mailbox[GetU32BE(k.substr(18, 4))];
+    if (st == static_cast<int>(DeliveryState::kDone)) m.done++;
+    if (st == static_cast<int>(DeliveryState::kIntent)) m.intent++;
+    if (st == static_cast<int>(DeliveryState::kFailed)) m.failed++;
+  };
   {
     MdbCursor c;
     WXA_RETURN_IF_ERROR(c.Open(t.get(), im.items));
-    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view, std::string_view v) {
+    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
       im.NoteLookup(&looked);
+      if (k.size() != kItemKeySize) return count_delivery(k, v);
       if (!v.empty() && v[0] >= 1 && v[0] <= 4) s.items_by_state[static_cast<int>(v[0])]++;
     }));
   }
-  std::unordered_map<uint32_t, IndexStats::Mailbox> per_mailbox;
   {
     MdbCursor c;
-    WXA_RETURN_IF_ERROR(c.Open(t.get(), im.deliveries));
+    WXA_RETURN_IF_ERROR(c.Open(t.get(), im.pending));
     WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view v) {
       im.NoteLookup(&looked);
-      if (v.empty() || k.size() != 22) return;
-      int st = v[0];
-      if (st >= 1 && st <= 3) s.deliveries_by_state[st]++;
-      auto& m = per_mailbox[GetU32BE(k.substr(2, 4))];
-      if (st == static_cast<int>(DeliveryState::kDone)) m.done++;
-      if (st == static_cast<int>(DeliveryState::kIntent)) m.intent++;
-      if (st == static_cast<int>(DeliveryState::kFailed)) m.failed++;
+      count_delivery(k, v);
     }));
   }
   {

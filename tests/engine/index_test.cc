@@ -2,6 +2,7 @@
 
 #include <lmdb.h>
 
+#include <functional>
 #include <future>
 #include <thread>
 
@@ -169,6 +170,123 @@ TEST(Index, FailedDeliveriesAreRetriedWithTheirHistory) {
   ASSERT_TRUE(x.Write(fail).ok());
   EXPECT_EQ((*x.GetDelivery(a))->state, DeliveryState::kDone);
   EXPECT_EQ(x.GetCounters()->deliveries[static_cast<int>(DeliveryState::kFailed)], 0u);
+}
+
+// An index written by schema 1 (every delivery in a `deliveries` table keyed
+// sink + mailbox + item, intents there too, `pending` holding bare keys) is
+// upgraded when opened for writing: every delivery keeps its state, record
+// and counters, and claims answer as before. Opened read-only it is refused
+// with a clear message, never misread.
+TEST(Index, UpgradesASchema1Index) {
+  test::TempDir dir;
+  const std::string path = dir / "idx";
+  DeliveryKey a{1, "a@x.com", Key(1), 1000}, b{1, "b@x.com", Key(1), 2000}, c{1, "c@x.com", Key(2), 3000};
+  {
+    auto idx = Index::Open(path);
+    ASSERT_TRUE(idx.ok());
+    ASSERT_EQ(*(*idx)->SinkId("maildir:/out"), 1u);
+    WriteBatch ids;  // mailbox ids 1, 2, 3, in this order
+    ids.claims = {a, b, c};
+    ids.released = {a, b, c};
+    ItemRecord ir;
+    ir.msgtime_ms = 1000;
+    ids.items.emplace_back(Key(1), ir);
+    ASSERT_TRUE((*idx)->Write(std::move(ids)).ok());
+  }
+  auto v1_key = [](const DeliveryKey& k, uint32_t mailbox_id) {
+    std::string key{'\0', static_cast<char>(k.sink)};
+    PutU32BE(&key, mailbox_id);
+    return key + std::string(k.item.View());
+  };
+  auto with_env = [&](const std::function<void(MDB_env*, MDB_txn*)>& fn) {
+    MDB_env* env;
+    ASSERT_EQ(mdb_env_create(&env), 0);
+    ASSERT_EQ(mdb_env_set_maxdbs(env, 8), 0);
+    ASSERT_EQ(mdb_env_open(env, path.c_str(), 0, 0644), 0);
+    MDB_txn* t;
+    ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &t), 0);
+    fn(env, t);
+    ASSERT_EQ(mdb_txn_commit(t), 0);
+    mdb_env_close(env);
+  };
+  with_env([&](MDB_env*, MDB_txn* t) {
+    MDB_dbi meta, deliveries, pending;
+    ASSERT_EQ(mdb_dbi_open(t, "meta", 0, &meta), 0);
+    ASSERT_EQ(mdb_dbi_open(t, "deliveries", MDB_CREATE, &deliveries), 0);
+    ASSERT_EQ(mdb_dbi_open(t, "pending", 0, &pending), 0);
+    auto put = [&](MDB_dbi db, const std::string& k, const std::string& v) {
+      MDB_val mk{k.size(), const_cast<char*>(k.data())}, mv{v.size(), const_cast<char*>(v.data())};
+      ASSERT_EQ(mdb_put(t, db, &mk, &mv, 0), 0);
+    };
+    DeliveryRecord done{DeliveryState::kDone, 1, 1000, "1598000000:42", ""};
+    DeliveryRecord failed{DeliveryState::kFailed, 2, 2000, "", "NO [OVERQUOTA]"};
+    DeliveryRecord intent{DeliveryState::kIntent, 1, 3000, "", ""};
+    put(deliveries, v1_key(a, 1), done.Encode());
+    put(deliveries, v1_key(b, 2), failed.Encode());
+    put(deliveries, v1_key(c, 3), intent.Encode());
+    put(pending, v1_key(c, 3), "");
+    put(meta, "schema_version", "1");
+    put(meta, "count/deliveries/intent", "1");
+    put(meta, "count/deliveries/done", "1");
+    put(meta, "count/deliveries/failed", "1");
+  });
+
+  IndexOptions ro;
+  ro.read_only = true;
+  auto refused = Index::Open(path, ro);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kUnsupported);
+  EXPECT_NE(refused.status().message().find("old schema 1"), std::string::npos) << refused.status().ToString();
+
+  {
+    auto idx = Index::Open(path);
+    ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+    Index& x = **idx;
+    auto ra = *x.GetDelivery(a), rb = *x.GetDelivery(b), rc = *x.GetDelivery(c);
+    ASSERT_TRUE(ra && rb && rc);
+    EXPECT_EQ(ra->state, DeliveryState::kDone);
+    EXPECT_EQ(ra->remote_ref, "1598000000:42");
+    EXPECT_EQ(rb->state, DeliveryState::kFailed);
+    EXPECT_EQ(rb->attempts, 2u);
+    EXPECT_EQ(rb->last_error, "NO [OVERQUOTA]");
+    EXPECT_EQ(rc->state, DeliveryState::kIntent);
+    auto pending = x.PendingDeliveries();
+    ASSERT_TRUE(pending.ok());
+    ASSERT_EQ(pending->size(), 1u);
+    EXPECT_EQ(pending->at(0).first.mailbox, "c@x.com");
+    EXPECT_EQ(pending->at(0).first.item, c.item);
+    EXPECT_EQ(pending->at(0).first.msgtime_ms, 3000);
+    size_t seen = 0;
+    ASSERT_TRUE(x.ForEachDelivery([&](const DeliveryKey& k, const DeliveryRecord& r) {
+      ++seen;
+      EXPECT_EQ(k.sink, 1u);
+      EXPECT_EQ(r.msgtime_ms, k.msgtime_ms);
+      if (k.mailbox == "a@x.com") EXPECT_EQ(r.state, DeliveryState::kDone);
+      if (k.mailbox == "b@x.com") EXPECT_EQ(r.state, DeliveryState::kFailed);
+      if (k.mailbox == "c@x.com") EXPECT_EQ(r.state, DeliveryState::kIntent);
+    }).ok());
+    EXPECT_EQ(seen, 3u);
+    auto st = x.Stats();
+    ASSERT_TRUE(st.ok());
+    EXPECT_EQ(st->schema_version, kSchemaVersion);
+    for (int s = 1; s <= 3; ++s) {
+      EXPECT_EQ(st->deliveries_by_state[s], 1u) << s;
+      EXPECT_EQ(st->counters.deliveries[s], 1u) << s;
+    }
+    EXPECT_EQ(st->items_by_state[static_cast<int>(ItemState::kDone)], 1u);
+    EXPECT_EQ(st->pending, 1u);
+    WriteBatch again;
+    again.claims = {a, b, c};
+    auto r = x.Write(std::move(again));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->claims, (std::vector<ClaimResult>{ClaimResult::kDone, ClaimResult::kClaimed,
+                                                   ClaimResult::kInFlight}));
+    EXPECT_EQ((*x.GetDelivery(b))->attempts, 3u);
+  }
+  with_env([&](MDB_env*, MDB_txn* t) {
+    MDB_dbi gone;
+    EXPECT_EQ(mdb_dbi_open(t, "deliveries", 0, &gone), MDB_NOTFOUND) << "the schema 1 table is dropped";
+  });
 }
 
 // leveldb's rule: after one failed commit the writer accepts nothing more,
@@ -497,7 +615,7 @@ TEST(Index, OneRunAtATime) {
   std::string out;
   int rc = test::Run(std::string(WXA_CLI) + " status --json --index " + test::ShellQuote(dir / "idx"), &out);
   EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("\"schema_version\":1"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"schema_version\":" + std::to_string(kSchemaVersion)), std::string::npos) << out;
   // ... and says a run is active, so its intents are not mistaken for a crash's.
   EXPECT_NE(out.find("\"run_active\":true"), std::string::npos) << out;
   rc = test::Run(std::string(WXA_CLI) + " status --index " + test::ShellQuote(dir / "idx"), &out);
