@@ -475,7 +475,8 @@ struct Index::Impl {
     return it->second;
   }
 
-  Status UpgradeFrom1(MDB_txn* t);
+  Status StartUpgradeFrom1(MDB_txn* t);
+  Status FinishUpgradeFrom1(MDB_dbi old);
   bool ToDelivery(std::string_view k, std::string_view v, DeliveryKey* dk, DeliveryRecord* rec);
 
   // Drops the delivery's intent from `pending`, if there is one, carrying
@@ -831,27 +832,33 @@ struct Index::Impl {
 
 // Schema 1 kept every delivery in a `deliveries` database keyed sink (2) +
 // mailbox id (4) + item key (16), intents there too, and `pending` held the
-// intents' keys with empty values. Schema 2 (index.h) moves done and failed
-// deliveries into `items` and intents with their records into `pending`,
-// both keyed item first. One transaction: a crash leaves schema 1 intact.
-Status Index::Impl::UpgradeFrom1(MDB_txn* t) {
-  Impl& im = *this;
-  MDB_dbi old = 0;
-  int rc = mdb_dbi_open(t, "deliveries", 0, &old);
-  if (rc != 0 && rc != MDB_NOTFOUND) return MdbError("open database deliveries", rc);
-  const bool have_old = rc == 0;
-  auto rekey = [](std::string_view k1) {
-    std::string k2;
-    k2.reserve(kDeliveryKeySize);
-    k2.append(k1.substr(6, kItemKeySize));
-    k2.append(k1.substr(0, 6));
-    return k2;
-  };
-  // The old intents' keys (an intent without a record keeps a default one).
+// intents' keys with empty values. Schema 2 (index.h) keeps done and failed
+// deliveries in `items` and intents with their records in `pending`, both
+// keyed item first.
+//
+// The upgrade starts inside Open's transaction: `pending` gets the new keys
+// (each intent's record follows from `deliveries` below) and the version
+// becomes 2, so an older wxarchiver refuses the index from then on. Then
+// FinishUpgradeFrom1 moves `deliveries` over in transactions of
+// options.upgrade_chunk records, each removing what it moved (a record is in
+// exactly one place after any crash, and the next open goes on), and drops
+// the empty table. One transaction for all would hold every dirty page in
+// memory: 645 MB for a 1,000,000-record index.
+namespace {
+std::string Schema1KeyToSchema2(std::string_view k1) {
+  std::string k2;
+  k2.reserve(kDeliveryKeySize);
+  k2.append(k1.substr(6, kItemKeySize));
+  k2.append(k1.substr(0, 6));
+  return k2;
+}
+}  // namespace
+
+Status Index::Impl::StartUpgradeFrom1(MDB_txn* t) {
   std::vector<std::string> intents;
   {
     MdbCursor c;
-    WXA_RETURN_IF_ERROR(c.Open(t, im.pending));
+    WXA_RETURN_IF_ERROR(c.Open(t, pending));
     Status bad;
     WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view) {
       if (k.size() != kDeliveryKeySize) bad = Status::Corruption("malformed pending key in a schema 1 index");
@@ -859,27 +866,62 @@ Status Index::Impl::UpgradeFrom1(MDB_txn* t) {
     }));
     WXA_RETURN_IF_ERROR(bad);
   }
-  if ((rc = mdb_drop(t, im.pending, 0)) != 0) return MdbError("empty pending", rc);
+  int rc = mdb_drop(t, pending, 0);
+  if (rc != 0) return MdbError("empty pending", rc);
+  const std::string placeholder = DeliveryRecord{}.Encode();  // intent; replaced by its record
   for (const auto& k : intents) {
-    DeliveryRecord rec;  // intent, attempts 0, msgtime 0
-    if ((rc = Impl::Put(t, im.pending, rekey(k), rec.Encode())) != 0) return MdbError("write pending", rc);
+    if ((rc = Put(t, pending, Schema1KeyToSchema2(k), placeholder)) != 0) return MdbError("write pending", rc);
   }
-  if (have_old) {
-    MdbCursor c;
-    WXA_RETURN_IF_ERROR(c.Open(t, old));
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
-      const std::string_view kv = View(k), vv = View(v);
-      if (kv.size() != kDeliveryKeySize || vv.empty()) return Status::Corruption("malformed delivery record in a schema 1 index");
-      const bool intent = vv[0] == static_cast<char>(DeliveryState::kIntent);
-      const int put = Impl::Put(t, intent ? im.pending : im.items, rekey(kv), vv);
-      if (put != 0) return MdbError("write delivery", put);
-    }
-    if (rc != MDB_NOTFOUND) return MdbError("read deliveries", rc);
-    if ((rc = mdb_drop(t, old, 1)) != 0) return MdbError("drop deliveries", rc);
-  }
-  rc = Impl::Put(t, im.meta, "schema_version", std::to_string(kSchemaVersion));
+  rc = Put(t, meta, "schema_version", std::to_string(kSchemaVersion));
   return rc == 0 ? Status::Ok() : MdbError("write schema version", rc);
+}
+
+Status Index::Impl::FinishUpgradeFrom1(MDB_dbi old) {
+  const size_t chunk = std::max<size_t>(1, options.upgrade_chunk);
+  while (true) {
+    int rc;
+    bool finished = false;
+    {
+      std::shared_lock l(env_mu);
+      Txn t;
+      WXA_RETURN_IF_ERROR(t.Begin(env, 0));
+      std::vector<std::pair<std::string, std::string>> moving;
+      {
+        MdbCursor c;
+        WXA_RETURN_IF_ERROR(c.Open(t.get(), old));
+        MDB_val k, v;
+        for (rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0 && moving.size() < chunk;
+             rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+          moving.emplace_back(View(k), View(v));
+        }
+        if (rc != 0 && rc != MDB_NOTFOUND) return MdbError("read deliveries", rc);
+      }
+      rc = 0;
+      uint32_t looked = 0;
+      for (const auto& [k, v] : moving) {
+        NoteLookup(&looked);
+        if (k.size() != kDeliveryKeySize || v.empty()) {
+          return Status::Corruption("malformed delivery record in a schema 1 index");
+        }
+        const bool intent = v[0] == static_cast<char>(DeliveryState::kIntent);
+        if ((rc = Put(t.get(), intent ? pending : items, Schema1KeyToSchema2(k), v)) != 0) break;
+        if ((rc = Del(t.get(), old, k)) != 0) break;
+      }
+      if (rc == 0 && moving.empty()) {
+        rc = mdb_drop(t.get(), old, 1);
+        finished = true;
+      }
+      if (rc == 0) rc = t.Commit();
+      if (rc == 0) ++commits;
+    }
+    if (rc == MDB_MAP_FULL) {
+      WXA_RETURN_IF_ERROR(Grow());
+      continue;
+    }
+    if (rc != 0) return MdbError("move deliveries", rc, dir);
+    if (finished) return Status::Ok();
+    if (options.max_mapped_bytes != 0) TrimMap();
+  }
 }
 
 Index::Index(std::string dir) : dir_(std::move(dir)), impl_(std::make_unique<Impl>()) {}
@@ -1008,13 +1050,25 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
           dir, n, kSchemaVersion));
     }
     if (n == 1 && !options.read_only) {
-      WXA_RETURN_IF_ERROR(im.UpgradeFrom1(t.get()).WithContext(fmt::format("upgrade the index at {} to schema 2", dir)));
+      WXA_RETURN_IF_ERROR(im.StartUpgradeFrom1(t.get()).WithContext(fmt::format("upgrade the index at {} to schema 2", dir)));
     } else if (n < kSchemaVersion) {
       return Status::Unsupported(fmt::format(
           "the index at {} has old schema {} (this wxarchiver writes {}); any import with it "
           "upgrades the index in place",
           dir, n, kSchemaVersion));
     }
+  }
+  // A schema 1 `deliveries` table not yet moved (this open started the
+  // upgrade, or one was interrupted): finished below, before any write.
+  MDB_dbi schema1 = 0;
+  rc = mdb_dbi_open(t.get(), "deliveries", 0, &schema1);
+  const bool upgrading = rc == 0;
+  if (rc != 0 && rc != MDB_NOTFOUND) return MdbError("open database deliveries", rc, dir);
+  if (upgrading && options.read_only) {
+    return Status::Unsupported(fmt::format(
+        "the index at {} is half way through its upgrade to schema {}; any import with this "
+        "wxarchiver finishes it",
+        dir, kSchemaVersion));
   }
   // Load the mailbox ids.
   {
@@ -1031,6 +1085,10 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   // Commit even when read-only: database handles opened in a transaction
   // are closed again if it is aborted.
   if ((rc = t.Commit()) != 0) return MdbError("commit", rc, dir);
+  if (upgrading) {
+    WXA_RETURN_IF_ERROR(im.FinishUpgradeFrom1(schema1).WithContext(
+        fmt::format("upgrade the index at {} to schema {}", dir, kSchemaVersion)));
+  }
   if (!options.read_only) im.writer = std::thread([&im] { im.WriterLoop(); });
   if (!options.read_only && options.max_mapped_bytes != 0 && options.trim_interval_ms != 0) im.trimmer = std::thread([&im] { im.TrimLoop(); });
   return idx;

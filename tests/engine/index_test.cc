@@ -238,10 +238,13 @@ TEST(Index, UpgradesASchema1Index) {
   EXPECT_EQ(refused.status().code(), Status::Code::kUnsupported);
   EXPECT_NE(refused.status().message().find("old schema 1"), std::string::npos) << refused.status().ToString();
 
+  IndexOptions small;
+  small.upgrade_chunk = 1;  // one record per transaction
   {
-    auto idx = Index::Open(path);
+    auto idx = Index::Open(path, small);
     ASSERT_TRUE(idx.ok()) << idx.status().ToString();
     Index& x = **idx;
+    EXPECT_EQ(x.commits(), 4u) << "three records moved one at a time, then the table dropped";
     auto ra = *x.GetDelivery(a), rb = *x.GetDelivery(b), rc = *x.GetDelivery(c);
     ASSERT_TRUE(ra && rb && rc);
     EXPECT_EQ(ra->state, DeliveryState::kDone);
@@ -286,6 +289,33 @@ TEST(Index, UpgradesASchema1Index) {
   with_env([&](MDB_env*, MDB_txn* t) {
     MDB_dbi gone;
     EXPECT_EQ(mdb_dbi_open(t, "deliveries", 0, &gone), MDB_NOTFOUND) << "the schema 1 table is dropped";
+  });
+
+  // An upgrade interrupted between two of its transactions: schema 2, with
+  // a record still in the old table. Read-only opens refuse it; the next
+  // open for writing moves the rest.
+  DeliveryKey d{1, "a@x.com", Key(3), 4000};
+  with_env([&](MDB_env*, MDB_txn* t) {
+    MDB_dbi deliveries;
+    ASSERT_EQ(mdb_dbi_open(t, "deliveries", MDB_CREATE, &deliveries), 0);
+    const std::string k = v1_key(d, 1), v = DeliveryRecord{DeliveryState::kDone, 1, 4000, "", ""}.Encode();
+    MDB_val mk{k.size(), const_cast<char*>(k.data())}, mv{v.size(), const_cast<char*>(v.data())};
+    ASSERT_EQ(mdb_put(t, deliveries, &mk, &mv, 0), 0);
+  });
+  refused = Index::Open(path, ro);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("half way"), std::string::npos) << refused.status().ToString();
+  {
+    auto idx = Index::Open(path, small);
+    ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+    auto rd = *(*idx)->GetDelivery(d);
+    ASSERT_TRUE(rd.has_value());
+    EXPECT_EQ(rd->state, DeliveryState::kDone);
+    EXPECT_EQ(rd->msgtime_ms, 4000);
+  }
+  with_env([&](MDB_env*, MDB_txn* t) {
+    MDB_dbi gone;
+    EXPECT_EQ(mdb_dbi_open(t, "deliveries", 0, &gone), MDB_NOTFOUND);
   });
 }
 
