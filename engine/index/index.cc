@@ -162,6 +162,7 @@ bool LowOnSpace(const std::string& dir) {
 // that is not a number (LMDB's codes are negative from -30800 up; errno
 // values are positive).
 constexpr int kBadMetaNumber = -1;
+constexpr int kBadPendingKey = -2;  // RekeyPending: a key of the wrong size
 
 // An LMDB or OS error, naming the index directory: a full disk reads "No
 // space left on device (index <dir>)", not a bare code.
@@ -475,7 +476,8 @@ struct Index::Impl {
     return it->second;
   }
 
-  Status StartUpgradeFrom1(MDB_txn* t);
+  Status StartUpgradeFrom1();
+  int RekeyPending(MDB_txn* t, std::vector<std::string>* keys);
   Status FinishUpgradeFrom1(MDB_dbi old);
   bool ToDelivery(std::string_view k, std::string_view v, DeliveryKey* dk, DeliveryRecord* rec);
 
@@ -836,9 +838,10 @@ struct Index::Impl {
 // deliveries in `items` and intents with their records in `pending`, both
 // keyed item first.
 //
-// The upgrade starts inside Open's transaction: `pending` gets the new keys
-// (each intent's record follows from `deliveries` below) and the version
-// becomes 2, so an older wxarchiver refuses the index from then on. Then
+// The upgrade starts with one transaction (after Open's): `pending` gets the
+// new keys (each intent's record follows from `deliveries` below) and the
+// version becomes 2, so an older wxarchiver refuses the index from then on.
+// Then
 // FinishUpgradeFrom1 moves `deliveries` over in transactions of
 // options.upgrade_chunk records, each removing what it moved (a record is in
 // exactly one place after any crash, and the next open goes on), and drops
@@ -854,26 +857,49 @@ std::string Schema1KeyToSchema2(std::string_view k1) {
 }
 }  // namespace
 
-Status Index::Impl::StartUpgradeFrom1(MDB_txn* t) {
-  std::vector<std::string> intents;
-  {
-    MdbCursor c;
-    WXA_RETURN_IF_ERROR(c.Open(t, pending));
-    Status bad;
-    WXA_RETURN_IF_ERROR(c.ForEach([&](std::string_view k, std::string_view) {
-      if (k.size() != kDeliveryKeySize) bad = Status::Corruption("malformed pending key in a schema 1 index");
-      intents.emplace_back(k);
-    }));
-    WXA_RETURN_IF_ERROR(bad);
+// Inside a write txn: `pending` with schema 2 keys and placeholder records.
+// Returns an LMDB rc; a malformed key is kBadPendingKey.
+int Index::Impl::RekeyPending(MDB_txn* t, std::vector<std::string>* keys) {
+  keys->clear();
+  MDB_cursor* c = nullptr;
+  int rc = mdb_cursor_open(t, pending, &c);
+  if (rc != 0) return rc;
+  MDB_val k, v;
+  for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    if (k.mv_size != kDeliveryKeySize) rc = kBadPendingKey;
+    if (rc != 0) break;
+    keys->emplace_back(View(k));
   }
-  int rc = mdb_drop(t, pending, 0);
-  if (rc != 0) return MdbError("empty pending", rc);
-  const std::string placeholder = DeliveryRecord{}.Encode();  // intent; replaced by its record
-  for (const auto& k : intents) {
-    if ((rc = Put(t, pending, Schema1KeyToSchema2(k), placeholder)) != 0) return MdbError("write pending", rc);
+  mdb_cursor_close(c);
+  if (rc != MDB_NOTFOUND) return rc;
+  if ((rc = mdb_drop(t, pending, 0)) != 0) return rc;
+  // An intent's record replaces its placeholder when it is moved; attempts 0
+  // marks one that had no record (FinishUpgradeFrom1 counts those).
+  const std::string placeholder = DeliveryRecord{DeliveryState::kIntent, 0, 0, "", ""}.Encode();
+  for (const auto& key : *keys) {
+    if ((rc = Put(t, pending, Schema1KeyToSchema2(key), placeholder)) != 0) return rc;
   }
-  rc = Put(t, meta, "schema_version", std::to_string(kSchemaVersion));
-  return rc == 0 ? Status::Ok() : MdbError("write schema version", rc);
+  return Put(t, meta, "schema_version", std::to_string(kSchemaVersion));
+}
+
+// Its own transaction, so that a full map is grown like any other write's.
+Status Index::Impl::StartUpgradeFrom1() {
+  std::vector<std::string> keys;
+  for (int attempt = 0; attempt < 40; ++attempt) {
+    int rc;
+    {
+      std::shared_lock l(env_mu);
+      Txn t;
+      WXA_RETURN_IF_ERROR(t.Begin(env, 0));
+      rc = RekeyPending(t.get(), &keys);
+      if (rc == 0) rc = t.Commit();
+    }
+    if (rc == 0) return Status::Ok();
+    if (rc == kBadPendingKey) return Status::Corruption("malformed pending key in a schema 1 index");
+    if (rc != MDB_MAP_FULL) return MdbError("rewrite pending", rc, dir);
+    WXA_RETURN_IF_ERROR(Grow());
+  }
+  return Status::IOError(fmt::format("LMDB commit: the map could not be grown enough (index {})", dir));
 }
 
 Status Index::Impl::FinishUpgradeFrom1(MDB_dbi old) {
@@ -909,6 +935,19 @@ Status Index::Impl::FinishUpgradeFrom1(MDB_dbi old) {
       }
       if (rc == 0 && moving.empty()) {
         rc = mdb_drop(t.get(), old, 1);
+        // Intents whose schema 1 record was missing keep their placeholder
+        // (still in doubt: the settle step asks the target) and are counted,
+        // so that the counters equal a scan.
+        Delta delta;
+        MdbCursor c;
+        if (rc == 0) rc = c.OpenRc(t.get(), pending);
+        MDB_val k, v;
+        for (int g = rc == 0 ? mdb_cursor_get(c.get(), &k, &v, MDB_FIRST) : MDB_NOTFOUND; g == 0;
+             g = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+          auto rec = DeliveryRecord::Decode(View(v));
+          if (rec && rec->attempts == 0) delta.deliveries[static_cast<int>(DeliveryState::kIntent)]++;
+        }
+        if (rc == 0) rc = ApplyDelta(t.get(), delta);
         finished = true;
       }
       if (rc == 0) rc = t.Commit();
@@ -1029,6 +1068,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
     }
     if (rc != 0) return MdbError(fmt::format("open database {}", d.name), rc);
   }
+  bool start_upgrade = false;
   std::string_view ver;
   rc = Impl::Get(t.get(), im.meta, "schema_version", &ver);
   if (rc == MDB_NOTFOUND) {
@@ -1050,7 +1090,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
           dir, n, kSchemaVersion));
     }
     if (n == 1 && !options.read_only) {
-      WXA_RETURN_IF_ERROR(im.StartUpgradeFrom1(t.get()).WithContext(fmt::format("upgrade the index at {} to schema 2", dir)));
+      start_upgrade = true;  // after this transaction
     } else if (n < kSchemaVersion) {
       return Status::Unsupported(fmt::format(
           "the index at {} has old schema {} (this wxarchiver writes {}); any import with it "
@@ -1085,6 +1125,10 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
   // Commit even when read-only: database handles opened in a transaction
   // are closed again if it is aborted.
   if ((rc = t.Commit()) != 0) return MdbError("commit", rc, dir);
+  if (start_upgrade) {
+    WXA_RETURN_IF_ERROR(im.StartUpgradeFrom1().WithContext(
+        fmt::format("upgrade the index at {} to schema {}", dir, kSchemaVersion)));
+  }
   if (upgrading) {
     WXA_RETURN_IF_ERROR(im.FinishUpgradeFrom1(schema1).WithContext(
         fmt::format("upgrade the index at {} to schema {}", dir, kSchemaVersion)));

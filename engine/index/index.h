@@ -287,7 +287,8 @@ class Index {
   // Scans everything (status): counts by state, per mailbox, cursors, sizes.
   Result<IndexStats> Stats();
   Result<Counters> GetCounters();
-  // Every delivery record, in key order (verification and tools).
+  // Every delivery record: done and failed ones in key order, then the
+  // intents (verification and tools).
   Status ForEachDelivery(
       const std::function<void(const DeliveryKey&, const DeliveryRecord&)>& fn);
 
