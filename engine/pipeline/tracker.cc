@@ -360,7 +360,6 @@ void Tracker::Finalize(Batch& b) {
             } else {
               ++fresh;
               ++by_mailbox_[d.mailbox];
-              touched_.insert(d.mailbox);
               counts_.bytes_written += rw.size;
             }
             break;
@@ -518,7 +517,7 @@ Counts Tracker::counts() const {
 
 std::map<std::string, uint64_t> Tracker::deliveries_by_mailbox() const {
   std::lock_guard<std::mutex> l(mu_);
-  return by_mailbox_;
+  return {by_mailbox_.begin(), by_mailbox_.end()};
 }
 
 std::map<std::string, std::pair<uint64_t, std::string>> Tracker::unmapped_participants() const {
@@ -533,7 +532,7 @@ std::map<std::string, std::string> Tracker::stopped_mailboxes() const {
 
 size_t Tracker::mailboxes_touched() const {
   std::lock_guard<std::mutex> l(mu_);
-  return touched_.size();
+  return by_mailbox_.size();
 }
 
 Status Tracker::report_error() const {

@@ -128,9 +128,10 @@ class Tracker {
   std::map<std::string, std::string> stopped_;       // GUARDED_BY(mu_)
   std::vector<bool> frozen_;                         // GUARDED_BY(mu_), per file: cursor stays
   Counts counts_;                                    // GUARDED_BY(mu_)
-  std::map<std::string, uint64_t> by_mailbox_;       // GUARDED_BY(mu_)
+  // New deliveries per mailbox (hashed: one lookup per delivery under mu_;
+  // sorted when read). Its size is the number of mailboxes touched.
+  std::unordered_map<std::string, uint64_t> by_mailbox_;  // GUARDED_BY(mu_)
   std::map<std::string, std::pair<uint64_t, std::string>> unmapped_;  // GUARDED_BY(mu_)
-  std::set<std::string> touched_;                    // GUARDED_BY(mu_)
   Status report_error_;                              // GUARDED_BY(mu_)
   std::deque<std::future<Result<index::WriteResult>>> writes_;  // GUARDED_BY(mu_)
   uint64_t rng_ = 0x9E3779B97F4A7C15ull;             // GUARDED_BY(mu_), jitter

@@ -226,6 +226,61 @@ class LocalTreeSink final : public Sink {
     }
   }
 
+  // One mailbox's part of a publication pass (links, or renames and
+  // adoptions). A fatal error (the whole target: ENOSPC, EIO on the root)
+  // goes to *fatal; a mailbox's own error marks its deliveries.
+  void PublishMailbox(std::vector<Staged>& batch, bool links, const std::string& mb, const std::vector<size_t>& idx,
+                      std::vector<std::optional<Completion>>* result, Status* fatal) {
+    // Batch mode: a mailbox with nothing to do in this pass is not opened
+    // (with more mailboxes than the folder cache holds, every open is a
+    // reopen). --sync file opens each in the second pass: it fsyncs the
+    // directory the links went into.
+    if (o_.sync_mode == SyncMode::kBatch &&
+        std::none_of(idx.begin(), idx.end(), [&](size_t i) { return (!batch[i].link_from.empty()) == links; })) {
+      return;
+    }
+    auto folder = GetFolder(mb, false);
+    Status s = folder.ok() ? Status::Ok() : folder.status();
+    if (!links && !folder.ok()) {
+      // The folder could not be opened again (evicted from the cache,
+      // then EMFILE, EIO, gone): the links the first pass made in it
+      // cannot be made durable (--sync file fsyncs the directory below),
+      // so they do not count as delivered either; a rerun finds them or not.
+      for (size_t i : idx) {
+        if (!batch[i].link_from.empty() && (*result)[i] && (*result)[i]->kind == Completion::Kind::kDone) {
+          (*result)[i].reset();
+        }
+      }
+    }
+    for (size_t i : idx) {
+      Staged& e = batch[i];
+      if ((*result)[i] || (!links && !e.link_from.empty() && folder.ok()) || (links && e.link_from.empty())) {
+        continue;
+      }
+      if (s.ok()) {
+        bool present = e.adopted;
+        s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
+            : links   ? PublishLinked(**folder, e, &present)
+                      : (*folder)->folder.Publish(e.tmp_name(), e.key, e.t);
+        if (s.ok()) {
+          (*result)[i] = Completion::Done((*folder)->folder.FinalName(e.key, e.t), present);
+          e.published = !e.adopted && !links;
+          continue;
+        }
+      }
+      if (ClassifyLocalError(s) == Completion::Kind::kSinkBad) {
+        *fatal = s;
+        return;
+      }
+      (*result)[i] = Completion::MailboxBad(s);
+      MarkBad(mb, s);
+    }
+    if (!links && o_.sync_mode == SyncMode::kFile && folder.ok()) {
+      Status ds = (*folder)->folder.SyncFinalDir();
+      if (!ds.ok()) *fatal = ds;
+    }
+  }
+
   // Makes a batch's staged files durable and visible, then completes it.
   Status Publish(std::vector<Staged>& batch) {
     std::lock_guard<std::mutex> pl(publish_mu_);
@@ -240,58 +295,30 @@ class LocalTreeSink final : public Sink {
     // each. Links first, while their sources still have their temp names.
     std::map<std::string, std::vector<size_t>> by_mailbox;
     for (size_t i = 0; i < batch.size(); ++i) by_mailbox[batch[i].mailbox].push_back(i);
+    std::vector<std::pair<const std::string*, const std::vector<size_t>*>> mailboxes;
+    mailboxes.reserve(by_mailbox.size());
+    for (const auto& [mb, idx] : by_mailbox) mailboxes.emplace_back(&mb, &idx);
     for (int pass = 0; pass < 2 && fatal.ok(); ++pass) {
-      const bool links = pass == 0;
-      for (auto& [mb, idx] : by_mailbox) {
-        if (!fatal.ok()) break;
-        // Batch mode: a mailbox with nothing to do in this pass is not opened
-        // (with more mailboxes than the folder cache holds, every open is a
-        // reopen). --sync file opens each in the second pass: it fsyncs the
-        // directory the links went into.
-        if (o_.sync_mode == SyncMode::kBatch &&
-            std::none_of(idx.begin(), idx.end(), [&](size_t i) { return (!batch[i].link_from.empty()) == links; })) {
-          continue;
+      // The mailboxes are independent (their own directories; each result
+      // slot belongs to one), so kPublishThreads take them in turn. The
+      // pass ends when all are done: no source is renamed before every link
+      // to its temp name is made.
+      std::atomic<size_t> next{0};
+      std::atomic<bool> stop{false};
+      auto work = [&](Status* thread_fatal) {
+        for (size_t m; !stop.load(std::memory_order_relaxed) && (m = next.fetch_add(1)) < mailboxes.size();) {
+          PublishMailbox(batch, pass == 0, *mailboxes[m].first, *mailboxes[m].second, &result, thread_fatal);
+          if (!thread_fatal->ok()) stop.store(true);
         }
-        auto folder = GetFolder(mb, false);
-        Status s = folder.ok() ? Status::Ok() : folder.status();
-        if (!links && !folder.ok()) {
-          // The folder could not be opened again (evicted from the cache,
-          // then EMFILE, EIO, gone): the links the first pass made in it
-          // cannot be made durable (--sync file fsyncs the directory below),
-          // so they do not count as delivered either; a rerun finds them or not.
-          for (size_t i : idx) {
-            if (!batch[i].link_from.empty() && result[i] && result[i]->kind == Completion::Kind::kDone) {
-              result[i].reset();
-            }
-          }
-        }
-        for (size_t i : idx) {
-          Staged& e = batch[i];
-          if (result[i] || (!links && !e.link_from.empty() && folder.ok()) || (links && e.link_from.empty())) {
-            continue;
-          }
-          if (s.ok()) {
-            bool present = e.adopted;
-            s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
-                : links   ? PublishLinked(**folder, e, &present)
-                          : (*folder)->folder.Publish(e.tmp_name(), e.key, e.t);
-            if (s.ok()) {
-              result[i] = Completion::Done((*folder)->folder.FinalName(e.key, e.t), present);
-              e.published = !e.adopted && !links;
-              continue;
-            }
-          }
-          if (ClassifyLocalError(s) == Completion::Kind::kSinkBad) {
-            fatal = s;
-            break;
-          }
-          result[i] = Completion::MailboxBad(s);
-          MarkBad(mb, s);
-        }
-        if (!links && fatal.ok() && o_.sync_mode == SyncMode::kFile && folder.ok()) {
-          Status ds = (*folder)->folder.SyncFinalDir();
-          if (!ds.ok()) fatal = ds;
-        }
+      };
+      const size_t helpers = std::min(kPublishThreads, mailboxes.size()) - 1;
+      std::vector<Status> fatals(helpers + 1);
+      std::vector<std::thread> threads;
+      for (size_t h = 1; h <= helpers; ++h) threads.emplace_back(work, &fatals[h]);
+      work(&fatals[0]);
+      for (auto& t : threads) t.join();
+      for (const auto& f : fatals) {
+        if (!f.ok() && fatal.ok()) fatal = f;
       }
     }
     if (fatal.ok() && o_.sync_mode == SyncMode::kBatch) {
@@ -501,6 +528,8 @@ class LocalTreeSink final : public Sink {
   core::UniqueFd root_fd_;
   core::UniqueFd lock_fd_;
   std::mutex publish_mu_;  // one Publish at a time
+  // Threads that publish one batch's mailboxes (the publisher and helpers).
+  static constexpr size_t kPublishThreads = 2;
   // The publisher thread (started by the first Barrier) and its queue.
   std::mutex pub_mu_;
   std::condition_variable pub_cv_;
