@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -314,7 +315,13 @@ class LocalTreeSink final : public Sink {
       const size_t helpers = std::min(kPublishThreads, mailboxes.size()) - 1;
       std::vector<Status> fatals(helpers + 1);
       std::vector<std::thread> threads;
-      for (size_t h = 1; h <= helpers; ++h) threads.emplace_back(work, &fatals[h]);
+      for (size_t h = 1; h <= helpers; ++h) {
+        try {
+          threads.emplace_back(work, &fatals[h]);
+        } catch (const std::system_error&) {
+          break;  // no thread to be had (EAGAIN): this one takes every mailbox
+        }
+      }
       work(&fatals[0]);
       for (auto& t : threads) t.join();
       for (const auto& f : fatals) {
