@@ -691,6 +691,10 @@ Result<std::unique_ptr<sinks::Sink>> DefaultMakeSink(const ImportOptions& o, cor
   lo.sync_mode = o.sync_mode;
   lo.link_copies = o.link_copies;
   lo.max_open_folders = o.max_open_folders;
+  // One worker, one publication thread: --threads 1 keeps a single order of
+  // file-system steps.
+  const size_t workers = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+  lo.publish_threads = std::clamp<size_t>(workers, 1, 2);
   lo.env = env;
   return sinks::MakeLocalSink(t, lo);
 }

@@ -301,7 +301,7 @@ class LocalTreeSink final : public Sink {
     for (const auto& [mb, idx] : by_mailbox) mailboxes.emplace_back(&mb, &idx);
     for (int pass = 0; pass < 2 && fatal.ok(); ++pass) {
       // The mailboxes are independent (their own directories; each result
-      // slot belongs to one), so kPublishThreads take them in turn. The
+      // slot belongs to one), so o_.publish_threads take them in turn. The
       // pass ends when all are done: no source is renamed before every link
       // to its temp name is made.
       std::atomic<size_t> next{0};
@@ -312,7 +312,7 @@ class LocalTreeSink final : public Sink {
           if (!thread_fatal->ok()) stop.store(true);
         }
       };
-      const size_t helpers = std::min(kPublishThreads, mailboxes.size()) - 1;
+      const size_t helpers = std::min(std::max<size_t>(1, o_.publish_threads), std::max<size_t>(1, mailboxes.size())) - 1;
       std::vector<Status> fatals(helpers + 1);
       std::vector<std::thread> threads;
       for (size_t h = 1; h <= helpers; ++h) {
@@ -535,8 +535,6 @@ class LocalTreeSink final : public Sink {
   core::UniqueFd root_fd_;
   core::UniqueFd lock_fd_;
   std::mutex publish_mu_;  // one Publish at a time
-  // Threads that publish one batch's mailboxes (the publisher and helpers).
-  static constexpr size_t kPublishThreads = 2;
   // The publisher thread (started by the first Barrier) and its queue.
   std::mutex pub_mu_;
   std::condition_variable pub_cv_;

@@ -38,6 +38,9 @@ struct LocalSinkOptions {
   // An item's other mailboxes get hard links to its one file (copies where
   // links are impossible). Off: a separate copy per mailbox (--no-links).
   bool link_copies = true;
+  // Threads that publish a batch's mailboxes (renames and links), at least 1.
+  // 1 keeps one order of file-system steps (the power-cut test relies on it).
+  size_t publish_threads = 2;
   core::Env* env = nullptr;      // null = Env::Default(); must outlive the sink
 };
 

@@ -43,7 +43,7 @@ class PowerCut : public ::testing::TestWithParam<sinks::SyncMode> {
     o.source_dir = tmp_ / "src";
     o.directory_csv = tmp_ / "src/directory.csv";
     o.target = "maildir:" + out;
-    o.threads = 1;        // one order of steps: the cut lands where it should
+    o.threads = 1;        // one worker and one publication thread: one order of steps, so the cut lands where it should
     o.batch_records = 2;  // several batches, several publishes
     o.barrier_batches = 1;  // a barrier per batch: cuts land between publishes (pacing is the crash test's)
     o.sync_mode = GetParam();
