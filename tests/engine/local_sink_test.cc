@@ -282,5 +282,85 @@ TEST(LocalSink, StagedLinksHoldNoFolderOpen) {
   EXPECT_EQ(links, 1u) << "b7's item is a hard link to a7's";
 }
 
+// Publication on two threads: many mailboxes, each item in 3 of them (hard links), a tiny
+// folder cache (evictions while both publish threads hold folders), several
+// barriers, both layouts and sync modes; optionally links refused (copy fallback reads the source folder
+// while the other thread may be publishing it).
+class RefuseAllLinksEnv : public core::Env {
+ public:
+  Status LinkAt(int, const std::string&, int, const std::string&, const std::string& path) override {
+    return Status::FromErrno("link", path, EXDEV);
+  }
+};
+
+TEST(LocalSink, ParallelPublicationWithManyMailboxesAndEvictions) {
+  for (const char* layout : {"maildir", "eml"}) {
+    for (SyncMode mode : {SyncMode::kBatch, SyncMode::kFile}) {
+      for (size_t cache : {1, 2, 64}) {
+        for (bool refuse : {false, true}) {
+          SCOPED_TRACE(fmt::format("{} mode {} cache {} refuse {}", layout, int(mode), cache, refuse));
+          test::TempDir dir;
+          RefuseAllLinksEnv renv;
+          LocalSinkOptions o;
+          o.max_open_folders = cache;
+          o.sync_mode = mode;
+          if (refuse) o.env = &renv;
+          auto sink = OpenedSink(dir, o, layout);
+          ASSERT_NE(sink, nullptr);
+          Outcomes out;
+          uint64_t id = 0;
+          constexpr int kMailboxes = 23;
+          for (int item = 0; item < 120; ++item) {
+            for (int k = 0; k < 3; ++k) {
+              sink->Submit(MakeDelivery(id++, fmt::format("m{}@x.com", (item * 7 + k * 5) % kMailboxes), item), out.Fn());
+            }
+            if (item % 40 == 39) ASSERT_TRUE(sink->Barrier().ok());
+          }
+          ASSERT_TRUE(sink->Close().ok());
+          ASSERT_EQ(out.size(), id);
+          std::set<uint64_t> ids;
+          for (const auto& [i, c] : out.got) {
+            ids.insert(i);
+            EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
+          }
+          EXPECT_EQ(ids.size(), id) << "a completion duplicated";
+          EXPECT_EQ(MessageFiles(dir / "out"), id);
+        }
+      }
+    }
+  }
+}
+
+// A fatal error (every fsync fails: EIO) in --sync file while both threads
+// publish: every delivery completes exactly once, none Done.
+TEST(LocalSink, FatalErrorDuringParallelPublication) {
+  for (SyncMode mode : {SyncMode::kBatch, SyncMode::kFile}) {
+    test::TempDir dir;
+    test::FaultEnv env;
+    LocalSinkOptions o;
+    o.max_open_folders = 2;
+    o.sync_mode = mode;
+    o.env = &env;
+    auto sink = OpenedSink(dir, o);
+    ASSERT_NE(sink, nullptr);
+    Outcomes out;
+    uint64_t id = 0;
+    for (int item = 0; item < 60; ++item) {
+      for (int k = 0; k < 3; ++k) sink->Submit(MakeDelivery(id++, fmt::format("m{}@x.com", (item + k * 4) % 13), item), out.Fn());
+    }
+    env.fail_sync = true;
+    (void)sink->Barrier();
+    Status s = sink->Close();
+    EXPECT_FALSE(s.ok());
+    ASSERT_EQ(out.size(), id);
+    std::set<uint64_t> ids;
+    for (const auto& [i, c] : out.got) {
+      ids.insert(i);
+      EXPECT_NE(c.kind, Completion::Kind::kDone);
+    }
+    EXPECT_EQ(ids.size(), id);
+  }
+}
+
 }  // namespace
 }  // namespace wxa::sinks
