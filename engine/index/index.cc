@@ -267,9 +267,9 @@ uint16_t GetU16BE(std::string_view b) {
 }
 // The parts of a schema 2 delivery key (size kDeliveryKeySize).
 void ParseDeliveryKey(std::string_view k, uint16_t* sink, uint32_t* mailbox_id, core::ItemKey* item) {
-  std::memcpy(item->bytes.data(), k.data(), 16);
-  *sink = GetU16BE(k.substr(16, 2));
-  *mailbox_id = GetU32BE(k.substr(18, 4));
+  std::memcpy(item->bytes.data(), k.data(), kItemKeySize);
+  *sink = GetU16BE(k.substr(kItemKeySize, 2));
+  *mailbox_id = GetU32BE(k.substr(kItemKeySize + 2, 4));
 }
 
 }  // namespace
@@ -841,8 +841,7 @@ struct Index::Impl {
 // The upgrade starts with one transaction (after Open's): `pending` gets the
 // new keys (each intent's record follows from `deliveries` below) and the
 // version becomes 2, so an older wxarchiver refuses the index from then on.
-// Then
-// FinishUpgradeFrom1 moves `deliveries` over in transactions of
+// Then FinishUpgradeFrom1 moves `deliveries` over in transactions of
 // options.upgrade_chunk records, each removing what it moved (a record is in
 // exactly one place after any crash, and the next open goes on), and drops
 // the empty table. One transaction for all would hold every dirty page in
@@ -1435,7 +1434,7 @@ Result<IndexStats> Index::Stats() {
     if (v.empty() || k.size() != kDeliveryKeySize) return;
     int st = v[0];
     if (st >= 1 && st <= 3) s.deliveries_by_state[st]++;
-    auto& m = per_mailbox[GetU32BE(k.substr(18, 4))];
+    auto& m = per_mailbox[GetU32BE(k.substr(kItemKeySize + 2, 4))];
     if (st == static_cast<int>(DeliveryState::kDone)) m.done++;
     if (st == static_cast<int>(DeliveryState::kIntent)) m.intent++;
     if (st == static_cast<int>(DeliveryState::kFailed)) m.failed++;

@@ -362,5 +362,53 @@ TEST(LocalSink, FatalErrorDuringParallelPublication) {
   }
 }
 
+// A fatal error met only by the second publication thread still fails the
+// whole batch. Mailbox "a" sorts first, so the publisher (which starts
+// taking mailboxes as soon as it has started its helper) usually takes it,
+// and its rename waits until "b"'s has failed with EIO on the other thread.
+// Either way round the batch must end with no delivery done.
+class FailRenameOfBEnv : public core::Env {
+ public:
+  Status RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                  const std::string& path) override {
+    if (path.find("/b@x.com/") != std::string::npos) {
+      std::lock_guard<std::mutex> l(mu_);
+      failed_ = true;
+      cv_.notify_all();
+      return Status::FromErrno("rename", path, EIO);
+    }
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait_for(l, std::chrono::seconds(5), [&] { return failed_; });
+    }
+    return core::Env::RenameAt(from_dir, from, to_dir, to, path);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool failed_ = false;
+};
+
+TEST(LocalSink, FatalErrorOfTheHelperThreadFailsTheBatch) {
+  for (int round = 0; round < 10; ++round) {
+    SCOPED_TRACE(round);
+    test::TempDir dir;
+    FailRenameOfBEnv env;
+    LocalSinkOptions o;
+    o.link_copies = false;  // renames only: each mailbox its own file
+    o.env = &env;
+    auto sink = OpenedSink(dir, o);
+    ASSERT_NE(sink, nullptr);
+    Outcomes out;
+    sink->Submit(MakeDelivery(0, "a@x.com", 1), out.Fn());
+    sink->Submit(MakeDelivery(1, "b@x.com", 2), out.Fn());
+    (void)sink->Barrier();
+    EXPECT_FALSE(sink->Close().ok());
+    ASSERT_EQ(out.size(), 2u);
+    for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kSinkBad) << i;
+  }
+}
+
 }  // namespace
 }  // namespace wxa::sinks
