@@ -69,6 +69,10 @@ std::vector<std::string> ListFiles(const std::string& dir) {
   return out;
 }
 
+bool IsTempFile(const std::string& rel) {
+  return rel.find("/tmp/") != std::string::npos || rel.rfind(".wxarchiver-staging/", 0) == 0;
+}
+
 std::string SourcePath(const std::string& rel) { return std::string(WXA_SOURCE_DIR) + "/" + rel; }
 
 std::string ShellQuote(const std::string& s) {

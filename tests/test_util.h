@@ -41,6 +41,9 @@ std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& data);  // creates parents
 // Regular files under dir, as paths relative to dir, sorted.
 std::vector<std::string> ListFiles(const std::string& dir);
+// Whether a path from ListFiles of a local tree is a temp file: in a
+// folder's tmp/ or in the tree's staging directory (sinks::kStagingDirName).
+bool IsTempFile(const std::string& rel);
 std::string SourcePath(const std::string& rel);  // path in the source tree
 // Runs a shell command; returns its exit status and puts stdout+stderr in *out.
 int Run(const std::string& command, std::string* out);

@@ -3,8 +3,8 @@
 //
 // Maildir and EML complete at Barrier(), so a whole batch shares its
 // durability cost:
-//   Submit()  writes the item to a temp file (no rename), or adopts the file
-//             a stopped run already put in place;
+//   Submit()  writes the item to a temp file in the tree's staging directory
+//             (no rename), or adopts the file a stopped run already put in place;
 //   Barrier() makes every staged file durable and visible, then completes:
 //             kBatch: syncfs, rename all, syncfs (two file-system commits per batch);
 //             kFile:  each temp file was fsynced when written; rename all, fsync
@@ -51,6 +51,10 @@ size_t FolderCacheSize(uint64_t nofile);
 
 // The lock file each local tree holds while a run writes into it.
 inline constexpr std::string_view kTargetLockName = ".wxarchiver-target.lock";
+// The directory at a local tree's root where items are written before they
+// are renamed (or hard-linked) into their folders. Holds only temp files of
+// the run that holds the lock; a run removes what a stopped one left.
+inline constexpr std::string_view kStagingDirName = ".wxarchiver-staging";
 
 // Creates (if need be) and flocks kTargetLockName in the tree `dir`, whose
 // directory is open as root_fd (used for the openat; `dir` only names it in

@@ -215,7 +215,7 @@ Result<MailFolder> MailFolder::Open(core::Env* env, Layout layout, int root_fd,
   WXA_ASSIGN_OR_RETURN(core::UniqueFd mbox, env->OpenDirAt(root_fd, mailbox_dir, create, mbox_path));
   WXA_ASSIGN_OR_RETURN(core::UniqueFd dir, env->OpenDirAt(mbox.get(), folder, create, f.path_));
   if (layout == Layout::kEml) {
-    WXA_ASSIGN_OR_RETURN(f.tmp_, env->OpenDirAt(mbox.get(), folder, false, f.path_));
+    WXA_ASSIGN_OR_RETURN(f.tmp_, StagingArea::Open(env, layout, mbox.get(), folder, f.path_, false));
     f.final_ = std::move(dir);
     return f;
   }
@@ -225,7 +225,7 @@ Result<MailFolder> MailFolder::Open(core::Env* env, Layout layout, int root_fd,
       WXA_ASSIGN_OR_RETURN(core::UniqueFd d, env->OpenDirAt(mbox.get(), sub, true, core::JoinPath(mbox_path, sub)));
     }
   }
-  WXA_ASSIGN_OR_RETURN(f.tmp_, env->OpenDirAt(dir.get(), "tmp", create, f.path_ + "/tmp"));
+  WXA_ASSIGN_OR_RETURN(f.tmp_, StagingArea::Open(env, layout, dir.get(), "tmp", f.path_ + "/tmp", create));
   WXA_ASSIGN_OR_RETURN(f.final_, env->OpenDirAt(dir.get(), "cur", create, f.path_ + "/cur"));
   WXA_ASSIGN_OR_RETURN(f.new_, env->OpenDirAt(dir.get(), "new", create, f.path_ + "/new"));
   if (create) {
@@ -245,48 +245,14 @@ std::string MailFolder::FinalPath(const core::ItemKey& key, int64_t msgtime_ms) 
   return core::JoinPath(layout_ == Layout::kMaildir ? path_ + "/cur" : path_, FinalName(key, msgtime_ms));
 }
 
-Result<std::string> MailFolder::Stage(const core::ItemKey& key, int64_t msgtime_ms,
-                                      std::string_view bytes, bool sync) {
-  const std::string name = TempName(layout_, key, msgtime_ms);
-  const std::string tmp_path =
-      core::JoinPath(layout_ == Layout::kMaildir ? path_ + "/tmp" : path_, name);
-  auto fd = env_->CreateAt(tmp_.get(), name, tmp_path);
-  if (!fd.ok() && fd.status().code() == Status::Code::kAlreadyExists) {
-    // Left by a crashed run that had our pid: never renamed, so garbage.
-    WXA_RETURN_IF_ERROR(env_->UnlinkAt(tmp_.get(), name, tmp_path));
-    fd = env_->CreateAt(tmp_.get(), name, tmp_path);
-  }
-  if (!fd.ok()) return fd.status();
-  Status s = env_->WriteAll(fd->get(), bytes, tmp_path);
-  // INTERNALDATE, as Dovecot reads it from a Maildir file, is its mtime.
-  if (s.ok()) s = env_->SetTimes(fd->get(), msgtime_ms > 0 ? msgtime_ms / 1000 : 0, tmp_path);
-  if (s.ok() && sync) s = env_->Sync(fd->get(), tmp_path);
-  fd->Reset();
-  if (!s.ok()) {
-    (void)env_->UnlinkAt(tmp_.get(), name, tmp_path);
-    return s;
-  }
-  return name;
+Status MailFolder::LinkFrom(const StagingArea& area, const std::string& name, const core::ItemKey& key,
+                            int64_t msgtime_ms) {
+  return env_->LinkAt(area.fd(), name, final_.get(), FinalName(key, msgtime_ms), FinalPath(key, msgtime_ms));
 }
 
-Status MailFolder::PublishLink(const MailFolder& src, const std::string& src_tmp_name, const core::ItemKey& key,
+Status MailFolder::PublishFrom(const StagingArea& area, const std::string& name, const core::ItemKey& key,
                                int64_t msgtime_ms) {
-  return env_->LinkAt(src.tmp_.get(), src_tmp_name, final_.get(), FinalName(key, msgtime_ms),
-                      FinalPath(key, msgtime_ms));
-}
-
-Result<std::string> MailFolder::ReadStaged(const std::string& tmp_name) const {
-  const std::string path = core::JoinPath(layout_ == Layout::kMaildir ? path_ + "/tmp" : path_, tmp_name);
-  core::UniqueFd fd(::openat(tmp_.get(), tmp_name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno("open", path, errno);
-  std::string out;
-  WXA_RETURN_IF_ERROR(core::ReadFd(env_, fd.get(), path, uint64_t{1} << 32, &out));
-  return out;
-}
-
-Status MailFolder::Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms) {
-  return env_->RenameAt(tmp_.get(), tmp_name, final_.get(), FinalName(key, msgtime_ms),
-                        FinalPath(key, msgtime_ms));
+  return env_->RenameAt(area.fd(), name, final_.get(), FinalName(key, msgtime_ms), FinalPath(key, msgtime_ms));
 }
 
 Status MailFolder::SyncItem(const core::ItemKey& key, int64_t msgtime_ms) {
@@ -299,10 +265,6 @@ Status MailFolder::SyncItem(const core::ItemKey& key, int64_t msgtime_ms) {
     return Status::FromErrno("open", path, errno);
   }
   return env_->Sync(fd.get(), path);
-}
-
-void MailFolder::Discard(const std::string& tmp_name) {
-  (void)env_->UnlinkAt(tmp_.get(), tmp_name, tmp_name);
 }
 
 Status MailFolder::SyncFinalDir() {
@@ -366,16 +328,77 @@ Status MailFolder::ForEachMessage(size_t head_bytes,
   return Status::Ok();
 }
 
-Result<size_t> MailFolder::CleanTemp() {
-  const std::string dir = layout_ == Layout::kMaildir ? path_ + "/tmp" : path_;
-  WXA_ASSIGN_OR_RETURN(auto names, env_->ListDirFd(tmp_.get(), dir));
+Result<StagingArea> StagingArea::Open(core::Env* env, Layout layout, int dir_fd, const std::string& rel,
+                                      const std::string& path, bool create) {
+  StagingArea a;
+  a.env_ = env;
+  a.layout_ = layout;
+  a.path_ = path;
+  WXA_ASSIGN_OR_RETURN(a.fd_, env->OpenDirAt(dir_fd, rel, create, path));
+  return a;
+}
+
+Result<std::string> StagingArea::Stage(const core::ItemKey& key, int64_t msgtime_ms, std::string_view bytes,
+                                       bool sync) const {
+  const std::string name = TempName(layout_, key, msgtime_ms);
+  const std::string tmp_path = core::JoinPath(path_, name);
+  auto fd = env_->CreateAt(fd_.get(), name, tmp_path);
+  if (!fd.ok() && fd.status().code() == Status::Code::kAlreadyExists) {
+    // Left by a crashed run that had our pid: never renamed, so garbage.
+    WXA_RETURN_IF_ERROR(env_->UnlinkAt(fd_.get(), name, tmp_path));
+    fd = env_->CreateAt(fd_.get(), name, tmp_path);
+  }
+  if (!fd.ok()) return fd.status();
+  Status s = env_->WriteAll(fd->get(), bytes, tmp_path);
+  // INTERNALDATE, as Dovecot reads it from a Maildir file, is its mtime.
+  if (s.ok()) s = env_->SetTimes(fd->get(), msgtime_ms > 0 ? msgtime_ms / 1000 : 0, tmp_path);
+  if (s.ok() && sync) s = env_->Sync(fd->get(), tmp_path);
+  fd->Reset();
+  if (!s.ok()) {
+    (void)env_->UnlinkAt(fd_.get(), name, tmp_path);
+    return s;
+  }
+  return name;
+}
+
+Result<std::string> StagingArea::Read(const std::string& name) const {
+  const std::string path = core::JoinPath(path_, name);
+  core::UniqueFd fd(::openat(fd_.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open", path, errno);
+  std::string out;
+  WXA_RETURN_IF_ERROR(core::ReadFd(env_, fd.get(), path, uint64_t{1} << 32, &out));
+  return out;
+}
+
+void StagingArea::Discard(const std::string& name) const {
+  (void)env_->UnlinkAt(fd_.get(), name, core::JoinPath(path_, name));
+}
+
+Result<size_t> StagingArea::Clean() {
+  WXA_ASSIGN_OR_RETURN(auto names, env_->ListDirFd(fd_.get(), path_));
   size_t n = 0;
   for (const auto& name : names) {
     if (!IsOurTemp(layout_, name)) continue;
-    WXA_RETURN_IF_ERROR(env_->UnlinkAt(tmp_.get(), name, core::JoinPath(dir, name)));
+    WXA_RETURN_IF_ERROR(env_->UnlinkAt(fd_.get(), name, core::JoinPath(path_, name)));
     ++n;
   }
   return n;
+}
+
+Result<bool> StagingArea::SameMount(int dir_fd, const std::string& dir_path) const {
+  // The mount id where the kernel has it (5.8): two mounts of one file system
+  // share st_dev, and a rename between them fails all the same.
+  struct statx a {}, b {};
+  if (::statx(fd_.get(), "", AT_EMPTY_PATH, STATX_MNT_ID, &a) != 0) {
+    return Status::FromErrno("statx", path_, errno);
+  }
+  if (::statx(dir_fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &b) != 0) {
+    return Status::FromErrno("statx", dir_path, errno);
+  }
+  if ((a.stx_mask & STATX_MNT_ID) != 0 && (b.stx_mask & STATX_MNT_ID) != 0 && a.stx_mnt_id != b.stx_mnt_id) {
+    return false;
+  }
+  return a.stx_dev_major == b.stx_dev_major && a.stx_dev_minor == b.stx_dev_minor;
 }
 
 }  // namespace wxa::maildir

@@ -47,6 +47,46 @@ std::optional<core::ItemKey> KeyFromFileName(std::string_view name);
 
 enum class Layout : uint8_t { kMaildir, kEml };
 
+// A directory where items are written before they are published into a
+// folder by rename or hard link: a folder's own tmp/ (the EML folder itself,
+// with '.'-leading temp names), or one directory a whole tree's folders share
+// (LocalTreeSink). Temp names are unique per process (pid and a counter), so
+// one area serves any number of folders and threads. Not thread-safe for
+// Clean(); Stage, Read and Discard are. `env` must outlive it.
+class StagingArea {
+ public:
+  // Opens `rel` beneath dir_fd without following symlinks, creating it when
+  // `create`. `path` is its full path, for messages.
+  static Result<StagingArea> Open(core::Env* env, Layout layout, int dir_fd, const std::string& rel,
+                                  const std::string& path, bool create);
+  StagingArea() = default;
+  StagingArea(StagingArea&&) = default;
+  StagingArea& operator=(StagingArea&&) = default;
+
+  // Writes `bytes` to a new temp file (never taken for an item by readers),
+  // dated `msgtime_ms`, fsynced when `sync`. Returns its name. On failure
+  // nothing is left behind.
+  Result<std::string> Stage(const core::ItemKey& key, int64_t msgtime_ms, std::string_view bytes, bool sync) const;
+  // A staged file's bytes (to copy it where a link or rename is refused).
+  Result<std::string> Read(const std::string& name) const;
+  // Removes a staged file that will not be published.
+  void Discard(const std::string& name) const;
+  // Removes the temp files a stopped run left (only names this writer makes).
+  Result<size_t> Clean();
+  // Whether the directory open as dir_fd is on the same mount as this area
+  // (a rename or link between them can work; across mounts it fails, EXDEV).
+  Result<bool> SameMount(int dir_fd, const std::string& dir_path) const;
+
+  int fd() const { return fd_.get(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  core::Env* env_ = nullptr;
+  Layout layout_ = Layout::kMaildir;
+  std::string path_;
+  core::UniqueFd fd_;
+};
+
 // One mailbox's archive folder, with descriptors on its directories. Not
 // thread-safe (one user at a time); `env` must outlive it. Holds at most four
 // descriptors.
@@ -62,30 +102,33 @@ class MailFolder {
   MailFolder(MailFolder&&) = default;
   MailFolder& operator=(MailFolder&&) = default;
 
-  // Writes `bytes` to a new temp file (never taken for an item by readers),
-  // dated `msgtime_ms`, fsynced when `sync`. Returns its name (relative to the
-  // temp directory). On failure nothing is left behind.
+  // The folder's own temp directory (Maildir: tmp/; EML: the folder).
+  const StagingArea& staging() const { return tmp_; }
+  // Stages in the folder's own temp directory (staging().Stage).
   Result<std::string> Stage(const core::ItemKey& key, int64_t msgtime_ms, std::string_view bytes,
-                            bool sync);
-  // Publishes the item as a hard link, under its final name, to `src`'s
-  // staged file `src_tmp_name` (one inode for every mailbox of an item: no
-  // second write, no second fsync, no temp name and rename). The source's
-  // bytes must be durable first (fsynced, or a file-system sync); the new
-  // name is durable after SyncFinalDir() (or a file-system sync). Fails
-  // (EXDEV across file systems, EMLINK, EPERM/ENOTSUP where links are not
-  // allowed; kAlreadyExists if the name is taken) without leaving anything.
-  Status PublishLink(const MailFolder& src, const std::string& src_tmp_name, const core::ItemKey& key,
+                            bool sync) {
+    return tmp_.Stage(key, msgtime_ms, bytes, sync);
+  }
+  // Publishes the item as a hard link, under its final name, to the staged
+  // file `name` of `area` (one inode for every mailbox of an item: no second
+  // write, no second fsync, no temp name and rename). The source's bytes must
+  // be durable first (fsynced, or a file-system sync); the new name is
+  // durable after SyncFinalDir() (or a file-system sync). Fails (EXDEV across
+  // file systems, EMLINK, EPERM/ENOTSUP where links are not allowed;
+  // kAlreadyExists if the name is taken) without leaving anything.
+  Status LinkFrom(const StagingArea& area, const std::string& name, const core::ItemKey& key, int64_t msgtime_ms);
+  // Renames the staged file `name` of `area` to the item's final name.
+  // Durable after SyncFinalDir() (or a file-system sync). EXDEV when `area`
+  // is on another mount.
+  Status PublishFrom(const StagingArea& area, const std::string& name, const core::ItemKey& key,
                      int64_t msgtime_ms);
-  // A staged file's bytes (to copy it where a link is refused).
-  Result<std::string> ReadStaged(const std::string& tmp_name) const;
-  // Renames a staged file to its final name. Durable after SyncFinalDir()
-  // (or a file-system sync).
-  Status Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms);
+  // Renames a file staged in the folder's own temp directory into place.
+  Status Publish(const std::string& tmp_name, const core::ItemKey& key, int64_t msgtime_ms) {
+    return PublishFrom(tmp_, tmp_name, key, msgtime_ms);
+  }
   // fsync of an item already in place (adopted after a crash: its bytes may
   // never have reached the disk).
   Status SyncItem(const core::ItemKey& key, int64_t msgtime_ms);
-  // Removes a staged file that will not be published.
-  void Discard(const std::string& tmp_name);
   Status SyncFinalDir();
   // Whether the item is there: Maildir in cur/ or new/ with any flags (a
   // client may have changed them), EML by its name. The first miss scans the
@@ -96,8 +139,9 @@ class MailFolder {
   // non-regular entries are skipped.
   Status ForEachMessage(size_t head_bytes,
                         const std::function<void(const std::string&, std::string_view)>& fn);
-  // Removes temp files a stopped run left. Returns how many.
-  Result<size_t> CleanTemp();
+  // Removes temp files a stopped run left in the folder's own temp
+  // directory. Returns how many.
+  Result<size_t> CleanTemp() { return tmp_.Clean(); }
   // Full path of where the item is (or would be) stored.
   std::string FinalPath(const core::ItemKey& key, int64_t msgtime_ms) const;
   std::string FinalName(const core::ItemKey& key, int64_t msgtime_ms) const;
@@ -109,7 +153,7 @@ class MailFolder {
   core::Env* env_ = nullptr;
   Layout layout_ = Layout::kMaildir;
   std::string path_;       // the folder's full path
-  core::UniqueFd tmp_;     // Maildir: tmp/; EML: the folder
+  StagingArea tmp_;       // Maildir: tmp/; EML: the folder
   core::UniqueFd final_;   // Maildir: cur/; EML: the folder
   core::UniqueFd new_;     // Maildir: new/
   std::optional<std::unordered_set<std::string>> scanned_;  // item key hex found by Scan()

@@ -507,7 +507,7 @@ TEST_F(ImportTest, RefusedHardLinksBecomeCopies) {
       size_t files = 0;
       for (const auto& f : MailFiles()) {
         if (f.find("maildirfolder") != std::string::npos) continue;
-        EXPECT_EQ(f.find("/tmp/"), std::string::npos) << "left in tmp/: " << f;
+        EXPECT_FALSE(test::IsTempFile(f)) << "temp file left: " << f;
         struct stat st {};
         ASSERT_EQ(::stat((tmp_ / ("out/" + f)).c_str(), &st), 0) << f;
         EXPECT_EQ(st.st_nlink, 1u) << f;
@@ -598,11 +598,11 @@ TEST_F(ImportTest, SlowPublicationBoundsTheBatchesWaiting) {
   o.max_outstanding_batches_local = kBound;
   Result<ImportSummary> r = Status::Ok();
   std::thread run([&] { r = RunImport(o); });
-  // Staged (read, rendered, written to tmp/) while the first sync waits:
+  // Staged (read, rendered, written to a temp file) while the first sync waits:
   // one temp file per record (bob's copy is a hard link made at publication).
   auto staged = [&] {
     size_t n = 0;
-    for (const auto& f : MailFiles()) n += f.find("/tmp/") != std::string::npos;
+    for (const auto& f : MailFiles()) n += test::IsTempFile(f);
     return n;
   };
   const bool entered = env.WaitEntered(std::chrono::seconds(30));
@@ -790,7 +790,7 @@ TEST_P(ImportFaultTest, DiskFullStopsTheRunAndARerunCompletes) {
   EXPECT_EQ(CountItems("alice@corp.com"), 30u);
   EXPECT_EQ(CountItems("bob@corp.com"), 30u);
   for (const auto& f : test::ListFiles(tmp_ / "out")) {
-    EXPECT_EQ(f.find("/tmp/"), std::string::npos) << "temp file left: " << f;
+    EXPECT_FALSE(test::IsTempFile(f)) << "temp file left: " << f;
   }
   uint64_t done = 0;
   ExpectIndexMatchesDisk(&done);

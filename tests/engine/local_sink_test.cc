@@ -129,10 +129,10 @@ TEST(LocalSink, AFailedPublicationIsReportedByBarrierAndClose) {
   EXPECT_FALSE(sink->Barrier().ok());
 }
 
-size_t FilesInTmpDirs(const std::string& root) {
+size_t TempFilesIn(const std::string& root) {
   size_t n = 0;
   for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
-    if (e.is_regular_file() && e.path().parent_path().filename() == "tmp") ++n;
+    if (e.is_regular_file() && test::IsTempFile(std::filesystem::relative(e.path(), root).string())) ++n;
   }
   return n;
 }
@@ -140,7 +140,7 @@ size_t FilesInTmpDirs(const std::string& root) {
 // The sink destroyed without Close (the run is being torn down after an
 // error): the batch being published is finished, a batch handed over but
 // not taken and deliveries staged since the last Barrier are dropped, and
-// their temp files removed. Nothing is left in tmp/.
+// their temp files removed. No temp file is left.
 TEST(LocalSink, DestroyedWithoutCloseLeavesNoTempFiles) {
   test::TempDir dir;
   test::GatedSyncEnv env;
@@ -156,7 +156,7 @@ TEST(LocalSink, DestroyedWithoutCloseLeavesNoTempFiles) {
   for (int item = 10; item < 20; ++item) sink->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
   ASSERT_TRUE(sink->Barrier().ok());  // handed over, not taken
   for (int item = 20; item < 30; ++item) sink->Submit(MakeDelivery(id++, "b@x.com", item), out.Fn());
-  EXPECT_EQ(FilesInTmpDirs(dir / "out"), 30u);
+  EXPECT_EQ(TempFilesIn(dir / "out"), 30u);
 
   std::thread destroy([&] { sink.reset(); });
   // Let the destructor take the queue first (if it has not by then, the
@@ -165,7 +165,7 @@ TEST(LocalSink, DestroyedWithoutCloseLeavesNoTempFiles) {
   env.Open();
   destroy.join();
 
-  EXPECT_EQ(FilesInTmpDirs(dir / "out"), 0u) << "temp files of dropped deliveries were left behind";
+  EXPECT_EQ(TempFilesIn(dir / "out"), 0u) << "temp files of dropped deliveries were left behind";
   const size_t published = MessageFiles(dir / "out");
   EXPECT_TRUE(published == 10u || published == 20u) << published;
   EXPECT_EQ(out.size(), published) << "the batch in progress completes; dropped ones do not";

@@ -60,10 +60,9 @@ class PowerCut : public ::testing::TestWithParam<sinks::SyncMode> {
   std::map<std::string, std::string> Mail(const std::string& out) {
     std::map<std::string, std::string> m;
     for (const auto& f : test::ListFiles(out)) {
-      if (f.rfind(".wxarchiver", 0) == 0) continue;
-      if (f.find("/cur/") == std::string::npos && f.find("/new/") == std::string::npos &&
-          f.find("/tmp/") == std::string::npos) {
-        continue;  // maildirfolder markers
+      if (f.rfind(".wxarchiver/", 0) == 0) continue;  // the index
+      if (f.find("/cur/") == std::string::npos && f.find("/new/") == std::string::npos && !test::IsTempFile(f)) {
+        continue;  // maildirfolder markers, the lock file
       }
       m[f] = test::ReadFile(out + "/" + f);
     }
