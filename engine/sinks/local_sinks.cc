@@ -484,7 +484,9 @@ class LocalTreeSink final : public Sink {
     Status s = f.folder.PublishFrom(staging_, e.tmp_name(), e.key, e.t);
     if (s.os_errno() != EXDEV) return s;
     f.foreign.store(true);
-    return PublishCopy(f, e.tmp_name(), e);
+    s = PublishCopy(f, e.tmp_name(), e);
+    if (s.ok()) staging_.Discard(e.tmp_name());  // published: nobody removes it after
+    return s;
   }
 
   // The staged file `name`'s bytes written into the folder's own tmp/,

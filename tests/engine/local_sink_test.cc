@@ -1,8 +1,12 @@
 // The Maildir/EML sink on its own, driven the way the pipeline drives it:
 // Submit, Barrier (which hands the batch to the publisher thread), Close.
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -407,6 +411,231 @@ TEST(LocalSink, FatalErrorOfTheHelperThreadFailsTheBatch) {
     EXPECT_FALSE(sink->Close().ok());
     ASSERT_EQ(out.size(), 2u);
     for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kSinkBad) << i;
+  }
+}
+
+// The staging directory (kStagingDirName): a stopped run's temp files in it
+// are garbage (the run holds the tree's lock), removed when the sink opens;
+// anything else there is left alone.
+TEST(LocalSink, StagingDirectoryOfAStoppedRunIsCleaned) {
+  for (const char* layout : {"maildir", "eml"}) {
+    SCOPED_TRACE(layout);
+    test::TempDir dir;
+    const std::string staging = dir / ("out/" + std::string(kStagingDirName));
+    const std::string base = maildir::BaseName(core::ItemKey::For("wecom", "default", "old"), kT);
+    const std::string ours = std::string(layout) == "maildir" ? base + ".4242_7" : "." + base + ".4242_7.tmp";
+    test::WriteFile(staging + "/" + ours, "partial");
+    test::WriteFile(staging + "/notes.txt", "not ours");
+    auto sink = OpenedSink(dir, {}, layout);
+    ASSERT_NE(sink, nullptr);
+    EXPECT_FALSE(std::filesystem::exists(staging + "/" + ours)) << "a stopped run's temp file was kept";
+    EXPECT_TRUE(std::filesystem::exists(staging + "/notes.txt")) << "a file that is not ours was removed";
+    Outcomes out;
+    for (int item = 0; item < 5; ++item) sink->Submit(MakeDelivery(item, "a@x.com", item), out.Fn());
+    ASSERT_TRUE(sink->Close().ok());
+    ASSERT_EQ(out.size(), 5u);
+    for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
+    EXPECT_EQ(TempFilesIn(dir / "out"), 1u) << "notes.txt only";
+  }
+}
+
+// A symlink, FIFO or file planted as the staging directory: the sink does
+// not open (nothing is written or removed through it), and says why.
+TEST(LocalSink, StagingDirectoryThatIsNotADirectoryIsRefused) {
+  for (const char* kind : {"symlink", "fifo", "file"}) {
+    SCOPED_TRACE(kind);
+    test::TempDir dir;
+    const std::string staging = dir / ("out/" + std::string(kStagingDirName));
+    const std::string elsewhere = dir / "elsewhere";
+    const std::string planted = maildir::BaseName(core::ItemKey::For("wecom", "default", "x"), kT) + ".1_1";
+    test::WriteFile(elsewhere + "/" + planted, "someone else's");
+    std::filesystem::create_directories(dir / "out");
+    if (std::string(kind) == "symlink") {
+      std::filesystem::create_directory_symlink(elsewhere, staging);
+    } else if (std::string(kind) == "fifo") {
+      ASSERT_EQ(::mkfifo(staging.c_str(), 0600), 0);
+    } else {
+      test::WriteFile(staging, "x");
+    }
+    auto target = ParseTarget("maildir:" + (dir / "out"));
+    ASSERT_TRUE(target.ok());
+    auto sink = MakeLocalSink(*target, {});
+    ASSERT_TRUE(sink.ok());
+    Status opened = (*sink)->Open();
+    ASSERT_FALSE(opened.ok()) << "opened with a " << kind << " as its staging directory";
+    EXPECT_NE(opened.ToString().find(kStagingDirName), std::string::npos) << opened.ToString();
+    EXPECT_TRUE(std::filesystem::exists(elsewhere + "/" + planted)) << "removed a file through the symlink";
+  }
+}
+
+// The directory a descriptor is open on.
+std::string DirOf(int fd) {
+  std::error_code ec;
+  return std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", fd), ec).string();
+}
+
+// Records renames and links refused across mounts (EXDEV) and the fsyncs of
+// files and directories; renames and links from the staging directory into
+// paths containing `refuse_into` are refused with EXDEV, as across mounts.
+class MountEnv : public core::Env {
+ public:
+  std::string refuse_into;
+  std::atomic<int> refused{0};  // by refuse_into
+  std::atomic<int> exdev{0};    // by the kernel
+  std::mutex mu;
+  std::vector<std::string> synced_files, synced_dirs;
+
+  Status RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                  const std::string& path) override {
+    if (Refuse(from_dir, path)) return Status::FromErrno("rename", path, EXDEV);
+    return Count(core::Env::RenameAt(from_dir, from, to_dir, to, path));
+  }
+  Status LinkAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                const std::string& path) override {
+    if (Refuse(from_dir, path)) return Status::FromErrno("link", path, EXDEV);
+    return Count(core::Env::LinkAt(from_dir, from, to_dir, to, path));
+  }
+  Status Sync(int fd, const std::string& path) override {
+    std::lock_guard<std::mutex> l(mu);
+    synced_files.push_back(path);
+    return core::Env::Sync(fd, path);
+  }
+  Status SyncDirFd(int fd, const std::string& path) override {
+    std::lock_guard<std::mutex> l(mu);
+    synced_dirs.push_back(path);
+    return core::Env::SyncDirFd(fd, path);
+  }
+  size_t FilesSyncedIn(const std::string& part) {
+    std::lock_guard<std::mutex> l(mu);
+    return std::count_if(synced_files.begin(), synced_files.end(),
+                         [&](const std::string& p) { return p.find(part) != std::string::npos; });
+  }
+  bool DirSynced(const std::string& path) {
+    std::lock_guard<std::mutex> l(mu);
+    return std::find(synced_dirs.begin(), synced_dirs.end(), path) != synced_dirs.end();
+  }
+
+ private:
+  bool Refuse(int from_dir, const std::string& path) {
+    if (refuse_into.empty() || path.find(refuse_into) == std::string::npos) return false;
+    const std::string from = DirOf(from_dir);
+    if (from.size() < kStagingDirName.size() || from.substr(from.size() - kStagingDirName.size()) != kStagingDirName) {
+      return false;
+    }
+    ++refused;
+    return true;
+  }
+  Status Count(Status s) {
+    if (s.os_errno() == EXDEV) ++exdev;
+    return s;
+  }
+};
+
+// Every file of a folder's cur/, by name -> (bytes, link count).
+std::map<std::string, std::pair<std::string, nlink_t>> CurFiles(const std::string& cur) {
+  std::map<std::string, std::pair<std::string, nlink_t>> m;
+  for (const auto& f : test::ListFiles(cur)) {
+    struct stat st {};
+    EXPECT_EQ(::stat((cur + "/" + f).c_str(), &st), 0) << f;
+    m[f] = {test::ReadFile(cur + "/" + f), st.st_nlink};
+  }
+  return m;
+}
+
+// A mailbox directory that is a mount point of another file system (a
+// tmpfs here; root only): a rename or link from the staging directory cannot
+// reach it, which the sink knows when it opens the folder (no EXDEV met). Its
+// items are staged in its own tmp/, each fsynced (the batch's syncfs covers
+// the tree's file system only), and its cur/ is fsynced.
+TEST(LocalSink, FolderOnAnotherMountIsStagedInItsOwnTmp) {
+  test::TempDir dir;
+  const std::string mbox = dir / "out/b@x.com";
+  std::filesystem::create_directories(mbox);
+  if (::geteuid() != 0 || ::mount("wxa-test", mbox.c_str(), "tmpfs", 0, "size=16m") != 0) {
+    GTEST_SKIP() << "needs root to mount a tmpfs";
+  }
+  struct Unmount {
+    std::string p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{mbox};
+  MountEnv env;
+  LocalSinkOptions o;
+  o.env = &env;
+  auto sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
+  Outcomes out;
+  uint64_t id = 0;
+  for (int item = 0; item < 10; ++item) {
+    for (const char* mb : {"a@x.com", "b@x.com"}) sink->Submit(MakeDelivery(id++, mb, item), out.Fn());
+  }
+  ASSERT_TRUE(sink->Close().ok());
+  ASSERT_EQ(out.size(), id);
+  for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
+  EXPECT_EQ(env.exdev.load(), 0) << "the other mount was found by trial, not when the folder was opened";
+  const auto a = CurFiles(dir / "out/a@x.com/.WeChat Archiver/cur");
+  const auto b = CurFiles(mbox + "/.WeChat Archiver/cur");
+  EXPECT_EQ(a.size(), 10u);
+  EXPECT_EQ(b, a) << "the same files, each with one link";
+  EXPECT_EQ(env.FilesSyncedIn("b@x.com/.WeChat Archiver/tmp/"), 10u) << "its staged files were not each fsynced";
+  EXPECT_TRUE(env.DirSynced(mbox + "/.WeChat Archiver/cur")) << "its cur/ was not fsynced";
+  EXPECT_EQ(TempFilesIn(dir / "out"), 0u);
+  sink.reset();
+}
+
+// The same found only when a rename or link from the staging directory is
+// refused (EXDEV: say a mount made after the folder was opened): the item is
+// copied into the folder's own tmp/, fsynced and renamed, its cur/ fsynced;
+// later items for that folder are staged there from the start.
+TEST(LocalSink, RenameRefusedAcrossMountsFallsBackToACopy) {
+  for (int run = 0; run < 4; ++run) {
+    const SyncMode mode = run % 2 == 0 ? SyncMode::kBatch : SyncMode::kFile;
+    // What meets the refusal first: a rename (items for b alone) or a link
+    // (items for a, then b); either marks the folder.
+    const bool links_first = run >= 2;
+    SCOPED_TRACE(fmt::format("{}, {} first", mode == SyncMode::kBatch ? "batch" : "file", links_first ? "link" : "rename"));
+    test::TempDir dir;
+    MountEnv env;
+    env.refuse_into = "b@x.com";
+    LocalSinkOptions o;
+    o.env = &env;
+    o.sync_mode = mode;
+    auto sink = OpenedSink(dir, o);
+    ASSERT_NE(sink, nullptr);
+    Outcomes out;
+    uint64_t id = 0;
+    // Batch 1: items 0-4, for b alone (renamed) or for a then b (b's a link).
+    for (int item = 0; item < 5; ++item) {
+      if (links_first) sink->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
+      sink->Submit(MakeDelivery(id++, "b@x.com", item), out.Fn());
+    }
+    ASSERT_TRUE(sink->Barrier().ok());
+    // Batch 2, after batch 1 is published: b's items, linked or not, are
+    // staged in its own tmp/.
+    const uint64_t first = id;
+    for (int n = 0; n < 500 && out.size() < first; ++n) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_EQ(out.size(), first);
+    EXPECT_EQ(env.refused.load(), 5);
+    for (int item = 5; item < 15; ++item) {
+      if (item < 10) sink->Submit(MakeDelivery(id++, "a@x.com", item), out.Fn());
+      sink->Submit(MakeDelivery(id++, "b@x.com", item), out.Fn());
+    }
+    ASSERT_TRUE(sink->Close().ok());
+    ASSERT_EQ(out.size(), id);
+    for (const auto& [i, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
+    EXPECT_EQ(env.refused.load(), 5) << "later items for the folder were still staged in the staging directory";
+    const auto b = CurFiles(dir / "out/b@x.com/.WeChat Archiver/cur");
+    ASSERT_EQ(b.size(), 15u);
+    for (int item = 0; item < 15; ++item) {
+      const Delivery d = MakeDelivery(0, "b@x.com", item);
+      auto it = b.find(maildir::BaseName(d.key, d.msgtime_ms) + ":2,S");
+      ASSERT_NE(it, b.end()) << item;
+      EXPECT_EQ(it->second.first, *d.bytes) << item;
+    }
+    EXPECT_EQ(env.FilesSyncedIn("b@x.com/.WeChat Archiver/tmp/"), 15u) << "copies and b's own items not each fsynced";
+    EXPECT_TRUE(env.DirSynced(dir / "out/b@x.com/.WeChat Archiver/cur")) << "b's cur/ was not fsynced";
+    EXPECT_EQ(TempFilesIn(dir / "out"), 0u);
+    for (const auto& f : test::ListFiles(dir / "out")) EXPECT_FALSE(test::IsTempFile(f)) << f;
+    sink.reset();
   }
 }
 
