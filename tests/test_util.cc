@@ -70,7 +70,10 @@ std::vector<std::string> ListFiles(const std::string& dir) {
 }
 
 bool IsTempFile(const std::string& rel) {
-  return rel.find("/tmp/") != std::string::npos || rel.rfind(".wxarchiver-staging/", 0) == 0;
+  const std::string name = rel.substr(rel.rfind('/') + 1);
+  const bool eml_temp = name.size() > 5 && name[0] == '.' && name.substr(name.size() - 4) == ".tmp" &&
+                        name.find(".wxa.") != std::string::npos;
+  return rel.find("/tmp/") != std::string::npos || rel.rfind(".wxarchiver-staging/", 0) == 0 || eml_temp;
 }
 
 std::string SourcePath(const std::string& rel) { return std::string(WXA_SOURCE_DIR) + "/" + rel; }

@@ -42,7 +42,8 @@ void WriteFile(const std::string& path, const std::string& data);  // creates pa
 // Regular files under dir, as paths relative to dir, sorted.
 std::vector<std::string> ListFiles(const std::string& dir);
 // Whether a path from ListFiles of a local tree is a temp file: in a
-// folder's tmp/ or in the tree's staging directory (sinks::kStagingDirName).
+// folder's tmp/, in the tree's staging directory (sinks::kStagingDirName),
+// or an EML temp name (".<base>.<pid>_<n>.tmp" in the folder).
 bool IsTempFile(const std::string& rel);
 std::string SourcePath(const std::string& rel);  // path in the source tree
 // Runs a shell command; returns its exit status and puts stdout+stderr in *out.

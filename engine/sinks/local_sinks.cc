@@ -270,7 +270,9 @@ class LocalTreeSink final : public Sink {
       }
       if (s.ok()) {
         bool present = e.adopted;
-        s = e.adopted ? (o_.sync_mode == SyncMode::kFile ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
+        // An adopted file on another mount: the batch's syncfs does not cover its bytes.
+        const bool sync_adopted = o_.sync_mode == SyncMode::kFile || (*folder)->foreign.load();
+        s = e.adopted ? (sync_adopted ? (*folder)->folder.SyncItem(e.key, e.t) : Status::Ok())
             : links   ? PublishLinked(**folder, e, &present)
                       : PublishStaged(**folder, e);
         if (s.ok()) {
@@ -429,8 +431,9 @@ class LocalTreeSink final : public Sink {
     std::mutex mu;                // Contains() keeps a scan
     maildir::MailFolder folder;
     bool existed = false;         // there before this run first opened it
-    // On another mount than the staging directory (found when opened, or by
-    // a rename refused with EXDEV): items are staged in its own tmp/.
+    // Not reachable from the staging directory by rename or link (another
+    // mount, found when opened; or EXDEV met, e.g. another project quota
+    // id): items are staged in its own tmp/, fsynced, and its cur/ fsynced.
     std::atomic<bool> foreign{false};
   };
   struct Staged {
@@ -448,7 +451,7 @@ class LocalTreeSink final : public Sink {
     bool linked = false;
     std::string link_tmp;
 
-    // Its name in the folder's temp directory. One string, not two: with slow
+    // Its temp name (in staging_, or own_tmp). One string, not two: with slow
     // publication, many batches of staged deliveries wait at once.
     std::string tmp_name() const { return tmp_path.substr(tmp_path.rfind('/') + 1); }
   };
@@ -470,7 +473,7 @@ class LocalTreeSink final : public Sink {
       return s;
     }
     if (err == EXDEV) {
-      f.foreign.store(true);
+      MarkForeign(f, e.mailbox);
     } else if (err != EMLINK) {
       links_refused_.store(true, std::memory_order_relaxed);
     }
@@ -483,7 +486,7 @@ class LocalTreeSink final : public Sink {
     if (e.own_tmp) return f.folder.Publish(e.tmp_name(), e.key, e.t);
     Status s = f.folder.PublishFrom(staging_, e.tmp_name(), e.key, e.t);
     if (s.os_errno() != EXDEV) return s;
-    f.foreign.store(true);
+    MarkForeign(f, e.mailbox);
     s = PublishCopy(f, e.tmp_name(), e);
     if (s.ok()) staging_.Discard(e.tmp_name());  // published: nobody removes it after
     return s;
@@ -499,6 +502,15 @@ class LocalTreeSink final : public Sink {
     Status p = f.folder.Publish(tmp, e.key, e.t);
     if (!p.ok()) f.folder.staging().Discard(tmp);
     return p;
+  }
+
+  // Kept by mailbox, not only in its Folder: an evicted folder opened again
+  // looks reachable by its mount (a project quota id does not show), and
+  // every item would pay for a refused rename and a copy again.
+  void MarkForeign(Folder& f, const std::string& mb) {
+    f.foreign.store(true);
+    std::lock_guard<std::mutex> l(mu_);
+    foreign_.insert(mb);
   }
 
   void MarkBad(const std::string& mb, const Status& s) {
@@ -545,7 +557,7 @@ class LocalTreeSink final : public Sink {
     f->folder = std::move(*opened);
     auto same = staging_.SameMount(f->folder.final_dir_fd(), f->folder.path());
     if (!same.ok()) return same.status();
-    f->foreign.store(!*same);
+    f->foreign.store(!*same || foreign_.count(mailbox) != 0);
     if (cleaned_.insert(mailbox).second) {
       // Temp files of a stopped run were never renamed: garbage. Safe: we
       // hold the tree's lock and have staged nothing in this folder yet.
@@ -589,6 +601,7 @@ class LocalTreeSink final : public Sink {
   std::unordered_set<std::string> seen_;                            // GUARDED_BY(mu_)
   std::unordered_map<std::string, bool> existed_;                   // GUARDED_BY(mu_)
   std::unordered_set<std::string> cleaned_;                         // GUARDED_BY(mu_)
+  std::unordered_set<std::string> foreign_;                         // GUARDED_BY(mu_): MarkForeign
   std::unordered_map<std::string, Status> bad_;                     // GUARDED_BY(mu_)
   std::vector<Staged> pending_;                                     // GUARDED_BY(mu_)
   // The tree's staging directory (kStagingDirName): every item is written

@@ -52,8 +52,10 @@ size_t FolderCacheSize(uint64_t nofile);
 // The lock file each local tree holds while a run writes into it.
 inline constexpr std::string_view kTargetLockName = ".wxarchiver-target.lock";
 // The directory at a local tree's root where items are written before they
-// are renamed (or hard-linked) into their folders. Holds only temp files of
-// the run that holds the lock; a run removes what a stopped one left.
+// are renamed (or hard-linked) into their folders: temp files of the run that
+// holds the lock, and those a stopped run left until the next run opens the
+// tree and removes them. Complete messages among them: a tool that indexes
+// the whole tree (notmuch: new.ignore) should skip it.
 inline constexpr std::string_view kStagingDirName = ".wxarchiver-staging";
 
 // Creates (if need be) and flocks kTargetLockName in the tree `dir`, whose

@@ -379,6 +379,12 @@ Result<size_t> StagingArea::Clean() {
   size_t n = 0;
   for (const auto& name : names) {
     if (!IsOurTemp(layout_, name)) continue;
+    // Only files: a directory or FIFO under such a name is not ours, and
+    // failing on it would stop every mailbox staged here.
+    struct stat st {};
+    Status s = env_->StatAt(fd_.get(), name, &st, core::JoinPath(path_, name));
+    if (s.IsNotFound() || (s.ok() && !S_ISREG(st.st_mode))) continue;
+    WXA_RETURN_IF_ERROR(s);
     WXA_RETURN_IF_ERROR(env_->UnlinkAt(fd_.get(), name, core::JoinPath(path_, name)));
     ++n;
   }

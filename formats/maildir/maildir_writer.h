@@ -63,9 +63,10 @@ class StagingArea {
   StagingArea(StagingArea&&) = default;
   StagingArea& operator=(StagingArea&&) = default;
 
-  // Writes `bytes` to a new temp file (never taken for an item by readers),
-  // dated `msgtime_ms`, fsynced when `sync`. Returns its name. On failure
-  // nothing is left behind.
+  // Writes `bytes` to a new temp file (a Maildir reader skips tmp/, an EML
+  // reader '.'-leading names; the tree's staging directory is outside every
+  // folder), dated `msgtime_ms`, fsynced when `sync`. Returns its name. On
+  // failure nothing is left behind.
   Result<std::string> Stage(const core::ItemKey& key, int64_t msgtime_ms, std::string_view bytes, bool sync) const;
   // A staged file's bytes (to copy it where a link or rename is refused).
   Result<std::string> Read(const std::string& name) const;

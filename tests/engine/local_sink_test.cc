@@ -426,10 +426,14 @@ TEST(LocalSink, StagingDirectoryOfAStoppedRunIsCleaned) {
     const std::string ours = std::string(layout) == "maildir" ? base + ".4242_7" : "." + base + ".4242_7.tmp";
     test::WriteFile(staging + "/" + ours, "partial");
     test::WriteFile(staging + "/notes.txt", "not ours");
+    // A directory under a temp name is not ours either (and must not stop the run).
+    const std::string dir_named_ours = ours + "x";
+    std::filesystem::create_directories(staging + "/" + dir_named_ours);
     auto sink = OpenedSink(dir, {}, layout);
     ASSERT_NE(sink, nullptr);
     EXPECT_FALSE(std::filesystem::exists(staging + "/" + ours)) << "a stopped run's temp file was kept";
     EXPECT_TRUE(std::filesystem::exists(staging + "/notes.txt")) << "a file that is not ours was removed";
+    EXPECT_TRUE(std::filesystem::is_directory(staging + "/" + dir_named_ours));
     Outcomes out;
     for (int item = 0; item < 5; ++item) sink->Submit(MakeDelivery(item, "a@x.com", item), out.Fn());
     ASSERT_TRUE(sink->Close().ok());
@@ -580,6 +584,28 @@ TEST(LocalSink, FolderOnAnotherMountIsStagedInItsOwnTmp) {
   EXPECT_TRUE(env.DirSynced(mbox + "/.WeChat Archiver/cur")) << "its cur/ was not fsynced";
   EXPECT_EQ(TempFilesIn(dir / "out"), 0u);
   sink.reset();
+
+  // A second run adopts every file (a stopped run's, say, whose bytes may
+  // never have reached the disk): b's are fsynced, as the syncfs does not
+  // cover them.
+  MountEnv again;
+  o.env = &again;
+  sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
+  Outcomes out2;
+  id = 0;
+  for (int item = 0; item < 10; ++item) {
+    for (const char* mb : {"a@x.com", "b@x.com"}) sink->Submit(MakeDelivery(id++, mb, item), out2.Fn());
+  }
+  ASSERT_TRUE(sink->Close().ok());
+  ASSERT_EQ(out2.size(), id);
+  for (const auto& [i, c] : out2.got) {
+    EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
+    EXPECT_TRUE(c.already_there);
+  }
+  EXPECT_EQ(again.FilesSyncedIn("b@x.com/.WeChat Archiver/cur/"), 10u) << "adopted files on the other mount not fsynced";
+  EXPECT_EQ(again.FilesSyncedIn("a@x.com/"), 0u) << "the syncfs covers a's";
+  sink.reset();
 }
 
 // The same found only when a rename or link from the staging directory is
@@ -599,6 +625,7 @@ TEST(LocalSink, RenameRefusedAcrossMountsFallsBackToACopy) {
     LocalSinkOptions o;
     o.env = &env;
     o.sync_mode = mode;
+    o.max_open_folders = 1;  // a and b evict each other: b's mark must outlive its Folder
     auto sink = OpenedSink(dir, o);
     ASSERT_NE(sink, nullptr);
     Outcomes out;
