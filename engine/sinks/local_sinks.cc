@@ -483,7 +483,7 @@ class LocalTreeSink final : public Sink {
   // A staged delivery: renamed into place; a folder found on another mount
   // only now (EXDEV) gets a copy.
   Status PublishStaged(Folder& f, const Staged& e) {
-    if (e.own_tmp) return f.folder.Publish(e.tmp_name(), e.key, e.t);
+    if (e.own_tmp) return PublishOwn(f, e.tmp_name(), e);
     Status s = f.folder.PublishFrom(staging_, e.tmp_name(), e.key, e.t);
     if (s.os_errno() != EXDEV) return s;
     MarkForeign(f, e.mailbox);
@@ -499,9 +499,18 @@ class LocalTreeSink final : public Sink {
   Status PublishCopy(Folder& f, const std::string& name, const Staged& e) {
     WXA_ASSIGN_OR_RETURN(std::string bytes, staging_.Read(name));
     WXA_ASSIGN_OR_RETURN(std::string tmp, f.folder.Stage(e.key, e.t, bytes, /*sync=*/true));
-    Status p = f.folder.Publish(tmp, e.key, e.t);
+    Status p = PublishOwn(f, tmp, e);
     if (!p.ok()) f.folder.staging().Discard(tmp);
     return p;
+  }
+
+  // Renames a file staged in the folder's own tmp/ into place. EXDEV there
+  // (a mount on its cur/) is that mailbox's failure (ClassifyLocalError),
+  // said in words.
+  Status PublishOwn(Folder& f, const std::string& tmp, const Staged& e) {
+    Status s = f.folder.Publish(tmp, e.key, e.t);
+    if (s.os_errno() == EXDEV) return s.WithContext("the folder's tmp/ and cur/ are on different mounts");
+    return s;
   }
 
   // Kept by mailbox, not only in its Folder: an evicted folder opened again

@@ -200,6 +200,7 @@ Completion::Kind ClassifyLocalError(const Status& s) {
     case EEXIST:
     case EMLINK:
     case ENOENT:
+    case EXDEV:  // a mount inside the mailbox (its cur/ apart from its tmp/)
       return Completion::Kind::kMailboxBad;
     default:
       // ENOSPC, EDQUOT, EIO, EROFS, EMFILE, ENOMEM and what we do not know:

@@ -177,8 +177,8 @@ std::optional<std::string> MessageIdOfHeader(std::string_view message);
 
 // The failure class of an OS error met while writing a mailbox's files:
 // what is the mailbox's own (permissions, names, symlinks, a missing
-// directory) versus what stops every mailbox (no space, I/O errors, a
-// read-only file system).
+// directory, a mount inside it: EXDEV) versus what stops every mailbox (no
+// space, I/O errors, a read-only file system).
 Completion::Kind ClassifyLocalError(const Status& s);
 
 }  // namespace wxa::sinks

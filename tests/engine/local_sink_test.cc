@@ -608,6 +608,51 @@ TEST(LocalSink, FolderOnAnotherMountIsStagedInItsOwnTmp) {
   sink.reset();
 }
 
+// A mount on a folder's cur/ itself (root only): neither the staging
+// directory nor the folder's own tmp/ can rename into it. That mailbox's
+// deliveries fail, saying why; the other mailboxes' go on (EXDEV is the
+// mailbox's failure, not the whole tree's).
+TEST(LocalSink, MountOnAFoldersCurFailsThatMailboxOnly) {
+  test::TempDir dir;
+  const std::string folder = dir / "out/b@x.com/.WeChat Archiver";
+  for (const char* sub : {"/cur", "/new", "/tmp"}) std::filesystem::create_directories(folder + sub);
+  if (::geteuid() != 0 || ::mount("wxa-test", (folder + "/cur").c_str(), "tmpfs", 0, "size=16m") != 0) {
+    GTEST_SKIP() << "needs root to mount a tmpfs";
+  }
+  struct Unmount {
+    std::string p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{folder + "/cur"};
+  for (SyncMode mode : {SyncMode::kBatch, SyncMode::kFile}) {
+    SCOPED_TRACE(mode == SyncMode::kBatch ? "batch" : "file");
+    LocalSinkOptions o;
+    o.sync_mode = mode;
+    auto sink = OpenedSink(dir, o);
+    ASSERT_NE(sink, nullptr);
+    Outcomes out;
+    uint64_t id = 0;
+    for (int item = 0; item < 6; ++item) {
+      for (const char* mb : {"a@x.com", "b@x.com"}) sink->Submit(MakeDelivery(id++, mb, item), out.Fn());
+      if (item == 2) ASSERT_TRUE(sink->Barrier().ok());
+    }
+    EXPECT_TRUE(sink->Close().ok()) << "one mailbox's mount failed the whole tree";
+    ASSERT_EQ(out.size(), id);
+    for (const auto& [i, c] : out.got) {
+      if (i % 2 == 0) {
+        EXPECT_EQ(c.kind, Completion::Kind::kDone) << c.error.ToString();
+      } else {
+        EXPECT_EQ(c.kind, Completion::Kind::kMailboxBad);
+      }
+    }
+    const auto bad = std::find_if(out.got.begin(), out.got.end(), [](const auto& p) { return p.first % 2 == 1; });
+    ASSERT_NE(bad, out.got.end());
+    EXPECT_NE(bad->second.error.ToString().find("different mounts"), std::string::npos) << bad->second.error.ToString();
+    EXPECT_EQ(TempFilesIn(dir / "out"), 0u);
+    sink.reset();
+    std::filesystem::remove_all(dir / "out/a@x.com");
+  }
+}
+
 // The same found only when a rename or link from the staging directory is
 // refused (EXDEV: say a mount made after the folder was opened): the item is
 // copied into the folder's own tmp/, fsynced and renamed, its cur/ fsynced;
