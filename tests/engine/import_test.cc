@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <map>
+#include <set>
 #include <thread>
 #include <mutex>
 #include <condition_variable>
@@ -572,6 +573,63 @@ TEST_F(ImportTest, PacedBarriersNeitherStallNorLoseTheLastBatches) {
     EXPECT_EQ(r.counts.deliveries, 80u);
     EXPECT_EQ(MailFiles().size() - 2, 80u) << "two maildirfolder markers, the rest items";
     EXPECT_EQ(Import(o).counts.deliveries, 0u);
+  }
+}
+
+// Which threads publish (rename and link into the folders), each step made
+// slow so that a second publication thread, where there is one, gets
+// mailboxes of its own.
+class PublishThreadsEnv : public core::Env {
+ public:
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  Status RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                  const std::string& path) override {
+    Note();
+    return core::Env::RenameAt(from_dir, from, to_dir, to, path);
+  }
+  Status LinkAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                const std::string& path) override {
+    Note();
+    return core::Env::LinkAt(from_dir, from, to_dir, to, path);
+  }
+
+ private:
+  void Note() {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      ids.insert(std::this_thread::get_id());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  }
+};
+
+// --threads 1 publishes on one thread: a single order of file-system steps
+// (what the power-cut test's step numbering assumes); more workers publish
+// a batch's mailboxes on two.
+TEST_F(ImportTest, OneWorkerPublishesOnOneThread) {
+  std::vector<std::string> recs;
+  for (int i = 0; i < 12; ++i) {
+    recs.push_back(fmt::format(
+        R"({{"msgid":"t{}","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":{},"msgtype":"text","text":{{"content":"n{}"}}}})",
+        i, 1603875600000 + i * 1000, i));
+  }
+  WriteRecords("a.jsonl", recs);
+  for (size_t threads : {size_t{1}, size_t{2}}) {
+    SCOPED_TRACE(threads);
+    ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+    PublishThreadsEnv env;
+    auto o = Options("maildir");
+    o.env = &env;
+    o.threads = threads;
+    o.batch_records = 12;  // one batch: its links go into two mailboxes, bob and carol
+    auto r = Import(o);
+    EXPECT_EQ(r.counts.deliveries, 36u);
+    if (threads == 1) {
+      EXPECT_EQ(env.ids.size(), 1u) << "more than one thread published with --threads 1";
+    } else {
+      EXPECT_EQ(env.ids.size(), 2u) << "the second publication thread took no mailbox";
+    }
   }
 }
 
