@@ -117,6 +117,7 @@ class LocalTreeSink final : public Sink {
                                                               std::string(kStagingDirName),
                                                               core::JoinPath(target_.dir, kStagingDirName), true));
     WXA_RETURN_IF_ERROR(staging_.Clean().status());
+    WXA_ASSIGN_OR_RETURN(staging_mount_, maildir::MountOf(staging_.fd(), staging_.path()));
     return Status::Ok();
   }
 
@@ -564,9 +565,9 @@ class LocalTreeSink final : public Sink {
       existed_[mailbox] = f->existed;
     }
     f->folder = std::move(*opened);
-    auto same = staging_.SameMount(f->folder.final_dir_fd(), f->folder.path());
-    if (!same.ok()) return same.status();
-    f->foreign.store(!*same || foreign_.count(mailbox) != 0);
+    auto mount = maildir::MountOf(f->folder.final_dir_fd(), f->folder.path());
+    if (!mount.ok()) return mount.status();
+    f->foreign.store(!(*mount == staging_mount_) || foreign_.count(mailbox) != 0);
     if (cleaned_.insert(mailbox).second) {
       // Temp files of a stopped run were never renamed: garbage. Safe: we
       // hold the tree's lock and have staged nothing in this folder yet.
@@ -619,6 +620,7 @@ class LocalTreeSink final : public Sink {
   // every mailbox in both of its file-system commits (7.0 against 4.9 GB
   // written for a 1.0 GB tree, 19.9 against 16.5 s).
   maildir::StagingArea staging_;
+  maildir::MountId staging_mount_;  // where staging_ is (found once, at Open)
   // Staged files of the pending batch by item key (their names in staging_),
   // for hard links.
   std::unordered_map<std::string, std::string> link_sources_;       // GUARDED_BY(mu_)

@@ -391,20 +391,15 @@ Result<size_t> StagingArea::Clean() {
   return n;
 }
 
-Result<bool> StagingArea::SameMount(int dir_fd, const std::string& dir_path) const {
-  // The mount id where the kernel has it (5.8): two mounts of one file system
-  // share st_dev, and a rename between them fails all the same.
-  struct statx a {}, b {};
-  if (::statx(fd_.get(), "", AT_EMPTY_PATH, STATX_MNT_ID, &a) != 0) {
-    return Status::FromErrno("statx", path_, errno);
-  }
-  if (::statx(dir_fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &b) != 0) {
-    return Status::FromErrno("statx", dir_path, errno);
-  }
-  if ((a.stx_mask & STATX_MNT_ID) != 0 && (b.stx_mask & STATX_MNT_ID) != 0 && a.stx_mnt_id != b.stx_mnt_id) {
-    return false;
-  }
-  return a.stx_dev_major == b.stx_dev_major && a.stx_dev_minor == b.stx_dev_minor;
+Result<MountId> MountOf(int dir_fd, const std::string& path) {
+  struct statx st {};
+  if (::statx(dir_fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &st) != 0) return Status::FromErrno("statx", path, errno);
+  MountId m;
+  m.has_mnt_id = (st.stx_mask & STATX_MNT_ID) != 0;
+  m.mnt_id = st.stx_mnt_id;
+  m.dev_major = st.stx_dev_major;
+  m.dev_minor = st.stx_dev_minor;
+  return m;
 }
 
 }  // namespace wxa::maildir

@@ -47,6 +47,20 @@ std::optional<core::ItemKey> KeyFromFileName(std::string_view name);
 
 enum class Layout : uint8_t { kMaildir, kEml };
 
+// Which mount a directory is on: a rename or link between two directories
+// can work only within one (across mounts it fails, EXDEV). The mount id
+// where the kernel has it (5.8): two mounts of one file system share st_dev.
+struct MountId {
+  bool has_mnt_id = false;
+  uint64_t mnt_id = 0;
+  uint32_t dev_major = 0, dev_minor = 0;
+  bool operator==(const MountId& o) const {
+    if (has_mnt_id && o.has_mnt_id && mnt_id != o.mnt_id) return false;
+    return dev_major == o.dev_major && dev_minor == o.dev_minor;
+  }
+};
+Result<MountId> MountOf(int dir_fd, const std::string& path);
+
 // A directory where items are written before they are published into a
 // folder by rename or hard link: a folder's own tmp/ (the EML folder itself,
 // with '.'-leading temp names), or one directory a whole tree's folders share
@@ -74,9 +88,6 @@ class StagingArea {
   void Discard(const std::string& name) const;
   // Removes the temp files a stopped run left (only names this writer makes).
   Result<size_t> Clean();
-  // Whether the directory open as dir_fd is on the same mount as this area
-  // (a rename or link between them can work; across mounts it fails, EXDEV).
-  Result<bool> SameMount(int dir_fd, const std::string& dir_path) const;
 
   int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }

@@ -18,6 +18,7 @@
 
 #include "engine/index/codec.h"
 #include "engine/index/index.h"
+#include "tests/engine/index_raw.h"
 #include "tests/test_util.h"
 
 namespace wxa::index {
@@ -122,17 +123,6 @@ struct V1Rec {
   bool in_pending = false;
 };
 
-std::string V1Key(const DeliveryKey& k, uint32_t mid) {
-  std::string key{static_cast<char>(k.sink >> 8), static_cast<char>(k.sink & 0xff)};
-  PutU32BE(&key, mid);
-  return key + std::string(k.item.View());
-}
-
-void RawPut(MDB_txn* t, MDB_dbi db, const std::string& k, const std::string& v) {
-  MDB_val mk{k.size(), const_cast<char*>(k.data())}, mv{v.size(), const_cast<char*>(v.data())};
-  ASSERT_EQ(mdb_put(t, db, &mk, &mv, 0), 0);
-}
-
 // Creates an index with mailboxes m0..m{mailboxes-1} (ids 1..), then rewrites
 // it as schema 1 holding recs; counters as schema 1 kept them (by record).
 void MakeSchema1(const std::string& path, int mailboxes, const std::vector<V1Rec>& recs,
@@ -146,31 +136,24 @@ void MakeSchema1(const std::string& path, int mailboxes, const std::vector<V1Rec
     ids.released = ids.claims;
     ASSERT_TRUE((*idx)->Write(std::move(ids)).ok());
   }
-  MDB_env* env;
-  ASSERT_EQ(mdb_env_create(&env), 0);
-  ASSERT_EQ(mdb_env_set_maxdbs(env, 8), 0);
-  ASSERT_EQ(mdb_env_set_mapsize(env, raw_map), 0);
-  ASSERT_EQ(mdb_env_open(env, path.c_str(), 0, 0644), 0);
-  MDB_txn* t;
-  ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &t), 0);
-  MDB_dbi meta, deliveries, pending;
-  ASSERT_EQ(mdb_dbi_open(t, "meta", 0, &meta), 0);
-  ASSERT_EQ(mdb_dbi_open(t, "deliveries", MDB_CREATE, &deliveries), 0);
-  ASSERT_EQ(mdb_dbi_open(t, "pending", 0, &pending), 0);
-  uint64_t c[4] = {};
-  for (const auto& r : recs) {
-    if (r.in_deliveries) {
-      RawPut(t, deliveries, V1Key(r.k, r.mid), r.rec.Encode());
-      c[static_cast<int>(r.rec.state)]++;
+  raw::WithRawIndex(path, [&](MDB_txn* t) {
+    MDB_dbi meta, deliveries, pending;
+    ASSERT_EQ(mdb_dbi_open(t, "meta", 0, &meta), 0);
+    ASSERT_EQ(mdb_dbi_open(t, "deliveries", MDB_CREATE, &deliveries), 0);
+    ASSERT_EQ(mdb_dbi_open(t, "pending", 0, &pending), 0);
+    uint64_t c[4] = {};
+    for (const auto& r : recs) {
+      if (r.in_deliveries) {
+        raw::RawPut(t, deliveries, raw::V1Key(r.k, r.mid), r.rec.Encode());
+        c[static_cast<int>(r.rec.state)]++;
+      }
+      if (r.in_pending) raw::RawPut(t, pending, raw::V1Key(r.k, r.mid), "");
     }
-    if (r.in_pending) RawPut(t, pending, V1Key(r.k, r.mid), "");
-  }
-  RawPut(t, meta, "schema_version", "1");
-  RawPut(t, meta, "count/deliveries/intent", std::to_string(c[1]));
-  RawPut(t, meta, "count/deliveries/done", std::to_string(c[2]));
-  RawPut(t, meta, "count/deliveries/failed", std::to_string(c[3]));
-  ASSERT_EQ(mdb_txn_commit(t), 0);
-  mdb_env_close(env);
+    raw::RawPut(t, meta, "schema_version", "1");
+    raw::RawPut(t, meta, "count/deliveries/intent", std::to_string(c[1]));
+    raw::RawPut(t, meta, "count/deliveries/done", std::to_string(c[2]));
+    raw::RawPut(t, meta, "count/deliveries/failed", std::to_string(c[3]));
+  }, raw_map);
 }
 
 std::vector<V1Rec> MixedRecords(int n, int mailboxes) {
@@ -251,17 +234,11 @@ TEST(IndexSchema, UpgradeWithAFullMapGrows) {
     tiny.initial_map_size = 1 << 20;
     MakeSchema1(path, 4, recs, 8u << 20, tiny);
     for (int i = 0; i < cs.extra_commits; ++i) {
-      MDB_env* env;
-      ASSERT_EQ(mdb_env_create(&env), 0);
-      ASSERT_EQ(mdb_env_set_maxdbs(env, 8), 0);
-      ASSERT_EQ(mdb_env_open(env, path.c_str(), 0, 0644), 0);
-      MDB_txn* t;
-      ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &t), 0);
-      MDB_dbi meta;
-      ASSERT_EQ(mdb_dbi_open(t, "meta", 0, &meta), 0);
-      RawPut(t, meta, fmt::format("x{}", i), "y");
-      ASSERT_EQ(mdb_txn_commit(t), 0);
-      mdb_env_close(env);
+      raw::WithRawIndex(path, [&](MDB_txn* t) {
+        MDB_dbi meta;
+        ASSERT_EQ(mdb_dbi_open(t, "meta", 0, &meta), 0);
+        raw::RawPut(t, meta, fmt::format("x{}", i), "y");
+      });
     }
     tiny.upgrade_chunk = 1000;
     auto idx = Index::Open(path, tiny);

@@ -10,6 +10,7 @@
 
 #include "engine/index/codec.h"
 #include "engine/index/index.h"
+#include "tests/engine/index_raw.h"
 #include "tests/test_util.h"
 
 namespace wxa::index {
@@ -193,38 +194,21 @@ TEST(Index, UpgradesASchema1Index) {
     ids.items.emplace_back(Key(1), ir);
     ASSERT_TRUE((*idx)->Write(std::move(ids)).ok());
   }
-  auto v1_key = [](const DeliveryKey& k, uint32_t mailbox_id) {
-    std::string key{'\0', static_cast<char>(k.sink)};
-    PutU32BE(&key, mailbox_id);
-    return key + std::string(k.item.View());
-  };
-  auto with_env = [&](const std::function<void(MDB_env*, MDB_txn*)>& fn) {
-    MDB_env* env;
-    ASSERT_EQ(mdb_env_create(&env), 0);
-    ASSERT_EQ(mdb_env_set_maxdbs(env, 8), 0);
-    ASSERT_EQ(mdb_env_open(env, path.c_str(), 0, 0644), 0);
-    MDB_txn* t;
-    ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &t), 0);
-    fn(env, t);
-    ASSERT_EQ(mdb_txn_commit(t), 0);
-    mdb_env_close(env);
-  };
-  with_env([&](MDB_env*, MDB_txn* t) {
+  using raw::V1Key;
+  auto with_env = [&](const std::function<void(MDB_txn*)>& fn) { raw::WithRawIndex(path, fn); };
+  with_env([&](MDB_txn* t) {
     MDB_dbi meta, deliveries, pending;
     ASSERT_EQ(mdb_dbi_open(t, "meta", 0, &meta), 0);
     ASSERT_EQ(mdb_dbi_open(t, "deliveries", MDB_CREATE, &deliveries), 0);
     ASSERT_EQ(mdb_dbi_open(t, "pending", 0, &pending), 0);
-    auto put = [&](MDB_dbi db, const std::string& k, const std::string& v) {
-      MDB_val mk{k.size(), const_cast<char*>(k.data())}, mv{v.size(), const_cast<char*>(v.data())};
-      ASSERT_EQ(mdb_put(t, db, &mk, &mv, 0), 0);
-    };
+    auto put = [&](MDB_dbi db, const std::string& k, const std::string& v) { raw::RawPut(t, db, k, v); };
     DeliveryRecord done{DeliveryState::kDone, 1, 1000, "1598000000:42", ""};
     DeliveryRecord failed{DeliveryState::kFailed, 2, 2000, "", "NO [OVERQUOTA]"};
     DeliveryRecord intent{DeliveryState::kIntent, 1, 3000, "", ""};
-    put(deliveries, v1_key(a, 1), done.Encode());
-    put(deliveries, v1_key(b, 2), failed.Encode());
-    put(deliveries, v1_key(c, 3), intent.Encode());
-    put(pending, v1_key(c, 3), "");
+    put(deliveries, V1Key(a, 1), done.Encode());
+    put(deliveries, V1Key(b, 2), failed.Encode());
+    put(deliveries, V1Key(c, 3), intent.Encode());
+    put(pending, V1Key(c, 3), "");
     put(meta, "schema_version", "1");
     put(meta, "count/deliveries/intent", "1");
     put(meta, "count/deliveries/done", "1");
@@ -286,7 +270,7 @@ TEST(Index, UpgradesASchema1Index) {
                                                    ClaimResult::kInFlight}));
     EXPECT_EQ((*x.GetDelivery(b))->attempts, 3u);
   }
-  with_env([&](MDB_env*, MDB_txn* t) {
+  with_env([&](MDB_txn* t) {
     MDB_dbi gone;
     EXPECT_EQ(mdb_dbi_open(t, "deliveries", 0, &gone), MDB_NOTFOUND) << "the schema 1 table is dropped";
   });
@@ -295,12 +279,10 @@ TEST(Index, UpgradesASchema1Index) {
   // a record still in the old table. Read-only opens refuse it; the next
   // open for writing moves the rest.
   DeliveryKey d{1, "a@x.com", Key(3), 4000};
-  with_env([&](MDB_env*, MDB_txn* t) {
+  with_env([&](MDB_txn* t) {
     MDB_dbi deliveries;
     ASSERT_EQ(mdb_dbi_open(t, "deliveries", MDB_CREATE, &deliveries), 0);
-    const std::string k = v1_key(d, 1), v = DeliveryRecord{DeliveryState::kDone, 1, 4000, "", ""}.Encode();
-    MDB_val mk{k.size(), const_cast<char*>(k.data())}, mv{v.size(), const_cast<char*>(v.data())};
-    ASSERT_EQ(mdb_put(t, deliveries, &mk, &mv, 0), 0);
+    raw::RawPut(t, deliveries, V1Key(d, 1), DeliveryRecord{DeliveryState::kDone, 1, 4000, "", ""}.Encode());
   });
   refused = Index::Open(path, ro);
   ASSERT_FALSE(refused.ok());
@@ -313,7 +295,7 @@ TEST(Index, UpgradesASchema1Index) {
     EXPECT_EQ(rd->state, DeliveryState::kDone);
     EXPECT_EQ(rd->msgtime_ms, 4000);
   }
-  with_env([&](MDB_env*, MDB_txn* t) {
+  with_env([&](MDB_txn* t) {
     MDB_dbi gone;
     EXPECT_EQ(mdb_dbi_open(t, "deliveries", 0, &gone), MDB_NOTFOUND);
   });
@@ -591,17 +573,11 @@ TEST(Index, ClearErrorsForWhatIsNotAnIndex) {
   // A valid LMDB that is someone else's.
   {
     ::mkdir((dir / "foreign").c_str(), 0700);
-    MDB_env* env;
-    ASSERT_EQ(mdb_env_create(&env), 0);
-    ASSERT_EQ(mdb_env_open(env, (dir / "foreign").c_str(), 0, 0644), 0);
-    MDB_txn* t;
-    ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &t), 0);
-    MDB_dbi dbi;
-    ASSERT_EQ(mdb_dbi_open(t, nullptr, 0, &dbi), 0);
-    MDB_val k{3, const_cast<char*>("key")}, v{5, const_cast<char*>("value")};
-    ASSERT_EQ(mdb_put(t, dbi, &k, &v, 0), 0);
-    ASSERT_EQ(mdb_txn_commit(t), 0);
-    mdb_env_close(env);
+    raw::WithRawIndex(dir / "foreign", [](MDB_txn* t) {
+      MDB_dbi dbi;
+      ASSERT_EQ(mdb_dbi_open(t, nullptr, 0, &dbi), 0);
+      raw::RawPut(t, dbi, "key", "value");
+    });
   }
   r = Index::Open(dir / "foreign");
   ASSERT_FALSE(r.ok());

@@ -535,6 +535,19 @@ class MountEnv : public core::Env {
   }
 };
 
+// A small tmpfs mounted on `dir` for the scope (another file system inside
+// a tree); `mounted` is false where that needs a root this test lacks.
+struct TmpfsMount {
+  explicit TmpfsMount(std::string d) : dir(std::move(d)) {
+    mounted = ::geteuid() == 0 && ::mount("wxa-test", dir.c_str(), "tmpfs", 0, "size=16m") == 0;
+  }
+  ~TmpfsMount() {
+    if (mounted) ::umount2(dir.c_str(), MNT_DETACH);
+  }
+  std::string dir;
+  bool mounted = false;
+};
+
 // Every file of a folder's cur/, by name -> (bytes, link count).
 std::map<std::string, std::pair<std::string, nlink_t>> CurFiles(const std::string& cur) {
   std::map<std::string, std::pair<std::string, nlink_t>> m;
@@ -555,13 +568,8 @@ TEST(LocalSink, FolderOnAnotherMountIsStagedInItsOwnTmp) {
   test::TempDir dir;
   const std::string mbox = dir / "out/b@x.com";
   std::filesystem::create_directories(mbox);
-  if (::geteuid() != 0 || ::mount("wxa-test", mbox.c_str(), "tmpfs", 0, "size=16m") != 0) {
-    GTEST_SKIP() << "needs root to mount a tmpfs";
-  }
-  struct Unmount {
-    std::string p;
-    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
-  } unmount{mbox};
+  TmpfsMount mount(mbox);
+  if (!mount.mounted) GTEST_SKIP() << "needs root to mount a tmpfs";
   MountEnv env;
   LocalSinkOptions o;
   o.env = &env;
@@ -616,13 +624,8 @@ TEST(LocalSink, MountOnAFoldersCurFailsThatMailboxOnly) {
   test::TempDir dir;
   const std::string folder = dir / "out/b@x.com/.WeChat Archiver";
   for (const char* sub : {"/cur", "/new", "/tmp"}) std::filesystem::create_directories(folder + sub);
-  if (::geteuid() != 0 || ::mount("wxa-test", (folder + "/cur").c_str(), "tmpfs", 0, "size=16m") != 0) {
-    GTEST_SKIP() << "needs root to mount a tmpfs";
-  }
-  struct Unmount {
-    std::string p;
-    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
-  } unmount{folder + "/cur"};
+  TmpfsMount mount(folder + "/cur");
+  if (!mount.mounted) GTEST_SKIP() << "needs root to mount a tmpfs";
   for (SyncMode mode : {SyncMode::kBatch, SyncMode::kFile}) {
     SCOPED_TRACE(mode == SyncMode::kBatch ? "batch" : "file");
     LocalSinkOptions o;
