@@ -272,6 +272,15 @@ void ParseDeliveryKey(std::string_view k, uint16_t* sink, uint32_t* mailbox_id, 
   *mailbox_id = GetU32BE(k.substr(kItemKeySize + 2, 4));
 }
 
+// The positions of keys in ascending byte order, equal keys in their given
+// order (a write txn applies its puts in this order: see Apply).
+std::vector<uint32_t> SortedOrder(const std::vector<std::string>& keys) {
+  std::vector<uint32_t> order(keys.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return keys[a] < keys[b]; });
+  return order;
+}
+
 }  // namespace
 
 struct Index::Impl {
@@ -482,16 +491,17 @@ struct Index::Impl {
   bool ToDelivery(std::string_view k, std::string_view v, DeliveryKey* dk, DeliveryRecord* rec);
 
   // Drops the delivery's intent from `pending`, if there is one, carrying
-  // its attempt count over to *rec (at least 1). Returns an LMDB rc.
-  int TakeIntent(MDB_txn* t, const std::string& key, DeliveryRecord* rec, Delta* delta) {
+  // its attempt count over to *rec (at least 1). One search: the cursor
+  // (on `pending`, in this txn) deletes where it found the key. Returns an
+  // LMDB rc.
+  static int TakeIntent(MDB_cursor* pc, std::string_view key, DeliveryRecord* rec, Delta* delta) {
     MDB_val k = Val(key), v;
-    int rc = mdb_get(t, pending, &k, &v);
+    int rc = mdb_cursor_get(pc, &k, &v, MDB_SET);
     if (rc == MDB_NOTFOUND) return 0;
     if (rc != 0) return rc;
     if (auto old = DeliveryRecord::Decode(View(v))) rec->attempts = std::max(rec->attempts, old->attempts);
     delta->deliveries[static_cast<int>(DeliveryState::kIntent)]--;
-    rc = mdb_del(t, pending, &k, nullptr);
-    return rc;
+    return mdb_cursor_del(pc, 0);
   }
 
   // Applies a group of batches in one txn. Returns an LMDB rc (0 = ok).
@@ -500,66 +510,115 @@ struct Index::Impl {
     results->assign(group.size(), WriteResult{});
     Delta delta;
     uint32_t looked = 0;
+    MdbCursor pending_cursor, items_cursor;  // see the claims below
+    if (int rc = pending_cursor.OpenRc(t, pending); rc != 0) return rc;
+    if (int rc = items_cursor.OpenRc(t, items); rc != 0) return rc;
+    MDB_cursor* const pc = pending_cursor.get();
+    MDB_cursor* const ic = items_cursor.get();
     for (size_t g = 0; g < group.size(); ++g) {
       const WriteBatch& b = group[g]->batch;
       WriteResult& res = (*results)[g];
       int rc;
-      for (const auto& c : b.claims) {
-        NoteLookup(&looked);
+      // Keys are hashes: in the order given, each search lands on a page far
+      // from the last one. Sorted (stably: two claims of one key keep their
+      // order), consecutive searches share most of their path, which stays
+      // in the CPU cache, and a cursor already on the right leaf page finds
+      // the next key without a search from the root (LMDB's mdb_cursor_set).
+      // Mailbox ids are allocated in the given order.
+      std::vector<std::string> claim_keys(b.claims.size());
+      for (size_t i = 0; i < b.claims.size(); ++i) {
+        const DeliveryKey& c = b.claims[i];
         uint32_t mid;
         if ((rc = MailboxIdTx(t, c.mailbox, fresh, &mid)) != 0) return rc;
-        std::string key = DeliveryKeyBytes(c.sink, mid, c.item);
+        claim_keys[i] = DeliveryKeyBytes(c.sink, mid, c.item);
+      }
+      res.claims.assign(b.claims.size(), ClaimResult::kClaimed);
+      for (const uint32_t i : SortedOrder(claim_keys)) {
+        NoteLookup(&looked);
+        const std::string& key = claim_keys[i];
         DeliveryRecord rec;
         rec.state = DeliveryState::kIntent;
         rec.attempts = 1;
-        rec.msgtime_ms = c.msgtime_ms;
-        // The intent goes to `pending` only (small: its pages stay hot); the
-        // big table is only read here, and written once, at done.
-        std::string_view existing;
-        if ((rc = Get(t, pending, key, &existing)) == 0) {
-          res.claims.push_back(ClaimResult::kInFlight);
-          continue;
-        }
-        if (rc != MDB_NOTFOUND) return rc;
-        if ((rc = Get(t, items, key, &existing)) == 0) {
-          auto old = DeliveryRecord::Decode(existing);
+        rec.msgtime_ms = b.claims[i].msgtime_ms;
+        // A key is never in both tables (a claim moves a failed record out of
+        // `items`, done and failed take the intent out of `pending`, each in
+        // one txn), so the order of the two looks does not matter: `items`
+        // first, then the intent is put where `pending` is searched anyway.
+        // Two searches for a fresh claim.
+        MDB_val k = Val(key), v;
+        int old_state = 0;
+        if ((rc = mdb_cursor_get(ic, &k, &v, MDB_SET)) == 0) {
+          auto old = DeliveryRecord::Decode(View(v));
           if (old && old->state == DeliveryState::kDone) {
-            res.claims.push_back(ClaimResult::kDone);
+            res.claims[i] = ClaimResult::kDone;
             continue;
           }
           if (old) rec.attempts = old->attempts + 1;  // failed before: try again
-          delta.deliveries[StateOf(existing)]--;
-          if ((rc = Del(t, items, key)) != 0) return rc;
+          old_state = StateOf(View(v));
         } else if (rc != MDB_NOTFOUND) {
           return rc;
         }
-        if ((rc = Put(t, pending, key, rec.Encode())) != 0) return rc;
+        const std::string enc = rec.Encode();
+        k = Val(key);
+        v = Val(enc);
+        rc = mdb_cursor_put(pc, &k, &v, MDB_NOOVERWRITE);
+        if (rc == MDB_KEYEXIST) {  // in flight: claimed by another record, or by a stopped run
+          res.claims[i] = ClaimResult::kInFlight;
+          continue;
+        }
+        if (rc != 0) return rc;
+        if (old_state != 0) {  // the failed record leaves `items` (ic is still on it)
+          delta.deliveries[old_state]--;
+          if ((rc = mdb_cursor_del(ic, 0)) != 0) return rc;
+        }
         delta.deliveries[static_cast<int>(DeliveryState::kIntent)]++;
-        res.claims.push_back(ClaimResult::kClaimed);
       }
-      for (const auto& u : b.done) {
-        NoteLookup(&looked);
-        const DeliveryKey& d = u.key;
+      // Done deliveries and item records in one sweep, in key order: an
+      // item's record sorts just before its deliveries (its key is their
+      // prefix), so they share a leaf page. Item and delivery keys differ in
+      // length, so neither kind's outcome depends on the other's order.
+      std::vector<std::string> put_keys(b.done.size() + b.items.size());
+      for (size_t i = 0; i < b.done.size(); ++i) {
+        const DeliveryKey& d = b.done[i].key;
         uint32_t mid;
         if ((rc = MailboxIdTx(t, d.mailbox, fresh, &mid)) != 0) return rc;
-        std::string key = DeliveryKeyBytes(d.sink, mid, d.item);
-        DeliveryRecord rec;
-        rec.state = DeliveryState::kDone;
-        rec.attempts = 1;
-        rec.msgtime_ms = d.msgtime_ms;
-        rec.remote_ref = u.remote_ref;
-        if ((rc = TakeIntent(t, key, &rec, &delta)) != 0) return rc;
-        // One search for a new record; an existing one (done twice) is replaced.
-        const std::string enc = rec.Encode();
+        put_keys[i] = DeliveryKeyBytes(d.sink, mid, d.item);
+      }
+      for (size_t i = 0; i < b.items.size(); ++i) put_keys[b.done.size() + i] = std::string(b.items[i].first.View());
+      for (const uint32_t i : SortedOrder(put_keys)) {
+        NoteLookup(&looked);
+        const std::string& key = put_keys[i];
+        std::string enc;
+        int new_state;
+        int64_t* counts;
+        if (i < b.done.size()) {
+          const DeliveryUpdate& u = b.done[i];
+          DeliveryRecord rec;
+          rec.state = DeliveryState::kDone;
+          rec.attempts = 1;
+          rec.msgtime_ms = u.key.msgtime_ms;
+          rec.remote_ref = u.remote_ref;
+          if ((rc = TakeIntent(pc, key, &rec, &delta)) != 0) return rc;
+          enc = rec.Encode();
+          new_state = static_cast<int>(DeliveryState::kDone);
+          counts = delta.deliveries;
+        } else {
+          const ItemRecord& rec = b.items[i - b.done.size()].second;
+          enc = rec.Encode();
+          new_state = static_cast<int>(rec.state);
+          counts = delta.items;
+        }
+        // One search for a new record; an existing one (done twice, an item
+        // recorded again) is replaced.
         MDB_val k = Val(key), v = Val(enc);
-        rc = mdb_put(t, items, &k, &v, MDB_NOOVERWRITE);
+        rc = mdb_cursor_put(ic, &k, &v, MDB_NOOVERWRITE);
         if (rc == MDB_KEYEXIST) {
-          delta.deliveries[StateOf(View(v))]--;
+          counts[StateOf(View(v))]--;
           if ((rc = Put(t, items, key, enc)) != 0) return rc;
         } else if (rc != 0) {
           return rc;
         }
-        delta.deliveries[static_cast<int>(DeliveryState::kDone)]++;
+        counts[new_state]++;
       }
       for (const auto& u : b.failed) {
         NoteLookup(&looked);
@@ -577,7 +636,7 @@ struct Index::Impl {
           auto old = DeliveryRecord::Decode(existing);
           if (old && old->state == DeliveryState::kDone) {  // never undo a done delivery
             DeliveryRecord ignored;
-            if ((rc = TakeIntent(t, key, &ignored, &delta)) != 0) return rc;
+            if ((rc = TakeIntent(pc, key, &ignored, &delta)) != 0) return rc;
             continue;
           }
           if (old) rec.attempts = std::max(1u, old->attempts);
@@ -585,7 +644,7 @@ struct Index::Impl {
         } else if (rc != MDB_NOTFOUND) {
           return rc;
         }
-        if ((rc = TakeIntent(t, key, &rec, &delta)) != 0) return rc;
+        if ((rc = TakeIntent(pc, key, &rec, &delta)) != 0) return rc;
         if ((rc = Put(t, items, key, rec.Encode())) != 0) return rc;
         delta.deliveries[static_cast<int>(DeliveryState::kFailed)]++;
       }
@@ -597,20 +656,7 @@ struct Index::Impl {
         }
         if (!mid) continue;
         DeliveryRecord ignored;
-        if ((rc = TakeIntent(t, DeliveryKeyBytes(d.sink, *mid, d.item), &ignored, &delta)) != 0) return rc;
-      }
-      for (const auto& [k, rec] : b.items) {
-        NoteLookup(&looked);
-        const std::string enc = rec.Encode();
-        MDB_val mk = Val(k.View()), mv = Val(enc);
-        rc = mdb_put(t, items, &mk, &mv, MDB_NOOVERWRITE);  // one search for a new item
-        if (rc == MDB_KEYEXIST) {
-          delta.items[StateOf(View(mv))]--;
-          if ((rc = Put(t, items, k.View(), enc)) != 0) return rc;
-        } else if (rc != 0) {
-          return rc;
-        }
-        delta.items[static_cast<int>(rec.state)]++;
+        if ((rc = TakeIntent(pc, DeliveryKeyBytes(d.sink, *mid, d.item), &ignored, &delta)) != 0) return rc;
       }
       for (const auto& [name, cur] : b.cursors) {
         if ((rc = Put(t, cursors, name, cur.Encode())) != 0) return rc;
