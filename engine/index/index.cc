@@ -253,14 +253,30 @@ class MdbCursor {
 // deliveries sort right after its own record in `items` (see index.h).
 constexpr size_t kItemKeySize = 16;
 constexpr size_t kDeliveryKeySize = kItemKeySize + 6;
+// A key of `items` or `pending` held without a heap allocation: an item key
+// (kItemKeySize) or a delivery key (kDeliveryKeySize).
+struct KeyBuf {
+  char b[kDeliveryKeySize];
+  uint8_t n = 0;
+  std::string_view view() const { return {b, n}; }
+  static KeyBuf Item(const core::ItemKey& item) {
+    KeyBuf k;
+    std::memcpy(k.b, item.View().data(), kItemKeySize);
+    k.n = kItemKeySize;
+    return k;
+  }
+  static KeyBuf Delivery(uint16_t sink, uint32_t mailbox_id, const core::ItemKey& item) {
+    KeyBuf k = Item(item);
+    k.b[kItemKeySize] = static_cast<char>(sink >> 8);
+    k.b[kItemKeySize + 1] = static_cast<char>(sink & 0xFF);
+    for (int i = 0; i < 4; ++i) k.b[kItemKeySize + 2 + i] = static_cast<char>(mailbox_id >> (24 - 8 * i));
+    k.n = kDeliveryKeySize;
+    return k;
+  }
+};
+
 std::string DeliveryKeyBytes(uint16_t sink, uint32_t mailbox_id, const core::ItemKey& item) {
-  std::string k;
-  k.reserve(kDeliveryKeySize);
-  k.append(item.View());
-  k.push_back(static_cast<char>(sink >> 8));
-  k.push_back(static_cast<char>(sink & 0xFF));
-  PutU32BE(&k, mailbox_id);
-  return k;
+  return std::string(KeyBuf::Delivery(sink, mailbox_id, item).view());
 }
 uint16_t GetU16BE(std::string_view b) {
   return static_cast<uint16_t>((static_cast<unsigned char>(b[0]) << 8) | static_cast<unsigned char>(b[1]));
@@ -272,12 +288,28 @@ void ParseDeliveryKey(std::string_view k, uint16_t* sink, uint32_t* mailbox_id, 
   *mailbox_id = GetU32BE(k.substr(kItemKeySize + 2, 4));
 }
 
-// The positions of keys in ascending byte order, equal keys in their given
-// order (a write txn applies its puts in this order: see Apply).
-std::vector<uint32_t> SortedOrder(const std::vector<std::string>& keys) {
-  std::vector<uint32_t> order(keys.size());
-  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return keys[a] < keys[b]; });
+// The positions of keys in ascending byte order (LMDB's default order),
+// equal keys in their given order (a write txn applies its puts in this
+// order: see Apply). Sorted on the keys' first 8 bytes, big-endian, then on
+// the rest: item keys are hashes, so the prefix almost always decides.
+std::vector<uint32_t> SortedOrder(const std::vector<KeyBuf>& keys) {
+  struct Entry {
+    uint64_t prefix;
+    uint32_t at;
+  };
+  std::vector<Entry> e(keys.size());
+  for (uint32_t i = 0; i < e.size(); ++i) {
+    uint64_t p = 0;
+    for (int j = 0; j < 8; ++j) p = (p << 8) | static_cast<unsigned char>(keys[i].b[j]);
+    e[i] = {p, i};
+  }
+  std::sort(e.begin(), e.end(), [&](const Entry& x, const Entry& y) {
+    if (x.prefix != y.prefix) return x.prefix < y.prefix;
+    const int c = keys[x.at].view().compare(keys[y.at].view());
+    return c != 0 ? c < 0 : x.at < y.at;
+  });
+  std::vector<uint32_t> order(e.size());
+  for (size_t i = 0; i < e.size(); ++i) order[i] = e[i].at;
   return order;
 }
 
@@ -525,17 +557,17 @@ struct Index::Impl {
       // in the CPU cache, and a cursor already on the right leaf page finds
       // the next key without a search from the root (LMDB's mdb_cursor_set).
       // Mailbox ids are allocated in the given order.
-      std::vector<std::string> claim_keys(b.claims.size());
+      std::vector<KeyBuf> claim_keys(b.claims.size());
       for (size_t i = 0; i < b.claims.size(); ++i) {
         const DeliveryKey& c = b.claims[i];
         uint32_t mid;
         if ((rc = MailboxIdTx(t, c.mailbox, fresh, &mid)) != 0) return rc;
-        claim_keys[i] = DeliveryKeyBytes(c.sink, mid, c.item);
+        claim_keys[i] = KeyBuf::Delivery(c.sink, mid, c.item);
       }
       res.claims.assign(b.claims.size(), ClaimResult::kClaimed);
       for (const uint32_t i : SortedOrder(claim_keys)) {
         NoteLookup(&looked);
-        const std::string& key = claim_keys[i];
+        const std::string_view key = claim_keys[i].view();
         DeliveryRecord rec;
         rec.state = DeliveryState::kIntent;
         rec.attempts = 1;
@@ -577,17 +609,17 @@ struct Index::Impl {
       // item's record sorts just before its deliveries (its key is their
       // prefix), so they share a leaf page. Item and delivery keys differ in
       // length, so neither kind's outcome depends on the other's order.
-      std::vector<std::string> put_keys(b.done.size() + b.items.size());
+      std::vector<KeyBuf> put_keys(b.done.size() + b.items.size());
       for (size_t i = 0; i < b.done.size(); ++i) {
         const DeliveryKey& d = b.done[i].key;
         uint32_t mid;
         if ((rc = MailboxIdTx(t, d.mailbox, fresh, &mid)) != 0) return rc;
-        put_keys[i] = DeliveryKeyBytes(d.sink, mid, d.item);
+        put_keys[i] = KeyBuf::Delivery(d.sink, mid, d.item);
       }
-      for (size_t i = 0; i < b.items.size(); ++i) put_keys[b.done.size() + i] = std::string(b.items[i].first.View());
+      for (size_t i = 0; i < b.items.size(); ++i) put_keys[b.done.size() + i] = KeyBuf::Item(b.items[i].first);
       for (const uint32_t i : SortedOrder(put_keys)) {
         NoteLookup(&looked);
-        const std::string& key = put_keys[i];
+        const std::string_view key = put_keys[i].view();
         std::string enc;
         int new_state;
         int64_t* counts;
