@@ -350,11 +350,14 @@ void Tracker::Finalize(Batch& b) {
       counts_.deliveries_present += rw.deliveries_present;
       uint64_t fresh = 0, adopted = 0, failed = 0, unsettled = 0;
       std::vector<std::string> errors;
-      for (const auto& d : rw.deliveries) {
-        index::DeliveryKey k{c_.sink_id, d.mailbox, rw.item->key, rw.item->msgtime_ms};
+      // The batch is finished (nothing reads its deliveries after this):
+      // mailboxes and references move into the index batch, not copied.
+      auto key_of = [&](DeliveryWork& d) {
+        return index::DeliveryKey{c_.sink_id, std::move(d.mailbox), rw.item->key, rw.item->msgtime_ms};
+      };
+      for (auto& d : rw.deliveries) {
         switch (d.state) {
           case State::kDone:
-            wb.done.push_back({k, d.ref, {}});
             if (d.already_there) {
               ++adopted;
             } else {
@@ -362,15 +365,16 @@ void Tracker::Finalize(Batch& b) {
               ++by_mailbox_[d.mailbox];
               counts_.bytes_written += rw.size;
             }
+            wb.done.push_back({key_of(d), std::move(d.ref), {}});
             break;
           case State::kFailed:
-            wb.failed.push_back({k, {}, d.error});
             ++failed;
             errors.push_back(fmt::format("{}: {}", d.mailbox, d.error));
             if (d.blocks_cursor) ok = false;
+            wb.failed.push_back({key_of(d), {}, std::move(d.error)});
             break;
           case State::kReleased:
-            wb.released.push_back(k);
+            wb.released.push_back(key_of(d));
             ++unsettled;
             ok = false;
             break;
@@ -394,8 +398,9 @@ void Tracker::Finalize(Batch& b) {
       counts_.deliveries_failed += failed;
       const bool imported = fresh > 0;
       if (imported) ++counts_.imported;
+      const bool stored_done = !rw.item_record || rw.item_record->state == index::ItemState::kDone;
       std::optional<index::ItemRecord> item_rec;
-      if (rw.item_record) item_rec = *rw.item_record;
+      if (rw.item_record) item_rec = std::move(*rw.item_record);
       if (!rw.deliveries.empty()) {
         if (failed > 0) {
           std::string reason = fmt::format("{} of {} deliveries failed: {}", failed + unsettled,
@@ -412,15 +417,14 @@ void Tracker::Finalize(Batch& b) {
         } else if (unsettled == 0) {
           item_rec = c_.record_for(*rw.item, index::ItemState::kDone, "");
           item_rec->size = rw.size;
-          item_rec->content_hash = rw.content_hash;
+          item_rec->content_hash = std::move(rw.content_hash);
         } else {
           item_rec.reset();  // still in doubt: the next run says
         }
       }
-      if (item_rec && rw.item) wb.items.emplace_back(rw.item->key, *item_rec);
+      if (item_rec && rw.item) wb.items.emplace_back(rw.item->key, std::move(*item_rec));
       if (rw.kind == RecordWork::Kind::kItem && !imported && failed == 0 && unsettled == 0 &&
-          rw.deliveries_present + adopted > 0 && rw.entries.empty() &&
-          (!rw.item_record || rw.item_record->state == index::ItemState::kDone)) {
+          rw.deliveries_present + adopted > 0 && rw.entries.empty() && stored_done) {
         ++counts_.already_present;
       }
       for (const auto& [id, why] : rw.unmapped) {
