@@ -12,7 +12,6 @@
 #include <map>
 #include <optional>
 #include <mutex>
-#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -205,11 +204,18 @@ class LocalTreeSink final : public Sink {
       batch.swap(pending_);
       link_sources_.clear();  // their temp files are about to be renamed
     }
-    std::lock_guard<std::mutex> l(pub_mu_);
+    std::unique_lock<std::mutex> l(pub_mu_);
     if (!batch.empty()) {
       to_publish_.push_back(std::move(batch));
-      if (!publisher_.joinable()) publisher_ = std::thread([this] { PublishLoop(); });
+      if (!publisher_.joinable()) {
+        auto t = env_->NewThread([this] { PublishLoop(); });
+        if (t.ok()) publisher_ = std::move(*t);
+      }
       pub_cv_.notify_all();
+      // No thread to be had (the process at its thread limit): published
+      // here, on the caller's thread, completions included, as a sink
+      // without a thread of its own would.
+      if (!publisher_.joinable()) PublishQueued(l);
     }
     return pub_fatal_;
   }
@@ -226,6 +232,15 @@ class LocalTreeSink final : public Sink {
     while (true) {
       pub_cv_.wait(l, [&] { return !to_publish_.empty() || pub_stop_; });
       if (to_publish_.empty()) return;  // stopping, nothing left
+      PublishQueued(l);
+    }
+  }
+
+  // Publishes the queued batches in order until none is left; l holds
+  // pub_mu_. One thread at a time: a caller that finds another publishing
+  // leaves its batch to it.
+  void PublishQueued(std::unique_lock<std::mutex>& l) {
+    while (!publishing_ && !to_publish_.empty()) {
       std::vector<Staged> batch = std::move(to_publish_.front());
       to_publish_.pop_front();
       publishing_ = true;
@@ -331,11 +346,9 @@ class LocalTreeSink final : public Sink {
       std::vector<Status> fatals(helpers + 1);
       std::vector<std::thread> threads;
       for (size_t h = 1; h <= helpers; ++h) {
-        try {
-          threads.emplace_back(work, &fatals[h]);
-        } catch (const std::system_error&) {
-          break;  // no thread to be had (EAGAIN): this one takes every mailbox
-        }
+        auto t = env_->NewThread([&work, f = &fatals[h]] { work(f); });
+        if (!t.ok()) break;  // no thread to be had (EAGAIN): this one takes the rest
+        threads.push_back(std::move(*t));
       }
       work(&fatals[0]);
       for (auto& t : threads) t.join();

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <system_error>
 
 #include <fmt/format.h>
 
@@ -600,6 +601,14 @@ Result<size_t> Env::PRead(int fd, char* buf, size_t n, uint64_t offset, const st
     ssize_t got = ::pread(fd, buf, n, static_cast<off_t>(offset));
     if (got >= 0) return static_cast<size_t>(got);
     if (errno != EINTR) return Status::FromErrno("read", path, errno);
+  }
+}
+
+Result<std::thread> Env::NewThread(std::function<void()> fn) {
+  try {
+    return std::thread(std::move(fn));
+  } catch (const std::system_error& e) {
+    return Status::FromErrno("start", "a thread", e.code().value());
   }
 }
 

@@ -5,8 +5,10 @@
 #include <sys/stat.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "formats/core/status.h"
@@ -224,6 +226,11 @@ class Env {
   virtual Result<size_t> Read(int fd, char* buf, size_t n, const std::string& path);
   // pread(2) likewise at `offset`; the file position does not move.
   virtual Result<size_t> PRead(int fd, char* buf, size_t n, uint64_t offset, const std::string& path);
+
+  // A new (joinable) thread running fn, or why none could be had (EAGAIN:
+  // the process or its cgroup is at its thread limit). Callers that can do
+  // the work themselves do so (leveldb's Env::StartThread, with a result).
+  virtual Result<std::thread> NewThread(std::function<void()> fn);
 };
 
 // Creates `tmp_path` (O_EXCL; a stale one from a crashed run is replaced)

@@ -2,7 +2,10 @@
 // outcomes, the JSON report, the output tree, reruns and failures.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <set>
 #include <thread>
@@ -629,6 +632,67 @@ TEST_F(ImportTest, OneWorkerPublishesOnOneThread) {
       EXPECT_EQ(env.ids.size(), 1u) << "more than one thread published with --threads 1";
     } else {
       EXPECT_EQ(env.ids.size(), 2u) << "the second publication thread took no mailbox";
+    }
+  }
+}
+
+// No thread to be had (the process at its thread limit; root ignores
+// RLIMIT_NPROC, so the Env refuses instead): the Maildir sink publishes on
+// the thread that asks for the barrier, and its helper's mailboxes fall to
+// the publishing thread. Everything is delivered once.
+class NoThreadEnv : public PublishThreadsEnv {
+ public:
+  explicit NoThreadEnv(int allowed) : allowed_(allowed) {}
+  std::atomic<int> refused{0};
+  Result<std::thread> NewThread(std::function<void()> fn) override {
+    if (allowed_.fetch_sub(1) > 0) return core::Env::NewThread(std::move(fn));
+    ++refused;
+    return Status::FromErrno("start", "a thread", EAGAIN);
+  }
+
+ private:
+  std::atomic<int> allowed_;
+};
+
+TEST_F(ImportTest, NoThreadToBeHadPublishesOnTheCallersThread) {
+  std::vector<std::string> recs;
+  for (int i = 0; i < 12; ++i) {
+    recs.push_back(fmt::format(
+        R"({{"msgid":"n{}","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":{},"msgtype":"text","text":{{"content":"n{}"}}}})",
+        i, 1603875600000 + i * 1000, i));
+  }
+  WriteRecords("a.jsonl", recs);
+  // No thread at all, or the publisher's only (its helper refused); one
+  // barrier, or several from both workers.
+  for (auto [allowed, batch] : {std::pair{0, 12}, {0, 3}, {1, 12}, {1, 3}}) {
+    SCOPED_TRACE(fmt::format("threads allowed {}, batch {}", allowed, batch));
+    ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+    NoThreadEnv env(allowed);
+    auto o = Options("maildir");
+    o.env = &env;
+    o.threads = 2;
+    o.batch_records = static_cast<size_t>(batch);
+    o.barrier_batches = 1;
+    // Without the fallback the run does not fail, it waits forever for a
+    // publication nobody makes: a deadline turns that into a failure.
+    std::promise<ImportSummary> done;
+    auto finished = done.get_future();
+    std::thread run([&] { done.set_value(Import(o)); });
+    if (finished.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+      ADD_FAILURE() << "the import did not finish in 60 s: a publication was never made";
+      std::fflush(nullptr);
+      std::_Exit(1);  // the stuck run cannot be joined
+    }
+    run.join();
+    ImportSummary r = finished.get();
+    EXPECT_TRUE(r.fatal.ok()) << r.fatal.ToString();
+    EXPECT_EQ(r.counts.deliveries, 36u);
+    EXPECT_EQ(r.counts.deliveries_failed, 0u);
+    EXPECT_GT(env.refused.load(), 0) << "no thread was asked for";
+    if (allowed == 1) EXPECT_EQ(env.ids.size(), 1u) << "only the publisher thread could publish";
+    for (const auto& f : MailFiles()) EXPECT_FALSE(test::IsTempFile(f)) << f;
+    for (const char* mb : {"alice@corp.com", "bob@corp.com", "carol@corp.com"}) {
+      EXPECT_EQ(CountItems(mb), 12u) << mb;
     }
   }
 }

@@ -22,7 +22,9 @@ inline void WithRawIndex(const std::string& path, const std::function<void(MDB_t
   MDB_env* env;
   ASSERT_EQ(mdb_env_create(&env), 0);
   ASSERT_EQ(mdb_env_set_maxdbs(env, 8), 0);
-  if (map_size != 0) ASSERT_EQ(mdb_env_set_mapsize(env, map_size), 0);
+  if (map_size != 0) {
+    ASSERT_EQ(mdb_env_set_mapsize(env, map_size), 0);
+  }
   ASSERT_EQ(mdb_env_open(env, path.c_str(), 0, 0644), 0);
   MDB_txn* t;
   ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &t), 0);

@@ -539,7 +539,7 @@ TEST(PstWriter, MessageSearchKeysAreUnique) {
 // bytes_written() + close_bytes_estimate(), however many messages and folder levels.
 TEST(PstWriter, CloseEstimateBoundsTheFinalSize) {
   TempDir dir;
-  for (const std::string folder : {std::string("WeChat Archiver"), [] {
+  for (const std::string& folder : {std::string("WeChat Archiver"), [] {
          std::string deep = "L0";
          for (int i = 1; i < 64; ++i) deep += "/L" + std::to_string(i);
          return deep;
