@@ -578,6 +578,7 @@ struct Index::Impl {
         // first, then the intent is put where `pending` is searched anyway.
         // Two searches for a fresh claim.
         MDB_val k = Val(key), v;
+        bool in_items = false;  // a failed record (or an unreadable one): moved out below
         int old_state = 0;
         if ((rc = mdb_cursor_get(ic, &k, &v, MDB_SET)) == 0) {
           auto old = DeliveryRecord::Decode(View(v));
@@ -586,6 +587,7 @@ struct Index::Impl {
             continue;
           }
           if (old) rec.attempts = old->attempts + 1;  // failed before: try again
+          in_items = true;
           old_state = StateOf(View(v));
         } else if (rc != MDB_NOTFOUND) {
           return rc;
@@ -599,7 +601,7 @@ struct Index::Impl {
           continue;
         }
         if (rc != 0) return rc;
-        if (old_state != 0) {  // the failed record leaves `items` (ic is still on it)
+        if (in_items) {  // the old record leaves `items` (ic is still on it)
           delta.deliveries[old_state]--;
           if ((rc = mdb_cursor_del(ic, 0)) != 0) return rc;
         }

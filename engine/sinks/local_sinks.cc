@@ -230,7 +230,9 @@ class LocalTreeSink final : public Sink {
   void PublishLoop() {
     std::unique_lock<std::mutex> l(pub_mu_);
     while (true) {
-      pub_cv_.wait(l, [&] { return !to_publish_.empty() || pub_stop_; });
+      // A caller publishing inline (its thread was refused) keeps the queue
+      // until it is done: waiting for it, not spinning with pub_mu_ held.
+      pub_cv_.wait(l, [&] { return (!to_publish_.empty() && !publishing_) || (pub_stop_ && to_publish_.empty()); });
       if (to_publish_.empty()) return;  // stopping, nothing left
       PublishQueued(l);
     }

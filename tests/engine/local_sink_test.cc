@@ -9,7 +9,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -712,6 +715,51 @@ TEST(LocalSink, RenameRefusedAcrossMountsFallsBackToACopy) {
     for (const auto& f : test::ListFiles(dir / "out")) EXPECT_FALSE(test::IsTempFile(f)) << f;
     sink.reset();
   }
+}
+
+// The first publisher thread is refused (its caller publishes inline); a
+// second caller's Barrier gets a publisher thread while the first is still
+// publishing. The thread must wait for the inline caller, not spin holding
+// the queue's lock (found by review: the inline caller never got it back).
+class RefuseFirstThreadEnv : public test::GatedSyncEnv {
+ public:
+  std::atomic<int> calls{0};
+  Result<std::thread> NewThread(std::function<void()> fn) override {
+    if (calls.fetch_add(1) == 0) return Status::FromErrno("start", "a thread", EAGAIN);
+    return core::Env::NewThread(std::move(fn));
+  }
+};
+
+TEST(LocalSink, PublisherStartedWhileACallerPublishesInline) {
+  test::TempDir dir;
+  RefuseFirstThreadEnv env;
+  LocalSinkOptions o;
+  o.env = &env;
+  o.publish_threads = 1;
+  auto sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
+  Outcomes out;
+  for (int item = 0; item < 5; ++item) sink->Submit(MakeDelivery(item, "a@x.com", item), out.Fn());
+  std::promise<Status> a_done;
+  auto a_fut = a_done.get_future();
+  std::thread a([&] { a_done.set_value(sink->Barrier()); });  // refused: publishes inline
+  ASSERT_TRUE(env.WaitEntered());  // A is inside Publish (its sync), pub_mu_ released
+  for (int item = 5; item < 10; ++item) sink->Submit(MakeDelivery(item, "a@x.com", item), out.Fn());
+  auto b_fut = std::async(std::launch::async, [&] { return sink->Barrier(); });  // gets a publisher thread
+  if (b_fut.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "second Barrier stuck";
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  env.Open();
+  if (a_fut.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "deadlock: the inline publisher never got the queue's lock back";
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  a.join();
+  EXPECT_TRUE(sink->Close().ok());
+  EXPECT_EQ(out.size(), 10u);
 }
 
 }  // namespace
