@@ -61,6 +61,18 @@ class ImportTest : public ::testing::Test {
     return md5;
   }
 
+  // 12 records sent by alice to bob and carol in one room: 36 deliveries,
+  // each batch's links going into two mailboxes (the publication tests).
+  void WriteRoomRecords() {
+    std::vector<std::string> recs;
+    for (int i = 0; i < 12; ++i) {
+      recs.push_back(fmt::format(
+          R"({{"msgid":"t{}","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":{},"msgtype":"text","text":{{"content":"n{}"}}}})",
+          i, 1603875600000 + i * 1000, i));
+    }
+    WriteRecords("a.jsonl", recs);
+  }
+
   void WriteRecords(const std::string& name, const std::vector<std::string>& lines, bool final_newline = true) {
     std::string s;
     for (size_t i = 0; i < lines.size(); ++i) {
@@ -611,13 +623,7 @@ class PublishThreadsEnv : public core::Env {
 // (what the power-cut test's step numbering assumes); more workers publish
 // a batch's mailboxes on two.
 TEST_F(ImportTest, OneWorkerPublishesOnOneThread) {
-  std::vector<std::string> recs;
-  for (int i = 0; i < 12; ++i) {
-    recs.push_back(fmt::format(
-        R"({{"msgid":"t{}","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":{},"msgtype":"text","text":{{"content":"n{}"}}}})",
-        i, 1603875600000 + i * 1000, i));
-  }
-  WriteRecords("a.jsonl", recs);
+  WriteRoomRecords();
   for (size_t threads : {size_t{1}, size_t{2}}) {
     SCOPED_TRACE(threads);
     ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
@@ -655,13 +661,7 @@ class NoThreadEnv : public PublishThreadsEnv {
 };
 
 TEST_F(ImportTest, NoThreadToBeHadPublishesOnTheCallersThread) {
-  std::vector<std::string> recs;
-  for (int i = 0; i < 12; ++i) {
-    recs.push_back(fmt::format(
-        R"({{"msgid":"n{}","action":"send","from":"alice","tolist":["bob","carol"],"roomid":"wrRoom","msgtime":{},"msgtype":"text","text":{{"content":"n{}"}}}})",
-        i, 1603875600000 + i * 1000, i));
-  }
-  WriteRecords("a.jsonl", recs);
+  WriteRoomRecords();
   // No thread at all, or the publisher's only (its helper refused); one
   // barrier, or several from both workers.
   for (auto [allowed, batch] : {std::pair{0, 12}, {0, 3}, {1, 12}, {1, 3}}) {

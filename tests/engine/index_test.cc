@@ -540,6 +540,13 @@ TEST(Index, OneBigReadOrCommitStaysNearTheBound) {
   ASSERT_TRUE(a.ok()) << a.status().ToString();
   EXPECT_EQ(a->claims.back(), ClaimResult::kInFlight);
   EXPECT_GE((*idx)->map_trims(), trims_before + 3) << "only the check after the commit trimmed";
+
+  // One commit marking them all done: its sweep is checked the same way.
+  const uint64_t trims_before_done = (*idx)->map_trims();
+  WriteBatch done;
+  for (int n = 0; n < 30000; ++n) done.done.push_back({{1, fmt::format("u{}@x.com", n % 50), Key(n), n}, "ref", {}});
+  ASSERT_TRUE((*idx)->Write(std::move(done)).ok());
+  EXPECT_GE((*idx)->map_trims(), trims_before_done + 3) << "only the check after the done commit trimmed";
 }
 
 // A lazy write (done records) waits for the next write that is waited for
