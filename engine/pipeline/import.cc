@@ -997,7 +997,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
               }
               auto b = std::make_unique<Batch>();
               b->seq = seq++;
-              auto more = reader.NextBatch(o.batch_records, o.batch_bytes, &b->records);
+              auto more = reader.NextBatch(o.batch_records, o.batch_bytes, &b->records, o.batch_media_bytes);
               if (!more.ok()) {
                 run.Fail(more.status());
                 fc.stop();

@@ -16,6 +16,40 @@ namespace wxa::wecom {
 
 namespace {
 constexpr size_t kReadChunk = 1u << 20;
+
+// The number after `"key` at line[at] (`"key": 123`, `"key":"123"`, or the
+// escaped `\"key\":123` of a JSON string inside the line); 0 if none.
+uint64_t SizeAfterKey(std::string_view line, size_t at) {
+  if (at < line.size() && line[at] == '\\') ++at;
+  if (at >= line.size() || line[at] != '"') return 0;
+  ++at;
+  while (at < line.size() && (line[at] == ' ' || line[at] == '\t')) ++at;
+  if (at >= line.size() || line[at] != ':') return 0;
+  ++at;
+  while (at < line.size() && (line[at] == ' ' || line[at] == '\t' || line[at] == '\\' || line[at] == '"')) ++at;
+  constexpr uint64_t kCap = uint64_t{kMaxRecordBytes} * 64;
+  uint64_t v = 0;  // at most kCap, so v * 10 + 9 never wraps however long the number
+  for (; at < line.size() && line[at] >= '0' && line[at] <= '9'; ++at) {
+    v = std::min<uint64_t>(kCap, v * 10 + static_cast<uint64_t>(line[at] - '0'));
+  }
+  return v;
+}
+}  // namespace
+
+uint64_t DeclaredMediaBytes(std::string_view line) {
+  uint64_t total = 0;
+  // Every key ends in "size": find that, then check which key it closes.
+  for (size_t p = line.find("size"); p != std::string_view::npos; p = line.find("size", p + 4)) {
+    for (std::string_view key : {std::string_view("\"filesize"), std::string_view("\"voice_size"),
+                                 std::string_view("\"imagesize")}) {
+      const size_t len = key.size() - 4;  // the part before "size"
+      if (p >= len && line.substr(p - len, key.size()) == key) {
+        total += SizeAfterKey(line, p + 4);
+        break;
+      }
+    }
+  }
+  return total;
 }
 
 Result<RecordReader> RecordReader::Open(const std::string& source_dir, core::Env* env) {
@@ -135,9 +169,10 @@ void RecordReader::AbandonFile(const core::Status& s, uint64_t offset, uint64_t 
 }
 
 Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
-                                     std::vector<RawRecord>* out) {
+                                     std::vector<RawRecord>* out, uint64_t max_media_bytes) {
   size_t added = 0, bytes = 0;
-  while (added < max_records && bytes < max_bytes) {
+  uint64_t media = 0;
+  while (added < max_records && bytes < max_bytes && media < max_media_bytes) {
     if (!open_) {
       while (cur_ < files_.size() && skip_[cur_]) ++cur_;
       if (cur_ >= files_.size()) break;
@@ -235,6 +270,7 @@ Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
     rec.bytes.reserve(len + kRecordPadding);
     rec.bytes.assign(buf_, start, len);
     bytes += len;
+    if (max_media_bytes != UINT64_MAX) media += DeclaredMediaBytes(rec.bytes);
     out->push_back(std::move(rec));
     ++added;
   }

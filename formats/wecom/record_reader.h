@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/core/file.h"
@@ -41,6 +42,14 @@ struct FileIssue {
   std::string reason;
 };
 
+// The media bytes a record line declares: the sum of its "filesize",
+// "voice_size" and "imagesize" numbers, nested and JSON-escaped ones (a
+// mixed message's parts) included, without parsing the line. Only an
+// estimate for cutting batches (a media-heavy batch of 2,048 records can
+// hold hundreds of MB to render): a value that is not a plain number is
+// skipped, and each counts at most kMaxRecordBytes x 64.
+uint64_t DeclaredMediaBytes(std::string_view line);
+
 class RecordReader {
  public:
   // Lists the *.jsonl files directly in source_dir, sorted by name. Each is
@@ -61,14 +70,17 @@ class RecordReader {
   // Skips file i entirely (already fully read by an earlier run).
   void SkipFile(uint32_t i);
 
-  // Appends records to *out until max_records or max_bytes is reached or the
-  // files are exhausted. Returns false when no record was added (the end).
+  // Appends records to *out until max_records or max_bytes (of lines) or
+  // max_media_bytes (of media the lines declare, DeclaredMediaBytes) is
+  // reached, or the files are exhausted. Returns false when no record was
+  // added (the end).
   // A file that cannot be opened, or whose read fails part way through, is
   // listed in issues() and left for the next file: the records read before
   // the failure are handed out, nothing after it (not even a partly read
   // line), so a rerun resuming at the last record's next_offset reads the
   // rest exactly once.
-  Result<bool> NextBatch(size_t max_records, size_t max_bytes, std::vector<RawRecord>* out);
+  Result<bool> NextBatch(size_t max_records, size_t max_bytes, std::vector<RawRecord>* out,
+                         uint64_t max_media_bytes = UINT64_MAX);
 
   uint64_t bytes_read() const { return bytes_read_; }
 

@@ -784,6 +784,34 @@ TEST_F(ImportTest, RenderAheadIsBoundedWhileClaimsCommit) {
   }
 }
 
+// Media-heavy records make small batches (batches are what the threads
+// share): 12 file records declaring 1,000 bytes each, a budget of 3,000
+// bytes a batch, 4 batches where the record count alone makes 1. Each batch
+// sealed is one progress call (interval 0). The items are the same either way.
+TEST_F(ImportTest, MediaHeavyRecordsMakeSmallBatches) {
+  std::vector<std::string> recs;
+  for (int i = 0; i < 12; ++i) {
+    std::string md5 = AddMedia(std::string(1000, static_cast<char>('a' + i)));
+    recs.push_back(File(fmt::format("mb{}", i), md5, 1000, fmt::format("f{}.pdf", i)));
+  }
+  WriteRecords("a.jsonl", recs);
+  for (uint64_t budget : {uint64_t{3000}, uint64_t{32} << 20}) {
+    SCOPED_TRACE(budget);
+    ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
+    auto o = Options("maildir");
+    o.batch_records = 2048;
+    o.batch_media_bytes = budget;
+    o.progress_interval_ms = 0;
+    std::atomic<int> batches{0};
+    o.on_progress = [&](const Counts&, double) { ++batches; };
+    auto r = Import(o);
+    EXPECT_EQ(r.counts.deliveries, 24u);
+    EXPECT_EQ(batches.load(), budget == 3000 ? 4 : 1);
+    EXPECT_EQ(CountItems("bob@corp.com"), 12u);
+    ExpectIndexMatchesDisk();
+  }
+}
+
 TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   std::string data(20000, 'x');
   std::string md5 = AddMedia(data);

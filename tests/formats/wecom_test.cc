@@ -5,6 +5,8 @@
 #include <map>
 #include <set>
 
+#include <fmt/format.h>
+
 #include "formats/core/hash.h"
 #include "formats/wecom/directory.h"
 #include "formats/wecom/media_store.h"
@@ -70,6 +72,52 @@ TEST(RecordReader, EmptyAndMissingSource) {
   ASSERT_TRUE(more.ok());
   EXPECT_FALSE(*more);
   EXPECT_FALSE(RecordReader::Open(dir / "missing").ok());
+}
+
+// The declared media sizes that cut batches: top-level and nested keys, the
+// escaped ones of a mixed message's parts, numbers as strings; anything else
+// counts nothing, and a number too big for any file counts as the cap.
+TEST(RecordReader, DeclaredMediaBytes) {
+  EXPECT_EQ(DeclaredMediaBytes(R"({"msgtype":"file","file":{"filesize":1234,"sdkfileid":"x"}})"), 1234u);
+  EXPECT_EQ(DeclaredMediaBytes(R"({"voice":{"voice_size" : 10},"emotion":{"imagesize":"20"}})"), 30u);
+  EXPECT_EQ(DeclaredMediaBytes(
+                R"({"mixed":{"item":[{"type":"image","content":"{"md5sum":"ab","filesize":300}"},)"
+                R"({"type":"file","content":"{"filesize":"400"}"}]}})"),
+            700u);
+  EXPECT_EQ(DeclaredMediaBytes(R"({"text":{"content":"filesize: 99"},"size":5,"xfilesize":7,"filesize_x":8})"), 0u);
+  EXPECT_EQ(DeclaredMediaBytes(R"({"file":{"filesize":-5}})"), 0u);
+  EXPECT_EQ(DeclaredMediaBytes(R"({"file":{"filesize":null}})"), 0u);
+  EXPECT_EQ(DeclaredMediaBytes(R"({"file":{"filesize":)"), 0u);  // cut short
+  EXPECT_EQ(DeclaredMediaBytes(""), 0u);
+  const uint64_t cap = uint64_t{kMaxRecordBytes} * 64;
+  EXPECT_EQ(DeclaredMediaBytes(R"({"file":{"filesize":99999999999999999999999999999999999999}})"), cap);
+  EXPECT_EQ(DeclaredMediaBytes(R"({"a":{"filesize":18446744073709551617},"b":{"filesize":1}})"), cap + 1);
+}
+
+// A batch ends after the record whose declared media reach the budget, so
+// media-heavy batches are small: batches are what threads share.
+TEST(RecordReader, BatchesEndAtTheirMediaBudget) {
+  test::TempDir dir;
+  std::string lines;
+  for (int i = 0; i < 6; ++i) lines += fmt::format(R"({{"n":{},"file":{{"filesize":1000}}}})""\n", i);
+  lines += R"({"n":6,"text":{"content":"no media"}})""\n";
+  test::WriteFile(dir / "a.jsonl", lines);
+  auto r = RecordReader::Open(dir.path());
+  ASSERT_TRUE(r.ok());
+  std::vector<size_t> sizes;
+  while (true) {
+    std::vector<RawRecord> out;
+    auto more = r->NextBatch(100, 1 << 20, &out, 2500);
+    ASSERT_TRUE(more.ok());
+    if (!*more) break;
+    sizes.push_back(out.size());
+  }
+  EXPECT_EQ(sizes, (std::vector<size_t>{3, 3, 1}));
+  auto r2 = RecordReader::Open(dir.path());  // no budget: one batch
+  ASSERT_TRUE(r2.ok());
+  std::vector<RawRecord> all;
+  ASSERT_TRUE(r2->NextBatch(100, 1 << 20, &all).ok());
+  EXPECT_EQ(all.size(), 7u);
 }
 
 // Issue #8 items 2 and 6: what is not a regular file inside the source is
