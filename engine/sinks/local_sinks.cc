@@ -247,7 +247,22 @@ class LocalTreeSink final : public Sink {
       to_publish_.pop_front();
       publishing_ = true;
       l.unlock();
-      Status s = Publish(batch);  // calls the completions: no lock of ours held
+      Status s;
+      try {
+        s = Publish(batch);  // calls the completions: no lock of ours held
+      } catch (const std::exception& e) {
+        // Left as it was, publishing_ would stay set and every later
+        // Barrier and WaitPublished would wait for it forever, and the
+        // batch's deliveries for their outcomes. The target's error stops
+        // the run; what was renamed is complete, and a rerun adopts it.
+        s = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, e.what()));
+        for (Staged& st : batch) {
+          if (!st.done) continue;
+          DoneFn done = std::move(st.done);
+          st.done = nullptr;
+          done(st.id, Completion::SinkBad(s));
+        }
+      }
       l.lock();
       if (!s.ok() && pub_fatal_.ok()) pub_fatal_ = s;
       publishing_ = false;
@@ -338,10 +353,18 @@ class LocalTreeSink final : public Sink {
       // to its temp name is made.
       std::atomic<size_t> next{0};
       std::atomic<bool> stop{false};
+      // An exception (std::bad_alloc) is this pass's fatal error: out of a
+      // helper it would end the process, out of this thread it would leave
+      // the helpers unjoined.
       auto work = [&](Status* thread_fatal) {
-        for (size_t m; !stop.load(std::memory_order_relaxed) && (m = next.fetch_add(1)) < mailboxes.size();) {
-          PublishMailbox(batch, pass == 0, *mailboxes[m].first, *mailboxes[m].second, &result, thread_fatal);
-          if (!thread_fatal->ok()) stop.store(true);
+        try {
+          for (size_t m; !stop.load(std::memory_order_relaxed) && (m = next.fetch_add(1)) < mailboxes.size();) {
+            PublishMailbox(batch, pass == 0, *mailboxes[m].first, *mailboxes[m].second, &result, thread_fatal);
+            if (!thread_fatal->ok()) stop.store(true);
+          }
+        } catch (const std::exception& e) {
+          *thread_fatal = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, e.what()));
+          stop.store(true);
         }
       };
       const size_t helpers = std::min(std::max<size_t>(1, o_.publish_threads), std::max<size_t>(1, mailboxes.size())) - 1;
@@ -369,7 +392,9 @@ class LocalTreeSink final : public Sink {
       if (!fatal.ok() && (!result[i] || result[i]->kind == Completion::Kind::kDone)) {
         result[i] = Completion::SinkBad(fatal);
       }
-      e.done(e.id, std::move(*result[i]));
+      DoneFn done = std::move(e.done);
+      e.done = nullptr;  // answered (PublishQueued answers the others after an exception)
+      done(e.id, std::move(*result[i]));
     }
     return fatal;
   }
