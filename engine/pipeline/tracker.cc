@@ -398,7 +398,6 @@ void Tracker::Finalize(Batch& b) {
       counts_.deliveries_failed += failed;
       const bool imported = fresh > 0;
       if (imported) ++counts_.imported;
-      const bool stored_done = !rw.item_record || rw.item_record->state == index::ItemState::kDone;
       std::optional<index::ItemRecord> item_rec;
       if (rw.item_record) item_rec = std::move(*rw.item_record);
       if (!rw.deliveries.empty()) {
@@ -423,8 +422,10 @@ void Tracker::Finalize(Batch& b) {
         }
       }
       if (item_rec && rw.item) wb.items.emplace_back(rw.item->key, std::move(*item_rec));
+      // (An item record of another state than done, unmapped or given back,
+      // always comes with its report entry.)
       if (rw.kind == RecordWork::Kind::kItem && !imported && failed == 0 && unsettled == 0 &&
-          rw.deliveries_present + adopted > 0 && rw.entries.empty() && stored_done) {
+          rw.deliveries_present + adopted > 0 && rw.entries.empty()) {
         ++counts_.already_present;
       }
       for (const auto& [id, why] : rw.unmapped) {
