@@ -978,6 +978,12 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
 
   wecom::ParseOptions popts;
   popts.corp = o.corp;
+  wecom::BatchLimits batch_limits;
+  batch_limits.records = o.batch_records;
+  batch_limits.bytes = o.batch_bytes;
+  batch_limits.media_bytes = o.batch_media_bytes;
+  batch_limits.media_min_records = o.batch_media_min_records;
+  batch_limits.media_max_each = o.limit.max_bytes;
   tbb::enumerable_thread_specific<std::unique_ptr<Worker>> workers(
       [&popts] { return std::make_unique<Worker>(popts); });
   Status stage_error;
@@ -997,7 +1003,7 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
               }
               auto b = std::make_unique<Batch>();
               b->seq = seq++;
-              auto more = reader.NextBatch(o.batch_records, o.batch_bytes, &b->records, o.batch_media_bytes);
+              auto more = reader.NextBatch(batch_limits, &b->records);
               if (!more.ok()) {
                 run.Fail(more.status());
                 fc.stop();

@@ -62,11 +62,14 @@ struct ImportOptions {
   // threads 8.4 -> 7.3 s, for 25-35 MB more peak RSS).
   size_t batch_records = 2048;
   size_t batch_bytes = 4u << 20;
-  // A batch also ends once its records declare this much media
-  // (wecom::DeclaredMediaBytes): batches are the unit of parallel work, and
-  // 2,048 media records (hundreds of MB to hash and encode) in one batch
-  // left a 2-thread import of a small media archive on one core.
+  // A batch of at least batch_media_min_records also ends once its records
+  // declare this much media (wecom::DeclaredMediaBytes; a value over the
+  // item limit is not counted: that media is rejected unread). Batches are
+  // the unit of parallel work, and 2,048 media records (hundreds of MB to
+  // hash and encode) in one batch left a 2-thread import of a small media
+  // archive on one core.
   uint64_t batch_media_bytes = 32u << 20;
+  size_t batch_media_min_records = 256;
   size_t max_batches_in_flight = 0;  // 0 = 2 x threads + 2
   size_t max_open_folders = 0;       // local targets' folder cache; 0 = from the open-file limit
   // Local targets: one durability barrier (syncfs or per-item fsyncs, then the renames) per

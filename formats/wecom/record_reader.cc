@@ -18,9 +18,10 @@ namespace {
 constexpr size_t kReadChunk = 1u << 20;
 
 // The number after `"key` at line[at] (`"key": 123`, `"key":"123"`, or the
-// escaped `\"key\":123` of a JSON string inside the line); 0 if none.
+// escaped `\"key\":123` of a JSON string inside the line, at any depth of
+// escaping); 0 if none.
 uint64_t SizeAfterKey(std::string_view line, size_t at) {
-  if (at < line.size() && line[at] == '\\') ++at;
+  while (at < line.size() && line[at] == '\\') ++at;
   if (at >= line.size() || line[at] != '"') return 0;
   ++at;
   while (at < line.size() && (line[at] == ' ' || line[at] == '\t')) ++at;
@@ -36,7 +37,7 @@ uint64_t SizeAfterKey(std::string_view line, size_t at) {
 }
 }  // namespace
 
-uint64_t DeclaredMediaBytes(std::string_view line) {
+uint64_t DeclaredMediaBytes(std::string_view line, uint64_t max_each) {
   uint64_t total = 0;
   // Every key ends in "size": find that, then check which key it closes.
   for (size_t p = line.find("size"); p != std::string_view::npos; p = line.find("size", p + 4)) {
@@ -44,7 +45,8 @@ uint64_t DeclaredMediaBytes(std::string_view line) {
                                  std::string_view("\"imagesize")}) {
       const size_t len = key.size() - 4;  // the part before "size"
       if (p >= len && line.substr(p - len, key.size()) == key) {
-        total += SizeAfterKey(line, p + 4);
+        const uint64_t v = SizeAfterKey(line, p + 4);
+        if (v <= max_each) total += v;
         break;
       }
     }
@@ -168,11 +170,12 @@ void RecordReader::AbandonFile(const core::Status& s, uint64_t offset, uint64_t 
   ++cur_;
 }
 
-Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
-                                     std::vector<RawRecord>* out, uint64_t max_media_bytes) {
+Result<bool> RecordReader::NextBatch(const BatchLimits& limits, std::vector<RawRecord>* out) {
   size_t added = 0, bytes = 0;
   uint64_t media = 0;
-  while (added < max_records && bytes < max_bytes && media < max_media_bytes) {
+  const bool count_media = limits.media_bytes != UINT64_MAX;
+  while (added < limits.records && bytes < limits.bytes &&
+         (media < limits.media_bytes || added < std::max<size_t>(1, limits.media_min_records))) {
     if (!open_) {
       while (cur_ < files_.size() && skip_[cur_]) ++cur_;
       if (cur_ >= files_.size()) break;
@@ -270,7 +273,7 @@ Result<bool> RecordReader::NextBatch(size_t max_records, size_t max_bytes,
     rec.bytes.reserve(len + kRecordPadding);
     rec.bytes.assign(buf_, start, len);
     bytes += len;
-    if (max_media_bytes != UINT64_MAX) media += DeclaredMediaBytes(rec.bytes);
+    if (count_media) media += DeclaredMediaBytes(rec.bytes, limits.media_max_each);
     out->push_back(std::move(rec));
     ++added;
   }

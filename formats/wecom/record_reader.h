@@ -43,12 +43,29 @@ struct FileIssue {
 };
 
 // The media bytes a record line declares: the sum of its "filesize",
-// "voice_size" and "imagesize" numbers, nested and JSON-escaped ones (a
-// mixed message's parts) included, without parsing the line. Only an
-// estimate for cutting batches (a media-heavy batch of 2,048 records can
-// hold hundreds of MB to render): a value that is not a plain number is
-// skipped, and each counts at most kMaxRecordBytes x 64.
-uint64_t DeclaredMediaBytes(std::string_view line);
+// "voice_size" and "imagesize" numbers, nested ones included, however
+// deeply JSON-escaped (a mixed message's parts, inside a chat record too),
+// without parsing the line. Only an estimate for cutting batches (a
+// media-heavy batch of 2,048 records can hold hundreds of MB to hash and
+// encode): a value that is not a plain number is skipped, and so is one
+// over `max_each` (media that big is rejected unread, so it costs nothing
+// to render). Media declared under "size" alone, or not at all (meeting
+// recordings), is not counted.
+uint64_t DeclaredMediaBytes(std::string_view line, uint64_t max_each = UINT64_MAX);
+
+// Where RecordReader::NextBatch ends a batch.
+struct BatchLimits {
+  size_t records = 2048;
+  size_t bytes = 4u << 20;  // of lines
+  // Of media the lines declare (DeclaredMediaBytes, each value at most
+  // media_max_each), once the batch holds media_min_records: a batch's
+  // fixed costs (an index commit, a share of a barrier) stay small beside
+  // its records' even when most of the declared media is never read
+  // (missing files).
+  uint64_t media_bytes = UINT64_MAX;
+  size_t media_min_records = 256;
+  uint64_t media_max_each = UINT64_MAX;
+};
 
 class RecordReader {
  public:
@@ -70,17 +87,20 @@ class RecordReader {
   // Skips file i entirely (already fully read by an earlier run).
   void SkipFile(uint32_t i);
 
-  // Appends records to *out until max_records or max_bytes (of lines) or
-  // max_media_bytes (of media the lines declare, DeclaredMediaBytes) is
-  // reached, or the files are exhausted. Returns false when no record was
-  // added (the end).
+  // Appends records to *out until one of `limits` is reached or the files
+  // are exhausted. Returns false when no record was added (the end).
   // A file that cannot be opened, or whose read fails part way through, is
   // listed in issues() and left for the next file: the records read before
   // the failure are handed out, nothing after it (not even a partly read
   // line), so a rerun resuming at the last record's next_offset reads the
   // rest exactly once.
-  Result<bool> NextBatch(size_t max_records, size_t max_bytes, std::vector<RawRecord>* out,
-                         uint64_t max_media_bytes = UINT64_MAX);
+  Result<bool> NextBatch(const BatchLimits& limits, std::vector<RawRecord>* out);
+  Result<bool> NextBatch(size_t max_records, size_t max_bytes, std::vector<RawRecord>* out) {
+    BatchLimits l;
+    l.records = max_records;
+    l.bytes = max_bytes;
+    return NextBatch(l, out);
+  }
 
   uint64_t bytes_read() const { return bytes_read_; }
 

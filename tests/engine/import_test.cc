@@ -858,7 +858,7 @@ TEST_F(ImportTest, RenderAheadIsBoundedWhileClaimsCommit) {
 // Media-heavy records make small batches (batches are what the threads
 // share): 12 file records declaring 1,000 bytes each, a budget of 3,000
 // bytes a batch, 4 batches where the record count alone makes 1. Each batch
-// sealed is one progress call (interval 0). The items are the same either way.
+// sealed is one progress call (interval 0).
 TEST_F(ImportTest, MediaHeavyRecordsMakeSmallBatches) {
   std::vector<std::string> recs;
   for (int i = 0; i < 12; ++i) {
@@ -866,18 +866,26 @@ TEST_F(ImportTest, MediaHeavyRecordsMakeSmallBatches) {
     recs.push_back(File(fmt::format("mb{}", i), md5, 1000, fmt::format("f{}.pdf", i)));
   }
   WriteRecords("a.jsonl", recs);
-  for (uint64_t budget : {uint64_t{3000}, uint64_t{32} << 20}) {
-    SCOPED_TRACE(budget);
+  // The budget; then the default minimum of 256 records a batch; then media
+  // over the item limit (rejected unread), which does not count.
+  for (int c = 0; c < 3; ++c) {
+    SCOPED_TRACE(c);
     ::system(("rm -rf " + test::ShellQuote(tmp_ / "out")).c_str());
     auto o = Options("maildir");
     o.batch_records = 2048;
-    o.batch_media_bytes = budget;
+    o.batch_media_bytes = 3000;
+    if (c != 1) o.batch_media_min_records = 1;
+    if (c == 2) o.limit.max_bytes = 999;
     o.progress_interval_ms = 0;
     std::atomic<int> batches{0};
     o.on_progress = [&](const Counts&, double) { ++batches; };
     auto r = Import(o);
+    EXPECT_EQ(batches.load(), c == 0 ? 4 : 1);
+    if (c == 2) {
+      EXPECT_EQ(r.counts.oversize, 12u);
+      continue;
+    }
     EXPECT_EQ(r.counts.deliveries, 24u);
-    EXPECT_EQ(batches.load(), budget == 3000 ? 4 : 1);
     EXPECT_EQ(CountItems("bob@corp.com"), 12u);
     ExpectIndexMatchesDisk();
   }

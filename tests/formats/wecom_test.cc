@@ -81,9 +81,16 @@ TEST(RecordReader, DeclaredMediaBytes) {
   EXPECT_EQ(DeclaredMediaBytes(R"({"msgtype":"file","file":{"filesize":1234,"sdkfileid":"x"}})"), 1234u);
   EXPECT_EQ(DeclaredMediaBytes(R"({"voice":{"voice_size" : 10},"emotion":{"imagesize":"20"}})"), 30u);
   EXPECT_EQ(DeclaredMediaBytes(
-                R"({"mixed":{"item":[{"type":"image","content":"{"md5sum":"ab","filesize":300}"},)"
-                R"({"type":"file","content":"{"filesize":"400"}"}]}})"),
+                R"({"mixed":{"item":[{"type":"image","content":"{\"md5sum\":\"ab\",\"filesize\":300}"},)"
+                R"({"type":"file","content":"{\"filesize\":\"400\"}"}]}})"),
             700u);
+  // A mixed message inside a chat record: escaped twice.
+  EXPECT_EQ(DeclaredMediaBytes(
+                R"({"chatrecord":{"item":[{"type":"ChatRecordMixed","content":"{\"item\":[{\"type\":\"image\",)"
+                R"(\"content\":\"{\\\"md5sum\\\":\\\"ab\\\",\\\"filesize\\\":13177}\"}]}"}]}})"),
+            13177u);
+  // Over the per-value bound (media over the item limit, never read): not counted.
+  EXPECT_EQ(DeclaredMediaBytes(R"({"a":{"filesize":1000},"b":{"filesize":1001}})", 1000), 1000u);
   EXPECT_EQ(DeclaredMediaBytes(R"({"text":{"content":"filesize: 99"},"size":5,"xfilesize":7,"filesize_x":8})"), 0u);
   EXPECT_EQ(DeclaredMediaBytes(R"({"file":{"filesize":-5}})"), 0u);
   EXPECT_EQ(DeclaredMediaBytes(R"({"file":{"filesize":null}})"), 0u);
@@ -94,30 +101,43 @@ TEST(RecordReader, DeclaredMediaBytes) {
   EXPECT_EQ(DeclaredMediaBytes(R"({"a":{"filesize":18446744073709551617},"b":{"filesize":1}})"), cap + 1);
 }
 
-// A batch ends after the record whose declared media reach the budget, so
-// media-heavy batches are small: batches are what threads share.
+// A batch ends after the record whose declared media reach the budget (once
+// it holds the minimum of records), so media-heavy batches are small:
+// batches are what threads share. Every record is handed out once, in order.
 TEST(RecordReader, BatchesEndAtTheirMediaBudget) {
   test::TempDir dir;
   std::string lines;
   for (int i = 0; i < 6; ++i) lines += fmt::format(R"({{"n":{},"file":{{"filesize":1000}}}})""\n", i);
   lines += R"({"n":6,"text":{"content":"no media"}})""\n";
   test::WriteFile(dir / "a.jsonl", lines);
-  auto r = RecordReader::Open(dir.path());
-  ASSERT_TRUE(r.ok());
-  std::vector<size_t> sizes;
-  while (true) {
-    std::vector<RawRecord> out;
-    auto more = r->NextBatch(100, 1 << 20, &out, 2500);
-    ASSERT_TRUE(more.ok());
-    if (!*more) break;
-    sizes.push_back(out.size());
-  }
-  EXPECT_EQ(sizes, (std::vector<size_t>{3, 3, 1}));
-  auto r2 = RecordReader::Open(dir.path());  // no budget: one batch
-  ASSERT_TRUE(r2.ok());
-  std::vector<RawRecord> all;
-  ASSERT_TRUE(r2->NextBatch(100, 1 << 20, &all).ok());
-  EXPECT_EQ(all.size(), 7u);
+  auto batches = [&](uint64_t budget, size_t min_records, uint64_t max_each) {
+    auto r = RecordReader::Open(dir.path());
+    EXPECT_TRUE(r.ok());
+    BatchLimits limits;
+    limits.records = 100;
+    limits.media_bytes = budget;
+    limits.media_min_records = min_records;
+    limits.media_max_each = max_each;
+    std::vector<size_t> sizes;
+    std::vector<uint64_t> lines;
+    while (r.ok()) {
+      std::vector<RawRecord> out;
+      auto more = r->NextBatch(limits, &out);
+      EXPECT_TRUE(more.ok());
+      if (!more.ok() || !*more) break;
+      sizes.push_back(out.size());
+      for (const auto& rec : out) lines.push_back(rec.line);
+    }
+    EXPECT_EQ(lines, (std::vector<uint64_t>{1, 2, 3, 4, 5, 6, 7})) << "a record lost or read twice";
+    return sizes;
+  };
+  EXPECT_EQ(batches(2500, 1, UINT64_MAX), (std::vector<size_t>{3, 3, 1}));
+  EXPECT_EQ(batches(2500, 4, UINT64_MAX), (std::vector<size_t>{4, 3}));  // not before 4 records
+  EXPECT_EQ(batches(2500, 1, 999), (std::vector<size_t>{7}));  // 1,000-byte media over the item limit
+  EXPECT_EQ(batches(UINT64_MAX, 1, UINT64_MAX), (std::vector<size_t>{7}));  // no budget
+  // A budget of 0 still hands out records (a batch that ended before its
+  // first record would end the run).
+  EXPECT_EQ(batches(0, 0, UINT64_MAX), (std::vector<size_t>{1, 1, 1, 1, 1, 1, 1}));
 }
 
 // Issue #8 items 2 and 6: what is not a regular file inside the source is
