@@ -249,24 +249,51 @@ class LocalTreeSink final : public Sink {
       l.unlock();
       Status s;
       try {
-        s = Publish(batch);  // calls the completions: no lock of ours held
-      } catch (const std::exception& e) {
+        // Calls the completions holding only publish_mu_, which nothing
+        // they reach takes.
+        s = Publish(batch);
+      } catch (...) {
         // Left as it was, publishing_ would stay set and every later
         // Barrier and WaitPublished would wait for it forever, and the
         // batch's deliveries for their outcomes. The target's error stops
         // the run; what was renamed is complete, and a rerun adopts it.
-        s = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, e.what()));
-        for (Staged& st : batch) {
-          if (!st.done) continue;
-          DoneFn done = std::move(st.done);
-          st.done = nullptr;
-          done(st.id, Completion::SinkBad(s));
-        }
+        s = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, CurrentExceptionText()));
+        AbandonBatch(batch, s);
       }
       l.lock();
       if (!s.ok() && pub_fatal_.ok()) pub_fatal_ = s;
       publishing_ = false;
       pub_cv_.notify_all();
+    }
+  }
+
+  // After an exception in Publish: every delivery not answered yet is
+  // answered SinkBad (a completion that throws does not keep the others
+  // from theirs), and temp files not renamed are removed (best effort: the
+  // next run's start cleans the staging area anyway).
+  void AbandonBatch(std::vector<Staged>& batch, const Status& s) noexcept {
+    for (Staged& st : batch) {
+      try {
+        if (!st.published && !st.adopted && !st.tmp_path.empty()) (void)env_->Remove(st.tmp_path);
+      } catch (...) {
+      }
+      if (!st.done) continue;
+      DoneFn done = std::move(st.done);
+      st.done = nullptr;
+      try {
+        done(st.id, Completion::SinkBad(s));
+      } catch (...) {
+      }
+    }
+  }
+
+  static std::string CurrentExceptionText() {
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      return e.what();
+    } catch (...) {
+      return "an exception that is not a std::exception";
     }
   }
 
@@ -362,18 +389,26 @@ class LocalTreeSink final : public Sink {
             PublishMailbox(batch, pass == 0, *mailboxes[m].first, *mailboxes[m].second, &result, thread_fatal);
             if (!thread_fatal->ok()) stop.store(true);
           }
-        } catch (const std::exception& e) {
-          *thread_fatal = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, e.what()));
+        } catch (...) {
           stop.store(true);
+          *thread_fatal = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, CurrentExceptionText()));
         }
       };
       const size_t helpers = std::min(std::max<size_t>(1, o_.publish_threads), std::max<size_t>(1, mailboxes.size())) - 1;
-      std::vector<Status> fatals(helpers + 1);
+      std::vector<Status> fatals(helpers + 2);
       std::vector<std::thread> threads;
-      for (size_t h = 1; h <= helpers; ++h) {
-        auto t = env_->NewThread([&work, f = &fatals[h]] { work(f); });
-        if (!t.ok()) break;  // no thread to be had (EAGAIN): this one takes the rest
-        threads.push_back(std::move(*t));
+      threads.reserve(helpers);
+      try {
+        for (size_t h = 1; h <= helpers; ++h) {
+          auto t = env_->NewThread([&work, f = &fatals[h]] { work(f); });
+          if (!t.ok()) break;  // no thread to be had (EAGAIN): this one takes the rest
+          threads.push_back(std::move(*t));  // no allocation: reserved
+        }
+      } catch (...) {
+        // Starting a helper threw: the helpers started stop and are joined.
+        stop.store(true);
+        fatals[helpers + 1] =
+            Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, CurrentExceptionText()));
       }
       work(&fatals[0]);
       for (auto& t : threads) t.join();

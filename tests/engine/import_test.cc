@@ -761,6 +761,7 @@ TEST_F(ImportTest, AnExceptionInAPublicationStopsTheRunAndARerunCompletes) {
     EXPECT_FALSE(r->fatal.ok()) << "the run went on as if the publication had worked";
     EXPECT_NE(r->fatal.ToString().find("injected: no memory for the sync"), std::string::npos) << r->fatal.ToString();
     EXPECT_LE(env.throws.load(), 0) << "nothing threw";
+    for (const auto& f : MailFiles()) EXPECT_FALSE(test::IsTempFile(f)) << "left behind by the failed run: " << f;
 
     o.env = nullptr;
     auto again = Import(o);

@@ -730,6 +730,47 @@ class RefuseFirstThreadEnv : public test::GatedSyncEnv {
   }
 };
 
+// Starting the second of two publication helpers throws (std::bad_alloc
+// from std::thread): the helper already running stops and is joined, the
+// batch fails as the target's error, each delivery answered once, and no
+// temp file is left. Without the catch, the running helper's std::thread
+// would be destroyed unjoined: std::terminate.
+class ThrowOnSecondHelperEnv : public core::Env {
+ public:
+  std::atomic<int> calls{0};
+  Result<std::thread> NewThread(std::function<void()> fn) override {
+    if (++calls == 3) throw std::bad_alloc();  // 1: the publisher, 2: a helper, 3: the next helper
+    return core::Env::NewThread(std::move(fn));
+  }
+};
+
+TEST(LocalSink, AnExceptionStartingAHelperFailsTheBatchAndJoinsTheOthers) {
+  test::TempDir dir;
+  ThrowOnSecondHelperEnv env;
+  LocalSinkOptions o;
+  o.env = &env;
+  o.publish_threads = 3;  // two helpers beside the publisher
+  o.link_copies = false;
+  auto sink = OpenedSink(dir, o);
+  ASSERT_NE(sink, nullptr);
+  Outcomes out;
+  int id = 0;
+  for (const char* mb : {"a@x.com", "b@x.com", "c@x.com", "d@x.com"}) sink->Submit(MakeDelivery(id, mb, id), out.Fn()), ++id;
+  (void)sink->Barrier();
+  Status closed = sink->Close();
+  EXPECT_FALSE(closed.ok());
+  EXPECT_NE(closed.ToString().find("bad_alloc"), std::string::npos) << closed.ToString();
+  EXPECT_EQ(env.calls.load(), 3) << "the throwing start was not reached";
+  ASSERT_EQ(out.size(), 4u);
+  std::set<uint64_t> ids;
+  for (const auto& [i, c] : out.got) {
+    ids.insert(i);
+    EXPECT_EQ(c.kind, Completion::Kind::kSinkBad) << i;
+  }
+  EXPECT_EQ(ids.size(), 4u) << "a delivery answered twice";
+  for (const auto& f : test::ListFiles(dir / "out")) EXPECT_FALSE(test::IsTempFile(f)) << f;
+}
+
 TEST(LocalSink, PublisherStartedWhileACallerPublishesInline) {
   test::TempDir dir;
   RefuseFirstThreadEnv env;
