@@ -73,6 +73,7 @@ class LocalTreeSink final : public Sink {
       : env_(o.env != nullptr ? o.env : core::Env::Default()), target_(std::move(t)), layout_(layout),
         folder_(std::move(folder)), o_(std::move(o)) {
     if (o_.max_open_folders == 0) o_.max_open_folders = FolderCacheSize(core::OpenFileLimit());
+    out_of_memory_ = Status::Aborted(fmt::format("publishing into {}: out of memory", target_.dir));
   }
 
   ~LocalTreeSink() override {
@@ -208,8 +209,14 @@ class LocalTreeSink final : public Sink {
     if (!batch.empty()) {
       to_publish_.push_back(std::move(batch));
       if (!publisher_.joinable()) {
-        auto t = env_->NewThread([this] { PublishLoop(); });
-        if (t.ok()) publisher_ = std::move(*t);
+        try {
+          auto t = env_->NewThread([this] { PublishLoop(); });
+          if (t.ok()) publisher_ = std::move(*t);
+        } catch (...) {
+          // std::bad_alloc from std::thread: as if refused (below). Thrown
+          // out of here, it would leave the batch queued with no one to
+          // publish it, and Close waiting for it.
+        }
       }
       pub_cv_.notify_all();
       // No thread to be had (the process at its thread limit): published
@@ -257,7 +264,7 @@ class LocalTreeSink final : public Sink {
         // Barrier and WaitPublished would wait for it forever, and the
         // batch's deliveries for their outcomes. The target's error stops
         // the run; what was renamed is complete, and a rerun adopts it.
-        s = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, CurrentExceptionText()));
+        s = ExceptionStatus();
         AbandonBatch(batch, s);
       }
       l.lock();
@@ -284,6 +291,17 @@ class LocalTreeSink final : public Sink {
         done(st.id, Completion::SinkBad(s));
       } catch (...) {
       }
+    }
+  }
+
+  // The status for the exception being handled. Never throws: when even
+  // its message cannot be allocated (the exception was std::bad_alloc and
+  // memory is still short), the one made at construction (a copy shares it).
+  Status ExceptionStatus() const noexcept {
+    try {
+      return Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, CurrentExceptionText()));
+    } catch (...) {
+      return out_of_memory_;
     }
   }
 
@@ -391,7 +409,7 @@ class LocalTreeSink final : public Sink {
           }
         } catch (...) {
           stop.store(true);
-          *thread_fatal = Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, CurrentExceptionText()));
+          *thread_fatal = ExceptionStatus();
         }
       };
       const size_t helpers = std::min(std::max<size_t>(1, o_.publish_threads), std::max<size_t>(1, mailboxes.size())) - 1;
@@ -407,8 +425,7 @@ class LocalTreeSink final : public Sink {
       } catch (...) {
         // Starting a helper threw: the helpers started stop and are joined.
         stop.store(true);
-        fatals[helpers + 1] =
-            Status::Aborted(fmt::format("publishing into {}: {}", target_.dir, CurrentExceptionText()));
+        fatals[helpers + 1] = ExceptionStatus();
       }
       work(&fatals[0]);
       for (auto& t : threads) t.join();
@@ -668,6 +685,7 @@ class LocalTreeSink final : public Sink {
   LocalSinkOptions o_;
   core::UniqueFd root_fd_;
   core::UniqueFd lock_fd_;
+  Status out_of_memory_;   // ExceptionStatus's fallback
   std::mutex publish_mu_;  // one Publish at a time
   // The publisher thread (started by the first Barrier) and its queue.
   std::mutex pub_mu_;

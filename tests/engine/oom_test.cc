@@ -1,0 +1,171 @@
+// Allocation failure in the Maildir/EML publication: its own test binary,
+// because it replaces the global operator new (the next N allocations of a
+// thread fail) for everything linked with it.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <mutex>
+#include <new>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "engine/sinks/local_sinks.h"
+#include "engine/sinks/sink.h"
+#include "tests/test_util.h"
+
+namespace {
+thread_local int fail_allocations = 0;  // the next this many operator new calls of this thread throw
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (fail_allocations > 0) {
+    --fail_allocations;
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(n != 0 ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace wxa::sinks {
+namespace {
+
+constexpr int64_t kT = 1603875600000;
+
+struct Outcomes {
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, Completion>> got;
+  DoneFn Fn() {
+    return [this](uint64_t id, Completion c) {
+      std::lock_guard<std::mutex> l(mu);
+      got.emplace_back(id, std::move(c));
+    };
+  }
+};
+
+Delivery MakeDelivery(uint64_t id, const std::string& mailbox) {
+  Delivery d;
+  d.id = id;
+  d.mailbox = mailbox;
+  d.key = core::ItemKey::For("wecom", "default", fmt::format("m{}", id));
+  d.msgtime_ms = kT + static_cast<int64_t>(id) * 1000;
+  d.message_id = fmt::format("m{}@wxa", id);
+  d.bytes = std::make_shared<const std::string>(fmt::format("Message-ID: <m{}@wxa>\r\n\r\nbody {}\r\n", id, id));
+  return d;
+}
+
+// Threads refused or allowed; the first syncfs throws std::bad_alloc and
+// leaves `then_fail` more allocations of its thread failing.
+class OomEnv : public core::Env {
+ public:
+  OomEnv(bool threads, int then_fail, bool thread_start_throws)
+      : threads_(threads), then_fail_(then_fail), thread_start_throws_(thread_start_throws) {}
+  std::atomic<int> syncs{0};
+  Result<std::thread> NewThread(std::function<void()> fn) override {
+    if (thread_start_throws_) throw std::bad_alloc();  // std::thread's own allocation
+    if (!threads_) return Status::FromErrno("start", "a thread", EAGAIN);
+    return core::Env::NewThread(std::move(fn));
+  }
+  Status SyncFilesystemFd(int fd, const std::string& path) override {
+    if (then_fail_ >= 0 && syncs++ == 0) {
+      fail_allocations = then_fail_;
+      throw std::bad_alloc();
+    }
+    return core::Env::SyncFilesystemFd(fd, path);
+  }
+
+ private:
+  bool threads_;
+  int then_fail_;
+  bool thread_start_throws_;
+};
+
+// Runs `fn` with a deadline: a publication that never ends would hang the
+// test binary, so it ends it instead, with a failure.
+template <typename F>
+auto WithDeadline(const char* what, F fn) {
+  auto fut = std::async(std::launch::async, std::move(fn));
+  if (fut.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    ADD_FAILURE() << what << " did not return in 60 s";
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  return fut.get();
+}
+
+std::unique_ptr<Sink> OpenedSink(const test::TempDir& dir, core::Env* env) {
+  auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
+  EXPECT_TRUE(target.ok());
+  LocalSinkOptions o;
+  o.env = env;
+  auto sink = MakeLocalSink(*target, o);
+  EXPECT_TRUE(sink.ok());
+  if (!sink.ok() || !(*sink)->Open().ok()) return nullptr;
+  return std::move(*sink);
+}
+
+// The publication throws std::bad_alloc and memory is still short when the
+// handler makes its error: the handler must not throw (out of the publisher
+// thread: std::terminate; inline: publishing_ left set, Close waiting
+// forever). Every delivery is answered SinkBad, once; Close says why.
+TEST(OutOfMemory, APublicationHandlerThatCannotAllocateStillAnswersEverything) {
+  for (bool threads : {false, true}) {
+    SCOPED_TRACE(threads ? "publisher thread" : "inline");
+    test::TempDir dir;
+    OomEnv env(threads, /*then_fail=*/1, false);
+    auto sink = OpenedSink(dir, &env);
+    ASSERT_NE(sink, nullptr);
+    Outcomes out;
+    for (uint64_t id = 0; id < 4; ++id) sink->Submit(MakeDelivery(id, id % 2 ? "a@x.com" : "b@x.com"), out.Fn());
+    WithDeadline("Barrier", [&] { return sink->Barrier(); });
+    Status closed = WithDeadline("Close", [&] { return sink->Close(); });
+    EXPECT_FALSE(closed.ok());
+    EXPECT_NE(closed.ToString().find("out of memory"), std::string::npos) << closed.ToString();
+    EXPECT_EQ(env.syncs.load(), 1) << "the failing sync was not reached";
+    std::lock_guard<std::mutex> l(out.mu);
+    std::set<uint64_t> ids;
+    for (const auto& [id, c] : out.got) {
+      ids.insert(id);
+      EXPECT_EQ(c.kind, Completion::Kind::kSinkBad) << id;
+    }
+    EXPECT_EQ(out.got.size(), 4u);
+    EXPECT_EQ(ids.size(), 4u) << "a delivery answered twice";
+  }
+}
+
+// Starting the publisher thread throws (std::bad_alloc out of std::thread,
+// which Env::NewThread does not turn into a status): the batch is published
+// inline, as when the thread is refused, and delivered.
+TEST(OutOfMemory, APublisherThreadThatCannotStartPublishesInline) {
+  test::TempDir dir;
+  OomEnv env(true, /*then_fail=*/-1, /*thread_start_throws=*/true);
+  auto sink = OpenedSink(dir, &env);
+  ASSERT_NE(sink, nullptr);
+  Outcomes out;
+  for (uint64_t id = 0; id < 4; ++id) sink->Submit(MakeDelivery(id, "a@x.com"), out.Fn());
+  Status barrier = WithDeadline("Barrier", [&]() -> Status {
+    try {
+      return sink->Barrier();
+    } catch (const std::bad_alloc&) {
+      return Status::Aborted("Barrier threw std::bad_alloc");
+    }
+  });
+  EXPECT_TRUE(barrier.ok()) << barrier.ToString();
+  Status closed = WithDeadline("Close", [&] { return sink->Close(); });
+  EXPECT_TRUE(closed.ok()) << closed.ToString();
+  std::lock_guard<std::mutex> l(out.mu);
+  ASSERT_EQ(out.got.size(), 4u);
+  for (const auto& [id, c] : out.got) EXPECT_EQ(c.kind, Completion::Kind::kDone) << id;
+}
+
+}  // namespace
+}  // namespace wxa::sinks
