@@ -1056,16 +1056,20 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
 
   // ---- drain: every submitted delivery gets its outcome recorded ----
   const bool give_up = stopping();
+  // A target that failed at its last barrier or close may never answer what
+  // it holds: the run is stopping then too, so the drain waits for it only
+  // drain_grace_ms.
+  const auto grace = std::chrono::milliseconds(o.drain_grace_ms);
   if (caps.holds_until_close) {
     Status cs = op.sink->Close();
     if (!cs.ok()) run.Fail(cs.WithContext("closing the target"));
-    tracker.Drain(give_up, std::chrono::seconds(30));
+    tracker.Drain(give_up || stopping(), grace);
   } else {
     // The paced barrier may have left the last batches staged: make them durable (and
     // complete them) before waiting for their completions.
     Status bs = op.sink->Barrier();
     if (!bs.ok()) run.Fail(bs.WithContext("making deliveries durable"));
-    tracker.Drain(give_up, std::chrono::seconds(30));
+    tracker.Drain(give_up || stopping(), grace);
     Status cs = op.sink->Close();
     if (!cs.ok()) run.Fail(cs.WithContext("closing the target"));
   }

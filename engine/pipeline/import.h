@@ -99,6 +99,10 @@ struct ImportOptions {
   // Called from the serial stage at most every progress_interval_ms.
   std::function<void(const Counts&, double elapsed_s)> on_progress;
   uint32_t progress_interval_ms = 500;
+  // A run that stops on an error waits this long for the outcomes of
+  // deliveries already handed to the target; those still unanswered stay in
+  // doubt in the index, for the next run to probe.
+  uint32_t drain_grace_ms = 30000;
 };
 
 // What the index said and did at the start of the run, and its totals after.

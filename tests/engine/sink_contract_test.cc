@@ -6,6 +6,10 @@
 // and on a rerun deliver the rest exactly once.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
+#include <future>
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -185,6 +189,35 @@ class FakeSink final : public sinks::Sink {
   std::thread worker_;
 };
 
+// A target whose last barrier fails and which never answers what it was
+// given (a broken connection that loses its callbacks): the contract's
+// worst case for the engine.
+class SilentFailingSink final : public sinks::Sink {
+ public:
+  // until_close: it holds deliveries until Close (as PST volumes do), and
+  // Close fails; otherwise until a barrier, and the barrier fails.
+  explicit SilentFailingSink(bool until_close) : until_close_(until_close) {}
+  const char* kind() const override { return "silent"; }
+  sinks::Capabilities capabilities() const override {
+    sinks::Capabilities c;
+    c.holds_until_barrier = !until_close_;
+    c.holds_until_close = until_close_;
+    return c;
+  }
+  Status Open() override { return Status::Ok(); }
+  void Submit(sinks::Delivery, sinks::DoneFn done) override {
+    std::lock_guard<std::mutex> l(mu_);
+    held_.push_back(std::move(done));  // never called
+  }
+  Status Barrier() override { return until_close_ ? Status::Ok() : Status::IOError("the target went away"); }
+  Status Close() override { return until_close_ ? Status::IOError("the target went away") : Status::Ok(); }
+
+ private:
+  bool until_close_;
+  std::mutex mu_;
+  std::vector<sinks::DoneFn> held_;
+};
+
 class SinkContractTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -246,6 +279,39 @@ class SinkContractTest : public ::testing::Test {
   test::TempDir tmp_;
   Store store_;
 };
+
+// The only barrier is the last one, after the pipeline, and it fails; the
+// deliveries are never answered. The run ends after the drain's grace with
+// the target's error, its deliveries in doubt (intents), not waiting forever.
+TEST_F(SinkContractTest, ATargetThatFailsAtTheEndAndNeverAnswersDoesNotHangTheRun) {
+  for (bool until_close : {false, true}) {
+    SCOPED_TRACE(until_close ? "fails at Close" : "fails at the last barrier");
+    ::system(("rm -rf " + test::ShellQuote(tmp_ / "index")).c_str());
+    auto o = Options(Script{});
+    o.batch_records = 100;          // one batch
+    o.barrier_batches = 100;        // no barrier during the run
+    o.barrier_interval_ms = 600000;
+    o.drain_grace_ms = 500;
+    o.make_sink = [until_close](const sinks::Target&) -> Result<std::unique_ptr<sinks::Sink>> {
+      return std::unique_ptr<sinks::Sink>(std::make_unique<SilentFailingSink>(until_close));
+    };
+    std::promise<Result<ImportSummary>> done;
+    auto finished = done.get_future();
+    std::thread run([&] { done.set_value(RunImport(o)); });
+    if (finished.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+      ADD_FAILURE() << "the run waited forever for answers the target will never give";
+      std::fflush(nullptr);
+      std::_Exit(1);  // the stuck run cannot be joined
+    }
+    run.join();
+    auto r = finished.get();
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_FALSE(r->fatal.ok());
+    EXPECT_NE(r->fatal.ToString().find("the target went away"), std::string::npos) << r->fatal.ToString();
+    EXPECT_EQ(r->counts.deliveries, 0u);
+    EXPECT_EQ(IndexStates()[index::DeliveryState::kIntent], 120) << "unanswered deliveries stay in doubt";
+  }
+}
 
 TEST_F(SinkContractTest, OutOfOrderCompletionsAndRetriesDeliverEverythingOnce) {
   Script s;
