@@ -35,7 +35,9 @@ char* NdbWriter::BufferAt(uint64_t rel, size_t n) {
     // The first allocation (again after ReleaseBuffer) is the usual size.
     size_t cap = std::max({end, buf_cap_ * 2, write_buffer_ + 16384});
     std::unique_ptr<char[]> bigger(new char[cap]);
-    std::memcpy(bigger.get(), buf_.get(), buf_len_);
+    // (After ReleaseBuffer buf_ is null: memcpy from null is undefined even
+    // for 0 bytes; UBSan says so.)
+    if (buf_len_ > 0) std::memcpy(bigger.get(), buf_.get(), buf_len_);
     buf_ = std::move(bigger);
     buf_cap_ = cap;
   }
