@@ -5,6 +5,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
 #include <map>
 #include <mutex>
 #include <cerrno>
@@ -13,6 +16,8 @@
 #include <vector>
 
 #include <sys/types.h>
+
+#include <gtest/gtest.h>
 
 #include "engine/sinks/local_sinks.h"
 #include "formats/core/file.h"
@@ -49,6 +54,20 @@ std::string SourcePath(const std::string& rel);  // path in the source tree
 // Runs a shell command; returns its exit status and puts stdout+stderr in *out.
 int Run(const std::string& command, std::string* out);
 std::string ShellQuote(const std::string& s);
+
+// Runs fn on a thread of its own and returns its result; past `limit` the
+// test binary ends with a failure naming `what` (a hung call cannot be
+// joined, and a hang must not stall the suite until ctest's timeout).
+template <typename F>
+auto WithDeadline(std::chrono::seconds limit, const std::string& what, F fn) {
+  auto fut = std::async(std::launch::async, std::move(fn));
+  if (fut.wait_for(limit) != std::future_status::ready) {
+    ADD_FAILURE() << what << " did not finish in " << limit.count() << " s";
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  return fut.get();
+}
 
 // Starts args[0] (a path, no PATH search) with args, stdout to /dev/null,
 // stderr inherited; a test failure when it cannot start.

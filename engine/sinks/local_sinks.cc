@@ -413,7 +413,8 @@ class LocalTreeSink final : public Sink {
         }
       };
       const size_t helpers = std::min(std::max<size_t>(1, o_.publish_threads), std::max<size_t>(1, mailboxes.size())) - 1;
-      std::vector<Status> fatals(helpers + 2);
+      std::vector<Status> fatals(helpers + 1);
+      Status spawn_fatal;
       std::vector<std::thread> threads;
       threads.reserve(helpers);
       try {
@@ -425,13 +426,14 @@ class LocalTreeSink final : public Sink {
       } catch (...) {
         // Starting a helper threw: the helpers started stop and are joined.
         stop.store(true);
-        fatals[helpers + 1] = ExceptionStatus();
+        spawn_fatal = ExceptionStatus();
       }
       work(&fatals[0]);
       for (auto& t : threads) t.join();
       for (const auto& f : fatals) {
         if (!f.ok() && fatal.ok()) fatal = f;
       }
+      if (!spawn_fatal.ok() && fatal.ok()) fatal = spawn_fatal;
     }
     if (fatal.ok() && o_.sync_mode == SyncMode::kBatch) {
       fatal = env_->SyncFilesystemFd(root_fd_.get(), target_.dir);  // the renames, durable

@@ -47,9 +47,10 @@ struct FileIssue {
 // deeply JSON-escaped (a mixed message's parts, inside a chat record too),
 // without parsing the line. Only an estimate for cutting batches (a
 // media-heavy batch of 2,048 records can hold hundreds of MB to hash and
-// encode): a value that is not a plain number is skipped, and so is one
-// over `max_each` (media that big is rejected unread, so it costs nothing
-// to render). Media declared under "size" alone, or not at all (meeting
+// encode): a value that is not a plain number is skipped (a decimal or
+// exponent form counts its leading digits), so is one over `max_each`
+// (media that big is rejected unread, so it costs nothing to render), and
+// a number past kMaxRecordBytes x 64 counts as that. Media declared under "size" alone, or not at all (meeting
 // recordings), is not counted.
 uint64_t DeclaredMediaBytes(std::string_view line, uint64_t max_each = UINT64_MAX);
 

@@ -675,16 +675,8 @@ TEST_F(ImportTest, NoThreadToBeHadPublishesOnTheCallersThread) {
     o.barrier_batches = 1;
     // Without the fallback the run does not fail, it waits forever for a
     // publication nobody makes: a deadline turns that into a failure.
-    std::promise<ImportSummary> done;
-    auto finished = done.get_future();
-    std::thread run([&] { done.set_value(Import(o)); });
-    if (finished.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-      ADD_FAILURE() << "the import did not finish in 60 s: a publication was never made";
-      std::fflush(nullptr);
-      std::_Exit(1);  // the stuck run cannot be joined
-    }
-    run.join();
-    ImportSummary r = finished.get();
+    ImportSummary r =
+        test::WithDeadline(std::chrono::seconds(60), "the import (a publication never made?)", [&] { return Import(o); });
     EXPECT_TRUE(r.fatal.ok()) << r.fatal.ToString();
     EXPECT_EQ(r.counts.deliveries, 36u);
     EXPECT_EQ(r.counts.deliveries_failed, 0u);
@@ -741,22 +733,14 @@ TEST_F(ImportTest, AnExceptionInAPublicationStopsTheRunAndARerunCompletes) {
     o.batch_records = last_only ? 12 : 3;
     o.barrier_batches = last_only ? 100 : 1;
     o.barrier_interval_ms = last_only ? 600000 : 1000;
-    std::promise<Result<ImportSummary>> done;
-    auto finished = done.get_future();
     const auto started = std::chrono::steady_clock::now();
-    std::thread run([&] { done.set_value(RunImport(o)); });
     // 240 s: under ThreadSanitizer the one-batch cases take 8-17 s (TSan
     // checking its suppressions for TBB's hand-offs of the reader's buffer),
     // and over 60 s beside a second test shard.
-    if (finished.wait_for(std::chrono::seconds(240)) != std::future_status::ready) {
-      ADD_FAILURE() << "the import did not finish in 240 s after a publication threw";
-      std::fflush(nullptr);
-      std::_Exit(1);  // the stuck run cannot be joined
-    }
-    run.join();
+    auto r = test::WithDeadline(std::chrono::seconds(240), "the import after a publication threw",
+                                [&] { return RunImport(o); });
     std::printf("case %d: the failing run took %.3f s\n", c,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
-    auto r = finished.get();
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_FALSE(r->fatal.ok()) << "the run went on as if the publication had worked";
     EXPECT_NE(r->fatal.ToString().find("injected: no memory for the sync"), std::string::npos) << r->fatal.ToString();

@@ -25,6 +25,7 @@
 
 #include "engine/sinks/local_sinks.h"
 #include "engine/sinks/sink.h"
+#include "tests/engine/sink_test_util.h"
 #include "formats/maildir/maildir_writer.h"
 #include "tests/test_util.h"
 
@@ -33,32 +34,8 @@ namespace {
 
 constexpr int64_t kT = 1603875600000;
 
-struct Outcomes {
-  std::mutex mu;
-  std::vector<std::pair<uint64_t, Completion>> got;
-  DoneFn Fn() {
-    return [this](uint64_t id, Completion c) {
-      std::lock_guard<std::mutex> l(mu);
-      got.emplace_back(id, std::move(c));
-    };
-  }
-  size_t size() {
-    std::lock_guard<std::mutex> l(mu);
-    return got.size();
-  }
-};
-
-Delivery MakeDelivery(uint64_t id, const std::string& mailbox, int item) {
-  Delivery d;
-  d.id = id;
-  d.mailbox = mailbox;
-  d.key = core::ItemKey::For("wecom", "default", fmt::format("m{}", item));
-  d.msgtime_ms = kT + item * 1000;
-  d.message_id = fmt::format("m{}@wxa", item);
-  d.bytes = std::make_shared<const std::string>(
-      fmt::format("Message-ID: <m{}@wxa>\r\nSubject: item {}\r\n\r\n{}\r\n", item, item, std::string(2000, 'x')));
-  return d;
-}
+using sinktest::MakeDelivery;
+using sinktest::Outcomes;
 
 // Regular files of the tree, its lock file and Maildir++ folder markers aside.
 size_t MessageFiles(const std::string& root) {

@@ -19,6 +19,7 @@
 
 #include "engine/sinks/local_sinks.h"
 #include "engine/sinks/sink.h"
+#include "tests/engine/sink_test_util.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -39,29 +40,8 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace wxa::sinks {
 namespace {
 
-constexpr int64_t kT = 1603875600000;
-
-struct Outcomes {
-  std::mutex mu;
-  std::vector<std::pair<uint64_t, Completion>> got;
-  DoneFn Fn() {
-    return [this](uint64_t id, Completion c) {
-      std::lock_guard<std::mutex> l(mu);
-      got.emplace_back(id, std::move(c));
-    };
-  }
-};
-
-Delivery MakeDelivery(uint64_t id, const std::string& mailbox) {
-  Delivery d;
-  d.id = id;
-  d.mailbox = mailbox;
-  d.key = core::ItemKey::For("wecom", "default", fmt::format("m{}", id));
-  d.msgtime_ms = kT + static_cast<int64_t>(id) * 1000;
-  d.message_id = fmt::format("m{}@wxa", id);
-  d.bytes = std::make_shared<const std::string>(fmt::format("Message-ID: <m{}@wxa>\r\n\r\nbody {}\r\n", id, id));
-  return d;
-}
+using sinktest::MakeDelivery;
+using sinktest::Outcomes;
 
 // Threads refused or allowed; the first syncfs throws std::bad_alloc and
 // leaves `then_fail` more allocations of its thread failing.
@@ -89,19 +69,6 @@ class OomEnv : public core::Env {
   bool thread_start_throws_;
 };
 
-// Runs `fn` with a deadline: a publication that never ends would hang the
-// test binary, so it ends it instead, with a failure.
-template <typename F>
-auto WithDeadline(const char* what, F fn) {
-  auto fut = std::async(std::launch::async, std::move(fn));
-  if (fut.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-    ADD_FAILURE() << what << " did not return in 60 s";
-    std::fflush(nullptr);
-    std::_Exit(1);
-  }
-  return fut.get();
-}
-
 std::unique_ptr<Sink> OpenedSink(const test::TempDir& dir, core::Env* env) {
   auto target = ParseTarget(fmt::format("maildir:{}", dir / "out"));
   EXPECT_TRUE(target.ok());
@@ -125,9 +92,11 @@ TEST(OutOfMemory, APublicationHandlerThatCannotAllocateStillAnswersEverything) {
     auto sink = OpenedSink(dir, &env);
     ASSERT_NE(sink, nullptr);
     Outcomes out;
-    for (uint64_t id = 0; id < 4; ++id) sink->Submit(MakeDelivery(id, id % 2 ? "a@x.com" : "b@x.com"), out.Fn());
-    WithDeadline("Barrier", [&] { return sink->Barrier(); });
-    Status closed = WithDeadline("Close", [&] { return sink->Close(); });
+    for (uint64_t id = 0; id < 4; ++id) {
+      sink->Submit(MakeDelivery(id, id % 2 ? "a@x.com" : "b@x.com", static_cast<int>(id)), out.Fn());
+    }
+    test::WithDeadline(std::chrono::seconds(60), "Barrier", [&] { return sink->Barrier(); });
+    Status closed = test::WithDeadline(std::chrono::seconds(60), "Close", [&] { return sink->Close(); });
     EXPECT_FALSE(closed.ok());
     EXPECT_NE(closed.ToString().find("out of memory"), std::string::npos) << closed.ToString();
     EXPECT_EQ(env.syncs.load(), 1) << "the failing sync was not reached";
@@ -151,8 +120,8 @@ TEST(OutOfMemory, APublisherThreadThatCannotStartPublishesInline) {
   auto sink = OpenedSink(dir, &env);
   ASSERT_NE(sink, nullptr);
   Outcomes out;
-  for (uint64_t id = 0; id < 4; ++id) sink->Submit(MakeDelivery(id, "a@x.com"), out.Fn());
-  Status barrier = WithDeadline("Barrier", [&]() -> Status {
+  for (uint64_t id = 0; id < 4; ++id) sink->Submit(MakeDelivery(id, "a@x.com", static_cast<int>(id)), out.Fn());
+  Status barrier = test::WithDeadline(std::chrono::seconds(60), "Barrier", [&]() -> Status {
     try {
       return sink->Barrier();
     } catch (const std::bad_alloc&) {
@@ -160,7 +129,7 @@ TEST(OutOfMemory, APublisherThreadThatCannotStartPublishesInline) {
     }
   });
   EXPECT_TRUE(barrier.ok()) << barrier.ToString();
-  Status closed = WithDeadline("Close", [&] { return sink->Close(); });
+  Status closed = test::WithDeadline(std::chrono::seconds(60), "Close", [&] { return sink->Close(); });
   EXPECT_TRUE(closed.ok()) << closed.ToString();
   std::lock_guard<std::mutex> l(out.mu);
   ASSERT_EQ(out.got.size(), 4u);

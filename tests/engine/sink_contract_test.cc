@@ -295,16 +295,8 @@ TEST_F(SinkContractTest, ATargetThatFailsAtTheEndAndNeverAnswersDoesNotHangTheRu
     o.make_sink = [until_close](const sinks::Target&) -> Result<std::unique_ptr<sinks::Sink>> {
       return std::unique_ptr<sinks::Sink>(std::make_unique<SilentFailingSink>(until_close));
     };
-    std::promise<Result<ImportSummary>> done;
-    auto finished = done.get_future();
-    std::thread run([&] { done.set_value(RunImport(o)); });
-    if (finished.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
-      ADD_FAILURE() << "the run waited forever for answers the target will never give";
-      std::fflush(nullptr);
-      std::_Exit(1);  // the stuck run cannot be joined
-    }
-    run.join();
-    auto r = finished.get();
+    auto r = test::WithDeadline(std::chrono::seconds(120), "the run (waiting for answers that never come?)",
+                                [&] { return RunImport(o); });
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_FALSE(r->fatal.ok());
     EXPECT_NE(r->fatal.ToString().find("the target went away"), std::string::npos) << r->fatal.ToString();
