@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cstdint>
 #include <atomic>
@@ -313,6 +314,72 @@ std::vector<uint32_t> SortedOrder(const std::vector<KeyBuf>& keys) {
   return order;
 }
 
+// The delivery keys a writer has put into `items` since the index was
+// opened (done and failed records): a scalable blocked Bloom filter. "No" is certain; "maybe"
+// costs the caller one look-up in the index. Each level is a table of
+// 64-byte blocks, and a key sets 4 bits in one block of the newest level, so
+// a question costs one cache line per level. A level takes 8 bits per key;
+// once full, a level twice its size follows, so a small run holds 128 KB
+// and 12 million keys (5 million records) about 16 MB in 7 levels, with
+// about 4% of "maybe" answers for keys never added.
+class WrittenKeys {
+ public:
+  void Add(std::string_view key) {
+    if (levels_.empty() || levels_.back().added >= levels_.back().capacity) {
+      Level l;
+      l.blocks.assign(size_t{kFirstBlocks} << levels_.size(), Block{});
+      l.capacity = l.blocks.size() * 512 / 8;
+      levels_.push_back(std::move(l));
+    }
+    Level& l = levels_.back();
+    const uint64_t h = Hash(key);
+    Block& b = l.blocks[(h >> 36) & (l.blocks.size() - 1)];
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t bit = (h >> (9 * i)) & 511;
+      b[bit / 64] |= uint64_t{1} << (bit % 64);
+    }
+    ++l.added;
+  }
+  bool MayContain(std::string_view key) const {
+    const uint64_t h = Hash(key);
+    for (const Level& l : levels_) {
+      const Block& b = l.blocks[(h >> 36) & (l.blocks.size() - 1)];
+      bool all = true;
+      for (int i = 0; i < 4 && all; ++i) {
+        const uint32_t bit = (h >> (9 * i)) & 511;
+        all = (b[bit / 64] >> (bit % 64)) & 1;
+      }
+      if (all) return true;
+    }
+    return false;
+  }
+
+ private:
+  using Block = std::array<uint64_t, 8>;
+  static constexpr size_t kFirstBlocks = 2048;  // 128 KB
+  struct Level {
+    std::vector<Block> blocks;  // a power of two of them
+    uint64_t added = 0, capacity = 0;
+  };
+  // Item keys are SHA-256 output, but the bits come through a mixer
+  // (splitmix64's finalizer) over the whole key all the same, so the
+  // filter does not depend on where a key's randomness sits.
+  static uint64_t Hash(std::string_view key) {
+    uint64_t h = 0x9E3779B97F4A7C15ull;
+    for (size_t at = 0; at < key.size(); at += 8) {
+      uint64_t w = 0;
+      std::memcpy(&w, key.data() + at, std::min<size_t>(8, key.size() - at));
+      h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+      h ^= h >> 31;
+    }
+    h ^= h >> 30;
+    h *= 0x94D049BB133111EBull;
+    h ^= h >> 27;
+    return h;
+  }
+  std::vector<Level> levels_;
+};
+
 }  // namespace
 
 struct Index::Impl {
@@ -331,6 +398,10 @@ struct Index::Impl {
   std::shared_mutex ids_mu;
   std::unordered_map<std::string, uint32_t> mailbox_ids;   // GUARDED_BY(ids_mu)
   std::unordered_map<uint32_t, std::string> mailbox_names; // GUARDED_BY(ids_mu)
+  // Delivery keys put into `items` since open (writer thread only): a claim
+  // whose caller read no record of it skips its look-up in `items` unless
+  // its key is (maybe) here.
+  WrittenKeys written;
 
   // Writer thread and its queue.
   struct Pending {
@@ -488,13 +559,10 @@ struct Index::Impl {
   // *fresh, published to the shared cache only after the commit.
   int MailboxIdTx(MDB_txn* t, const std::string& address,
                   std::unordered_map<std::string, uint32_t>* fresh, uint32_t* id) {
-    {
-      std::shared_lock l(ids_mu);
-      auto it = mailbox_ids.find(address);
-      if (it != mailbox_ids.end()) {
-        *id = it->second;
-        return 0;
-      }
+    // No ids_mu: only this thread (the writer) changes mailbox_ids.
+    if (auto it = mailbox_ids.find(address); it != mailbox_ids.end()) {
+      *id = it->second;
+      return 0;
     }
     if (auto it = fresh->find(address); it != fresh->end()) {
       *id = it->second;
@@ -577,10 +645,16 @@ struct Index::Impl {
         // one txn), so the order of the two looks does not matter: `items`
         // first, then the intent is put where `pending` is searched anyway.
         // Two searches for a fresh claim.
+        // Its caller read no record of it, and nothing wrote the key since
+        // this index was opened: it is not in `items` (one search for a
+        // fresh claim instead of two).
+        const bool look = !b.claims[i].absent_when_read || written.MayContain(key);
         MDB_val k = Val(key), v;
         bool in_items = false;  // a failed record (or an unreadable one): moved out below
         int old_state = 0;
-        if ((rc = mdb_cursor_get(ic, &k, &v, MDB_SET)) == 0) {
+        if (!look) {
+          rc = MDB_NOTFOUND;
+        } else if ((rc = mdb_cursor_get(ic, &k, &v, MDB_SET)) == 0) {
           auto old = DeliveryRecord::Decode(View(v));
           if (old && old->state == DeliveryState::kDone) {
             res.claims[i] = ClaimResult::kDone;
@@ -652,6 +726,7 @@ struct Index::Impl {
         } else if (rc != 0) {
           return rc;
         }
+        if (i < b.done.size()) written.Add(key);
         counts[new_state]++;
       }
       for (const auto& u : b.failed) {
@@ -680,11 +755,13 @@ struct Index::Impl {
         }
         if ((rc = TakeIntent(pc, key, &rec, &delta)) != 0) return rc;
         if ((rc = Put(t, items, key, rec.Encode())) != 0) return rc;
+        written.Add(key);
         delta.deliveries[static_cast<int>(DeliveryState::kFailed)]++;
       }
       for (const auto& d : b.released) {
         NoteLookup(&looked);
-        auto mid = CachedMailboxId(d.mailbox);
+        std::optional<uint32_t> mid;  // (writer thread: mailbox_ids without ids_mu, as in MailboxIdTx)
+        if (auto it = mailbox_ids.find(d.mailbox); it != mailbox_ids.end()) mid = it->second;
         if (!mid) {
           if (auto it = fresh->find(d.mailbox); it != fresh->end()) mid = it->second;
         }

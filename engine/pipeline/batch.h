@@ -64,6 +64,7 @@ struct RecordWork {
   std::optional<ItemHead> item;                // kItem: its identity and position
   std::unique_ptr<core::Item> full;            // the parsed item, until rendered (or not needed)
   std::vector<std::string> needed;             // mailboxes without a done delivery (plan)
+  bool needed_unrecorded = true;               // the index had no record of any of them (plan)
   std::vector<std::string> claimed;            // mailboxes whose intent this run recorded (claim)
   std::vector<std::string> released;           // claimed but never submitted (oversize, render failure, stop)
   std::vector<DeliveryWork> deliveries;        // submitted to the sink

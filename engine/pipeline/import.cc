@@ -142,6 +142,7 @@ class ImportRun {
         ++rw.deliveries_present;
       } else {
         rw.needed.push_back(keys[k].mailbox);
+        if (states[k]) rw.needed_unrecorded = false;  // an intent or a failed delivery
       }
     }
     // What the index knows of each item: a record that reuses a msgid for
@@ -222,7 +223,7 @@ class ImportRun {
     for (uint32_t r = 0; r < b.work.size(); ++r) {
       const RecordWork& rw = b.work[r];
       for (uint32_t m = 0; m < rw.needed.size(); ++m) {
-        wb.claims.push_back({sink_id_, rw.needed[m], rw.item->key, rw.item->msgtime_ms});
+        wb.claims.push_back({sink_id_, rw.needed[m], rw.item->key, rw.item->msgtime_ms, rw.needed_unrecorded});
         b.claim_owner.emplace_back(r, m);
       }
     }
