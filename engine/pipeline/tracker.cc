@@ -92,9 +92,10 @@ sinks::Delivery Tracker::MakeDelivery(const Slot& s) const {
 
 void Tracker::SubmitRecord(Batch& b, RecordWork& rw, std::shared_ptr<const pst::Message> pst_message) {
   std::vector<sinks::Delivery> out;
+  std::vector<uint32_t> waiting;  // deliveries of rw to submit
+  const uint32_t r = static_cast<uint32_t>(&rw - b.work.data());
   {
     std::lock_guard<std::mutex> l(mu_);
-    const uint32_t r = static_cast<uint32_t>(&rw - b.work.data());
     rw.deliveries.reserve(rw.deliveries.size() + rw.claimed.size());
     for (auto& mb : rw.claimed) {
       DeliveryWork d;
@@ -114,9 +115,8 @@ void Tracker::SubmitRecord(Batch& b, RecordWork& rw, std::shared_ptr<const pst::
     }
     for (uint32_t i = 0; i < rw.deliveries.size(); ++i) {
       if (rw.deliveries[i].state != State::kWaiting) continue;
-      Slot s{&b, r, i};
-      slots_.emplace(rw.deliveries[i].id, s);
-      out.push_back(MakeDelivery(s));
+      slots_.emplace(rw.deliveries[i].id, Slot{&b, r, i});
+      waiting.push_back(i);
     }
     if (c_.keep_bytes_for_retry && rw.open > 0 && rw.bytes) {
       if (pst_message) {
@@ -130,6 +130,12 @@ void Tracker::SubmitRecord(Batch& b, RecordWork& rw, std::shared_ptr<const pst::
     }
     std::vector<std::string>().swap(rw.claimed);  // each delivery has its mailbox now
   }
+  // Built outside mu_ (a mailbox copy and a Message-ID each): nothing else
+  // touches this record's deliveries before they are submitted (completions,
+  // retries and the drain all start from a submission, and the batch is not
+  // sealed yet).
+  out.reserve(waiting.size());
+  for (uint32_t i : waiting) out.push_back(MakeDelivery(Slot{&b, r, i}));
   for (auto& d : out) {
     d.pst_message = pst_message;
     c_.sink->Submit(std::move(d), [this](uint64_t id, sinks::Completion c) { OnCompletion(id, std::move(c)); });

@@ -113,7 +113,8 @@ class Tracker {
   void FinalizeReady();  // caller holds mu_
   void Finalize(Batch& b);
   void RetryLoop();
-  sinks::Delivery MakeDelivery(const Slot& s) const;  // caller holds mu_
+  // Caller holds mu_, or owns the record before its first submission (SubmitRecord).
+  sinks::Delivery MakeDelivery(const Slot& s) const;
   std::chrono::milliseconds Backoff(uint32_t attempts, std::chrono::milliseconds hint);
   void Reap(bool wait);  // caller holds mu_
 
