@@ -429,6 +429,9 @@ struct Index::Impl {
   MapBaseline shared_base;  // shared resident bytes not the map's
   std::atomic<uintptr_t> map_start{0}, map_end{0};  // the map's range, 0 until found; reset by Grow
   Status broken;  // the first failed commit (writer thread only)
+  // Made at open: what `broken` becomes when the writer runs out of memory
+  // and cannot even allocate the text of its error.
+  Status writer_out_of_memory;
   std::string dir;
 
   ~Impl() {
@@ -896,70 +899,110 @@ struct Index::Impl {
     return Status::Ok();
   }
 
+  // The writer thread. Nothing escapes it: an exception (std::bad_alloc in
+  // a commit's vectors, records or the claim filter) aborts that commit,
+  // which then fails like any failed commit (Status broken): every batch
+  // of its group and every later one is answered with the error, so the
+  // run stops with what the last good commit says (a rerun goes on from
+  // there), instead of std::terminate.
   void WriterLoop() {
     while (true) {
       std::vector<Pending> group;
-      {
-        std::unique_lock<std::mutex> l(qmu);
-        qcv.wait(l, [&] { return !queue.empty() || stopping; });
-        if (queue.empty() && stopping) return;
-        size_t ops = 0;
-        auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::microseconds(options.max_commit_delay_us);
-        // Take what is queued (leveldb's batch group), waiting up to the delay
-        // for more while the group is small.
-        while (true) {
-          while (!queue.empty() && (group.empty() || ops + queue.front().batch.ops() <= options.max_ops_per_commit)) {
+      size_t answered = 0;  // group[0, answered) have their answer
+      try {
+        if (!WriterStep(&group, &answered)) return;
+      } catch (...) {
+        if (broken.ok()) broken = WriterExceptionStatus();
+        // Copies of a Status share its text; setting a promise's value does
+        // not allocate (its slot was made with the promise).
+        for (size_t i = answered; i < group.size(); ++i) group[i].promise.set_value(broken);
+      }
+    }
+  }
+
+  // The status for the exception being handled; never throws (when even
+  // its text cannot be allocated, the one made at open, shared).
+  Status WriterExceptionStatus() const noexcept {
+    try {
+      try {
+        throw;
+      } catch (const std::bad_alloc&) {
+        return writer_out_of_memory;
+      } catch (const std::exception& e) {
+        return Status::Aborted(fmt::format("index {}: writer stopped: {}", dir, e.what()));
+      }
+    } catch (...) {
+      return writer_out_of_memory;
+    }
+  }
+
+  // One group commit: takes what is queued into *group, commits it and
+  // answers each batch (*answered counts them). False when the index is
+  // closing and nothing is left.
+  bool WriterStep(std::vector<Pending>* group_out, size_t* answered) {
+    std::vector<Pending>& group = *group_out;
+    {
+      std::unique_lock<std::mutex> l(qmu);
+      qcv.wait(l, [&] { return !queue.empty() || stopping; });
+      if (queue.empty() && stopping) return false;
+      size_t ops = 0;
+      auto deadline = std::chrono::steady_clock::now() +
+                      std::chrono::microseconds(options.max_commit_delay_us);
+      // Take what is queued (leveldb's batch group), waiting up to the delay
+      // for more while the group is small.
+      while (true) {
+        while (!queue.empty() && (group.empty() || ops + queue.front().batch.ops() <= options.max_ops_per_commit)) {
+          ops += queue.front().batch.ops();
+          group.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+        if (ops >= options.max_ops_per_commit || options.max_commit_delay_us == 0 || stopping) break;
+        if (qcv.wait_until(l, deadline) == std::cv_status::timeout) {
+          // Take what arrived exactly at the deadline, then commit.
+          while (!queue.empty() && ops + queue.front().batch.ops() <= options.max_ops_per_commit) {
             ops += queue.front().batch.ops();
             group.push_back(std::move(queue.front()));
             queue.pop_front();
           }
-          if (ops >= options.max_ops_per_commit || options.max_commit_delay_us == 0 || stopping) break;
-          if (qcv.wait_until(l, deadline) == std::cv_status::timeout) {
-            // Take what arrived exactly at the deadline, then commit.
-            while (!queue.empty() && ops + queue.front().batch.ops() <= options.max_ops_per_commit) {
-              ops += queue.front().batch.ops();
-              group.push_back(std::move(queue.front()));
-              queue.pop_front();
-            }
-            break;
-          }
-        }
-        // Lazy writes alone wait a little for one that is waited for, and
-        // share its commit (one durable commit per batch instead of two).
-        auto all_lazy = [&] {
-          return std::all_of(group.begin(), group.end(), [](const Pending& p) { return p.batch.lazy; });
-        };
-        if (options.lazy_commit_delay_ms != 0 && ops < options.max_ops_per_commit && all_lazy()) {
-          const auto lazy_deadline = std::chrono::steady_clock::now() +
-                                     std::chrono::milliseconds(options.lazy_commit_delay_ms);
-          while (!stopping && !flush_lazy && all_lazy() && ops < options.max_ops_per_commit) {
-            if (queue.empty() && qcv.wait_until(l, lazy_deadline) == std::cv_status::timeout && queue.empty()) break;
-            while (!queue.empty() && ops + queue.front().batch.ops() <= options.max_ops_per_commit) {
-              ops += queue.front().batch.ops();
-              group.push_back(std::move(queue.front()));
-              queue.pop_front();
-            }
-            if (!queue.empty()) break;  // the next one does not fit: commit what is here
-            if (std::chrono::steady_clock::now() >= lazy_deadline) break;
-          }
+          break;
         }
       }
-      std::vector<Pending*> ptrs;
-      for (auto& p : group) ptrs.push_back(&p);
-      std::vector<WriteResult> results;
-      // After one failed commit, none: the caller stops, and a rerun starts
-      // from what the last good commit says.
-      Status st = broken.ok() ? CommitGroup(ptrs, &results) : broken;
-      if (!st.ok() && broken.ok()) broken = st;
-      for (size_t i = 0; i < group.size(); ++i) {
-        if (st.ok()) {
-          group[i].promise.set_value(std::move(results[i]));
-        } else {
-          group[i].promise.set_value(st);
+      // Lazy writes alone wait a little for one that is waited for, and
+      // share its commit (one durable commit per batch instead of two).
+      auto all_lazy = [&] {
+        return std::all_of(group.begin(), group.end(), [](const Pending& p) { return p.batch.lazy; });
+      };
+      if (options.lazy_commit_delay_ms != 0 && ops < options.max_ops_per_commit && all_lazy()) {
+        const auto lazy_deadline = std::chrono::steady_clock::now() +
+                                   std::chrono::milliseconds(options.lazy_commit_delay_ms);
+        while (!stopping && !flush_lazy && all_lazy() && ops < options.max_ops_per_commit) {
+          if (queue.empty() && qcv.wait_until(l, lazy_deadline) == std::cv_status::timeout && queue.empty()) break;
+          while (!queue.empty() && ops + queue.front().batch.ops() <= options.max_ops_per_commit) {
+            ops += queue.front().batch.ops();
+            group.push_back(std::move(queue.front()));
+            queue.pop_front();
+          }
+          if (!queue.empty()) break;  // the next one does not fit: commit what is here
+          if (std::chrono::steady_clock::now() >= lazy_deadline) break;
         }
       }
     }
+    std::vector<Pending*> ptrs;
+    for (auto& p : group) ptrs.push_back(&p);
+    std::vector<WriteResult> results;
+    // After one failed commit, none: the caller stops, and a rerun starts
+    // from what the last good commit says.
+    Status st = broken.ok() ? CommitGroup(ptrs, &results) : broken;
+    if (!st.ok() && broken.ok()) broken = st;
+    for (size_t i = 0; i < group.size(); ++i) {
+      if (st.ok()) {
+        group[i].promise.set_value(std::move(results[i]));
+      } else {
+        group[i].promise.set_value(st);
+      }
+      *answered = i + 1;
+    }
+    return true;
   }
 
   Status CommitGroup(std::vector<Pending*>& group, std::vector<WriteResult>* results) {
@@ -1299,6 +1342,7 @@ Result<std::unique_ptr<Index>> Index::Open(const std::string& dir, IndexOptions 
     WXA_RETURN_IF_ERROR(im.FinishUpgradeFrom1(schema1).WithContext(
         fmt::format("upgrade the index at {} to schema {}", dir, kSchemaVersion)));
   }
+  im.writer_out_of_memory = Status::Aborted(fmt::format("index {}: writer stopped: out of memory", dir));
   if (!options.read_only) im.writer = std::thread([&im] { im.WriterLoop(); });
   if (!options.read_only && options.max_mapped_bytes != 0 && options.trim_interval_ms != 0) im.trimmer = std::thread([&im] { im.TrimLoop(); });
   return idx;

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "engine/index/index.h"
 #include "engine/sinks/local_sinks.h"
 #include "engine/sinks/sink.h"
 #include "tests/engine/sink_test_util.h"
@@ -24,11 +25,19 @@
 
 namespace {
 thread_local int fail_allocations = 0;  // the next this many operator new calls of this thread throw
+// Other threads than the ones marked exempt: skip this many operator new
+// calls, then fail the next one (-1: off). For a thread the test does not
+// start itself (the index writer).
+std::atomic<int> others_skip{-1};
+thread_local bool exempt = false;
 }  // namespace
 
 void* operator new(std::size_t n) {
   if (fail_allocations > 0) {
     --fail_allocations;
+    throw std::bad_alloc();
+  }
+  if (!exempt && others_skip.load(std::memory_order_relaxed) >= 0 && others_skip.fetch_sub(1) == 0) {
     throw std::bad_alloc();
   }
   if (void* p = std::malloc(n != 0 ? n : 1)) return p;
@@ -138,3 +147,77 @@ TEST(OutOfMemory, APublisherThreadThatCannotStartPublishesInline) {
 
 }  // namespace
 }  // namespace wxa::sinks
+
+namespace wxa::index {
+namespace {
+
+core::ItemKey Key(int i) { return core::ItemKey::For("wecom", "c", fmt::format("msg{}", i)); }
+
+// The index writer runs out of memory at each of its allocations in turn
+// (the k-th operator new of a commit of claims, done records and item
+// records). Before, the exception left the writer thread: std::terminate.
+// Now that write, and every later one, answers "out of memory"; nothing
+// hangs; and the index on disk is the last good commit or this one, with
+// counters that match its records (an answer may say failed for a commit
+// that was made: its records are then there, as after a crash).
+TEST(OutOfMemory, TheIndexWriterAnswersEveryWriteAndKeepsTheIndexWhole) {
+  exempt = true;  // this thread's own allocations never fail
+  bool reached_the_end = false;
+  int failed_writes = 0;
+  for (int k = 0; k < 400 && !reached_the_end; ++k) {
+    test::TempDir dir;
+    {
+      auto idx = Index::Open(dir.path());
+      ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+      WriteBatch first;
+      first.claims = {{1, "a@x.com", Key(1), 1000}, {1, "b@x.com", Key(1), 1000}};
+      ASSERT_TRUE((*idx)->Write(first).ok());
+      WriteBatch second;
+      second.claims = {{1, "c@x.com", Key(2), 2000}, {1, "a@x.com", Key(3), 3000, true}};
+      second.done = {{first.claims[0], "ref", {}}};
+      second.failed = {{first.claims[1], {}, "NO [OVERQUOTA]"}};
+      ItemRecord ir;
+      ir.state = ItemState::kDone;
+      second.items.emplace_back(Key(1), ir);
+      others_skip = k;
+      auto r = test::WithDeadline(std::chrono::seconds(60), "a write whose writer runs out of memory",
+                                  [&] {
+                                    exempt = true;  // WithDeadline's own thread
+                                    return (*idx)->Write(second);
+                                  });
+      const bool consumed = others_skip.load() < 0;
+      others_skip = -1;
+      if (!consumed) {
+        ASSERT_TRUE(r.ok()) << r.status().ToString();
+        reached_the_end = true;  // the commit needs fewer allocations than k
+        continue;
+      }
+      if (r.ok()) continue;  // the failed allocation was one the writer could do without
+      ++failed_writes;
+      EXPECT_NE(r.status().message().find("out of memory"), std::string::npos) << r.status().ToString();
+      // Every later write gets the same answer.
+      WriteBatch later;
+      later.claims = {{1, "d@x.com", Key(4), 4000}};
+      auto again = (*idx)->Write(later);
+      ASSERT_FALSE(again.ok());
+      EXPECT_NE(again.status().message().find("out of memory"), std::string::npos);
+    }
+    // Reopened: whole, and writable again.
+    auto idx = Index::Open(dir.path());
+    ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+    auto st = (*idx)->Stats();
+    ASSERT_TRUE(st.ok());
+    for (int i = 1; i <= 3; ++i) EXPECT_EQ(st->counters.deliveries[i], st->deliveries_by_state[i]) << k;
+    for (int i = 1; i <= 4; ++i) EXPECT_EQ(st->counters.items[i], st->items_by_state[i]) << k;
+    WriteBatch next;
+    next.claims = {{1, "e@x.com", Key(5), 5000}};
+    auto r = (*idx)->Write(next);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->claims[0], ClaimResult::kClaimed);
+  }
+  EXPECT_TRUE(reached_the_end);
+  EXPECT_GT(failed_writes, 3);
+}
+
+}  // namespace
+}  // namespace wxa::index
