@@ -428,7 +428,11 @@ struct Index::Impl {
   uint64_t page_size = 4096;
   MapBaseline shared_base;  // shared resident bytes not the map's
   std::atomic<uintptr_t> map_start{0}, map_end{0};  // the map's range, 0 until found; reset by Grow
-  Status broken;  // the first failed commit (writer thread only)
+  // The first failed commit (writer thread only). Never cleared: a commit
+  // that failed after LMDB made it may have published only some of its new
+  // mailbox ids, and a later commit would then give such an address a
+  // second id (and its deliveries could go out again).
+  Status broken;
   // Made at open: what `broken` becomes when the writer runs out of memory
   // and cannot even allocate the text of its error.
   Status writer_out_of_memory;
@@ -944,6 +948,16 @@ struct Index::Impl {
     {
       std::unique_lock<std::mutex> l(qmu);
       qcv.wait(l, [&] { return !queue.empty() || stopping; });
+      if (!broken.ok()) {
+        // After a failed commit none is made: what waits is answered where
+        // it is, which allocates nothing, so this works even when memory is
+        // what ran out (taking it into a group first could fail forever).
+        while (!queue.empty()) {
+          queue.front().promise.set_value(broken);
+          queue.pop_front();
+        }
+        return !stopping;
+      }
       if (queue.empty() && stopping) return false;
       size_t ops = 0;
       auto deadline = std::chrono::steady_clock::now() +
@@ -1503,6 +1517,69 @@ Status Index::GetItems(const std::vector<core::ItemKey>& keys, std::vector<std::
     *record = std::move(*rec);
     return Status::Ok();
   });
+}
+
+Status Index::GetItemsWithDeliveries(uint16_t sink, const std::vector<core::ItemKey>& items,
+                                     const std::vector<const std::vector<std::string>*>& mailboxes,
+                                     std::vector<std::optional<ItemRecord>>* records,
+                                     std::vector<std::optional<DeliveryState>>* states) {
+  records->assign(items.size(), std::nullopt);
+  states->clear();
+  if (items.empty()) return Status::Ok();
+  std::shared_lock l(impl_->env_mu);
+  Txn t;
+  WXA_RETURN_IF_ERROR(t.Begin(impl_->env, MDB_RDONLY));
+  MdbCursor cursor;
+  if (int rc = cursor.OpenRc(t.get(), impl_->items); rc != 0) return MdbError("read item", rc, dir_);
+  uint32_t looked = 0;
+  std::vector<std::pair<uint32_t, DeliveryState>> found;  // this item's done and failed deliveries on sink
+  for (size_t i = 0; i < items.size(); ++i) {
+    impl_->NoteLookup(&looked);
+    const std::string_view item = items[i].View();
+    found.clear();
+    MDB_val k = Val(item), v;
+    int rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_SET_RANGE);
+    // The item's record (its key exactly), then its deliveries (its key and
+    // 6 more bytes), then other items.
+    while (rc == 0) {
+      const std::string_view key = View(k);
+      if (key.size() < kItemKeySize || key.substr(0, kItemKeySize) != item) break;
+      if (key.size() == kItemKeySize) {
+        auto rec = ItemRecord::Decode(View(v));
+        if (!rec) return Status::Corruption(fmt::format("unreadable item record in the index {}", dir_));
+        (*records)[i] = std::move(*rec);
+      } else if (key.size() == kDeliveryKeySize) {
+        if (v.mv_size == 0) return Status::Corruption("empty delivery record in the index");
+        uint16_t s;
+        uint32_t mid;
+        core::ItemKey ignored;
+        ParseDeliveryKey(key, &s, &mid, &ignored);
+        if (s == sink) found.emplace_back(mid, static_cast<DeliveryState>(static_cast<const char*>(v.mv_data)[0]));
+      }
+      rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_NEXT);
+    }
+    if (rc != 0 && rc != MDB_NOTFOUND) return MdbError("read item", rc, dir_);
+    if (i >= mailboxes.size() || mailboxes[i] == nullptr) continue;
+    for (const std::string& mailbox : *mailboxes[i]) {
+      std::optional<DeliveryState>& out = states->emplace_back();
+      auto mid = impl_->CachedMailboxId(mailbox);
+      if (!mid) continue;  // a mailbox the index has never seen
+      impl_->NoteLookup(&looked);
+      const KeyBuf key = KeyBuf::Delivery(sink, *mid, items[i]);
+      std::string_view intent;
+      rc = Impl::Get(t.get(), impl_->pending, key.view(), &intent);
+      if (rc == 0) {
+        if (intent.empty()) return Status::Corruption("empty delivery record in the index");
+        out = static_cast<DeliveryState>(intent[0]);
+        continue;
+      }
+      if (rc != MDB_NOTFOUND) return MdbError("read delivery", rc, dir_);
+      for (const auto& [m, st] : found) {
+        if (m == *mid) out = st;
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 Result<std::unordered_map<uint32_t, std::string>> Index::FileNames() {

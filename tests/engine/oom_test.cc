@@ -29,6 +29,7 @@ thread_local int fail_allocations = 0;  // the next this many operator new calls
 // calls, then fail the next one (-1: off). For a thread the test does not
 // start itself (the index writer).
 std::atomic<int> others_skip{-1};
+std::atomic<bool> others_all{false};  // every operator new of those threads fails
 thread_local bool exempt = false;
 }  // namespace
 
@@ -40,6 +41,7 @@ void* operator new(std::size_t n) {
   if (!exempt && others_skip.load(std::memory_order_relaxed) >= 0 && others_skip.fetch_sub(1) == 0) {
     throw std::bad_alloc();
   }
+  if (!exempt && others_all.load(std::memory_order_relaxed)) throw std::bad_alloc();
   if (void* p = std::malloc(n != 0 ? n : 1)) return p;
   throw std::bad_alloc();
 }
@@ -192,15 +194,19 @@ TEST(OutOfMemory, TheIndexWriterAnswersEveryWriteAndKeepsTheIndexWhole) {
         reached_the_end = true;  // the commit needs fewer allocations than k
         continue;
       }
-      if (r.ok()) continue;  // the failed allocation was one the writer could do without
-      ++failed_writes;
-      EXPECT_NE(r.status().message().find("out of memory"), std::string::npos) << r.status().ToString();
-      // Every later write gets the same answer.
-      WriteBatch later;
-      later.claims = {{1, "d@x.com", Key(4), 4000}};
-      auto again = (*idx)->Write(later);
-      ASSERT_FALSE(again.ok());
-      EXPECT_NE(again.status().message().find("out of memory"), std::string::npos);
+      if (!r.ok()) {  // (or the failed allocation was one the writer could do without)
+        ++failed_writes;
+        EXPECT_NE(r.status().message().find("out of memory"), std::string::npos) << r.status().ToString();
+        // Every later write gets the same answer.
+        WriteBatch later;
+        later.claims = {{1, "d@x.com", Key(4), 4000}};
+        auto again = test::WithDeadline(std::chrono::seconds(60), "a write after the writer stopped", [&] {
+          exempt = true;
+          return (*idx)->Write(later);
+        });
+        ASSERT_FALSE(again.ok());
+        EXPECT_NE(again.status().message().find("out of memory"), std::string::npos);
+      }
     }
     // Reopened: whole, and writable again.
     auto idx = Index::Open(dir.path());
@@ -217,6 +223,39 @@ TEST(OutOfMemory, TheIndexWriterAnswersEveryWriteAndKeepsTheIndexWhole) {
   }
   EXPECT_TRUE(reached_the_end);
   EXPECT_GT(failed_writes, 3);
+}
+
+// Memory that stays short: every allocation of the writer fails. Each write
+// is still answered (not taken into a group, which would fail again and
+// again), and the index closes.
+TEST(OutOfMemory, AnIndexWriterThatCanNeverAllocateStillAnswersAndCloses) {
+  exempt = true;
+  test::TempDir dir;
+  auto idx = Index::Open(dir.path());
+  ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+  WriteBatch first;
+  first.claims = {{1, "a@x.com", Key(1), 1000}};
+  ASSERT_TRUE((*idx)->Write(first).ok());
+  others_all = true;
+  for (int i = 0; i < 3; ++i) {
+    WriteBatch w;
+    w.claims = {{1, "b@x.com", Key(2 + i), 2000}};
+    auto r = test::WithDeadline(std::chrono::seconds(60), "a write while the writer cannot allocate", [&] {
+      exempt = true;
+      return (*idx)->Write(w);
+    });
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("out of memory"), std::string::npos) << r.status().ToString();
+  }
+  test::WithDeadline(std::chrono::seconds(60), "closing the index", [&] {
+    exempt = true;
+    idx->reset();
+    return 0;
+  });
+  others_all = false;
+  auto reopened = Index::Open(dir.path());
+  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  EXPECT_EQ((*reopened)->PendingDeliveries()->size(), 1u);
 }
 
 }  // namespace
