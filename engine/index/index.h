@@ -283,6 +283,17 @@ class Index {
                        std::vector<std::optional<ItemState>>* out);
   // Several item records in one read transaction (nullopt: no record).
   Status GetItems(const std::vector<core::ItemKey>& keys, std::vector<std::optional<ItemRecord>>* out);
+  // The plan stage's reads in one read transaction: for each item, its
+  // record (nullopt: none), and the state of its delivery on `sink` to each
+  // of *mailboxes[i], in order, flattened into *states (nullopt: none). One
+  // search of `items` per item, whose record and done and failed deliveries
+  // sort together, and one of the small `pending` table per delivery
+  // (GetItems and GetDeliveries search `items` once per item and once more
+  // per delivery). Answers exactly as those two would.
+  Status GetItemsWithDeliveries(uint16_t sink, const std::vector<core::ItemKey>& items,
+                                const std::vector<const std::vector<std::string>*>& mailboxes,
+                                std::vector<std::optional<ItemRecord>>* records,
+                                std::vector<std::optional<DeliveryState>>* states);
   // Source file names by file id (for positions in reports).
   Result<std::unordered_map<uint32_t, std::string>> FileNames();
   Result<std::optional<Cursor>> GetCursor(const std::string& file);

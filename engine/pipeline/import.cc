@@ -118,52 +118,45 @@ class ImportRun {
   // parse, a few hash lookups and an LMDB read.
   void Plan(Worker& w, Batch& b) {
     b.work.resize(b.records.size());
-    std::vector<index::DeliveryKey> keys;
-    std::vector<size_t> owner;  // record of each key
     std::vector<std::vector<std::string>> mailboxes(b.records.size());
     for (size_t i = 0; i < b.records.size(); ++i) {
       if (failed()) return;
       PlanRecord(w, b.records[i], b.work[i], &mailboxes[i]);
       std::string().swap(b.records[i].bytes);  // the line is parsed: only its position is kept
-      for (const auto& mb : mailboxes[i]) {
-        keys.push_back({sink_id_, mb, b.work[i].item->key, 0});
-        owner.push_back(i);
-      }
     }
-    std::vector<std::optional<index::DeliveryState>> states;
-    Status s = idx_.GetDeliveries(keys, &states);
-    if (!s.ok()) {
-      Fail(s.WithContext("reading the index"));
-      return;
-    }
-    for (size_t k = 0; k < keys.size(); ++k) {
-      RecordWork& rw = b.work[owner[k]];
-      if (states[k] == index::DeliveryState::kDone) {
-        ++rw.deliveries_present;
-      } else {
-        rw.needed.push_back(keys[k].mailbox);
-        if (states[k]) rw.needed_unrecorded = false;  // an intent or a failed delivery
-      }
-    }
-    // What the index knows of each item: a record that reuses a msgid for
-    // other content is a conflict, never delivered under the first one's
-    // Message-ID.
+    // What the index knows of each item and its deliveries (one read): a
+    // record that reuses a msgid for other content is a conflict, never
+    // delivered under the first one's Message-ID.
     std::vector<core::ItemKey> item_keys;
     std::vector<RecordWork*> item_work;
-    for (auto& rw : b.work) {
+    std::vector<const std::vector<std::string>*> item_mailboxes;
+    for (size_t i = 0; i < b.work.size(); ++i) {
+      RecordWork& rw = b.work[i];
       if (rw.kind == RecordWork::Kind::kItem && rw.item) {
         item_keys.push_back(rw.item->key);
         item_work.push_back(&rw);
+        item_mailboxes.push_back(&mailboxes[i]);
       }
     }
     std::vector<std::optional<index::ItemRecord>> stored;
-    s = idx_.GetItems(item_keys, &stored);
+    std::vector<std::optional<index::DeliveryState>> states;
+    Status s = idx_.GetItemsWithDeliveries(sink_id_, item_keys, item_mailboxes, &stored, &states);
     if (!s.ok()) {
       Fail(s.WithContext("reading the index"));
       return;
     }
+    size_t next_state = 0;
     for (size_t i = 0; i < item_work.size(); ++i) {
       RecordWork& rw = *item_work[i];
+      for (const std::string& mailbox : *item_mailboxes[i]) {
+        const auto& state = states[next_state++];
+        if (state == index::DeliveryState::kDone) {
+          ++rw.deliveries_present;
+        } else {
+          rw.needed.push_back(mailbox);
+          if (state) rw.needed_unrecorded = false;  // an intent or a failed delivery
+        }
+      }
       const auto& st = stored[i];
       if (st && !st->record_hash.empty() && st->record_hash != rw.item->record_hash) {
         auto fn = file_names_.find(st->file_id);

@@ -230,6 +230,80 @@ TEST(Index, AClaimReadAsAbsentIsCheckedWhenItsKeyWasWrittenSince) {
   EXPECT_EQ(x.GetCounters()->deliveries[static_cast<int>(DeliveryState::kIntent)], 1u);
 }
 
+// The plan stage's one read (GetItemsWithDeliveries) answers exactly as
+// GetItems and GetDeliveries do, over items with and without records, done,
+// failed and in-flight deliveries, another sink's deliveries, mailboxes the
+// index never saw, and neighbours in key order.
+TEST(Index, ItemsWithDeliveriesAnswersAsItemsAndDeliveries) {
+  test::TempDir dir;
+  auto idx = Index::Open(dir.path());
+  ASSERT_TRUE(idx.ok());
+  Index& x = **idx;
+  const std::vector<std::string> boxes = {"a@x.com", "b@x.com", "c@x.com", "d@x.com"};
+  constexpr int kItems = 300;
+  WriteBatch claims, outcomes;
+  for (int i = 0; i < kItems; ++i) {
+    for (size_t m = 0; m < boxes.size(); ++m) {
+      const int kind = (i * 7 + static_cast<int>(m) * 3) % 6;  // 0: nothing, 1: intent, 2: done, 3: failed, 4: other sink done, 5: released
+      if (kind == 0) continue;
+      DeliveryKey k{static_cast<uint16_t>(kind == 4 ? 2 : 1), boxes[m], Key(i), 1000 + i};
+      claims.claims.push_back(k);
+      if (kind == 2 || kind == 4) outcomes.done.push_back({k, "ref", {}});
+      if (kind == 3) outcomes.failed.push_back({k, {}, "NO"});
+      if (kind == 5) outcomes.released.push_back(k);
+    }
+    if (i % 3 != 0) {
+      ItemRecord ir;
+      ir.state = i % 3 == 1 ? ItemState::kDone : ItemState::kRejected;
+      ir.line = static_cast<uint64_t>(i);
+      ir.record_hash = std::string(16, static_cast<char>('a' + i % 26));
+      outcomes.items.emplace_back(Key(i), ir);
+    }
+  }
+  ASSERT_TRUE(x.Write(claims).ok());
+  ASSERT_TRUE(x.Write(outcomes).ok());
+
+  std::vector<core::ItemKey> items;
+  std::vector<std::vector<std::string>> asked(kItems + 20);
+  std::vector<const std::vector<std::string>*> asked_ptrs;
+  std::vector<DeliveryKey> keys;
+  for (int i = 0; i < kItems + 20; ++i) {  // 20 items never written
+    items.push_back(Key(i));
+    asked[i] = {boxes[i % 4], "never@x.com", boxes[(i + 1) % 4], boxes[(i + 2) % 4], boxes[(i + 3) % 4]};
+    if (i % 5 == 0) asked[i].clear();
+    asked_ptrs.push_back(&asked[i]);
+    for (const auto& mb : asked[i]) keys.push_back({1, mb, Key(i), 0});
+  }
+  std::vector<std::optional<ItemRecord>> records, want_records;
+  std::vector<std::optional<DeliveryState>> states, want_states;
+  ASSERT_TRUE(x.GetItemsWithDeliveries(1, items, asked_ptrs, &records, &states).ok());
+  ASSERT_TRUE(x.GetItems(items, &want_records).ok());
+  ASSERT_TRUE(x.GetDeliveries(keys, &want_states).ok());
+  ASSERT_EQ(records.size(), want_records.size());
+  ASSERT_EQ(states.size(), want_states.size());
+  int seen_states[4] = {}, seen_records = 0;
+  for (size_t i = 0; i < records.size(); ++i) {
+    ASSERT_EQ(records[i].has_value(), want_records[i].has_value()) << i;
+    if (!records[i]) continue;
+    ++seen_records;
+    EXPECT_EQ(records[i]->Encode(), want_records[i]->Encode()) << i;
+  }
+  for (size_t k = 0; k < states.size(); ++k) {
+    EXPECT_EQ(states[k], want_states[k]) << k;
+    if (states[k]) ++seen_states[static_cast<int>(*states[k])];
+  }
+  // Every kind was asked about.
+  EXPECT_GT(seen_records, 100);
+  EXPECT_GT(seen_states[static_cast<int>(DeliveryState::kIntent)], 20);
+  EXPECT_GT(seen_states[static_cast<int>(DeliveryState::kDone)], 20);
+  EXPECT_GT(seen_states[static_cast<int>(DeliveryState::kFailed)], 20);
+  EXPECT_GT(std::count(states.begin(), states.end(), std::nullopt), 100);
+  // Nothing asked: nothing answered.
+  ASSERT_TRUE(x.GetItemsWithDeliveries(1, {}, {}, &records, &states).ok());
+  EXPECT_TRUE(records.empty());
+  EXPECT_TRUE(states.empty());
+}
+
 // An index written by schema 1 (every delivery in a `deliveries` table keyed
 // sink + mailbox + item, intents there too, `pending` holding bare keys) is
 // upgraded when opened for writing: every delivery keeps its state, record
