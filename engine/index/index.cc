@@ -1525,6 +1525,9 @@ Status Index::GetItemsWithDeliveries(uint16_t sink, const std::vector<core::Item
                                      std::vector<std::optional<DeliveryState>>* states) {
   records->assign(items.size(), std::nullopt);
   states->clear();
+  if (mailboxes.size() != items.size()) {
+    return Status::InvalidArgument("GetItemsWithDeliveries: one mailbox list (or null) per item");
+  }
   if (items.empty()) return Status::Ok();
   std::shared_lock l(impl_->env_mu);
   Txn t;
@@ -1549,17 +1552,19 @@ Status Index::GetItemsWithDeliveries(uint16_t sink, const std::vector<core::Item
         if (!rec) return Status::Corruption(fmt::format("unreadable item record in the index {}", dir_));
         (*records)[i] = std::move(*rec);
       } else if (key.size() == kDeliveryKeySize) {
-        if (v.mv_size == 0) return Status::Corruption("empty delivery record in the index");
         uint16_t s;
         uint32_t mid;
         core::ItemKey ignored;
         ParseDeliveryKey(key, &s, &mid, &ignored);
-        if (s == sink) found.emplace_back(mid, static_cast<DeliveryState>(static_cast<const char*>(v.mv_data)[0]));
+        if (s == sink) {
+          if (v.mv_size == 0) return Status::Corruption("empty delivery record in the index");
+          found.emplace_back(mid, static_cast<DeliveryState>(static_cast<const char*>(v.mv_data)[0]));
+        }
       }
       rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_NEXT);
     }
     if (rc != 0 && rc != MDB_NOTFOUND) return MdbError("read item", rc, dir_);
-    if (i >= mailboxes.size() || mailboxes[i] == nullptr) continue;
+    if (mailboxes[i] == nullptr) continue;
     for (const std::string& mailbox : *mailboxes[i]) {
       std::optional<DeliveryState>& out = states->emplace_back();
       auto mid = impl_->CachedMailboxId(mailbox);
@@ -1574,9 +1579,10 @@ Status Index::GetItemsWithDeliveries(uint16_t sink, const std::vector<core::Item
         continue;
       }
       if (rc != MDB_NOTFOUND) return MdbError("read delivery", rc, dir_);
-      for (const auto& [m, st] : found) {
-        if (m == *mid) out = st;
-      }
+      // In key order: by mailbox id.
+      auto at = std::lower_bound(found.begin(), found.end(), std::make_pair(*mid, DeliveryState{}),
+                                 [](const auto& a, const auto& b) { return a.first < b.first; });
+      if (at != found.end() && at->first == *mid) out = at->second;
     }
   }
   return Status::Ok();

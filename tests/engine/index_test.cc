@@ -298,6 +298,8 @@ TEST(Index, ItemsWithDeliveriesAnswersAsItemsAndDeliveries) {
   EXPECT_GT(seen_states[static_cast<int>(DeliveryState::kDone)], 20);
   EXPECT_GT(seen_states[static_cast<int>(DeliveryState::kFailed)], 20);
   EXPECT_GT(std::count(states.begin(), states.end(), std::nullopt), 100);
+  // One mailbox list (or null) per item, or an error.
+  EXPECT_FALSE(x.GetItemsWithDeliveries(1, items, {}, &records, &states).ok());
   // Nothing asked: nothing answered.
   ASSERT_TRUE(x.GetItemsWithDeliveries(1, {}, {}, &records, &states).ok());
   EXPECT_TRUE(records.empty());
