@@ -123,8 +123,12 @@ BENCHMARK(BM_IndexGroupCommit)->Arg(1)->Arg(256)->Arg(4096)->UseRealTime()->Unit
 // the previous batch's done records and item records (a lazy write sharing
 // the claims' commit). Process CPU time: the work is on the writer thread.
 // TMPDIR on tmpfs keeps the fsyncs out of it.
+// range(1) = 1: the claims say the plan read no record of them
+// (absent_when_read, as the pipeline sends them since f91d8f2): the writer
+// skips their search of `items`.
 void BM_IndexWriterCpu(benchmark::State& state) {
   const int64_t base = state.range(0);
+  const bool absent = state.range(1) != 0;
   constexpr int64_t kBatch = 2048;
   std::string dir = FreshDir("writer");
   auto idx = Index::Open(dir);
@@ -145,7 +149,10 @@ void BM_IndexWriterCpu(benchmark::State& state) {
     state.PauseTiming();  // building the batches is the pipeline's work, not the writer's
     WriteBatch claims, done;
     for (int64_t i = next; i < next + kBatch; ++i) {
-      for (auto& k : keys_of(i)) claims.claims.push_back(std::move(k));
+      for (auto& k : keys_of(i)) {
+        k.absent_when_read = absent;
+        claims.claims.push_back(std::move(k));
+      }
     }
     if (prev_start >= 0) {
       for (int64_t i = prev_start; i < prev_start + kBatch; ++i) {
@@ -179,7 +186,70 @@ void BM_IndexWriterCpu(benchmark::State& state) {
   idx->reset();
   std::filesystem::remove_all(dir);
 }
-BENCHMARK(BM_IndexWriterCpu)->Arg(100000)->Arg(1000000)->MeasureProcessCPUTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_IndexWriterCpu)
+    ->Args({100000, 0})
+    ->Args({100000, 1})
+    ->Args({1000000, 0})
+    ->Args({1000000, 1})
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The plan stage's reads for one batch (2,048 records not yet in an index of
+// range(0) items, 2.4 mailboxes each): range(1) = 0, GetItems + GetDeliveries
+// (before 9f4e789); 1, GetItemsWithDeliveries. Both are checked to answer
+// alike, and that nothing is found, before timing.
+void BM_IndexPlanRead(benchmark::State& state) {
+  const int64_t base = state.range(0);
+  const bool combined = state.range(1) != 0;
+  constexpr int64_t kBatch = 2048;
+  std::string dir = FreshDir("planread");
+  auto idx = Index::Open(dir);
+  if (!idx.ok() || !Populate(**idx, base)) {
+    state.SkipWithError("populate failed");
+    return;
+  }
+  std::vector<wxa::core::ItemKey> items;
+  std::vector<std::vector<std::string>> mailboxes(kBatch);
+  std::vector<const std::vector<std::string>*> mailbox_ptrs;
+  std::vector<DeliveryKey> keys;
+  for (int64_t i = 0; i < kBatch; ++i) {
+    const int64_t item = base + i;  // new items, as in a fresh import
+    items.push_back(Key(item));
+    const int n = 2 + static_cast<int>(i % 5 == 0) * 2;
+    for (int m = 0; m < n; ++m) {
+      mailboxes[i].push_back(fmt::format("user{}@corp.example.com", (item + m * 7) % 200));
+      keys.push_back({1, mailboxes[i].back(), Key(item), 0});
+    }
+    mailbox_ptrs.push_back(&mailboxes[i]);
+  }
+  std::vector<std::optional<wxa::index::ItemRecord>> records, records2;
+  std::vector<std::optional<wxa::index::DeliveryState>> states, states2;
+  if (!(*idx)->GetItemsWithDeliveries(1, items, mailbox_ptrs, &records, &states).ok() ||
+      !(*idx)->GetItems(items, &records2).ok() || !(*idx)->GetDeliveries(keys, &states2).ok() ||
+      states != states2 || states.size() != keys.size() ||
+      std::count(states.begin(), states.end(), std::nullopt) != static_cast<std::ptrdiff_t>(keys.size()) ||
+      std::count(records.begin(), records.end(), std::nullopt) != kBatch) {
+    state.SkipWithError("plan read check failed");
+    return;
+  }
+  for (auto _ : state) {
+    if (combined) {
+      benchmark::DoNotOptimize((*idx)->GetItemsWithDeliveries(1, items, mailbox_ptrs, &records, &states));
+    } else {
+      benchmark::DoNotOptimize((*idx)->GetDeliveries(keys, &states));
+      benchmark::DoNotOptimize((*idx)->GetItems(items, &records));
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+  idx->reset();
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_IndexPlanRead)
+    ->Args({100000, 0})
+    ->Args({100000, 1})
+    ->Args({1000000, 0})
+    ->Args({1000000, 1})
+    ->Unit(benchmark::kMicrosecond);
 
 // Not a timing: index bytes per item (one item record + two deliveries).
 void BM_IndexBytesPerItem(benchmark::State& state) {
