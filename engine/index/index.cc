@@ -315,10 +315,10 @@ std::vector<uint32_t> SortedOrder(const std::vector<KeyBuf>& keys) {
 }
 
 // The delivery keys a writer has put into `items` since the index was
-// opened (done and failed records): a scalable blocked Bloom filter. "No" is certain; "maybe"
-// costs the caller one look-up in the index. Each level is a table of
-// 64-byte blocks, and a key sets 4 bits in one block of the newest level, so
-// a question costs one cache line per level. A level takes 8 bits per key;
+// opened (done and failed records): a scalable blocked Bloom filter. "No"
+// is certain; "maybe" costs the caller one look-up in the index. Each
+// level is a table of 64-byte blocks, and a key sets 4 bits in one block of
+// the newest level, so a question costs one cache line per level. A level takes 8 bits per key;
 // once full, a level twice its size follows, so a small run holds 128 KB
 // and 12 million keys (5 million records) about 16 MB in 7 levels. Keys
 // never added get "maybe" about 2% of the time at 120,000 keys, 10% at
@@ -669,10 +669,9 @@ struct Index::Impl {
         // `items`, done and failed take the intent out of `pending`, each in
         // one txn), so the order of the two looks does not matter: `items`
         // first, then the intent is put where `pending` is searched anyway.
-        // Two searches for a fresh claim.
-        // Its caller read no record of it, and nothing wrote the key since
-        // this index was opened: it is not in `items` (one search for a
-        // fresh claim instead of two).
+        // A claim whose caller read no record of it, of a key nothing put
+        // into `items` since this index was opened, is not there: one search
+        // (the put) instead of two.
         const bool look = !b.claims[i].absent_when_read || written.MayContain(key);
         MDB_val k = Val(key), v;
         bool in_items = false;  // a failed record (or an unreadable one): moved out below
@@ -907,8 +906,9 @@ struct Index::Impl {
   // a commit's vectors, records or the claim filter) aborts that commit,
   // which then fails like any failed commit (Status broken): every batch
   // of its group and every later one is answered with the error, so the
-  // run stops with what the last good commit says (a rerun goes on from
-  // there), instead of std::terminate.
+  // run stops, instead of std::terminate. The index holds what its commits
+  // made (one that failed after LMDB made it among them, as after a crash),
+  // and a rerun goes on from there.
   void WriterLoop() {
     while (true) {
       std::vector<Pending> group;
