@@ -73,11 +73,23 @@ Status WriteFileMode(const std::string& path, std::string_view data, mode_t mode
   return Status::Ok();
 }
 
+// The file's bytes, or what could be read before an error ("" when it
+// cannot be opened). Never throws: /proc/PID files of a process that exits
+// while read fail with ESRCH, which std::istreambuf_iterator turns into an
+// exception (seen in CI).
 std::string ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  std::string out;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
 }
 
 Result<uint16_t> FreeLoopbackPort() {
@@ -100,11 +112,15 @@ Result<uint16_t> FreeLoopbackPort() {
 
 bool ProcessAlive(int pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
 
+}  // namespace
+
 std::string ProcCmdline(int pid) {
   std::string s = ReadSmallFile("/proc/" + std::to_string(pid) + "/cmdline");
   std::replace(s.begin(), s.end(), '\0', ' ');
   return s;
 }
+
+namespace {
 
 int ReadPid(const std::string& path) {
   std::string s = ReadSmallFile(path);

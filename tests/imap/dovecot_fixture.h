@@ -186,6 +186,10 @@ class DovecotFixture {
 // stopping their Dovecot, killing what is left of it. Start() calls it.
 void SweepStaleDovecotInstances();
 
+// /proc/PID/cmdline with NULs as spaces; "" when the process is gone (also
+// when it exits while read).
+std::string ProcCmdline(int pid);
+
 // The post-login capability list Dovecot 2.3.19 sends by default, without
 // the parts it adds itself (LITERAL+/LITERAL-, NOTIFY, QUOTA...). The base
 // of the explicit list written when capabilities are hidden.

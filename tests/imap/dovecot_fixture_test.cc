@@ -49,9 +49,7 @@ std::vector<int> ProcessesMentioning(const std::string& needle) {
   for (const auto& e : fs::directory_iterator("/proc")) {
     std::string name = e.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(e.path() / "cmdline", std::ios::binary);
-    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (cmd.find(needle) != std::string::npos) pids.push_back(std::stoi(name));
+    if (ProcCmdline(std::stoi(name)).find(needle) != std::string::npos) pids.push_back(std::stoi(name));
   }
   return pids;
 }
