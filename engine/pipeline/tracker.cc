@@ -396,8 +396,16 @@ void Tracker::Finalize(Batch& b) {
       }
       for (const auto& mb : rw.released) {
         wb.released.push_back({c_.sink_id, mb, rw.item->key, rw.item->msgtime_ms});
-        // Released without an outcome of its own (the run stopped): not settled.
-        if (!rw.item_record) ok = false;
+        // Released without an outcome of its own (the run stopped): not
+        // settled, so neither imported nor already present.
+        if (!rw.item_record) {
+          ok = false;
+          ++unsettled;
+        }
+      }
+      if (!rw.needed.empty()) {  // planned, never claimed: the run failed first
+        ok = false;
+        unsettled += rw.needed.size();
       }
       counts_.deliveries += fresh;
       counts_.deliveries_present += adopted;

@@ -392,6 +392,48 @@ TEST_F(SinkContractTest, ASinkFailureStopsTheRunAndARerunCompletes) {
   ExpectEverythingOnce();
 }
 
+// A failed run's counts: an item whose new delivery was given back because
+// the run failed (never sent) is not "already present", even though its
+// other mailboxes were done before.
+TEST_F(SinkContractTest, AFailedRunCountsNoItemWithAReleasedDeliveryAsPresent) {
+  // Every message from alice to bob, and bob's mailbox refuses everything:
+  // alice's copies are done, bob's failed, so no item is complete.
+  std::string lines;
+  for (int i = 0; i < 60; ++i) {
+    lines += fmt::format(
+        R"({{"msgid":"m{}","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":{},"msgtype":"text","text":{{"content":"hi {}"}}}})",
+        i, kT + i * 1000, i);
+    lines += "\n";
+  }
+  test::WriteFile(tmp_ / "src/a.jsonl", lines);
+  Script bad_bob;
+  bad_bob.bad_mailboxes = {"bob@corp.com"};
+  auto first = RunImport(Options(bad_bob, 5));
+  ASSERT_TRUE(first.ok());
+  ASSERT_EQ(first->counts.deliveries, 60u);
+  ASSERT_EQ(first->counts.deliveries_failed, 60u);
+  // The rerun retries bob's 60, and the target fails for good at the first
+  // delivery: what was not sent by then is given back.
+  Script s;
+  s.sink_bad_at = 0;
+  auto second = RunImport(Options(s, 6));
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(second->fatal.ok());
+  const auto& c = second->counts;
+  EXPECT_GT(c.records, 0u);
+  EXPECT_LT(c.imported, c.items) << "the run failed at the first delivery";
+  EXPECT_EQ(c.already_present, 0u) << "every item read needed bob: imported, failed, in doubt or given back";
+  // A run that completes delivers bob's copies, each once.
+  auto third = RunImport(Options(Script{}, 7));
+  ASSERT_TRUE(third.ok());
+  EXPECT_TRUE(third->fatal.ok());
+  for (int i = 0; i < 60; ++i) {
+    auto k = KeyOf(fmt::format("m{}", i));
+    EXPECT_EQ(store_.count("alice@corp.com", k), 1) << i;
+    EXPECT_EQ(store_.count("bob@corp.com", k), 1) << i;
+  }
+}
+
 // Transient failures that never stop: given up after max_attempts. What was
 // never sent is failed (retried by the next run). What arrived without an
 // answer is found by the probe and adopted, never sent twice; if even the
