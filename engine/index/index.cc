@@ -318,11 +318,12 @@ std::vector<uint32_t> SortedOrder(const std::vector<KeyBuf>& keys) {
 // opened (done and failed records): a scalable blocked Bloom filter. "No"
 // is certain; "maybe" costs the caller one look-up in the index. Each
 // level is a table of 64-byte blocks, and a key sets 4 bits in one block of
-// the newest level, so a question costs one cache line per level. A level takes 8 bits per key;
-// once full, a level twice its size follows, so a small run holds 128 KB
-// and 12 million keys (5 million records) about 16 MB in 7 levels. Keys
-// never added get "maybe" about 2% of the time at 120,000 keys, 10% at
-// 2.4 million and 14% at 12 million (each level adds its own share).
+// the newest level, so a question costs one cache line per level. A level
+// takes 8 bits per key; once full, a level twice its size follows, so a
+// small run holds 128 KB and 12 million keys (5 million records) about
+// 16 MB in 7 levels. Keys never added get "maybe" about 2% of the time at
+// 120,000 keys, 10% at 2.4 million and 14% at 12 million (each level adds
+// its own share).
 class WrittenKeys {
  public:
   void Add(std::string_view key) {

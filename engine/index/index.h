@@ -100,10 +100,11 @@ struct DeliveryKey {
   core::ItemKey item;
   int64_t msgtime_ms = 0;  // not part of the key: recorded with claims and done marks
   // Claims only, not part of the key: a read through this Index found no
-  // record of the delivery (GetItemsWithDeliveries, GetDeliveries). The writer then skips its own
-  // look-up in `items` unless it put a record of the key there since the
-  // index was opened (maybe after the read); a wrong "true" from a caller
-  // whose read did find one would deliver a done item again.
+  // record of the delivery (GetItemsWithDeliveries, GetDeliveries). The
+  // writer then skips its own look-up in `items` unless it put a record of
+  // the key there since the index was opened (maybe after the read); a
+  // wrong "true" from a caller whose read did find one would deliver a done
+  // item again.
   bool absent_when_read = false;
 };
 

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 
+#include <functional>
 #include <future>
 
 #include <algorithm>
@@ -224,12 +225,16 @@ class SinkContractTest : public ::testing::Test {
     test::WriteFile(tmp_ / "src/directory.csv",
                     "userid,name,mobile,email\nalice,Alice,,alice@corp.com\nbob,Bob,,bob@corp.com\n"
                     "carol,Carol,,carol@corp.com\n");
+    WriteMessages([](int i) { return i % 3 == 0 ? "carol" : "bob"; });
+  }
+
+  // src/a.jsonl: messages m0..m59 from alice, message i to to(i).
+  void WriteMessages(const std::function<const char*(int)>& to) {
     std::string lines;
     for (int i = 0; i < 60; ++i) {
-      const char* to = i % 3 == 0 ? "carol" : "bob";
       lines += fmt::format(
           R"({{"msgid":"m{}","action":"send","from":"alice","tolist":["{}"],"roomid":"","msgtime":{},"msgtype":"text","text":{{"content":"hi {}"}}}})",
-          i, to, kT + i * 1000, i);
+          i, to(i), kT + i * 1000, i);
       lines += "\n";
     }
     test::WriteFile(tmp_ / "src/a.jsonl", lines);
@@ -398,14 +403,7 @@ TEST_F(SinkContractTest, ASinkFailureStopsTheRunAndARerunCompletes) {
 TEST_F(SinkContractTest, AFailedRunCountsNoItemWithAReleasedDeliveryAsPresent) {
   // Every message from alice to bob, and bob's mailbox refuses everything:
   // alice's copies are done, bob's failed, so no item is complete.
-  std::string lines;
-  for (int i = 0; i < 60; ++i) {
-    lines += fmt::format(
-        R"({{"msgid":"m{}","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":{},"msgtype":"text","text":{{"content":"hi {}"}}}})",
-        i, kT + i * 1000, i);
-    lines += "\n";
-  }
-  test::WriteFile(tmp_ / "src/a.jsonl", lines);
+  WriteMessages([](int) { return "bob"; });
   Script bad_bob;
   bad_bob.bad_mailboxes = {"bob@corp.com"};
   auto first = RunImport(Options(bad_bob, 5));

@@ -26,6 +26,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "formats/core/file.h"
 #include "tests/imap/imap_test_client.h"
 #include "tests/imap/test_tls.h"
 
@@ -73,23 +74,12 @@ Status WriteFileMode(const std::string& path, std::string_view data, mode_t mode
   return Status::Ok();
 }
 
-// The file's bytes, or what could be read before an error ("" when it
-// cannot be opened). Never throws: /proc/PID files of a process that exits
-// while read fail with ESRCH, which std::istreambuf_iterator turns into an
-// exception (seen in CI).
+// The file's bytes, "" when it cannot be read. Never throws: /proc/PID
+// files of a process that exits while read fail with ESRCH, which
+// std::istreambuf_iterator turns into an exception (seen in CI).
 std::string ReadSmallFile(const std::string& path) {
-  std::string out;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return out;
+  auto r = core::ReadWholeFile(path);
+  return r.ok() ? std::move(*r) : std::string();
 }
 
 Result<uint16_t> FreeLoopbackPort() {
