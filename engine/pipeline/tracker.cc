@@ -403,10 +403,11 @@ void Tracker::Finalize(Batch& b) {
           ++unsettled;
         }
       }
-      if (!rw.needed.empty()) {  // planned, never claimed: the run failed first
-        ok = false;
-        unsettled += rw.needed.size();
-      }
+      // Parsed and mapped, but no outcome: the run failed before the index
+      // said what was left to do (the plan's read), before the claims, or
+      // the claims were given back. A rerun must read the record again.
+      if (rw.kind == RecordWork::Kind::kItem && !rw.settled && rw.deliveries.empty()) ok = false;
+      unsettled += rw.needed.size();  // planned, never claimed
       counts_.deliveries += fresh;
       counts_.deliveries_present += adopted;
       counts_.deliveries_failed += failed;

@@ -16,6 +16,7 @@
 #include <simdjson.h>
 
 #include "engine/index/index.h"
+#include "tests/engine/index_raw.h"
 #include "engine/pipeline/import.h"
 #include "formats/core/hash.h"
 #include "formats/core/file.h"
@@ -362,6 +363,56 @@ TEST_F(ImportTest, SameMsgidWithOtherContentIsAConflict) {
   EXPECT_EQ(second.counts.conflicts, 1u);
   EXPECT_EQ(second.counts.deliveries, 0u);
   EXPECT_NE(ReportEntries().find("conflict")->second.find("a.jsonl:1"), std::string::npos);
+}
+
+// A run that fails while a batch is being planned (here: the index read
+// that says what is left to do finds an unreadable item record) must keep
+// the cursor before the batch's records, delivered or not: a rerun reads
+// them again. (The records were parsed and mapped but never looked up.)
+TEST_F(ImportTest, ARunThatFailsWhilePlanningKeepsTheBatchForTheRerun) {
+  WriteRecords("a.jsonl", {Text("m1", "alice", "bob")});
+  Import(Options());
+  ASSERT_EQ(CountItems("bob@corp.com"), 1u);
+  // Every item record in the index made unreadable; the originals kept.
+  std::map<std::string, std::string> saved;
+  auto rewrite = [&](bool corrupt) {
+    index::raw::WithRawIndex(tmp_ / "out/.wxarchiver", [&](MDB_txn* t) {
+      MDB_dbi items;
+      ASSERT_EQ(mdb_dbi_open(t, "items", 0, &items), 0);
+      if (corrupt) {
+        MDB_cursor* c;
+        ASSERT_EQ(mdb_cursor_open(t, items, &c), 0);
+        MDB_val k, v;
+        for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+          if (k.mv_size == 16) saved.emplace(std::string(static_cast<char*>(k.mv_data), k.mv_size),
+                                             std::string(static_cast<char*>(v.mv_data), v.mv_size));
+        }
+        mdb_cursor_close(c);
+      }
+      for (const auto& [k, v] : saved) index::raw::RawPut(t, items, k, corrupt ? std::string("\xff\xff", 2) : v);
+    });
+  };
+  rewrite(true);
+  ASSERT_EQ(saved.size(), 1u);
+  // Five new records, then m1 again (an overlapping export): one batch.
+  std::vector<std::string> recs;
+  for (int i = 0; i < 5; ++i) recs.push_back(Text(fmt::format("n{}", i), "alice", "bob"));
+  recs.push_back(Text("m1", "alice", "bob"));
+  WriteRecords("b.jsonl", recs);
+  auto o = Options();
+  o.threads = 1;
+  o.batch_records = 100;
+  auto failed = RunImport(o);
+  const Status fatal = failed.ok() ? failed->fatal : failed.status();
+  ASSERT_FALSE(fatal.ok());
+  EXPECT_NE(fatal.ToString().find("unreadable item record"), std::string::npos) << fatal.ToString();
+  EXPECT_EQ(CountItems("bob@corp.com"), 1u);
+  // Repaired, the next run (no rescan) reads b.jsonl from its start.
+  rewrite(false);
+  auto s = Import(Options());
+  EXPECT_EQ(s.counts.imported, 5u);
+  EXPECT_EQ(CountItems("bob@corp.com"), 6u);
+  ExpectIndexMatchesDisk();
 }
 
 // Issue #8 item 7: a media path that is a directory is missing media (the
