@@ -314,14 +314,14 @@ std::vector<uint32_t> SortedOrder(const std::vector<KeyBuf>& keys) {
   return order;
 }
 
-// The delivery keys a writer has put into `items` since the index was
-// opened (done and failed records): a scalable blocked Bloom filter. "No"
+// The keys a writer has put into `items` since the index was opened (done
+// and failed deliveries, item records): a scalable blocked Bloom filter. "No"
 // is certain; "maybe" costs the caller one look-up in the index. Each
 // level is a table of 64-byte blocks, and a key sets 4 bits in one block of
 // the newest level, so a question costs one cache line per level. A level
 // takes 8 bits per key; once full, a level twice its size follows, so a
-// small run holds 128 KB and 12 million keys (5 million records) about
-// 16 MB in 7 levels. Keys never added get "maybe" about 2% of the time at
+// small run holds 128 KB and 12 million keys (about 3.5 million records:
+// 2.4 deliveries and one item record each) about 16 MB in 7 levels. Keys never added get "maybe" about 2% of the time at
 // 120,000 keys, 10% at 2.4 million and 14% at 12 million (each level adds
 // its own share).
 class WrittenKeys {
@@ -614,14 +614,15 @@ struct Index::Impl {
   }
 
   // Every record the writer puts into `items` goes through here (the
-  // schema 1 upgrade's moves happen inside Open, before any read). A
-  // delivery record's key is noted in `written` first: a claim read as
-  // absent skips its look-up in `items` only for keys never noted (Apply),
-  // so a delivery record put any other way could be delivered again. One
-  // search for a new record; an existing one is replaced, its state in
-  // *replaced (0: none). Returns an LMDB rc.
+  // schema 1 upgrade's moves happen inside Open, before any read). Its key
+  // is noted in `written` first: a claim read as absent skips its look-up
+  // in `items` only for delivery keys never noted, and the conflict check
+  // of a claim reads the item record only when its key was noted (Apply),
+  // so a record put any other way could be delivered again. One search for
+  // a new record; an existing one is replaced, its state in *replaced (0:
+  // none). Returns an LMDB rc.
   int PutInItems(MDB_txn* t, MDB_cursor* ic, std::string_view key, std::string_view enc, int* replaced) {
-    if (key.size() == kDeliveryKeySize) written.Add(key);
+    written.Add(key);
     *replaced = 0;
     MDB_val k = Val(key), v = Val(enc);
     int rc = mdb_cursor_put(ic, &k, &v, MDB_NOOVERWRITE);
@@ -674,6 +675,23 @@ struct Index::Impl {
         // into `items` since this index was opened, is not there: one search
         // (the put) instead of two.
         const bool look = !b.claims[i].absent_when_read || written.MayContain(key);
+        // The item recorded in this run (after the caller's read, maybe:
+        // another batch's lazy write) with other content: a conflict, not
+        // "done" (GetItemsWithDeliveries compares what it read itself).
+        const std::string& hash = b.claims[i].record_hash;
+        const std::string_view item = b.claims[i].item.View();
+        if (!hash.empty() && written.MayContain(item)) {
+          MDB_val ik = Val(item), iv;
+          if ((rc = mdb_cursor_get(ic, &ik, &iv, MDB_SET)) == 0) {
+            auto stored = ItemRecord::Decode(View(iv));
+            if (stored && !stored->record_hash.empty() && stored->record_hash != hash) {
+              res.claims[i] = ClaimResult::kConflict;
+              continue;
+            }
+          } else if (rc != MDB_NOTFOUND) {
+            return rc;
+          }
+        }
         MDB_val k = Val(key), v;
         bool in_items = false;  // a failed record (or an unreadable one): moved out below
         int old_state = 0;

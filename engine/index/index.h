@@ -106,12 +106,20 @@ struct DeliveryKey {
   // wrong "true" from a caller whose read did find one would deliver a done
   // item again.
   bool absent_when_read = false;
+  // Claims only: what the claiming record said (ItemRecord::record_hash; 16
+  // bytes, or empty: no check). An item record this Index put into `items`
+  // since it was opened (after the caller's read, maybe) with another
+  // non-empty hash makes the claim kConflict: the caller's read could not
+  // see it, and a done delivery of the other content must not count as
+  // this record's.
+  std::string record_hash = {};
 };
 
 enum class ClaimResult : uint8_t {
   kClaimed,      // intent recorded durably: deliver it
   kDone,         // already delivered (an earlier run, or earlier in this one)
   kInFlight,     // claimed earlier in this run: another batch is delivering it
+  kConflict,     // the item was recorded in this run with other content (record_hash)
 };
 
 // A delivery's outcome as the sink reported it.

@@ -106,6 +106,12 @@ class ImportRun {
 
   void SetFileNames(std::unordered_map<uint32_t, std::string> names) { file_names_ = std::move(names); }
 
+  // "file:line" of a recorded item.
+  std::string PositionOf(const index::ItemRecord& r) const {
+    auto fn = file_names_.find(r.file_id);
+    return fmt::format("{}:{}", fn == file_names_.end() ? std::string("?") : fn->second, r.line);
+  }
+
   // A batch is recorded: its items are in the index now (or settled), so
   // the in-run conflict check no longer needs them.
   void Forget(const Batch& b) {
@@ -159,8 +165,7 @@ class ImportRun {
       }
       const auto& st = stored[i];
       if (st && !st->record_hash.empty() && st->record_hash != rw.item->record_hash) {
-        auto fn = file_names_.find(st->file_id);
-        MarkConflict(rw, fmt::format("{}:{}", fn == file_names_.end() ? std::string("?") : fn->second, st->line));
+        MarkConflict(rw, PositionOf(*st));
         continue;
       }
       // Every delivery done before: skipped without rendering. The item itself
@@ -216,7 +221,8 @@ class ImportRun {
     for (uint32_t r = 0; r < b.work.size(); ++r) {
       const RecordWork& rw = b.work[r];
       for (uint32_t m = 0; m < rw.needed.size(); ++m) {
-        wb.claims.push_back({sink_id_, rw.needed[m], rw.item->key, rw.item->msgtime_ms, rw.needed_unrecorded});
+        wb.claims.push_back({sink_id_, rw.needed[m], rw.item->key, rw.item->msgtime_ms, rw.needed_unrecorded,
+                             rw.item->record_hash});
         b.claim_owner.emplace_back(r, m);
       }
     }
@@ -236,6 +242,7 @@ class ImportRun {
       Fail(r.status().WithContext("recording intents in the index"));
       return;
     }
+    std::vector<uint32_t> conflicts;  // records (index into work)
     for (size_t k = 0; k < b.claim_owner.size(); ++k) {
       RecordWork& rw = b.work[b.claim_owner[k].first];
       std::string& mb = rw.needed[b.claim_owner[k].second];
@@ -243,6 +250,11 @@ class ImportRun {
       switch (r->claims[k]) {
         case index::ClaimResult::kClaimed: rw.claimed.push_back(std::move(mb)); break;
         case index::ClaimResult::kDone: ++rw.deliveries_present; break;
+        case index::ClaimResult::kConflict:
+          if (conflicts.empty() || conflicts.back() != b.claim_owner[k].first) {
+            conflicts.push_back(b.claim_owner[k].first);
+          }
+          break;
         case index::ClaimResult::kInFlight:
           // An intent of a stopped run that could not be probed (its mailbox
           // failed at start-up) stays in doubt; otherwise another record
@@ -254,6 +266,18 @@ class ImportRun {
           }
           break;
       }
+    }
+    // The item was recorded with other content after this batch read the
+    // index (another batch of this run, finalized before these claims):
+    // found by the claim itself. Every claim of an item answers alike (one
+    // transaction), so none of its intents was recorded.
+    for (uint32_t i : conflicts) {
+      RecordWork& rw = b.work[i];
+      std::string first_at = "?";
+      if (auto st = idx_.GetItem(rw.item->key); st.ok() && *st) first_at = PositionOf(**st);
+      rw.released = std::move(rw.claimed);  // none, as said: given back all the same
+      rw.claimed.clear();
+      MarkConflict(rw, first_at);
     }
     // Answered: the plan is spent. A batch waits for its completions holding
     // only what the tracker records (with slow publication, up to

@@ -365,6 +365,41 @@ TEST_F(ImportTest, SameMsgidWithOtherContentIsAConflict) {
   EXPECT_NE(ReportEntries().find("conflict")->second.find("a.jsonl:1"), std::string::npos);
 }
 
+// A msgid reused with other content in a later batch is a conflict
+// whatever the timing: here the first record's batch is finalized (its
+// key leaves the in-run check) before the second's claims, while its item
+// record is not yet committed when the second batch reads the index.
+TEST_F(ImportTest, SameMsgidInALaterBatchIsAConflictWhateverTheTiming) {
+  for (const char* target : {"null", "maildir"}) {
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(fmt::format("{} threads={}", target, threads));
+      std::filesystem::remove_all(tmp_ / "out");
+      std::filesystem::remove_all(tmp_ / "idx");
+      WriteRecords("a.jsonl", {Text("m1", "alice", "bob", "", "one"), Text("m2", "alice", "bob"),
+                               Text("m1", "alice", "bob", "", "two"), Text("m3", "alice", "bob")});
+      auto o = Options(target);
+      o.index_dir = tmp_ / "idx";
+      if (std::string(target) == "null") o.target = "null:";
+      o.threads = threads;
+      o.batch_records = 1;
+      auto s = Import(o);
+      EXPECT_EQ(s.counts.conflicts, 1u);
+      EXPECT_EQ(s.counts.imported, 3u);
+      EXPECT_EQ(s.counts.already_present, 0u);
+      auto entries = ReportEntries();
+      ASSERT_EQ(entries.count("conflict"), 1u);
+      const std::string& e = entries.find("conflict")->second;
+      EXPECT_NE(e.find("first seen with other content at a.jsonl:1"), std::string::npos) << e;
+      EXPECT_NE(e.find("this record (a.jsonl:3)"), std::string::npos) << e;
+      // m1 delivered once, with the first record's content.
+      if (std::string(target) == "maildir") {
+        EXPECT_EQ(CountItems("bob@corp.com"), 3u);
+        for (const auto& f : MailFiles()) EXPECT_EQ(test::ReadFile(tmp_ / ("out/" + f)).find("two"), std::string::npos) << f;
+      }
+    }
+  }
+}
+
 // A run that fails while a batch is being planned (here: the index read
 // that says what is left to do finds an unreadable item record) must keep
 // the cursor before the batch's records, delivered or not: a rerun reads

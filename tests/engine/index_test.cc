@@ -62,6 +62,50 @@ TEST(IndexCodec, RoundTripsAndRejectsGarbage) {
   EXPECT_EQ(cback->prefix_hash, c.prefix_hash);
 }
 
+// A claim carrying the claiming record's content hash is answered
+// kConflict when this Index recorded the item with another hash (after the
+// caller's read, which could not see it); the same hash, or none on either
+// side, leaves the usual answers. An item recorded by an earlier opening is
+// the caller's read's to compare (GetItemsWithDeliveries): not looked up.
+TEST(Index, AClaimOfAnItemRecordedWithOtherContentIsAConflict) {
+  test::TempDir dir;
+  auto idx = Index::Open(dir / "idx");
+  ASSERT_TRUE(idx.ok()) << idx.status().ToString();
+  Index& x = **idx;
+  const uint16_t sink = *x.SinkId("null:");
+  const std::string h1(16, '\x01'), h2(16, '\x02');
+  DeliveryKey a{sink, "a@x.com", Key(7), 1000, false, h1};
+  WriteBatch first;
+  first.claims = {a};
+  ASSERT_EQ(x.Write(first)->claims, std::vector<ClaimResult>{ClaimResult::kClaimed});
+  WriteBatch finish;
+  finish.done = {{a, "", {}}};
+  ItemRecord ir;
+  ir.state = ItemState::kDone;
+  ir.record_hash = h1;
+  finish.items.emplace_back(Key(7), ir);
+  ASSERT_TRUE(x.Write(finish).ok());
+  auto claim = [&](const std::string& hash, const std::string& mailbox, bool absent) {
+    WriteBatch w;
+    w.claims = {{sink, mailbox, Key(7), 2000, absent, hash}};
+    auto r = x.Write(w);
+    EXPECT_TRUE(r.ok());
+    return r.ok() ? r->claims.at(0) : ClaimResult::kClaimed;
+  };
+  EXPECT_EQ(claim(h2, "a@x.com", true), ClaimResult::kConflict);
+  EXPECT_EQ(claim(h2, "b@x.com", true), ClaimResult::kConflict);  // no intent recorded for b
+  EXPECT_EQ(x.PendingDeliveries()->size(), 0u);
+  EXPECT_EQ(claim(h1, "a@x.com", true), ClaimResult::kDone);
+  EXPECT_EQ(claim("", "a@x.com", true), ClaimResult::kDone);
+  EXPECT_EQ(claim(h1, "b@x.com", true), ClaimResult::kClaimed);
+  idx->reset();
+  auto reopened = Index::Open(dir / "idx");
+  ASSERT_TRUE(reopened.ok());
+  WriteBatch w;
+  w.claims = {{sink, "a@x.com", Key(7), 2000, false, h2}};
+  EXPECT_EQ((*reopened)->Write(w)->claims.at(0), ClaimResult::kDone);
+}
+
 TEST(Index, ClaimsDoneReleaseAndCounters) {
   test::TempDir dir;
   auto idx = Index::Open(dir / "idx");
