@@ -330,6 +330,7 @@ void Tracker::FinalizeReady() {
 void Tracker::Finalize(Batch& b) {
   index::WriteBatch wb;
   std::map<uint32_t, const wecom::RawRecord*> cursor_to;
+  std::vector<core::ItemKey> unrecorded;  // claimed, no item record written
   auto report = [&](const ReportEntry& e) {
     AddCounts(counts_, e.outcome);
     if (c_.report == nullptr) return;
@@ -436,7 +437,14 @@ void Tracker::Finalize(Batch& b) {
           item_rec.reset();  // still in doubt: the next run says
         }
       }
-      if (item_rec && rw.item) wb.items.emplace_back(rw.item->key, std::move(*item_rec));
+      if (item_rec && rw.item) {
+        wb.items.emplace_back(rw.item->key, std::move(*item_rec));
+      } else if (rw.item && !rw.deliveries.empty()) {
+        // In doubt: no item record says what this msgid carried, so the
+        // run's own check keeps it (a later record reusing the msgid with
+        // other content would otherwise find only the intent, in flight).
+        unrecorded.push_back(rw.item->key);
+      }
       // (An item record of another state than done, unmapped or given back,
       // always comes with its report entry.)
       if (rw.kind == RecordWork::Kind::kItem && !imported && failed == 0 && unsettled == 0 &&
@@ -475,6 +483,12 @@ void Tracker::Finalize(Batch& b) {
   }
   wb.lazy = true;  // its outcomes are durable in the target already: shares the next claims' commit
   if (wb.ops() > 0) writes_.push_back(c_.idx->Submit(std::move(wb)));
+  if (!unrecorded.empty()) {
+    std::sort(unrecorded.begin(), unrecorded.end());
+    std::erase_if(b.claimed_keys, [&](const core::ItemKey& k) {
+      return std::binary_search(unrecorded.begin(), unrecorded.end(), k);
+    });
+  }
   if (c_.on_finalized) c_.on_finalized(b);
 }
 

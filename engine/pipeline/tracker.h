@@ -44,7 +44,9 @@ struct TrackerConfig {
   uint64_t max_outstanding_bytes = 256ull << 20;
   bool keep_bytes_for_retry = false;      // remote sinks: a retry needs the rendering again
   std::function<void(const Status&)> fail;  // stops the run (sink or index failure)
-  // Called once a batch is recorded (in order, under the tracker's lock).
+  // Called once a batch is recorded (in order, under the tracker's lock);
+  // its claimed_keys then hold only the items whose record was written
+  // (an item left in doubt has none).
   std::function<void(const Batch&)> on_finalized;
   // The item record for an item (source position filled in).
   std::function<index::ItemRecord(const ItemHead&, index::ItemState, std::string)> record_for;

@@ -472,6 +472,27 @@ TEST_F(SinkContractTest, GivingUpFailsWhatWasNotSentAndKeepsWhatMayHaveArrivedIn
   EXPECT_EQ(IndexStates()[index::DeliveryState::kDone], 120);
 }
 
+// A delivery left in doubt in a run that goes on records no item: a later
+// record reusing its msgid with other content is still a conflict (not
+// taken as delivered by the in-doubt intent).
+TEST_F(SinkContractTest, AMsgidReusedAfterAnInDoubtDeliveryIsAConflict) {
+  test::WriteFile(tmp_ / "src/b.jsonl",
+                  fmt::format(R"({{"msgid":"m1","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":{},"msgtype":"text","text":{{"content":"changed"}}}})"
+                              "\n",
+                              kT + 1000));
+  Script s;
+  s.stored_but_unanswered[KeyOf("m1")] = 1000;
+  s.probe_transient = true;
+  auto o = Options(s, 12);
+  o.max_attempts = 2;
+  auto r = RunImport(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->counts.conflicts, 1u);
+  EXPECT_EQ(r->counts.already_present, 0u);
+  std::string report = test::ReadFile(tmp_ / "report.json");
+  EXPECT_NE(report.find("this record (b.jsonl:1)"), std::string::npos) << report;
+}
+
 // A stopped run's in-doubt deliveries whose mailbox cannot be checked stay
 // in doubt: never resent blindly, and that mailbox is stopped for the run.
 TEST_F(SinkContractTest, InDoubtDeliveriesThatCannotBeProbedAreNotResent) {
