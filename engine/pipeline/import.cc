@@ -1007,7 +1007,10 @@ Result<ImportSummary> RunImport(const ImportOptions& o) {
   Status stage_error;
   auto last_progress = Clock::now();
   uint64_t seq = 0;
-  auto stopping = [&] { return run.failed() || (o.stop != nullptr && o.stop->load()); };
+  // A report that cannot be written stops the run too (no cursor moves after it).
+  auto stopping = [&] {
+    return run.failed() || (o.stop != nullptr && o.stop->load()) || tracker.report_failed();
+  };
   try {
     tbb::parallel_pipeline(
         tokens,

@@ -1,11 +1,13 @@
 #include "engine/pipeline/report.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 
 #include <fmt/format.h>
+#include <simdjson.h>
 
 #include "formats/core/json_writer.h"
 
@@ -48,14 +50,79 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   if (path.empty()) return w;
   w.path_ = path;
   w.entries_path_ = path + ".entries.tmp";
+  // A side file left by a killed run: its complete entries start this
+  // run's, written to a new file renamed over it (a kill meanwhile leaves
+  // the old one whole).
+  struct stat st;
+  if (::lstat(w.entries_path_.c_str(), &st) == 0) {
+    const std::string next = w.entries_path_ + ".new";
+    WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
+    WXA_RETURN_IF_ERROR(w.CarryOver(w.entries_path_, w.entries_fd_.get()).WithContext(
+        "carry over the entries of an interrupted run"));
+    WXA_RETURN_IF_ERROR(w.env_->Rename(next, w.entries_path_));
+    return w;
+  }
   WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, w.entries_path_));
   return w;
 }
 
+// Copies the complete entries of `stale` (one JSON object a line, lines
+// joined by ",\n"; the last may be cut short by the kill) to `to`, each
+// marked. Only a regular file is read (never through a symlink): anything
+// else there is not ours, and is replaced.
+Status ReportWriter::CarryOver(const std::string& stale, int to) {
+  core::UniqueFd in(::open(stale.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  struct stat st;
+  if (!in.valid() || ::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) return Status::Ok();
+  simdjson::dom::parser parser;
+  std::string pending, out;
+  auto take = [&](std::string_view line) -> Status {
+    if (!line.empty() && line.back() == ',') line.remove_suffix(1);
+    simdjson::dom::element e;
+    simdjson::padded_string copy(line);
+    if (line.size() < 2 || line.front() != '{' || parser.parse(copy).get(e) != simdjson::SUCCESS ||
+        !e.is_object() || e["outcome"].error() != simdjson::SUCCESS) {
+      return Status::Ok();  // cut short by the kill (or not an entry): dropped
+    }
+    if (carried_ > 0) out += ",\n";
+    constexpr std::string_view kMark = "{\"from_interrupted_run\":true,";
+    if (line.substr(0, kMark.size()) != kMark) {  // (carried once already: marked)
+      out += kMark;
+      line.remove_prefix(1);
+    }
+    out.append(line);
+    ++carried_;
+    if (out.size() > (1u << 16)) {
+      WXA_RETURN_IF_ERROR(env_->WriteAll(to, out, entries_path_));
+      out.clear();
+    }
+    return Status::Ok();
+  };
+  char buf[1 << 16];
+  while (true) {
+    ssize_t n = ::read(in.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno("read", stale, errno);
+    if (n == 0) break;
+    pending.append(buf, static_cast<size_t>(n));
+    size_t start = 0;
+    for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+      WXA_RETURN_IF_ERROR(take(std::string_view(pending).substr(start, nl - start)));
+    }
+    pending.erase(0, start);
+  }
+  WXA_RETURN_IF_ERROR(take(pending));
+  entries_ = carried_;
+  return env_->WriteAll(to, out, entries_path_);
+}
+
+// A run that ends without Finish (an error on the way) leaves its entries
+// for the next run to carry over; an empty side file goes.
 ReportWriter::~ReportWriter() {
   if (entries_fd_.valid()) {
+    (void)Flush();
     entries_fd_.Reset();
-    (void)env_->Remove(entries_path_);
+    if (entries_ == 0) (void)env_->Remove(entries_path_);
   }
 }
 
@@ -101,8 +168,13 @@ Status ReportWriter::Finish(const std::string& summary_json) {
   if (path_.empty()) return Status::Ok();
   const std::string tmp = path_ + ".tmp";
   Status s = WriteWhole(summary_json, tmp);
-  // Whatever happened, no temp file stays: the report is whole or absent.
-  if (!s.ok()) (void)env_->Remove(tmp);
+  // The report is whole or absent; absent, its entries stay in the side
+  // file for the next run to carry over.
+  if (!s.ok()) {
+    (void)env_->Remove(tmp);
+    if (entries_ == 0) (void)env_->Remove(entries_path_);
+    return s;
+  }
   (void)env_->Remove(entries_path_);
   return s;
 }
@@ -112,7 +184,9 @@ Status ReportWriter::WriteWhole(const std::string& summary_json, const std::stri
   entries_fd_.Reset();
   core::Env* env = env_;
   WXA_ASSIGN_OR_RETURN(core::UniqueFd out, CreateFresh(env, tmp));
-  std::string head = "{" + summary_json + (summary_json.empty() ? "" : ",\n") + "\"entries\":[\n";
+  std::string head = "{" + summary_json + (summary_json.empty() ? "" : ",\n");
+  if (carried_ > 0) head += fmt::format("\"entries_from_interrupted_run\":{},\n", carried_);
+  head += "\"entries\":[\n";
   WXA_RETURN_IF_ERROR(env->WriteAll(out.get(), head, tmp));
   {
     core::UniqueFd in(::open(entries_path_.c_str(), O_RDONLY | O_CLOEXEC));

@@ -3,7 +3,10 @@
 // imported with a warning (missing or corrupt media, repaired record,
 // unknown type). Entries are streamed to a side file while the run goes, so
 // memory stays flat however many there are; Finish() assembles the report
-// and renames it into place.
+// and renames it into place. The side file of a run that was killed holds
+// the entries it wrote (the run flushes them before its index moves a
+// cursor past their records): the next run with the same report path
+// carries them into its report, marked "from_interrupted_run".
 #pragma once
 
 #include <cstdint>
@@ -85,6 +88,11 @@ class ReportWriter {
   // Not thread-safe: called from the pipeline's serial stage.
   Status Add(const ReportEntry& e);
   uint64_t entries() const { return entries_; }
+  // Writes the entries added so far to the side file (a write(2), no
+  // fsync): a process killed after it loses none of them.
+  Status Flush();
+  // Entries carried over from a killed run's side file (Open).
+  uint64_t carried() const { return carried_; }
 
   // `summary_json` is a JSON object's members without braces (written by the
   // caller), placed before "entries".
@@ -98,7 +106,8 @@ class ReportWriter {
   core::UniqueFd entries_fd_;
   std::string buf_;
   uint64_t entries_ = 0;
-  Status Flush();
+  uint64_t carried_ = 0;
+  Status CarryOver(const std::string& stale, int to);
   Status WriteWhole(const std::string& summary_json, const std::string& tmp);
 };
 

@@ -331,11 +331,13 @@ void Tracker::Finalize(Batch& b) {
   index::WriteBatch wb;
   std::map<uint32_t, const wecom::RawRecord*> cursor_to;
   std::vector<core::ItemKey> unrecorded;  // claimed, no item record written
+  bool reported = false;
   auto report = [&](const ReportEntry& e) {
     AddCounts(counts_, e.outcome);
     if (c_.report == nullptr) return;
+    reported = true;
     Status s = c_.report->Add(e);
-    if (!s.ok() && report_error_.ok()) report_error_ = s;
+    if (!s.ok()) ReportFailed(s);
   };
   for (const auto& fi : b.file_issues) {
     ReportEntry e;
@@ -469,6 +471,15 @@ void Tracker::Finalize(Batch& b) {
       }
     }
   }
+  // The entries reach the report's side file before the index moves a
+  // cursor past their records (a kill after the commit loses none: the
+  // next run carries the side file over). A report that cannot be written
+  // moves no cursor again: a rerun reads those records and reports them.
+  if (reported) {
+    Status s = c_.report->Flush();
+    if (!s.ok()) ReportFailed(s);
+  }
+  if (!report_error_.ok()) cursor_to.clear();
   for (const auto& [fi, rec] : cursor_to) {
     index::Cursor cur = c_.cursor_templates.at(fi);
     cur.offset = rec->next_offset;

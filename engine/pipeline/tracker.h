@@ -7,6 +7,7 @@
 // correct). All index writes of one batch go in one transaction, in order.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -92,6 +93,8 @@ class Tracker {
   std::map<std::string, std::string> stopped_mailboxes() const;
   size_t mailboxes_touched() const;
   Status report_error() const;
+  // The report could not be written (no lock: the pipeline's stop check).
+  bool report_failed() const { return report_failed_.load(); }
   // Futures of index writes not reaped yet are waited for here.
   void WaitForIndex();
 
@@ -136,6 +139,11 @@ class Tracker {
   std::unordered_map<std::string, uint64_t> by_mailbox_;  // GUARDED_BY(mu_)
   std::map<std::string, std::pair<uint64_t, std::string>> unmapped_;  // GUARDED_BY(mu_)
   Status report_error_;                              // GUARDED_BY(mu_)
+  std::atomic<bool> report_failed_{false};           // report_error_ is set (read without mu_)
+  void ReportFailed(const Status& s) {               // REQUIRES(mu_)
+    if (report_error_.ok()) report_error_ = s;
+    report_failed_ = true;
+  }
   std::deque<std::future<Result<index::WriteResult>>> writes_;  // GUARDED_BY(mu_)
   uint64_t rng_ = 0x9E3779B97F4A7C15ull;             // GUARDED_BY(mu_), jitter
 

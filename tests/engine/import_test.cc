@@ -320,6 +320,77 @@ TEST_F(ImportTest, UnmappedItemsAreRetriedWhenTheMappingChanges) {
   EXPECT_EQ(CountItems("dave@corp.com"), 1u);
 }
 
+// A run that ends without writing its report (killed, or an error on the
+// way) leaves its entries in the side file; the next run with the same
+// report path carries the complete ones over, marked, once each.
+TEST(ReportWriter, AnInterruptedRunsEntriesAreCarriedIntoTheNextReport) {
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  auto entry = [](const std::string& reason) {
+    ReportEntry e;
+    e.outcome = Outcome::kMalformed;
+    e.reason = reason;
+    e.pos = {"a.jsonl", 10, 2};
+    return e;
+  };
+  {
+    auto w = ReportWriter::Open(path);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE(w->Add(entry("first")).ok());
+    ASSERT_TRUE(w->Add(entry("second")).ok());
+    ASSERT_TRUE(w->Flush().ok());
+  }  // no Finish
+  ASSERT_TRUE(core::PathExists(path + ".entries.tmp"));
+  // The kill cut a third entry short.
+  test::WriteFile(path + ".entries.tmp", test::ReadFile(path + ".entries.tmp") + ",\n{\"outcome\":\"malformed\",\"rea");
+  {
+    auto w = ReportWriter::Open(path);
+    ASSERT_TRUE(w.ok());
+    EXPECT_EQ(w->carried(), 2u);
+    ASSERT_TRUE(w->Add(entry("third")).ok());
+  }  // interrupted again: carried entries are kept, marked once
+  auto w = ReportWriter::Open(path);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->carried(), 3u);
+  ASSERT_TRUE(w->Add(entry("fourth")).ok());
+  ASSERT_TRUE(w->Finish("\"complete\":true").ok());
+  EXPECT_FALSE(core::PathExists(path + ".entries.tmp"));
+  const std::string text = test::ReadFile(path);
+  simdjson::dom::parser parser;
+  simdjson::padded_string padded(text);
+  simdjson::dom::element root;
+  ASSERT_EQ(parser.parse(padded).get(root), simdjson::SUCCESS) << text;
+  EXPECT_EQ(uint64_t(root["entries_from_interrupted_run"]), 3u);
+  std::vector<std::string> reasons;
+  for (simdjson::dom::element e : root["entries"].get_array()) {
+    const std::string reason(e["reason"].get_string().value());
+    reasons.push_back(reason);
+    EXPECT_EQ(e["from_interrupted_run"].error() == simdjson::SUCCESS, reason != "fourth") << reason;
+    EXPECT_EQ(simdjson::minify(e).find("from_interrupted_run", simdjson::minify(e).find("from_interrupted_run") + 1),
+              std::string::npos) << "marked once: " << simdjson::minify(e);
+  }
+  EXPECT_EQ(reasons, (std::vector<std::string>{"first", "second", "third", "fourth"}));
+  // A clean finish leaves nothing to carry.
+  auto next = ReportWriter::Open(path);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->carried(), 0u);
+}
+
+// Only our own side file is carried over: a symlink planted in its place
+// (to a file of well-formed entries) is replaced, its target not read.
+TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  test::WriteFile(dir / "elsewhere", "{\"outcome\":\"malformed\",\"reason\":\"secret\"}");
+  ASSERT_EQ(::symlink((dir / "elsewhere").c_str(), (path + ".entries.tmp").c_str()), 0);
+  auto w = ReportWriter::Open(path);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_EQ(w->carried(), 0u);
+  ASSERT_TRUE(w->Finish("").ok());
+  EXPECT_EQ(test::ReadFile(path).find("secret"), std::string::npos);
+  EXPECT_EQ(test::ReadFile(dir / "elsewhere"), "{\"outcome\":\"malformed\",\"reason\":\"secret\"}");
+}
+
 TEST_F(ImportTest, OverlappingExportsGiveNoDuplicates) {
   WriteRecords("a.jsonl", {Text("m1", "alice", "bob"), Text("m2", "bob", "alice")});
   WriteRecords("b.jsonl", {Text("m2", "bob", "alice"), Text("m1", "alice", "bob")});
@@ -1119,6 +1190,29 @@ TEST_P(ImportFaultTest, ReportDiskFullIsTheRunsError) {
   EXPECT_NE(r->fatal.ToString().find("No space left"), std::string::npos) << r->fatal.ToString();
   EXPECT_FALSE(core::PathExists(tmp_ / "report.json")) << "no half-written report";
   for (const auto& f : test::ListFiles(tmp_.path())) EXPECT_EQ(f.find("report.json."), std::string::npos) << f;
+}
+
+// Entries that cannot be written stop the run before any cursor moves past
+// their records: the rerun reads them again and reports every one.
+TEST_P(ImportFaultTest, ReportEntriesThatCannotBeWrittenAreReportedByTheRerun) {
+  std::vector<std::string> lines;
+  for (int i = 0; i < 30; ++i) lines.push_back(Text(fmt::format("m{}", i), "alice", i % 3 == 0 ? "dave" : "bob"));
+  for (int i = 0; i < 10; ++i) lines.push_back(Text(fmt::format("u{}", i), "dave", "dave"));  // unmapped
+  WriteRecords("a.jsonl", lines);
+  test::FaultEnv env;
+  env.fail_writes_after = 0;
+  env.only_paths_containing = "report.json";
+  auto o = Options();
+  o.env = &env;
+  auto r = RunImport(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_NE(r->fatal.ToString().find("writing the report"), std::string::npos) << r->fatal.ToString();
+  auto again = Import(Options());
+  EXPECT_EQ(again.counts.unmapped, 10u);
+  EXPECT_EQ(ReportEntries().count("unmapped"), 10u);
+  EXPECT_EQ(CountItems("bob@corp.com"), 20u);
+  EXPECT_EQ(CountItems("alice@corp.com"), 30u);
+  ExpectIndexMatchesDisk();
 }
 
 TEST_P(ImportFaultTest, FsyncErrorStopsTheRunAndARerunCompletes) {
