@@ -233,7 +233,13 @@ Result<bool> RecordReader::NextBatch(const BatchLimits& limits, std::vector<RawR
           read_failed = true;
           break;
         }
-        if (!*more) break;
+        if (!*more) {
+          // No newline before the end: an export still being written,
+          // maybe. The record is read again from its start next time, as
+          // any last line without its newline (its tail is not a record).
+          rec.unterminated = true;
+          break;
+        }
       }
       if (read_failed) continue;
       rec.next_offset = buf_offset_ + pos_;

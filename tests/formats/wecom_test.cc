@@ -245,6 +245,29 @@ TEST(RecordReader, LinesLongerThanTheReadChunk) {
   EXPECT_EQ(all[1].offset, big.size() + 1);
 }
 
+// A line well over kMaxRecordBytes (checked once per read chunk) is one
+// too_long record (its first 4 KB kept) and reading goes on after its
+// newline; at the end of the file without a newline it is unterminated,
+// like any last line cut short, so the cursor stays before it and its tail
+// is never read as a record of its own.
+TEST(RecordReader, LinesOverTheLimit) {
+  test::TempDir dir;
+  const std::string huge = "{\"text\":\"" + std::string(kMaxRecordBytes + (4u << 20), 'x');
+  test::WriteFile(dir / "a.jsonl", huge + "\"}\n{\"n\":2}\n" + huge);
+  auto r = RecordReader::Open(dir.path());
+  ASSERT_TRUE(r.ok());
+  auto all = ReadAll(*r);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_TRUE(all[0].too_long);
+  EXPECT_FALSE(all[0].unterminated);
+  EXPECT_EQ(all[0].bytes.size(), 4096u);
+  EXPECT_EQ(all[1].bytes, "{\"n\":2}");
+  EXPECT_EQ(all[1].line, 2u);
+  EXPECT_TRUE(all[2].too_long);
+  EXPECT_TRUE(all[2].unterminated);
+  EXPECT_EQ(all[2].offset, huge.size() + 3 + 8);
+}
+
 // The golden fixture holds one record per msgtype, in the official shapes.
 std::map<std::string, Parsed> ParseFixture() {
   std::map<std::string, Parsed> by_id;
