@@ -400,6 +400,51 @@ TEST_P(GraphFaults, NothingLostNothingDuplicated) {
   EXPECT_TRUE(Verify().clean());
 }
 
+// The credentials stop working mid-run (a client secret revoked): the
+// sink fails for good with requests still running, which the server goes
+// on to store. Those are in doubt (probed by the next run), never failed
+// outright: a failed delivery is sent again without a probe, a duplicate
+// (18 of them in one run before the fix; it caught the fault in 5 of 6 runs:
+// the requests running at the refusal depend on timing).
+TEST_F(GraphSinkTest, RequestsRunningWhenTheCredentialsFailAreProbedNotResent) {
+  auto so = ServerOptions();
+  so.faults.delay.every_nth = 1;
+  so.faults.delay_by = std::chrono::milliseconds(1500);
+  so.faults.path_filter = "importMime";
+  Start(so);
+  graph_ = GraphOpts();
+  std::atomic<bool> done{false};
+  std::thread revoke([&] {
+    auto stored = [&] {
+      uint64_t n = 0;
+      for (const auto& mb : corpus_->mailboxes) n += server_.Stats(mb).messages;
+      return n;
+    };
+    while (!done && stored() < 20) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    // Requests already waiting out their delay are stored when it ends;
+    // from now on the token endpoint refuses the client, and every token
+    // issued is dead.
+    test::FakeGraphFaults f;
+    f.error.every_nth = 1;
+    f.error_status = 400;
+    f.error_retry_after = false;
+    f.path_filter = "oauth2";
+    server_.SetFaults(f);
+    server_.ExpireAllTokens();
+  });
+  auto r = pipeline::RunImport(Options());
+  done = true;
+  revoke.join();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->fatal.ok());
+  EXPECT_LT(r->counts.deliveries, RefTotal());
+  server_.SetFaults({});
+  auto again = pipeline::RunImport(Options());
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->fatal.ok()) << again->fatal.ToString();
+  EXPECT_EQ(ExpectExactlyOnce(), RefTotal());
+}
+
 // Budgets scaled down (requests per window, bytes per window, 4 in flight
 // with slow replies): the run goes past each several times, nothing fails,
 // the server never refuses a request and counts no violation.

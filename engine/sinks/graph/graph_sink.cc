@@ -884,8 +884,10 @@ class GraphSink final : public Sink {
         // In doubt: the item may be there whole or in part (probed before any resend).
         const bool doubt = req->purpose == Purpose::kImport || req->purpose == Purpose::kCreate ||
                            PartialExists(*req->job);
-        Completion c = k == Completion::Kind::kTransient ? Completion::Transient(why, milliseconds(0), doubt)
-                                                         : Completion::Failure(k, why);
+        // (Whatever failed: a request the server took may be stored when it
+        // ends, and a failed delivery is sent again without a probe.)
+        Completion c = k == Completion::Kind::kTransient || doubt ? Completion::Transient(why, milliseconds(0), doubt)
+                                                                  : Completion::Failure(k, why);
         Finish(std::move(req->job), std::move(c));
       }
     }
