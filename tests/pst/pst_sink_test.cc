@@ -487,6 +487,64 @@ TEST_F(PstSinkTest, VolumesFinishedTogetherAreSyncedBeforeRenameAndDone) {
                                      {"user0@example.com", 2}, {"user1@example.com", 2}, {"user2@example.com", 2}}));
 }
 
+// The sync after the volumes' renames fails (EIO): the volumes are under
+// their final names and may hold their items, durably or not. Those items
+// are in doubt (the next run probes the volumes), never failed: a failed
+// delivery is written again, into a second volume the PST import service
+// would import as well.
+TEST_F(PstSinkTest, VolumesRenamedBeforeAFailedSyncAreProbedNotWrittenTwice) {
+  struct SyncFailsAfterRenameEnv : core::Env {
+    std::atomic<bool> renamed{false}, failed{false};
+    Status RenameAt(int from_dir, const std::string& from, int to_dir, const std::string& to,
+                    const std::string& path) override {
+      Status s = core::Env::RenameAt(from_dir, from, to_dir, to, path);
+      if (s.ok() && to.ends_with(".pst")) renamed = true;
+      return s;
+    }
+    Status Fail(const std::string& path) {
+      failed = true;
+      return Status::FromErrno("syncfs", path, EIO);
+    }
+    Status SyncFilesystemFd(int fd, const std::string& path) override {
+      if (renamed && !failed) return Fail(path);
+      return core::Env::SyncFilesystemFd(fd, path);
+    }
+    Status SyncDirFd(int fd, const std::string& path) override {
+      if (renamed && !failed) return Fail(path);
+      return core::Env::SyncDirFd(fd, path);
+    }
+  } env;
+  const std::string dir = tmp_ / "pst";
+  pipeline::ImportOptions o;
+  const std::string c = CorpusDir();
+  o.source_dir = c;
+  o.directory_csv = c + "/directory.csv";
+  o.mapping_csv = c + "/mapping.csv";
+  o.mailboxes_file = c + "/mailboxes.txt";
+  o.target = "pst:" + dir;
+  o.threads = 2;
+  o.retry_base_ms = 1;
+  o.retry_max_ms = 5;
+  o.make_sink = [&env](const sinks::Target& t) {
+    sinks::PstSinkOptions po;
+    po.env = &env;
+    return sinks::MakePstSink(t, po);
+  };
+  auto r = pipeline::RunImport(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_TRUE(env.failed);
+  EXPECT_FALSE(r->fatal.ok());
+  EXPECT_EQ(r->counts.deliveries_failed, 0u) << "in doubt, not failed";
+  // Left for the next run's probe (the run stops on the failed sync).
+  EXPECT_GT(r->index.deliveries_in_doubt, 0u);
+  EXPECT_EQ(r->counts.deliveries, 0u);
+  ASSERT_FALSE(Look(dir).finished.empty());
+  // The rerun probes the volumes, finds every item, writes none again.
+  ASSERT_EQ(RunCli(ImportArgs("pst:" + dir)), 0);
+  EXPECT_EQ(CountByMailbox(dir), ReferenceCounts());
+  EXPECT_TRUE(Look(dir).partial.empty());
+}
+
 // Open(): one run at a time; leftover .partial files are removed; numbering
 // goes on after the finished volumes; Probe finds finished items only.
 TEST_F(PstSinkTest, OpenCleansPartialsProbeAndLock) {

@@ -405,9 +405,13 @@ class PstSink final : public Sink {
     Status s = box.writer->Close();
     box.writer.reset();
     Account(box);
-    if (s.ok()) s = env_->RenameAt(box.dir_fd.get(), box.partial, box.dir_fd.get(), box.final_name, ppath);
+    bool renamed = false;
+    if (s.ok()) {
+      s = env_->RenameAt(box.dir_fd.get(), box.partial, box.dir_fd.get(), box.final_name, ppath);
+      renamed = s.ok();
+    }
     if (s.ok()) s = env_->SyncDirFd(box.dir_fd.get(), box.dir_path);
-    auto c = VolumeOutcome(box, box.partial, box.final_name, s);
+    auto c = VolumeOutcome(box, box.partial, box.final_name, s, renamed);
     if (s.ok()) ++box.next_no;
     for (auto& h : box.held) {
       h.c = c;
@@ -420,12 +424,21 @@ class PstSink final : public Sink {
 
   // What a volume's items get once its finish ended with `s`: kDone with
   // its file name, or the failure (its partial file removed: a rerun
-  // writes them again). Caller holds box.mu.
+  // writes them again). A volume already renamed to its final name when
+  // the sync after failed may hold its items, durably or not: they are in
+  // doubt (the next attempt probes the volumes first), never failed, which
+  // would write them into a second volume. Caller holds box.mu.
   std::shared_ptr<const Completion> VolumeOutcome(Box& box, const std::string& partial,
-                                                  const std::string& final_name, const Status& s) {
+                                                  const std::string& final_name, const Status& s, bool renamed) {
     if (s.ok()) {
       box.ids_loaded = false;  // Probe reads the volumes again
       return std::make_shared<const Completion>(Completion::Done(final_name));
+    }
+    if (renamed) {
+      box.ids_loaded = false;
+      const Status why = s.WithContext(fmt::format("syncing PST volume {}", core::JoinPath(box.dir_path, final_name)));
+      (void)Failure(box, why);  // the box or the sink stops all the same
+      return std::make_shared<const Completion>(Completion::Transient(why, std::chrono::milliseconds(0), true));
     }
     const std::string ppath = core::JoinPath(box.dir_path, partial);
     (void)env_->UnlinkAt(box.dir_fd.get(), partial, ppath);
@@ -539,6 +552,7 @@ class PstSink final : public Sink {
       std::string partial, final_name;
       std::vector<Held> held;
       Status s;
+      bool renamed = false;
     };
     std::vector<Closing> closing;
     for (auto& b : boxes) {
@@ -562,6 +576,7 @@ class PstSink final : public Sink {
       if (c.s.ok()) {
         c.s = env_->RenameAt(c.box->dir_fd.get(), c.partial, c.box->dir_fd.get(), c.final_name,
                              core::JoinPath(c.box->dir_path, c.partial));
+        c.renamed = c.s.ok();
       }
     }
     const Status names_synced = env_->SyncFilesystemFd(root_fd_.get(), target_.dir);
@@ -572,7 +587,7 @@ class PstSink final : public Sink {
       std::shared_ptr<const Completion> outcome;
       {
         std::lock_guard<std::mutex> bl(c.box->mu);
-        outcome = VolumeOutcome(*c.box, c.partial, c.final_name, c.s);
+        outcome = VolumeOutcome(*c.box, c.partial, c.final_name, c.s, c.renamed);
       }
       for (auto& h : c.held) h.c = outcome;
       Deliver(c.held);
