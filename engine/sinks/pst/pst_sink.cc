@@ -262,8 +262,17 @@ class PstSink final : public Sink {
     ProbeResult r;
     {
       std::lock_guard<std::mutex> bl(box->mu);
-      Status s = LoadIds(*box);
-      if (s.IsNotFound()) {
+      // After a failed sync (the sink's or this box's) the volumes are not
+      // known to be on disk: what they hold stays in doubt for the next
+      // run, never adopted from the page cache by this one.
+      Status stopped = fatal();
+      if (stopped.ok()) stopped = box->bad;
+      Status s = stopped.ok() ? LoadIds(*box) : Status::Ok();
+      if (!stopped.ok()) {
+        r.kind = ProbeResult::Kind::kFailed;
+        r.error = stopped;
+        r.mailbox_bad = !box->bad.ok();
+      } else if (s.IsNotFound()) {
         r.kind = ProbeResult::Kind::kAbsent;
       } else if (!s.ok()) {
         r.kind = ProbeResult::Kind::kFailed;
