@@ -778,6 +778,35 @@ TEST_P(GraphExtPropsFaults, NothingLostNothingDuplicatedNothingPartial) {
   EXPECT_TRUE(Verify().clean());
 }
 
+// A mailbox refuses writes (403) after an item was created, at one of its
+// attachment steps: the partial item is on the server, so the delivery is
+// in doubt (the next run's probe finds the partial item by its marker and
+// removes it), never failed: a failed delivery is sent again without a
+// probe, leaving the partial copy beside the complete one.
+TEST_F(GraphExtPropsTest, AMailboxRefusingAnAttachmentStepLeavesNoPartialCopy) {
+  auto so = SmallServer();
+  so.faults.error.every_nth = 3;
+  so.faults.error_status = 403;
+  so.faults.error_retry_after = false;
+  so.faults.path_filter = "/attachments";
+  so.faults.method_filter = "POST";
+  Start(so);
+  graph_ = SmallGraph();
+  auto r = pipeline::RunImport(Options());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  uint64_t fired = 0;
+  for (const auto& mb : corpus_->mailboxes) fired += server_.Stats(mb).injected_errors;
+  ASSERT_GT(fired, 0u) << "the fault never fired";
+  EXPECT_FALSE(r->mailboxes_failed.empty());
+  server_.SetFaults({});
+  auto again = pipeline::RunImport(Options());
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->fatal.ok()) << again->fatal.ToString();
+  EXPECT_EQ(ExpectExactlyOnceJson().items, RefTotal());
+  EXPECT_EQ(server_.TotalViolations(), 0u) << server_.StatsJson();
+  EXPECT_TRUE(Verify().clean());
+}
+
 // The probe counts every page of a marked item's attachment list (a paged
 // collection): a complete item is found present, never removed.
 TEST_F(GraphExtPropsTest, ProbeCountsEveryPageOfAttachments) {

@@ -1029,7 +1029,9 @@ class GraphSink final : public Sink {
       while (!mb.queue.empty()) {
         auto j = std::move(mb.queue.front());
         mb.queue.pop_front();
-        Finish(std::move(j), Completion::MailboxBad(mb.bad));
+        // A half-built item stays in doubt for the probe (as in FailEverything).
+        const bool partial = PartialExists(*j);
+        Finish(std::move(j), partial ? Completion::Transient(mb.bad, milliseconds(0), true) : Completion::MailboxBad(mb.bad));
       }
       return false;
     }
@@ -1543,7 +1545,8 @@ class GraphSink final : public Sink {
       while (!mb.queue.empty()) {
         auto j = std::move(mb.queue.front());
         mb.queue.pop_front();
-        Finish(std::move(j), Completion::Transient(s, Backoff(4), false));
+        const bool partial = PartialExists(*j);
+        Finish(std::move(j), Completion::Transient(s, Backoff(4), partial));
       }
     }
     Activate(mb);
@@ -1851,10 +1854,14 @@ class GraphSink final : public Sink {
         break;
     }
     if (MailboxFatal(mb, status, e, why)) {
+      // The partial item stays in doubt: the next run's probe finds it by
+      // its marker and removes it (failed, the item would be sent again
+      // beside it, unprobed).
       return Finish(std::move(job),
-                    Completion::MailboxBad(Status::IOError(fmt::format(
-                        "{} (a partial copy of the item, id {}, may remain in the folder)", mb.bad.ToString(),
-                        job->created_id))));
+                    Completion::Transient(Status::IOError(fmt::format(
+                                              "{} (a partial copy of the item, id {}, is left for the next run's probe)",
+                                              mb.bad.ToString(), job->created_id)),
+                                          milliseconds(0), true));
     }
     if (status == 404 && r.purpose != Purpose::kChunk) {
       // The item went away under us: nothing partial is left; send it again.
