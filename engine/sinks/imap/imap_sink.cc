@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <list>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -944,9 +945,15 @@ class ImapSink final : public Sink {
 
   // Sends one APPEND (one or several messages), handling synchronizing
   // literals by reading responses (and dispatching them) while it waits.
+  // A server may answer the command (tagged NO, BAD) instead of the "+"
+  // for a synchronizing literal: the command is over then (read_one
+  // completed its jobs and erased f), *answered_early is set, and nothing
+  // more of it is sent. `answered` is the tag read_one answered last.
   awaitable<Status> SendAppend(Conn& c, InFlight& f, const std::string& folder,
-                               const std::function<awaitable<Status>(bool*)>& read_one) {
+                               const std::function<awaitable<Status>(bool*)>& read_one,
+                               const std::string& answered, bool* answered_early) {
     f.tag = c.NextTag();
+    const std::string tag = f.tag;
     const bool plus = c.Has("LITERAL+");
     const bool minus = c.Has("LITERAL-");
     std::string head = fmt::format("{} APPEND {}", f.tag, *imap::Quote(folder));
@@ -979,6 +986,10 @@ class ImapSink final : public Sink {
         while (!continued) {
           Status rs = co_await read_one(&continued);
           if (!rs.ok()) co_return rs;
+          if (answered == tag) {  // f is gone: touch nothing of it
+            *answered_early = true;
+            co_return Status::Ok();
+          }
         }
         std::vector<asio::const_buffer> b{asio::buffer(bytes)};
         s = co_await c.Write(b, CommandTimeout(bytes.size()));
@@ -1102,7 +1113,7 @@ class ImapSink final : public Sink {
     if (mb.commands_out == 0 && !mb.queue.empty() && !mb.idle.empty()) mb.idle.back()->cancel();
   }
 
-  void AbandonInFlight(Mbox& mb, std::deque<InFlight>& inflight, const Status& why) {
+  void AbandonInFlight(Mbox& mb, std::list<InFlight>& inflight, const Status& why) {
     Trace(this, "abandon", fmt::format("{} {} commands: {}", mb.addr, inflight.size(), why.ToString()));
     const size_t n = inflight.size();
     for (auto f = inflight.rbegin(); f != inflight.rend(); ++f) {
@@ -1177,7 +1188,10 @@ class ImapSink final : public Sink {
       if (cap.rfind("APPENDLIMIT=", 0) == 0) append_limit = std::strtoull(cap.c_str() + 12, nullptr, 10);
     }
 
-    std::deque<InFlight> inflight;
+    // A list: the command being sent (SendAppend holds it) stays put while
+    // read_one erases others that are answered meanwhile.
+    std::list<InFlight> inflight;
+    std::string answered_tag;  // the last command read_one answered (and erased)
     std::string last_search_line;
     // Reads one response and dispatches it; sets *continued on "+".
     std::function<awaitable<Status>(bool*)> read_one = [&](bool* continued) -> awaitable<Status> {
@@ -1221,6 +1235,7 @@ class ImapSink final : public Sink {
         } else if (CompleteAppend(mb, *it, *r)) {
           folder_gone = true;
         }
+        answered_tag = it->tag;
         inflight.erase(it);
         CommandsAnswered(mb, 1);
         break;
@@ -1258,7 +1273,9 @@ class ImapSink final : public Sink {
         } else if (k == Job::Kind::kInventory) {
           lost = co_await SendInventory(c, f, exists);
         } else {
-          lost = co_await SendAppend(c, f, *folder, read_one);
+          bool answered_early = false;
+          lost = co_await SendAppend(c, f, *folder, read_one, answered_tag, &answered_early);
+          if (lost.ok() && answered_early) continue;  // f is answered and gone
         }
         if (!lost.ok()) break;
         if (f.jobs.empty()) {  // answered at once
