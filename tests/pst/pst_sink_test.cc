@@ -513,36 +513,47 @@ TEST_F(PstSinkTest, VolumesRenamedBeforeAFailedSyncAreProbedNotWrittenTwice) {
       if (renamed && !failed) return Fail(path);
       return core::Env::SyncDirFd(fd, path);
     }
-  } env;
-  const std::string dir = tmp_ / "pst";
-  pipeline::ImportOptions o;
-  const std::string c = CorpusDir();
-  o.source_dir = c;
-  o.directory_csv = c + "/directory.csv";
-  o.mapping_csv = c + "/mapping.csv";
-  o.mailboxes_file = c + "/mailboxes.txt";
-  o.target = "pst:" + dir;
-  o.threads = 2;
-  o.retry_base_ms = 1;
-  o.retry_max_ms = 5;
-  o.make_sink = [&env](const sinks::Target& t) {
-    sinks::PstSinkOptions po;
-    po.env = &env;
-    return sinks::MakePstSink(t, po);
   };
-  auto r = pipeline::RunImport(o);
-  ASSERT_TRUE(r.ok()) << r.status().ToString();
-  ASSERT_TRUE(env.failed);
-  EXPECT_FALSE(r->fatal.ok());
-  EXPECT_EQ(r->counts.deliveries_failed, 0u) << "in doubt, not failed";
-  // Left for the next run's probe (the run stops on the failed sync).
-  EXPECT_GT(r->index.deliveries_in_doubt, 0u);
-  EXPECT_EQ(r->counts.deliveries, 0u);
-  ASSERT_FALSE(Look(dir).finished.empty());
-  // The rerun probes the volumes, finds every item, writes none again.
-  ASSERT_EQ(RunCli(ImportArgs("pst:" + dir)), 0);
-  EXPECT_EQ(CountByMailbox(dir), ReferenceCounts());
-  EXPECT_TRUE(Look(dir).partial.empty());
+  // Volumes finished together at the end (the second syncfs fails), and
+  // volumes rolled one at a time at a 1 MiB cap (a directory fsync fails).
+  for (const uint64_t volume_size : {uint64_t{0}, uint64_t{1} << 20}) {
+    SCOPED_TRACE(volume_size == 0 ? "finished together" : "rolled at 1 MiB");
+    SyncFailsAfterRenameEnv env;
+    const std::string dir = tmp_ / fmt::format("pst{}", volume_size);
+    pipeline::ImportOptions o;
+    const std::string c = CorpusDir();
+    o.source_dir = c;
+    o.directory_csv = c + "/directory.csv";
+    o.mapping_csv = c + "/mapping.csv";
+    o.mailboxes_file = c + "/mailboxes.txt";
+    o.target = "pst:" + dir;
+    o.threads = 2;
+    o.retry_base_ms = 1;
+    o.retry_max_ms = 5;
+    o.make_sink = [&env, volume_size](const sinks::Target& t) {
+      sinks::PstSinkOptions po;
+      po.env = &env;
+      if (volume_size != 0) po.volume_size = volume_size;
+      return sinks::MakePstSink(t, po);
+    };
+    auto r = pipeline::RunImport(o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_TRUE(env.failed);
+    EXPECT_FALSE(r->fatal.ok());
+    // Left for the next run's probe (the run stops on the failed sync; when
+    // rolled, items submitted after it are failed unwritten, and volumes
+    // finished before it are done).
+    EXPECT_GT(r->index.deliveries_in_doubt, 0u);
+    if (volume_size == 0) {
+      EXPECT_EQ(r->counts.deliveries_failed, 0u) << "in doubt, not failed";
+      EXPECT_EQ(r->counts.deliveries, 0u);
+    }
+    ASSERT_FALSE(Look(dir).finished.empty());
+    // The rerun probes the volumes, finds every item, writes none again.
+    ASSERT_EQ(RunCli(ImportArgs("pst:" + dir)), 0);
+    EXPECT_EQ(CountByMailbox(dir), ReferenceCounts());
+    EXPECT_TRUE(Look(dir).partial.empty());
+  }
 }
 
 // Open(): one run at a time; leftover .partial files are removed; numbering
