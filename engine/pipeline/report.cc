@@ -57,9 +57,14 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   if (::lstat(w.entries_path_.c_str(), &st) == 0) {
     const std::string next = w.entries_path_ + ".new";
     WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
-    WXA_RETURN_IF_ERROR(w.CarryOver(w.entries_path_, w.entries_fd_.get()).WithContext(
-        "carry over the entries of an interrupted run"));
-    WXA_RETURN_IF_ERROR(w.env_->Rename(next, w.entries_path_));
+    Status s = w.CarryOver(w.entries_path_, w.entries_fd_.get());
+    if (s.ok()) s = w.env_->Rename(next, w.entries_path_);
+    if (!s.ok()) {
+      // The old side file stays whole for the next try; the copy goes.
+      w.entries_fd_.Reset();
+      (void)w.env_->Remove(next);
+      return s.WithContext("carry over the entries of an interrupted run");
+    }
     return w;
   }
   WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, w.entries_path_));
@@ -128,8 +133,10 @@ ReportWriter::~ReportWriter() {
 
 Status ReportWriter::Flush() {
   if (!entries_fd_.valid() || buf_.empty()) return Status::Ok();
+  if (!write_error_.ok()) return write_error_;  // nothing more after a torn write
   Status s = env_->WriteAll(entries_fd_.get(), buf_, entries_path_);
   buf_.clear();
+  if (!s.ok()) write_error_ = s;
   return s;
 }
 
@@ -166,6 +173,12 @@ Status ReportWriter::Add(const ReportEntry& e) {
 
 Status ReportWriter::Finish(const std::string& summary_json) {
   if (path_.empty()) return Status::Ok();
+  if (!write_error_.ok()) {
+    // The side file may end in a torn entry: no report from it. It stays
+    // for the next run, which carries its complete entries over.
+    entries_fd_.Reset();
+    return write_error_;
+  }
   const std::string tmp = path_ + ".tmp";
   Status s = WriteWhole(summary_json, tmp);
   // The report is whole or absent; absent, its entries stay in the side

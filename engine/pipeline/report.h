@@ -107,6 +107,7 @@ class ReportWriter {
   std::string buf_;
   uint64_t entries_ = 0;
   uint64_t carried_ = 0;
+  Status write_error_;  // a failed write to the side file: no report from it
   Status CarryOver(const std::string& stale, int to);
   Status WriteWhole(const std::string& summary_json, const std::string& tmp);
 };

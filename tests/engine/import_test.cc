@@ -376,6 +376,39 @@ TEST(ReportWriter, AnInterruptedRunsEntriesAreCarriedIntoTheNextReport) {
   EXPECT_EQ(next->carried(), 0u);
 }
 
+// The copy of a killed run's side file cannot be written (disk full, here
+// past its first 64 KB): the run cannot start, and the side file stays as
+// it was for the next try.
+TEST(ReportWriter, ACarryOverThatFailsKeepsTheSideFile) {
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  {
+    auto w = ReportWriter::Open(path);
+    ASSERT_TRUE(w.ok());
+    for (int i = 0; i < 2000; ++i) {
+      ReportEntry e;
+      e.outcome = Outcome::kUnmapped;
+      e.reason = fmt::format("entry {} of a run that was killed", i);
+      ASSERT_TRUE(w->Add(e).ok());
+    }
+    ASSERT_TRUE(w->Flush().ok());
+  }
+  const std::string stale = test::ReadFile(path + ".entries.tmp");
+  ASSERT_GT(stale.size(), 1u << 16);
+  {
+    test::FaultEnv full;
+    full.fail_writes_after = 0;
+    full.only_paths_containing = "entries.tmp";
+    auto w = ReportWriter::Open(path, &full);
+    EXPECT_FALSE(w.ok());
+  }
+  EXPECT_EQ(test::ReadFile(path + ".entries.tmp"), stale);
+  EXPECT_FALSE(core::PathExists(path + ".entries.tmp.new"));
+  auto w = ReportWriter::Open(path);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->carried(), 2000u);
+}
+
 // Only our own side file is carried over: a symlink planted in its place
 // (to a file of well-formed entries) is replaced, its target not read.
 TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {

@@ -436,7 +436,7 @@ TEST_F(GraphSinkTest, RequestsRunningWhenTheCredentialsFailAreProbedNotResent) {
   done = true;
   revoke.join();
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_FALSE(r->fatal.ok());
+  EXPECT_FALSE(r->fatal.ok()) << "the run must not end done with its credentials refused";
   EXPECT_LT(r->counts.deliveries, RefTotal());
   server_.SetFaults({});
   auto again = pipeline::RunImport(Options());

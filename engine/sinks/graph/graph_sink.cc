@@ -687,7 +687,12 @@ class GraphSink final : public Sink {
     Post([this, j = std::shared_ptr<Job>(std::move(j))]() mutable { Enqueue(std::make_unique<Job>(std::move(*j))); });
   }
 
-  Status Barrier() override { return Status::Ok(); }
+  // The sink's failure for good, also when no delivery was answered with
+  // it (every one in flight was left in doubt): the run must not end "done".
+  Status Barrier() override {
+    std::lock_guard<std::mutex> l(mu_);
+    return failed_;
+  }
 
   void Probe(const Delivery& d, ProbeFn done) override {
     auto j = std::make_shared<Job>();
@@ -717,7 +722,7 @@ class GraphSink final : public Sink {
     });
     f.wait();
     Stop();
-    return Status::Ok();
+    return Barrier();
   }
 
  private:
@@ -916,7 +921,11 @@ class GraphSink final : public Sink {
   static bool PartialExists(const Job& j) { return j.kind == Purpose::kImport && !j.created_id.empty(); }
 
   void SetSinkBad(const Status& s) {
-    if (sink_bad_.ok()) sink_bad_ = s;
+    if (sink_bad_.ok()) {
+      sink_bad_ = s;
+      std::lock_guard<std::mutex> l(mu_);
+      failed_ = s;
+    }
     if (open_waiter_) {
       auto w = std::move(open_waiter_);
       open_waiter_ = nullptr;
@@ -2102,6 +2111,7 @@ class GraphSink final : public Sink {
   std::mutex mu_;
   std::vector<std::function<void()>> inbox_;  // guarded by mu_
   bool stop_ = false;                         // guarded by mu_
+  Status failed_;                             // guarded by mu_: sink_bad_, for Barrier/Close
   std::thread thread_;
 
   // I/O thread only from here on.

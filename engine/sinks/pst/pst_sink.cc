@@ -421,7 +421,7 @@ class PstSink final : public Sink {
     }
     if (s.ok()) s = env_->SyncDirFd(box.dir_fd.get(), box.dir_path);
     auto c = VolumeOutcome(box, box.partial, box.final_name, s, renamed);
-    if (s.ok()) ++box.next_no;
+    if (s.ok() || renamed) ++box.next_no;  // an in-doubt volume keeps its name: never written over
     for (auto& h : box.held) {
       h.c = c;
       out->push_back(std::move(h));
