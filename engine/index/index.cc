@@ -321,9 +321,9 @@ std::vector<uint32_t> SortedOrder(const std::vector<KeyBuf>& keys) {
 // the newest level, so a question costs one cache line per level. A level
 // takes 8 bits per key; once full, a level twice its size follows, so a
 // small run holds 128 KB and 12 million keys (about 3.5 million records:
-// 2.4 deliveries and one item record each) about 16 MB in 7 levels. Keys never added get "maybe" about 2% of the time at
-// 120,000 keys, 10% at 2.4 million and 14% at 12 million (each level adds
-// its own share).
+// 2.4 deliveries and one item record each) about 16 MB in 7 levels. Keys
+// never added get "maybe" about 2% of the time at 120,000 keys, 10% at 2.4
+// million and 14% at 12 million (each level adds its own share).
 class WrittenKeys {
  public:
   void Add(std::string_view key) {

@@ -275,8 +275,6 @@ class ImportRun {
       RecordWork& rw = b.work[i];
       std::string first_at = "?";
       if (auto st = idx_.GetItem(rw.item->key); st.ok() && *st) first_at = PositionOf(**st);
-      rw.released = std::move(rw.claimed);  // none, as said: given back all the same
-      rw.claimed.clear();
       MarkConflict(rw, first_at);
     }
     // Answered: the plan is spent. A batch waits for its completions holding

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <functional>
 
 #include <fmt/format.h>
 #include <simdjson.h>
@@ -71,6 +72,18 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   return w;
 }
 
+// Reads `fd` to its end, fn(chunk) for each chunk read.
+static Status ForEachChunk(int fd, const std::string& path, const std::function<Status(std::string_view)>& fn) {
+  char buf[1 << 16];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno("read", path, errno);
+    if (n == 0) return Status::Ok();
+    WXA_RETURN_IF_ERROR(fn(std::string_view(buf, static_cast<size_t>(n))));
+  }
+}
+
 // Copies the complete entries of `stale` (one JSON object a line, lines
 // joined by ",\n"; the last may be cut short by the kill) to `to`, each
 // marked. Only a regular file is read (never through a symlink): anything
@@ -103,19 +116,15 @@ Status ReportWriter::CarryOver(const std::string& stale, int to) {
     }
     return Status::Ok();
   };
-  char buf[1 << 16];
-  while (true) {
-    ssize_t n = ::read(in.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Status::FromErrno("read", stale, errno);
-    if (n == 0) break;
-    pending.append(buf, static_cast<size_t>(n));
+  WXA_RETURN_IF_ERROR(ForEachChunk(in.get(), stale, [&](std::string_view chunk) -> Status {
+    pending.append(chunk);
     size_t start = 0;
     for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
       WXA_RETURN_IF_ERROR(take(std::string_view(pending).substr(start, nl - start)));
     }
     pending.erase(0, start);
-  }
+    return Status::Ok();
+  }));
   WXA_RETURN_IF_ERROR(take(pending));
   entries_ = carried_;
   return env_->WriteAll(to, out, entries_path_);
@@ -204,14 +213,9 @@ Status ReportWriter::WriteWhole(const std::string& summary_json, const std::stri
   {
     core::UniqueFd in(::open(entries_path_.c_str(), O_RDONLY | O_CLOEXEC));
     if (!in.valid()) return Status::FromErrno("open", entries_path_, errno);
-    char buf[1 << 16];
-    while (true) {
-      ssize_t n = ::read(in.get(), buf, sizeof buf);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return Status::FromErrno("read", entries_path_, errno);
-      if (n == 0) break;
-      WXA_RETURN_IF_ERROR(env->WriteAll(out.get(), std::string_view(buf, static_cast<size_t>(n)), tmp));
-    }
+    WXA_RETURN_IF_ERROR(ForEachChunk(in.get(), entries_path_, [&](std::string_view chunk) {
+      return env->WriteAll(out.get(), chunk, tmp);
+    }));
   }
   WXA_RETURN_IF_ERROR(env->WriteAll(out.get(), "\n]}\n", tmp));
   WXA_RETURN_IF_ERROR(env->Sync(out.get(), tmp));

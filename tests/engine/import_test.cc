@@ -409,6 +409,30 @@ TEST(ReportWriter, ACarryOverThatFailsKeepsTheSideFile) {
   EXPECT_EQ(w->carried(), 2000u);
 }
 
+// A write to the side file failed: it may end in a torn entry, so no report
+// is assembled from it; it stays for the next run to carry over.
+TEST(ReportWriter, NoReportFromASideFileWhoseWriteFailed) {
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  test::FaultEnv env;
+  env.fail_writes_after = 1;  // the first flush goes through, the second fails
+  env.only_paths_containing = "entries.tmp";
+  auto w = ReportWriter::Open(path, &env);
+  ASSERT_TRUE(w.ok());
+  ReportEntry e;
+  e.reason = "kept";
+  ASSERT_TRUE(w->Add(e).ok());
+  ASSERT_TRUE(w->Flush().ok());
+  e.reason = "lost";
+  ASSERT_TRUE(w->Add(e).ok());
+  EXPECT_FALSE(w->Flush().ok());
+  EXPECT_FALSE(w->Finish("").ok());
+  EXPECT_FALSE(core::PathExists(path));
+  auto next = ReportWriter::Open(path);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->carried(), 1u);
+}
+
 // Only our own side file is carried over: a symlink planted in its place
 // (to a file of well-formed entries) is replaced, its target not read.
 TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {

@@ -160,6 +160,17 @@ class ImapSinkTest : public ::testing::Test {
     return r.ok() ? *r : pipeline::VerifyReport{};
   }
 
+  // A proxy to Dovecot that refuses `mailbox`'s first `times` APPENDs with
+  // NO [LIMIT] (no message of them stored).
+  static test::FaultProxyOptions RefusingAppends(uint16_t upstream, const std::string& mailbox, uint64_t times) {
+    test::FaultProxyOptions po;
+    po.upstream_port = upstream;
+    FaultRule refuse = FaultRule::RejectLimit(1, times);
+    refuse.user = mailbox;
+    po.faults = {refuse};
+    return po;
+  }
+
   const test::Corpus* corpus_ = nullptr;
   test::TempDir tmp_;
   sinks::SinkOptions sink_options_;
@@ -284,12 +295,7 @@ TEST_F(ImapSinkTest, ARefusedMessageIsReportedAndTheRestArrives) {
   auto dc = StartDovecot(dopt);
   ASSERT_TRUE(dc.ok());
   const std::string& victim = corpus_->mailboxes[0];
-  test::FaultProxyOptions po;
-  po.upstream_port = (*dc)->imap_port();
-  FaultRule refuse = FaultRule::RejectLimit(1, 3);
-  refuse.user = victim;
-  po.faults = {refuse};
-  auto proxy = FaultProxy::Start(po);
+  auto proxy = FaultProxy::Start(RefusingAppends((*dc)->imap_port(), victim, 3));
   ASSERT_TRUE(proxy.ok());
   batch_ = 5;
   const std::string target = fmt::format("imap://127.0.0.1:{}", (*proxy)->port());
@@ -326,12 +332,7 @@ TEST_F(ImapSinkTest, ARefusalInsteadOfTheContinuationEndsOnlyThatCommand) {
   dopt.tls = false;
   auto dc = StartDovecot(dopt);
   ASSERT_TRUE(dc.ok());
-  const std::string& victim = corpus_->mailboxes[0];
-  test::FaultProxyOptions po;
-  po.upstream_port = (*dc)->imap_port();
-  FaultRule refuse = FaultRule::RejectLimit(1, 1);
-  refuse.user = victim;
-  po.faults = {refuse};
+  test::FaultProxyOptions po = RefusingAppends((*dc)->imap_port(), corpus_->mailboxes[0], 1);
   po.hide_capabilities = {"LITERAL+", "LITERAL-", "MULTIAPPEND"};
   auto proxy = FaultProxy::Start(po);
   ASSERT_TRUE(proxy.ok());

@@ -191,6 +191,19 @@ class PstSinkTest : public ::testing::Test {
     EXPECT_EQ(done, static_cast<size_t>(boxes) * rounds);
   }
 
+  // An in-process import of corpus 0 into pst:DIR (make_sink left to the caller).
+  static pipeline::ImportOptions ImportInto(const std::string& dir) {
+    pipeline::ImportOptions o;
+    const std::string c = CorpusDir();
+    o.source_dir = c;
+    o.directory_csv = c + "/directory.csv";
+    o.mapping_csv = c + "/mapping.csv";
+    o.mailboxes_file = c + "/mailboxes.txt";
+    o.target = "pst:" + dir;
+    o.threads = 2;
+    return o;
+  }
+
   static std::map<std::string, size_t> ReferenceCounts(int which = 0) {
     std::map<std::string, size_t> n;
     for (const auto& f : test::ListFiles(Reference(which))) {
@@ -305,14 +318,7 @@ TEST_F(PstSinkTest, KillAtProgressPointsThenRerunGivesEachItemOnce) {
 // batches stays small; nothing is lost or repeated.
 TEST_F(PstSinkTest, HeldCompletionsCapRollsVolumesEarly) {
   const std::string dir = tmp_ / "pst";
-  pipeline::ImportOptions o;
-  const std::string c = CorpusDir();
-  o.source_dir = c;
-  o.directory_csv = c + "/directory.csv";
-  o.mapping_csv = c + "/mapping.csv";
-  o.mailboxes_file = c + "/mailboxes.txt";
-  o.target = "pst:" + dir;
-  o.threads = 2;
+  pipeline::ImportOptions o = ImportInto(dir);
   sinks::SinkOptions so;
   so.pst.max_pending = 100;
   o.make_sink = [so](const sinks::Target& t) { return sinks::MakeSink(t, so); };
@@ -520,14 +526,7 @@ TEST_F(PstSinkTest, VolumesRenamedBeforeAFailedSyncAreProbedNotWrittenTwice) {
     SCOPED_TRACE(volume_size == 0 ? "finished together" : "rolled at 1 MiB");
     SyncFailsAfterRenameEnv env;
     const std::string dir = tmp_ / fmt::format("pst{}", volume_size);
-    pipeline::ImportOptions o;
-    const std::string c = CorpusDir();
-    o.source_dir = c;
-    o.directory_csv = c + "/directory.csv";
-    o.mapping_csv = c + "/mapping.csv";
-    o.mailboxes_file = c + "/mailboxes.txt";
-    o.target = "pst:" + dir;
-    o.threads = 2;
+    pipeline::ImportOptions o = ImportInto(dir);
     o.retry_base_ms = 1;
     o.retry_max_ms = 5;
     o.make_sink = [&env, volume_size](const sinks::Target& t) {

@@ -267,12 +267,8 @@ class PstSink final : public Sink {
       // run, never adopted from the page cache by this one.
       Status stopped = fatal();
       if (stopped.ok()) stopped = box->bad;
-      Status s = stopped.ok() ? LoadIds(*box) : Status::Ok();
-      if (!stopped.ok()) {
-        r.kind = ProbeResult::Kind::kFailed;
-        r.error = stopped;
-        r.mailbox_bad = !box->bad.ok();
-      } else if (s.IsNotFound()) {
+      Status s = stopped.ok() ? LoadIds(*box) : stopped;
+      if (stopped.ok() && s.IsNotFound()) {
         r.kind = ProbeResult::Kind::kAbsent;
       } else if (!s.ok()) {
         r.kind = ProbeResult::Kind::kFailed;
