@@ -316,7 +316,7 @@ Status PowerCutEnv::Remove(const std::string& path) {
   s = Env::Remove(path);
   if (s.ok()) {
     std::lock_guard<std::mutex> l(mu_);
-    ops_.push_back({EntryOp::kUnlink, path, "", ++seq_});
+    ops_.push_back({EntryOp::kUnlink, path, "", ++seq_, std::nullopt, std::nullopt});
     files_.erase(path);
   }
   return s;
@@ -334,17 +334,73 @@ Result<core::UniqueFd> PowerCutEnv::OpenDirAt(int root_fd, const std::string& re
   return fd;
 }
 
+void PowerCutEnv::NoteCreate(int fd, const std::string& path) {
+  std::lock_guard<std::mutex> l(mu_);
+  files_[path] = FileState{};
+  ops_.push_back({EntryOp::kCreate, "", path, ++seq_, std::nullopt, std::nullopt});
+  fd_paths_[fd] = path;
+}
+
+std::optional<std::string> PowerCutEnv::ReadIfThere(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  return ReadFile(path);
+}
+
+void PowerCutEnv::NoteRename(const std::string& from_path, const std::string& to_path,
+                             std::optional<std::string> replaced) {
+  std::lock_guard<std::mutex> l(mu_);
+  EntryOp op{EntryOp::kRename, from_path, to_path, ++seq_, std::move(replaced), std::nullopt};
+  if (op.replaced) {
+    if (auto old = files_.find(to_path); old != files_.end()) op.replaced_state = old->second;
+  }
+  ops_.push_back(std::move(op));
+  auto f = files_.find(from_path);
+  if (f != files_.end()) {
+    files_[to_path] = f->second;
+    files_.erase(f);
+  }
+  for (auto& [fd, p] : fd_paths_) {
+    if (p == from_path) p = to_path;
+  }
+}
+
+void PowerCutEnv::NoteDirSync(const std::string& dir) {
+  std::lock_guard<std::mutex> l(mu_);
+  dir_synced_[dir] = ++seq_;
+}
+
 Result<core::UniqueFd> PowerCutEnv::CreateAt(int dir_fd, const std::string& name, const std::string& path) {
   Status s;
   if (!Step("create", path, &s)) return s;
   auto fd = Env::CreateAt(dir_fd, name, path);
-  if (fd.ok()) {
-    std::lock_guard<std::mutex> l(mu_);
-    files_[path] = FileState{};
-    ops_.push_back({EntryOp::kCreate, "", path, ++seq_});
-    fd_paths_[fd->get()] = path;
-  }
+  if (fd.ok()) NoteCreate(fd->get(), path);
   return fd;
+}
+
+Result<core::UniqueFd> PowerCutEnv::CreateExclusive(const std::string& path) {
+  Status s;
+  if (!Step("create", path, &s)) return s;
+  auto fd = Env::CreateExclusive(path);
+  if (fd.ok()) NoteCreate(fd->get(), path);
+  return fd;
+}
+
+Status PowerCutEnv::Rename(const std::string& from, const std::string& to) {
+  Status s;
+  if (!Step("rename", from, &s)) return s;
+  auto replaced = ReadIfThere(to);
+  s = Env::Rename(from, to);
+  if (s.ok()) NoteRename(from, to, std::move(replaced));
+  return s;
+}
+
+Status PowerCutEnv::SyncDir(const std::string& dir) {
+  Status s;
+  if (!Step("fsync directory", dir, &s)) return s;
+  s = Env::SyncDir(dir);
+  if (s.ok()) NoteDirSync(dir);
+  return s;
 }
 
 Status PowerCutEnv::WriteAll(int fd, std::string_view data, const std::string& path) {
@@ -386,19 +442,9 @@ Status PowerCutEnv::RenameAt(int from_dir, const std::string& from, int to_dir, 
   if (!Step("rename", path, &s)) return s;
   const std::string from_path = DirOf(from_dir) + "/" + from;
   const std::string to_path = DirOf(to_dir) + "/" + to;
+  auto replaced = ReadIfThere(to_path);
   s = Env::RenameAt(from_dir, from, to_dir, to, path);
-  if (s.ok()) {
-    std::lock_guard<std::mutex> l(mu_);
-    ops_.push_back({EntryOp::kRename, from_path, to_path, ++seq_});
-    auto f = files_.find(from_path);
-    if (f != files_.end()) {
-      files_[to_path] = f->second;
-      files_.erase(f);
-    }
-    for (auto& [fd, p] : fd_paths_) {
-      if (p == from_path) p = to_path;
-    }
-  }
+  if (s.ok()) NoteRename(from_path, to_path, std::move(replaced));
   return s;
 }
 
@@ -411,7 +457,7 @@ Status PowerCutEnv::LinkAt(int from_dir, const std::string& from, int to_dir, co
   s = Env::LinkAt(from_dir, from, to_dir, to, path);
   if (s.ok()) {
     std::lock_guard<std::mutex> l(mu_);
-    ops_.push_back({EntryOp::kCreate, "", to_path, ++seq_});
+    ops_.push_back({EntryOp::kCreate, "", to_path, ++seq_, std::nullopt, std::nullopt});
     auto f = files_.find(from_path);
     if (f != files_.end()) files_[to_path] = f->second;
   }
@@ -425,7 +471,7 @@ Status PowerCutEnv::UnlinkAt(int dir_fd, const std::string& name, const std::str
   s = Env::UnlinkAt(dir_fd, name, path);
   if (s.ok()) {
     std::lock_guard<std::mutex> l(mu_);
-    ops_.push_back({EntryOp::kUnlink, p, "", ++seq_});
+    ops_.push_back({EntryOp::kUnlink, p, "", ++seq_, std::nullopt, std::nullopt});
     files_.erase(p);
   }
   return s;
@@ -437,8 +483,7 @@ Status PowerCutEnv::SyncDirFd(int dir_fd, const std::string& path) {
   s = Env::SyncDirFd(dir_fd, path);
   if (s.ok()) {
     const std::string dir = DirOf(dir_fd);
-    std::lock_guard<std::mutex> l(mu_);
-    dir_synced_[dir.empty() ? path : dir] = ++seq_;
+    NoteDirSync(dir.empty() ? path : dir);
   }
   return s;
 }
@@ -491,6 +536,17 @@ void PowerCutEnv::ApplyPowerCut(Outcome outcome) {
         const bool in = durable_in(Parent(op.to), op.seq);
         const bool out = durable_in(Parent(op.from), op.seq);
         if (in && out) break;
+        // Where the target's entry change is undone, a file it replaced
+        // is back under its name.
+        auto restore = [&] {
+          if (!op.replaced) return;
+          WriteFile(op.to, *op.replaced);
+          if (op.replaced_state) {
+            files_[op.to] = *op.replaced_state;
+          } else {
+            files_.erase(op.to);
+          }
+        };
         if (!in && !out) {
           ::rename(op.to.c_str(), op.from.c_str());
           auto f = files_.find(op.to);
@@ -498,6 +554,7 @@ void PowerCutEnv::ApplyPowerCut(Outcome outcome) {
             files_[op.from] = f->second;
             files_.erase(f);
           }
+          restore();
         } else if (in && !out) {
           ::link(op.to.c_str(), op.from.c_str());
           auto f = files_.find(op.to);
@@ -505,6 +562,7 @@ void PowerCutEnv::ApplyPowerCut(Outcome outcome) {
         } else {  // !in && out: the file is gone
           ::unlink(op.to.c_str());
           files_.erase(op.to);
+          restore();
         }
         break;
       }

@@ -10,6 +10,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <cerrno>
 #include <ostream>
 #include <string>
@@ -198,6 +199,10 @@ class PowerCutEnv : public core::Env {
 
   Status CreateDirs(const std::string& path) override;
   Status Remove(const std::string& path) override;
+  // By path (the run report): tracked like their *At forms.
+  Result<core::UniqueFd> CreateExclusive(const std::string& path) override;
+  Status Rename(const std::string& from, const std::string& to) override;
+  Status SyncDir(const std::string& dir) override;
   Result<core::UniqueFd> OpenDirAt(int root_fd, const std::string& rel, bool create,
                                    const std::string& path) override;
   Result<core::UniqueFd> CreateAt(int dir_fd, const std::string& name, const std::string& path) override;
@@ -218,6 +223,10 @@ class PowerCutEnv : public core::Env {
   bool Step(const char* what, const std::string& path, Status* out);
   std::string DirOf(int dir_fd);
   void MarkAllDurable();
+  void NoteCreate(int fd, const std::string& path);
+  static std::optional<std::string> ReadIfThere(const std::string& path);
+  void NoteRename(const std::string& from_path, const std::string& to_path, std::optional<std::string> replaced);
+  void NoteDirSync(const std::string& dir);
 
   struct FileState {
     uint64_t written = 0;
@@ -228,6 +237,10 @@ class PowerCutEnv : public core::Env {
     std::string from;  // full paths
     std::string to;
     uint64_t seq;
+    // A rename over an existing file: its bytes and state, put back when
+    // the rename is undone (POSIX: the old name then still holds the old file).
+    std::optional<std::string> replaced;
+    std::optional<FileState> replaced_state;  // none: it was durable
   };
   mutable std::mutex mu_;
   long steps_ = 0;                               // GUARDED_BY(mu_)

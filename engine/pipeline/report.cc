@@ -36,6 +36,13 @@ bool IsNotImported(Outcome o) {
          o == Outcome::kFailed || o == Outcome::kConflict;
 }
 
+// The directory `path` is in.
+static std::string DirOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 // A fresh file at `path` (a stale one from a stopped run is replaced).
 static Result<core::UniqueFd> CreateFresh(core::Env* env, const std::string& path) {
   Status rm = env->Remove(path);
@@ -58,7 +65,10 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   if (::lstat(w.entries_path_.c_str(), &st) == 0) {
     const std::string next = w.entries_path_ + ".new";
     WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
-    Status s = w.CarryOver(w.entries_path_, w.entries_fd_.get());
+    // Synced before the rename: a power cut must leave the old file or a
+    // whole copy, never a renamed file without its data.
+    Status s = w.CarryOver(w.entries_path_, w.entries_fd_.get(), next);
+    if (s.ok()) s = w.env_->Sync(w.entries_fd_.get(), next);
     if (s.ok()) s = w.env_->Rename(next, w.entries_path_);
     if (!s.ok()) {
       // The old side file stays whole for the next try; the copy goes.
@@ -88,7 +98,7 @@ static Status ForEachChunk(int fd, const std::string& path, const std::function<
 // joined by ",\n"; the last may be cut short by the kill) to `to`, each
 // marked. Only a regular file is read (never through a symlink): anything
 // else there is not ours, and is replaced.
-Status ReportWriter::CarryOver(const std::string& stale, int to) {
+Status ReportWriter::CarryOver(const std::string& stale, int to, const std::string& to_path) {
   core::UniqueFd in(::open(stale.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   struct stat st;
   if (!in.valid() || ::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) return Status::Ok();
@@ -111,7 +121,7 @@ Status ReportWriter::CarryOver(const std::string& stale, int to) {
     out.append(line);
     ++carried_;
     if (out.size() > (1u << 16)) {
-      WXA_RETURN_IF_ERROR(env_->WriteAll(to, out, entries_path_));
+      WXA_RETURN_IF_ERROR(env_->WriteAll(to, out, to_path));
       out.clear();
     }
     return Status::Ok();
@@ -127,7 +137,7 @@ Status ReportWriter::CarryOver(const std::string& stale, int to) {
   }));
   WXA_RETURN_IF_ERROR(take(pending));
   entries_ = carried_;
-  return env_->WriteAll(to, out, entries_path_);
+  return env_->WriteAll(to, out, to_path);
 }
 
 // A run that ends without Finish (an error on the way) leaves its entries
@@ -140,13 +150,33 @@ ReportWriter::~ReportWriter() {
   }
 }
 
-Status ReportWriter::Flush() {
-  if (!entries_fd_.valid() || buf_.empty()) return Status::Ok();
+Status ReportWriter::Flush(bool durable) {
+  if (!entries_fd_.valid()) return Status::Ok();
   if (!write_error_.ok()) return write_error_;  // nothing more after a torn write
-  Status s = env_->WriteAll(entries_fd_.get(), buf_, entries_path_);
-  buf_.clear();
-  if (!s.ok()) write_error_ = s;
-  return s;
+  if (!buf_.empty()) {
+    Status s = env_->WriteAll(entries_fd_.get(), buf_, entries_path_);
+    buf_.clear();
+    unsynced_ = true;
+    if (!s.ok()) {
+      write_error_ = s;
+      return s;
+    }
+  }
+  if (!durable || !unsynced_) return Status::Ok();
+  Status s = env_->Sync(entries_fd_.get(), entries_path_);
+  if (s.ok() && !dir_synced_) {
+    // Open created the file (or renamed the carried-over copy into place):
+    // that name must survive the cut too.
+    s = env_->SyncDir(DirOf(entries_path_));
+    if (s.ok()) dir_synced_ = true;
+  }
+  if (!s.ok()) {
+    // Unknown what reached the disk: treated as a torn write.
+    write_error_ = s;
+    return s;
+  }
+  unsynced_ = false;
+  return Status::Ok();
 }
 
 Status ReportWriter::Add(const ReportEntry& e) {
@@ -197,6 +227,10 @@ Status ReportWriter::Finish(const std::string& summary_json) {
     if (entries_ == 0) (void)env_->Remove(entries_path_);
     return s;
   }
+  // The report's name is made durable before the side file goes: a power
+  // cut between them must not leave neither.
+  s = env_->SyncDir(DirOf(path_));
+  if (!s.ok()) return s.WithContext("sync the report's directory (the entries stay in the side file)");
   (void)env_->Remove(entries_path_);
   return s;
 }

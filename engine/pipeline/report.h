@@ -88,9 +88,12 @@ class ReportWriter {
   // Not thread-safe: called from the pipeline's serial stage.
   Status Add(const ReportEntry& e);
   uint64_t entries() const { return entries_; }
-  // Writes the entries added so far to the side file (a write(2), no
-  // fsync): a process killed after it loses none of them.
-  Status Flush();
+  // Writes the entries added so far to the side file: a process killed
+  // after it loses none of them. `durable` also fsyncs the file (and, the
+  // first time, its directory, where it was created or renamed): a power
+  // cut after it loses none of them either. The pipeline asks for that
+  // before its index moves a cursor past the entries' records.
+  Status Flush(bool durable = false);
   // Entries carried over from a killed run's side file (Open).
   uint64_t carried() const { return carried_; }
 
@@ -108,7 +111,9 @@ class ReportWriter {
   uint64_t entries_ = 0;
   uint64_t carried_ = 0;
   Status write_error_;  // a failed write to the side file: no report from it
-  Status CarryOver(const std::string& stale, int to);
+  bool unsynced_ = false;       // written since the last fsync
+  bool dir_synced_ = false;     // the side file's directory entry is durable
+  Status CarryOver(const std::string& stale, int to, const std::string& to_path);
   Status WriteWhole(const std::string& summary_json, const std::string& tmp);
 };
 

@@ -471,12 +471,13 @@ void Tracker::Finalize(Batch& b) {
       }
     }
   }
-  // The entries reach the report's side file before the index moves a
-  // cursor past their records (a kill after the commit loses none: the
-  // next run carries the side file over). A report that cannot be written
-  // moves no cursor again: a rerun reads those records and reports them.
+  // The entries reach the report's side file, fsynced, before the index
+  // moves a cursor past their records (a kill or a power cut after the
+  // commit loses none: the next run carries the side file over). A report
+  // that cannot be written moves no cursor again: a rerun reads those
+  // records and reports them.
   if (reported) {
-    Status s = c_.report->Flush();
+    Status s = c_.report->Flush(/*durable=*/true);
     if (!s.ok()) ReportFailed(s);
   }
   if (!report_error_.ok()) cursor_to.clear();
