@@ -356,6 +356,13 @@ std::vector<FaultCase> FaultCases() {
          f.drop_after.every_nth = 5;
          f.path_filter = "importMime";
        }},
+      {"ServiceUnavailableAfterTheItemWasStored",
+       [](test::FakeGraphFaults& f) {
+         // A front end's 503 after the backend stored the item: probed, not sent again.
+         f.error_after.every_nth = 5;
+         f.error_after_status = 503;
+         f.path_filter = "importMime";
+       }},
       {"TokensExpire", [](test::FakeGraphFaults& f) { f.expire_tokens_every_n = 25; }},
       {"Everything",
        [](test::FakeGraphFaults& f) {
@@ -728,6 +735,27 @@ std::vector<FaultCase> ExtPropsFaultCases() {
          f.error_after.every_nth = 2;
          f.error_after_status = 504;
          f.path_filter = "/attachments";
+         f.method_filter = "POST";
+       }},
+      {"AttachmentDoneThenServiceUnavailable",
+       [](test::FakeGraphFaults& f) {
+         // Sent again after the 503, the attachment would be there twice.
+         f.error_after.every_nth = 3;
+         f.error_after_status = 503;
+         f.path_filter = "/attachments";
+         f.method_filter = "POST";
+       }},
+      {"LastChunkDoneThenServiceUnavailable",
+       [](test::FakeGraphFaults& f) {
+         f.error_after.every_nth = 2;
+         f.error_after_status = 503;
+         f.method_filter = "PUT";
+       }},
+      {"CreateDoneThenServiceUnavailable",
+       [](test::FakeGraphFaults& f) {
+         f.error_after.every_nth = 3;
+         f.error_after_status = 503;
+         f.path_filter = "/messages";
          f.method_filter = "POST";
        }},
       {"CreateAnswersLost",

@@ -1494,6 +1494,16 @@ class GraphSink final : public Sink {
       ++mb.throttle_streak;
       const milliseconds wait = r.retry_after ? *r.retry_after + milliseconds(50) : Backoff(mb.throttle_streak);
       mb.paused_until = std::max(mb.paused_until, now + wait);
+      // A 429 is Graph's throttling, answered before any work. A 503 may
+      // come from a front end that gave up on a backend which finished the
+      // work: a request that creates something (the item, an attachment, a
+      // session's last chunk) is then in doubt, probed before any resend.
+      const bool creates = r.purpose == Purpose::kImport || r.purpose == Purpose::kCreate ||
+                           r.purpose == Purpose::kAttach || (r.purpose == Purpose::kChunk && IsLastChunk(r));
+      if (r.job && status == 503 && creates) {
+        Finish(std::move(r.job), Completion::Transient(Status::IOError(HttpFailure(r, status, e)), wait, true));
+        return;
+      }
       if (r.job && (r.purpose == Purpose::kImport || r.purpose == Purpose::kCreate)) {
         Finish(std::move(r.job), Completion::Transient(Status::IOError(HttpFailure(r, status, e)), wait, false));
         return;
@@ -1750,6 +1760,12 @@ class GraphSink final : public Sink {
     Finish(std::move(job), Completion::ItemBad(Status::InvalidArgument(why)));
   }
 
+  // A chunk that ends its attachment: once it lands, the attachment exists.
+  static bool IsLastChunk(const Request& r, const Job& job) {
+    return r.chunk_end == job.d.pst_message->attachments[job.later[job.part]].data.size();
+  }
+  static bool IsLastChunk(const Request& r) { return r.job && IsLastChunk(r, *r.job); }
+
   // extprops, after the create: attachments, upload sessions and chunks.
   // The item exists on the server from here on, so every way out that does
   // not finish it either removes it (kDiscard, then the outcome) or leaves
@@ -1782,8 +1798,7 @@ class GraphSink final : public Sink {
     // attachment POST or a last chunk that may have been stored is in doubt:
     // the probe decides (it counts the attachments). Opening a session
     // again is harmless (an unused one expires).
-    const bool last_chunk = r.purpose == Purpose::kChunk &&
-                            r.chunk_end == job->d.pst_message->attachments[job->later[job->part]].data.size();
+    const bool last_chunk = r.purpose == Purpose::kChunk && IsLastChunk(r, *job);
     auto in_doubt = [&]() {
       const milliseconds after = rc == CURLE_OPERATION_TIMEDOUT ? milliseconds(o_.request_timeout_ms) : milliseconds(0);
       Finish(std::move(job), Completion::Transient(Status::IOError(why), after, true));
