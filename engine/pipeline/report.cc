@@ -27,6 +27,7 @@ const char* OutcomeName(Outcome o) {
     case Outcome::kUnknownType: return "unknown_type";
     case Outcome::kInputIssue: return "input_issue";
     case Outcome::kConflict: return "conflict";
+    case Outcome::kStubbed: return "stubbed";
   }
   return "?";
 }
@@ -41,6 +42,18 @@ static std::string DirOf(const std::string& path) {
   const size_t slash = path.rfind('/');
   if (slash == std::string::npos) return ".";
   return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Makes the entries of directory `dir` durable. A directory that cannot be
+// opened for reading (a drop box: writable, not readable, EACCES) or whose
+// file system cannot fsync a directory (EINVAL) is taken as done, as
+// PostgreSQL's fsync_fname does: refusing would fail every run that
+// reports into such a directory.
+static Status SyncDirIfPossible(core::Env* env, const std::string& dir) {
+  Status s = env->SyncDir(dir);
+  const int err = s.os_errno();
+  if (!s.ok() && (err == EACCES || err == EPERM || err == EINVAL)) return Status::Ok();
+  return s;
 }
 
 // A fresh file at `path` (a stale one from a stopped run is replaced).
@@ -167,7 +180,7 @@ Status ReportWriter::Flush(bool durable) {
   if (s.ok() && !dir_synced_) {
     // Open created the file (or renamed the carried-over copy into place):
     // that name must survive the cut too.
-    s = env_->SyncDir(DirOf(entries_path_));
+    s = SyncDirIfPossible(env_, DirOf(entries_path_));
     if (s.ok()) dir_synced_ = true;
   }
   if (!s.ok()) {
@@ -182,6 +195,7 @@ Status ReportWriter::Flush(bool durable) {
 Status ReportWriter::Add(const ReportEntry& e) {
   ++entries_;
   if (!entries_fd_.valid()) return Status::Ok();
+  if (!write_error_.ok()) return write_error_;  // nothing is written after it: not held in memory either
   if (entries_ > 1) buf_ += ",\n";
   core::JsonWriter j(&buf_);
   j.BeginObject();
@@ -229,9 +243,11 @@ Status ReportWriter::Finish(const std::string& summary_json) {
   }
   // The report's name is made durable before the side file goes: a power
   // cut between them must not leave neither.
-  s = env_->SyncDir(DirOf(path_));
+  s = SyncDirIfPossible(env_, DirOf(path_));
   if (!s.ok()) return s.WithContext("sync the report's directory (the entries stay in the side file)");
-  (void)env_->Remove(entries_path_);
+  // Its removal durable too (best effort): else a power cut could bring the
+  // side file back, and the next report would repeat its entries.
+  if (env_->Remove(entries_path_).ok()) (void)SyncDirIfPossible(env_, DirOf(path_));
   return s;
 }
 

@@ -426,11 +426,44 @@ TEST(ReportWriter, NoReportFromASideFileWhoseWriteFailed) {
   e.reason = "lost";
   ASSERT_TRUE(w->Add(e).ok());
   EXPECT_FALSE(w->Flush().ok());
+  EXPECT_FALSE(w->Add(e).ok());  // nothing more is taken (or held in memory)
   EXPECT_FALSE(w->Finish("").ok());
   EXPECT_FALSE(core::PathExists(path));
   auto next = ReportWriter::Open(path);
   ASSERT_TRUE(next.ok());
   EXPECT_EQ(next->carried(), 1u);
+}
+
+// The directory fsyncs: a directory that cannot be opened for reading (a
+// drop box, EACCES) or that cannot be fsynced (EINVAL) is no failure; an
+// I/O error is (the entries may not be durable: no cursor may move).
+TEST(ReportWriter, ADirectoryThatCannotBeOpenedForItsFsyncIsNoFailure) {
+  struct DirSyncFails : core::Env {
+    int err = 0;
+    int calls = 0;
+    Status SyncDir(const std::string& dir) override {
+      ++calls;
+      return Status::FromErrno("open", dir, err);
+    }
+  };
+  for (int err : {EACCES, EINVAL, EIO}) {
+    SCOPED_TRACE(err);
+    test::TempDir dir;
+    const std::string path = dir / "r.json";
+    DirSyncFails env;
+    env.err = err;
+    auto w = ReportWriter::Open(path, &env);
+    ASSERT_TRUE(w.ok());
+    ReportEntry e;
+    e.reason = "an entry";
+    ASSERT_TRUE(w->Add(e).ok());
+    const bool ok = w->Flush(/*durable=*/true).ok();
+    EXPECT_EQ(env.calls, 1);
+    EXPECT_EQ(ok, err != EIO);
+    EXPECT_EQ(w->Finish("").ok(), err != EIO);
+    EXPECT_EQ(core::PathExists(path), err != EIO);
+    EXPECT_EQ(core::PathExists(path + ".entries.tmp"), err == EIO);
+  }
 }
 
 // Only our own side file is carried over: a symlink planted in its place
@@ -1142,6 +1175,82 @@ TEST_F(ImportTest, SizeLimitRejectsJustOverAndAcceptsAtTheLimit) {
   const uint64_t b64 = (data.size() + 2) / 3 * 4;
   EXPECT_NE(entry.find(fmt::format(R"("size":{})", b64 + b64 / 76 * 2)), std::string::npos) << entry;
   EXPECT_NE(entry.find("would be at least"), std::string::npos) << entry;
+}
+
+// Oversize policy stub (ARCHITECTURE section 6): an item over the limit is
+// imported with its attachment replaced by a text part naming the file,
+// its size, its SHA-256 and where the original is kept; the body says the
+// same, the report has a "stubbed" entry, and the item fits the limit.
+// Python's email package reads the message back. Then an item whose text
+// alone is over the limit: rejected even with its attachments stubbed.
+TEST_F(ImportTest, StubPolicyReplacesTheAttachmentAndSaysWhereTheOriginalIs) {
+  std::string data;
+  for (uint32_t i = 0; i < 300000; ++i) data.push_back(static_cast<char>((i * 7919u) >> 3));
+  const std::string md5 = AddMedia(data);
+  const std::string sha = core::ToHex(core::Sha256(data));
+  // The second file is bigger than the limit by its size alone: it is
+  // stubbed from its size, its SHA-256 computed without holding it.
+  std::string huge(3 << 20, 'h');
+  const std::string md5_huge = AddMedia(huge);
+  WriteRecords("a.jsonl", {File("big", md5, data.size(), "big.pdf"), File("huge", md5_huge, huge.size(), "huge.pdf"),
+                           File("small", AddMedia("tiny"), 4, "small.pdf")});
+  auto o = Options("eml");
+  o.limit.max_bytes = 64 << 10;
+  o.limit.policy = limits::OversizePolicy::kStub;
+  auto r = Import(o);
+  EXPECT_EQ(r.counts.oversize, 0u);
+  EXPECT_EQ(r.counts.deliveries, 6u);
+  EXPECT_EQ(r.counts.stubbed, 2u);
+  auto entries = ReportEntries();
+  ASSERT_EQ(entries.count("stubbed"), 2u);
+  bool saw_big = false;
+  for (auto [it, end] = entries.equal_range("stubbed"); it != end; ++it) {
+    if (it->second.find("big.pdf") == std::string::npos) continue;
+    saw_big = true;
+    EXPECT_NE(it->second.find(sha), std::string::npos) << it->second;
+    EXPECT_NE(it->second.find("/src/media/" + md5), std::string::npos) << it->second;
+  }
+  EXPECT_TRUE(saw_big);
+  std::vector<std::string> emls;
+  for (const auto& f : MailFiles()) emls.push_back(tmp_ / ("out/" + f));
+  ASSERT_EQ(emls.size(), 6u);
+  for (const auto& path : emls) {
+    EXPECT_LE(test::ReadFile(path).size(), o.limit.max_bytes) << path;
+    if (test::ReadFile(path).find("X-WeChat-MsgId: big") == std::string::npos) continue;
+    // The stub part, decoded, and the plain body.
+    std::string out;
+    const std::string py =
+        "import email,sys\n"
+        "from email import policy\n"
+        "m=email.message_from_binary_file(open(sys.argv[1],'rb'),policy=policy.default)\n"
+        "names=[p.get_filename() for p in m.iter_attachments()]\n"
+        "print('NAMES', names)\n"
+        "for p in m.iter_attachments():\n"
+        "  print(p.get_content_type()); print(p.get_payload(decode=True).decode())\n"
+        "print(m.get_body(('plain',)).get_content())\n";
+    test::WriteFile(tmp_ / "read.py", py);
+    ASSERT_EQ(test::Run("python3 " + test::ShellQuote(tmp_ / "read.py") + " " + test::ShellQuote(path), &out), 0)
+        << out;
+    EXPECT_NE(out.find("NAMES ['big.pdf.stub.txt']"), std::string::npos) << out;
+    EXPECT_NE(out.find("text/plain\nThis file is not attached"), std::string::npos) << out;
+    EXPECT_NE(out.find("sha256: " + sha + "\n"), std::string::npos) << out;
+    EXPECT_NE(out.find(fmt::format("size: {} bytes\n", data.size())), std::string::npos) << out;
+    EXPECT_NE(out.find("kept at: " + (tmp_ / ("src/media/" + md5)) + "\n"), std::string::npos) << out;
+    EXPECT_NE(out.find("md5 (as the record gives it): " + md5), std::string::npos) << out;
+    EXPECT_NE(out.find("oversize policy 'stub'"), std::string::npos) << out;  // the body's note
+  }
+
+  // Text alone over the limit: nothing to stub, rejected, and the reason says so.
+  std::filesystem::remove_all(tmp_ / "out");
+  std::filesystem::remove_all(tmp_ / "src/a.jsonl");
+  WriteRecords("b.jsonl",
+               {fmt::format(R"({{"msgid":"long","action":"send","from":"alice","tolist":["bob"],"roomid":"","msgtime":1603875600000,"msgtype":"text","text":{{"content":"{}"}}}})",
+                            std::string(100000, 'w'))});
+  auto text = Import(o);
+  EXPECT_EQ(text.counts.oversize, 1u);
+  EXPECT_EQ(text.counts.stubbed, 0u);
+  const std::string entry = ReportEntries().find("oversize")->second;
+  EXPECT_NE(entry.find("even with every attachment stubbed"), std::string::npos) << entry;
 }
 
 TEST_F(ImportTest, EmptySourceAndClearStartErrors) {
