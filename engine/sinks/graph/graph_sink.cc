@@ -1496,10 +1496,12 @@ class GraphSink final : public Sink {
       mb.paused_until = std::max(mb.paused_until, now + wait);
       // A 429 is Graph's throttling, answered before any work. A 503 may
       // come from a front end that gave up on a backend which finished the
-      // work: a request that creates something (the item, an attachment, a
-      // session's last chunk) is then in doubt, probed before any resend.
-      const bool creates = r.purpose == Purpose::kImport || r.purpose == Purpose::kCreate ||
-                           r.purpose == Purpose::kAttach || (r.purpose == Purpose::kChunk && IsLastChunk(r));
+      // work: a POST that creates something (the item, an attachment) is
+      // then in doubt, probed before any resend. (A chunk, even the last,
+      // is sent again: its session answers 404 once the attachment exists,
+      // which OnStep takes as in doubt.)
+      const bool creates =
+          r.purpose == Purpose::kImport || r.purpose == Purpose::kCreate || r.purpose == Purpose::kAttach;
       if (r.job && status == 503 && creates) {
         Finish(std::move(r.job), Completion::Transient(Status::IOError(HttpFailure(r, status, e)), wait, true));
         return;
@@ -1764,7 +1766,6 @@ class GraphSink final : public Sink {
   static bool IsLastChunk(const Request& r, const Job& job) {
     return r.chunk_end == job.d.pst_message->attachments[job.later[job.part]].data.size();
   }
-  static bool IsLastChunk(const Request& r) { return r.job && IsLastChunk(r, *r.job); }
 
   // extprops, after the create: attachments, upload sessions and chunks.
   // The item exists on the server from here on, so every way out that does
