@@ -29,7 +29,8 @@ Result<uint64_t> ParseSize(std::string_view text) {
 
 Result<OversizePolicy> ParsePolicy(std::string_view text) {
   if (text == "reject") return OversizePolicy::kReject;
-  if (text == "split" || text == "stub") {
+  if (text == "stub") return OversizePolicy::kStub;
+  if (text == "split") {
     return Status::Unsupported(
         fmt::format("oversize policy '{}' is not implemented yet; use 'reject'", text));
   }
@@ -39,6 +40,7 @@ Result<OversizePolicy> ParsePolicy(std::string_view text) {
 const char* PolicyName(OversizePolicy p) {
   switch (p) {
     case OversizePolicy::kReject: return "reject";
+    case OversizePolicy::kStub: return "stub";
   }
   return "?";
 }
@@ -49,9 +51,10 @@ std::string DescribeSize(uint64_t bytes) {
 }
 
 std::string OversizeReason(const SizeLimit& limit, uint64_t size, bool estimated) {
-  return fmt::format("rendered item {} {}, over the {} limit; policy '{}': not imported",
+  return fmt::format("rendered item {} {}, over the {} limit; policy '{}': not imported{}",
                      estimated ? "would be at least" : "is", DescribeSize(size),
-                     DescribeSize(limit.max_bytes), PolicyName(limit.policy));
+                     DescribeSize(limit.max_bytes), PolicyName(limit.policy),
+                     limit.policy == OversizePolicy::kStub ? " (over it even with every attachment stubbed)" : "");
 }
 
 }  // namespace wxa::limits

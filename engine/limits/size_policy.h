@@ -15,7 +15,12 @@ inline constexpr uint64_t kDefaultMaxItemBytes = 10ull << 20;  // 10 MiB of rend
 
 enum class OversizePolicy {
   kReject,  // not imported; reported; importable later with a larger limit
-  // kSplit and kStub (ARCHITECTURE section 6) are not implemented yet.
+  // Imported with its largest attachments replaced, until it fits, by a
+  // text part naming the file, its size, its SHA-256 and where the
+  // original is kept (the source archive); reported. An item over the
+  // limit without them is rejected as by kReject.
+  kStub,
+  // kSplit (ARCHITECTURE section 6) is not implemented yet.
 };
 
 struct SizeLimit {

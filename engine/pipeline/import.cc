@@ -425,6 +425,47 @@ class ImportRun {
     uint64_t held() const { return bytes ? bytes->size() : 0; }
   };
 
+  // Oversize policy stub: `m` (found, or read) becomes a small text
+  // attachment naming the file, its size, its SHA-256 and where the original
+  // is kept; the body's notes say the same. A file that can no longer be
+  // read is missing instead (and reported as such).
+  void Stub(core::MediaRef& m) {
+    std::string sha;
+    uint64_t size = 0;
+    if (m.has_bytes()) {
+      sha = core::ToHex(core::Sha256(m.bytes));
+      size = m.bytes.size();
+    } else {
+      Status s = media_.Digest(m, &sha, &size);
+      if (!s.ok()) {
+        m.state = core::MediaState::kMissing;
+        m.bytes.clear();
+        m.problem = fmt::format("media not read: {}", s.message());
+        return;
+      }
+    }
+    const std::string kept = core::JoinPath(o_.source_dir, m.path);
+    const std::string name = !m.filename.empty() ? m.filename : m.path.substr(m.path.rfind('/') + 1);
+    m.problem = fmt::format(
+        "{} '{}' ({}) is not attached: with it the item would be over the {} limit (oversize policy 'stub'); "
+        "the original is kept at {}, SHA-256 {}",
+        m.role, name, limits::DescribeSize(size), limits::DescribeSize(o_.limit.max_bytes), kept, sha);
+    std::string text = fmt::format(
+        "This file is not attached: with it the message would be over the {} item limit\n"
+        "(wxarchiver, oversize policy 'stub'). The original is kept in the source archive.\n\n"
+        "file: {}\nrole: {}\nsize: {} bytes\nsha256: {}\nkept at: {}\n",
+        limits::DescribeSize(o_.limit.max_bytes), name, m.role, size, sha, kept);
+    if (!m.md5sum.empty()) text += fmt::format("md5 (as the record gives it): {}\n", m.md5sum);
+    m.bytes = std::move(text);
+    m.filename = name + ".stub.txt";
+    m.extension = "txt";
+    m.size = m.bytes.size();
+    m.md5sum.clear();
+    m.declared_size.reset();
+    m.state = core::MediaState::kOk;
+    m.stubbed = true;
+  }
+
   // Renders one record whose deliveries are needed. Changes nothing in rw
   // (its item's media are resolved and loaded): Finish applies the result.
   Prepared Prepare(Worker& w, RecordWork& rw, bool want_pst) {
@@ -447,9 +488,28 @@ class ImportRun {
       p.pst_message.reset();
       return std::move(p);
     };
-    // Over the limit by the media sizes alone: rejected before any byte of
-    // them is read or hashed, so memory per record stays bounded by the limit.
-    const uint64_t estimate = mime::RenderedSizeLowerBound(item);
+    // Oversize policy stub: the largest attachment not yet stubbed, if any,
+    // is replaced by its stub (Stub), until the item fits.
+    const bool stub = o_.limit.policy == limits::OversizePolicy::kStub;
+    std::vector<std::string> stubbed;
+    auto stub_one = [&](core::MediaRef& m) {
+      Stub(m);
+      if (m.stubbed) stubbed.push_back(m.problem);
+    };
+    auto stub_largest = [&]() {
+      core::MediaRef* best = nullptr;
+      for (auto& m : item.media) {
+        if (m.found() && !m.stubbed && (best == nullptr || m.size > best->size)) best = &m;
+      }
+      if (best == nullptr) return false;
+      stub_one(*best);
+      return true;
+    };
+    // Over the limit by the media sizes alone: rejected (or stubbed) before
+    // any byte of them is read or hashed, so memory per record stays
+    // bounded by the limit (a stub hashes its file in pieces).
+    uint64_t estimate = mime::RenderedSizeLowerBound(item);
+    while (stub && estimate > limit && stub_largest()) estimate = mime::RenderedSizeLowerBound(item);
     if (estimate > limit) {
       return reject(Prepared::Kind::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, estimate, true),
                     estimate);
@@ -457,6 +517,10 @@ class ImportRun {
     for (auto& m : item.media) {
       Status ls = media_.Load(m, limit);
       if (ls.code() == Status::Code::kTooLarge) {  // grew past the limit since it was found
+        if (stub) {
+          stub_one(m);
+          continue;
+        }
         uint64_t size = std::max(mime::RenderedSizeLowerBound(item), limit + 1);
         return reject(Prepared::Kind::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, size, true),
                       size);
@@ -466,6 +530,8 @@ class ImportRun {
     core::Participants who = mapper_.ParticipantsFor(item);
     mime::RenderInput in{&item, std::move(who.from), std::move(who.to)};
     auto bytes = w.renderer.Render(in);
+    // Headers, text and MIME structure come on top of the attachments.
+    while (stub && bytes.ok() && bytes->size() > limit && stub_largest()) bytes = w.renderer.Render(in);
     if (!bytes.ok()) return reject(Prepared::Kind::kFailed, Outcome::kFailed, bytes.status().ToString(), 0);
     if (bytes->size() > limit) {
       const uint64_t size = bytes->size();
@@ -487,6 +553,7 @@ class ImportRun {
                                       fmt::format("{} '{}': {}", m.role, m.filename, m.problem)));
       }
     }
+    if (!stubbed.empty()) p.warnings.push_back(EntryFor(head, Outcome::kStubbed, fmt::format("{}", fmt::join(stubbed, "; "))));
     if (item.kind == core::ItemKind::kUnknown) {
       p.warnings.push_back(EntryFor(
           head, Outcome::kUnknownType,
@@ -609,7 +676,7 @@ std::string SummaryJson(const ImportOptions& o, const ImportSummary& s) {
   j.Field("retries", c.retries).Field("bytes_written", c.bytes_written);
   j.Field("unmapped", c.unmapped).Field("oversize", c.oversize).Field("malformed", c.malformed);
   j.Field("failed", c.failed).Field("switch", c.switches).Field("missing_media", c.missing_media);
-  j.Field("corrupt_media", c.corrupt_media).Field("repaired", c.repaired).Field("rendered", c.rendered);
+  j.Field("corrupt_media", c.corrupt_media).Field("repaired", c.repaired).Field("stubbed", c.stubbed).Field("rendered", c.rendered);
   j.Field("unknown_type", c.unknown_type).Field("input_issues", c.input_issues);
   j.Field("conflicts", c.conflicts);
   j.Field("source_bytes", c.source_bytes);

@@ -31,6 +31,7 @@ enum class Outcome : uint8_t {
   kUnknownType,    // imported generically with the raw record attached
   kInputIssue,     // a row of an input CSV that was not used
   kConflict,       // the msgid was seen before with other content: not delivered
+  kStubbed,        // imported, with attachments replaced by stubs (oversize policy stub)
 };
 const char* OutcomeName(Outcome o);
 bool IsNotImported(Outcome o);
@@ -68,6 +69,7 @@ struct Counts {
   uint64_t unknown_type = 0;
   uint64_t input_issues = 0;
   uint64_t conflicts = 0;
+  uint64_t stubbed = 0;            // items imported with stubs in place of attachments
   uint64_t source_bytes = 0;       // bytes of *.jsonl read by this run
   uint64_t source_total = 0;       // bytes of *.jsonl this run set out to read (progress, ETA)
   uint64_t rendered = 0;           // items the renderer ran for (0 on a rerun of done work)

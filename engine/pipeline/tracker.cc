@@ -32,6 +32,7 @@ void AddCounts(Counts& c, Outcome o) {
     case Outcome::kMissingMedia: ++c.missing_media; break;
     case Outcome::kCorruptMedia: ++c.corrupt_media; break;
     case Outcome::kRepaired: ++c.repaired; break;
+    case Outcome::kStubbed: ++c.stubbed; break;
     case Outcome::kUnknownType: ++c.unknown_type; break;
     case Outcome::kInputIssue: ++c.input_issues; break;
     case Outcome::kConflict: ++c.conflicts; break;

@@ -66,7 +66,8 @@ struct MediaRef {
   std::string path;          // where the bytes are, relative to the source ("media/<name>")
   uint64_t size = 0;         // the file's size when found; the size of `bytes` once read
   std::string bytes;         // the bytes read (kOk, kCorrupt): exactly what goes into the item
-  std::string problem;       // what is wrong (kMissing, kCorrupt); empty otherwise
+  std::string problem;       // what is wrong (kMissing, kCorrupt), or what a stub replaced; empty otherwise
+  bool stubbed = false;      // oversize policy stub: `bytes` are the stub text, not the file
   bool has_bytes() const { return state == MediaState::kOk || state == MediaState::kCorrupt; }
   bool found() const { return state == MediaState::kFound || has_bytes(); }
 };

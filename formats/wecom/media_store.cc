@@ -168,6 +168,24 @@ void MediaStore::Resolve(core::MediaRef& ref) const {
   ref.state = core::MediaState::kFound;
 }
 
+Status MediaStore::Digest(const core::MediaRef& ref, std::string* sha256_hex, uint64_t* size) const {
+  const std::string full = core::JoinPath(source_.path(), ref.path);
+  struct stat st {};
+  WXA_ASSIGN_OR_RETURN(core::UniqueFd fd, env_->OpenFileBeneath(source_, ref.path, &st));
+  core::Sha256Stream h;
+  std::string buf(1 << 20, '\0');
+  uint64_t total = 0;
+  while (true) {
+    WXA_ASSIGN_OR_RETURN(size_t n, env_->Read(fd.get(), buf.data(), buf.size(), full));
+    if (n == 0) break;
+    h.Update(std::string_view(buf.data(), n));
+    total += n;
+  }
+  *sha256_hex = core::ToHex(h.Finish());
+  *size = total;
+  return Status::Ok();
+}
+
 Status MediaStore::Load(core::MediaRef& ref, uint64_t max_bytes) const {
   if (ref.state != core::MediaState::kFound) return Status::Ok();
   const std::string full = core::JoinPath(source_.path(), ref.path);

@@ -43,6 +43,10 @@ class MediaStore {
   // ref stays kFound. Refs in any other state are left alone. Thread-safe.
   Status Load(core::MediaRef& ref, uint64_t max_bytes) const;
 
+  // The SHA-256 (lowercase hex) and size of a found ref's file, read in
+  // pieces (memory stays flat whatever its size). Thread-safe.
+  Status Digest(const core::MediaRef& ref, std::string* sha256_hex, uint64_t* size) const;
+
   const std::vector<CsvIssue>& issues() const { return issues_; }
   const std::string& dir() const { return media_dir_; }
 

@@ -81,9 +81,10 @@ void PrintSummary(const wxa::pipeline::ImportOptions& o, const wxa::pipeline::Im
   }
   for (const auto& [mb, why] : s.mailboxes_failed) fmt::print("  mailbox stopped  {}: {}\n", mb, why);
   fmt::print("  warnings         {} missing media, {} corrupt media, {} repaired, {} unknown type, "
-             "{} switch records, {} input issues\n",
+             "{} switch records, {} input issues{}\n",
              Thousands(c.missing_media), Thousands(c.corrupt_media), Thousands(c.repaired),
-             Thousands(c.unknown_type), Thousands(c.switches), Thousands(c.input_issues));
+             Thousands(c.unknown_type), Thousands(c.switches), Thousands(c.input_issues),
+             c.stubbed > 0 ? fmt::format(", {} items with stubs", Thousands(c.stubbed)) : std::string());
   if (!s.unmapped_participants.empty()) {
     fmt::print("  unmapped people  {} participant ids without a mailbox (listed in the report)\n",
                Thousands(s.unmapped_participants.size()));
@@ -364,7 +365,9 @@ int main(int argc, char** argv) {
                   "target: maildir:DIR, eml:DIR, pst:DIR, imap://HOST[:PORT], imaps://HOST[:PORT], graph: or null:")->required();
   imp->add_option("--report", io.report_path, "write the JSON run report here");
   imp->add_option("--max-item-size", f.max_size, "largest rendered item imported (default 10MiB)");
-  imp->add_option("--oversize", f.policy, "policy for larger items: reject (default)");
+  imp->add_option("--oversize", f.policy,
+                  "policy for larger items: reject (default), or stub (their largest attachments replaced by a "
+                  "text part naming the file, size, SHA-256 and where it is kept)");
   imp->add_option("--folder", io.folder, "folder in each mailbox (default 'WeChat Archiver'; levels with '/')");
   imp->add_option("--corp", io.corp, "corp id; part of every item's identity (default 'default')");
   imp->add_option("--default-region", io.default_region,
