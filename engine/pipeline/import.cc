@@ -4,6 +4,7 @@
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
@@ -444,12 +445,17 @@ class ImportRun {
         return;
       }
     }
-    const std::string kept = core::JoinPath(o_.source_dir, m.path);
+    // Absolute: the stub outlives the run's working directory.
+    std::error_code ec;
+    const std::filesystem::path abs = std::filesystem::absolute(o_.source_dir, ec);
+    const std::string kept = core::JoinPath(ec ? o_.source_dir : abs.lexically_normal().string(), m.path);
     const std::string name = !m.filename.empty() ? m.filename : m.path.substr(m.path.rfind('/') + 1);
+    // What was wrong with the file as read (corrupt) stays said.
+    const std::string before = m.problem.empty() ? std::string() : fmt::format(" (as read: {})", m.problem);
     m.problem = fmt::format(
         "{} '{}' ({}) is not attached: with it the item would be over the {} limit (oversize policy 'stub'); "
-        "the original is kept at {}, SHA-256 {}",
-        m.role, name, limits::DescribeSize(size), limits::DescribeSize(o_.limit.max_bytes), kept, sha);
+        "the original is kept at {}, SHA-256 {}{}",
+        m.role, name, limits::DescribeSize(size), limits::DescribeSize(o_.limit.max_bytes), kept, sha, before);
     std::string text = fmt::format(
         "This file is not attached: with it the message would be over the {} item limit\n"
         "(wxarchiver, oversize policy 'stub'). The original is kept in the source archive.\n\n"
