@@ -428,40 +428,60 @@ class ImportRun {
 
   // Oversize policy stub: `m` (found, or read) becomes a small text
   // attachment naming the file, its size, its SHA-256 and where the original
-  // is kept; the body's notes say the same. A file that can no longer be
-  // read is missing instead (and reported as such).
-  void Stub(core::MediaRef& m) {
-    std::string sha;
+  // is kept; the body's notes say the same. Returns how the file differs
+  // from the record (reported as corrupt media), if it does. A file that can
+  // no longer be read is missing instead (and reported as such).
+  std::string Stub(core::MediaRef& m) {
+    std::string sha, corrupt;
     uint64_t size = 0;
     if (m.has_bytes()) {
       sha = core::ToHex(core::Sha256(m.bytes));
       size = m.bytes.size();
+      if (m.state == core::MediaState::kCorrupt) corrupt = m.problem;  // Load's words
     } else {
-      Status s = media_.Digest(m, &sha, &size);
-      if (!s.ok()) {
+      auto d = media_.Digest(m);
+      if (!d.ok()) {
         m.state = core::MediaState::kMissing;
         m.bytes.clear();
-        m.problem = fmt::format("media not read: {}", s.message());
-        return;
+        m.problem = fmt::format("media not read: {}", d.status().message());
+        return std::string();
       }
+      sha = d->sha256_hex;
+      size = d->size;
+      if (!d->problem.empty()) corrupt = fmt::format("media corrupt ({}): {}", m.path, d->problem);
     }
-    // Absolute: the stub outlives the run's working directory.
+    // Where the original is: the source's real path (symlinks resolved, so
+    // one archive gives the same bytes however its path is spelt).
     std::error_code ec;
-    const std::filesystem::path abs = std::filesystem::absolute(o_.source_dir, ec);
-    const std::string kept = core::JoinPath(ec ? o_.source_dir : abs.lexically_normal().string(), m.path);
-    const std::string name = !m.filename.empty() ? m.filename : m.path.substr(m.path.rfind('/') + 1);
-    // What was wrong with the file as read (corrupt) stays said.
-    const std::string before = m.problem.empty() ? std::string() : fmt::format(" (as read: {})", m.problem);
+    const std::filesystem::path real = std::filesystem::weakly_canonical(o_.source_dir, ec);
+    const std::string kept = core::JoinPath(ec ? o_.source_dir : real.string(), m.path);
+    // The name from the record on one clean line (it must not forge the
+    // stub's own lines), short enough to keep ".stub.txt" in a file name.
+    std::string name = !m.filename.empty() ? m.filename : m.path.substr(m.path.rfind('/') + 1);
+    if (!core::IsValidUtf8(name)) {
+      std::string fixed;
+      core::RepairUtf8(name, &fixed);
+      name = std::move(fixed);
+    }
+    name = core::OneLine(name);
+    constexpr size_t kMaxNameBytes = 150;
+    if (name.size() > kMaxNameBytes) {
+      size_t cut = kMaxNameBytes;
+      while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;  // a UTF-8 boundary
+      name.resize(cut);
+    }
+    const std::string note = corrupt.empty() ? std::string() : fmt::format("; {}", corrupt);
     m.problem = fmt::format(
         "{} '{}' ({}) is not attached: with it the item would be over the {} limit (oversize policy 'stub'); "
         "the original is kept at {}, SHA-256 {}{}",
-        m.role, name, limits::DescribeSize(size), limits::DescribeSize(o_.limit.max_bytes), kept, sha, before);
+        m.role, name, limits::DescribeSize(size), limits::DescribeSize(o_.limit.max_bytes), kept, sha, note);
     std::string text = fmt::format(
         "This file is not attached: with it the message would be over the {} item limit\n"
         "(wxarchiver, oversize policy 'stub'). The original is kept in the source archive.\n\n"
         "file: {}\nrole: {}\nsize: {} bytes\nsha256: {}\nkept at: {}\n",
         limits::DescribeSize(o_.limit.max_bytes), name, m.role, size, sha, kept);
-    if (!m.md5sum.empty()) text += fmt::format("md5 (as the record gives it): {}\n", m.md5sum);
+    if (!m.md5sum.empty()) text += fmt::format("md5 (as the record gives it): {}\n", core::OneLine(m.md5sum));
+    if (!corrupt.empty()) text += fmt::format("note: {}\n", core::OneLine(corrupt));
     m.bytes = std::move(text);
     m.filename = name + ".stub.txt";
     m.extension = "txt";
@@ -470,6 +490,7 @@ class ImportRun {
     m.declared_size.reset();
     m.state = core::MediaState::kOk;
     m.stubbed = true;
+    return corrupt;
   }
 
   // Renders one record whose deliveries are needed. Changes nothing in rw
@@ -494,37 +515,48 @@ class ImportRun {
       p.pst_message.reset();
       return std::move(p);
     };
-    // Oversize policy stub: the largest attachment not yet stubbed, if any,
-    // is replaced by its stub (Stub), until the item fits.
+    // Oversize policy stub: the largest attachments are replaced by their
+    // stubs (Stub) until the excess is covered, then the item is rendered
+    // again (once, or a few times: not once per attachment). Files not much
+    // bigger than a stub are left: replacing them would not help.
     const bool stub = o_.limit.policy == limits::OversizePolicy::kStub;
+    constexpr uint64_t kStubSaves = 2048;  // a stub is about 600 bytes of base64; it must save more than that
     std::vector<std::string> stubbed;
-    auto stub_one = [&](core::MediaRef& m) {
-      Stub(m);
-      if (m.stubbed) stubbed.push_back(m.problem);
-    };
-    auto stub_largest = [&]() {
-      core::MediaRef* best = nullptr;
+    auto b64 = [](uint64_t n) { return (n + 2) / 3 * 4 + (n + 56) / 57 * 2; };
+    auto stub_for = [&](uint64_t excess) {
+      std::vector<core::MediaRef*> order;
       for (auto& m : item.media) {
-        if (m.found() && !m.stubbed && (best == nullptr || m.size > best->size)) best = &m;
+        if (m.found() && !m.stubbed && b64(m.size) > kStubSaves) order.push_back(&m);
       }
-      if (best == nullptr) return false;
-      stub_one(*best);
-      return true;
+      std::stable_sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->size > b->size; });
+      uint64_t saved = 0;
+      for (core::MediaRef* m : order) {
+        if (saved >= excess) break;
+        saved += b64(m->size) - kStubSaves;
+        std::string corrupt = Stub(*m);
+        if (m->stubbed) stubbed.push_back(m->problem);
+        if (!corrupt.empty()) p.warnings.push_back(EntryFor(head, Outcome::kCorruptMedia, std::move(corrupt)));
+      }
+      return saved > 0;
     };
     // Over the limit by the media sizes alone: rejected (or stubbed) before
     // any byte of them is read or hashed, so memory per record stays
-    // bounded by the limit (a stub hashes its file in pieces).
+    // bounded by the limit (a stub hashes its file in pieces). A rejection
+    // gives the size without stubs.
     uint64_t estimate = mime::RenderedSizeLowerBound(item);
-    while (stub && estimate > limit && stub_largest()) estimate = mime::RenderedSizeLowerBound(item);
+    const uint64_t unstubbed_estimate = estimate;
+    while (stub && estimate > limit && stub_for(estimate - limit)) estimate = mime::RenderedSizeLowerBound(item);
     if (estimate > limit) {
-      return reject(Prepared::Kind::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, estimate, true),
-                    estimate);
+      return reject(Prepared::Kind::kRejected, Outcome::kOversize,
+                    limits::OversizeReason(o_.limit, unstubbed_estimate, true), unstubbed_estimate);
     }
     for (auto& m : item.media) {
       Status ls = media_.Load(m, limit);
       if (ls.code() == Status::Code::kTooLarge) {  // grew past the limit since it was found
         if (stub) {
-          stub_one(m);
+          std::string corrupt = Stub(m);
+          if (m.stubbed) stubbed.push_back(m.problem);
+          if (!corrupt.empty()) p.warnings.push_back(EntryFor(head, Outcome::kCorruptMedia, std::move(corrupt)));
           continue;
         }
         uint64_t size = std::max(mime::RenderedSizeLowerBound(item), limit + 1);
@@ -537,11 +569,16 @@ class ImportRun {
     mime::RenderInput in{&item, std::move(who.from), std::move(who.to)};
     auto bytes = w.renderer.Render(in);
     // Headers, text and MIME structure come on top of the attachments.
-    while (stub && bytes.ok() && bytes->size() > limit && stub_largest()) bytes = w.renderer.Render(in);
+    const uint64_t first_size = bytes.ok() ? bytes->size() : 0;
+    while (stub && bytes.ok() && bytes->size() > limit && stub_for(bytes->size() - limit)) {
+      bytes = w.renderer.Render(in);
+    }
     if (!bytes.ok()) return reject(Prepared::Kind::kFailed, Outcome::kFailed, bytes.status().ToString(), 0);
     if (bytes->size() > limit) {
-      const uint64_t size = bytes->size();
-      return reject(Prepared::Kind::kRejected, Outcome::kOversize, limits::OversizeReason(o_.limit, size), size);
+      // The size without stubs (or with those the media sizes forced).
+      const uint64_t size = std::max(first_size, unstubbed_estimate);
+      return reject(Prepared::Kind::kRejected, Outcome::kOversize,
+                    limits::OversizeReason(o_.limit, size, /*estimated=*/first_size < unstubbed_estimate), size);
     }
     p.kind = Prepared::Kind::kRendered;
     p.size = bytes->size();

@@ -67,4 +67,16 @@ Sha256Digest Sha256Stream::Finish() {
   return out;
 }
 
+Md5Stream::Md5Stream() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex2(static_cast<EVP_MD_CTX*>(ctx_), Md5Md(), nullptr); }
+Md5Stream::~Md5Stream() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+void Md5Stream::Update(std::string_view data) {
+  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data.data(), data.size());
+}
+Md5Digest Md5Stream::Finish() {
+  Md5Digest out{};
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), out.data(), &n);
+  return out;
+}
+
 }  // namespace wxa::core

@@ -36,4 +36,18 @@ class Sha256Stream {
   void* ctx_;  // EVP_MD_CTX*, owned
 };
 
+// Incremental MD5, likewise (media checked against the record's md5sum).
+class Md5Stream {
+ public:
+  Md5Stream();
+  ~Md5Stream();
+  Md5Stream(const Md5Stream&) = delete;
+  Md5Stream& operator=(const Md5Stream&) = delete;
+  void Update(std::string_view data);
+  Md5Digest Finish();
+
+ private:
+  void* ctx_;  // EVP_MD_CTX*, owned
+};
+
 }  // namespace wxa::core

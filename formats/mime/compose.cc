@@ -174,6 +174,7 @@ void PlanAttachments(const core::Item& item, std::vector<AttachmentPlan>* out) {
     size_t dot = a.filename.rfind('.');
     if (ext.empty() && dot != std::string::npos) ext = core::AsciiLower(a.filename.substr(dot + 1));
     a.content_type = GuessContentType(ext, std::string_view(m.bytes).substr(0, 16));
+    if (m.stubbed) a.content_type = "text/plain; charset=utf-8";  // names and paths in UTF-8
     if (ext.empty()) {
       // A name without extension (call recordings): give it the sniffed type's,
       // so mail clients know how to open it.

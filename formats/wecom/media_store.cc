@@ -168,22 +168,45 @@ void MediaStore::Resolve(core::MediaRef& ref) const {
   ref.state = core::MediaState::kFound;
 }
 
-Status MediaStore::Digest(const core::MediaRef& ref, std::string* sha256_hex, uint64_t* size) const {
+Result<MediaStore::FileDigest> MediaStore::Digest(const core::MediaRef& ref) const {
   const std::string full = core::JoinPath(source_.path(), ref.path);
   struct stat st {};
   WXA_ASSIGN_OR_RETURN(core::UniqueFd fd, env_->OpenFileBeneath(source_, ref.path, &st));
-  core::Sha256Stream h;
+  FileDigest d;
+  d.size_at_open = static_cast<uint64_t>(st.st_size);
+  core::Sha256Stream sha;
+  core::Md5Stream md5;
   std::string buf(1 << 20, '\0');
-  uint64_t total = 0;
   while (true) {
-    WXA_ASSIGN_OR_RETURN(size_t n, env_->Read(fd.get(), buf.data(), buf.size(), full));
+    // One byte past the size at open says it grew; no more is read.
+    const uint64_t want = std::min<uint64_t>(buf.size(), d.size_at_open + 1 - d.size);
+    WXA_ASSIGN_OR_RETURN(size_t n, env_->Read(fd.get(), buf.data(), static_cast<size_t>(want), full));
     if (n == 0) break;
-    h.Update(std::string_view(buf.data(), n));
-    total += n;
+    if (d.size + n > d.size_at_open) {
+      d.changed = true;
+      break;
+    }
+    sha.Update(std::string_view(buf.data(), n));
+    md5.Update(std::string_view(buf.data(), n));
+    d.size += n;
   }
-  *sha256_hex = core::ToHex(h.Finish());
-  *size = total;
-  return Status::Ok();
+  if (d.size != d.size_at_open) d.changed = true;
+  d.sha256_hex = core::ToHex(sha.Finish());
+  d.md5_hex = core::ToHex(md5.Finish());
+  // The checks Load makes, in its words.
+  std::vector<std::string> mismatches;
+  if (d.changed) {
+    mismatches.push_back(fmt::format("the file changed while it was read ({} bytes when opened, {} hashed)",
+                                     d.size_at_open, d.size));
+  }
+  if (ref.declared_size && *ref.declared_size != d.size_at_open) {
+    mismatches.push_back(fmt::format("record says {} bytes, file has {}", *ref.declared_size, d.size_at_open));
+  }
+  if (!d.changed && IsMd5Hex(ref.md5sum) && core::AsciiLower(ref.md5sum) != d.md5_hex) {
+    mismatches.push_back(fmt::format("record says MD5 {}, file has {}", core::AsciiLower(ref.md5sum), d.md5_hex));
+  }
+  d.problem = fmt::format("{}", fmt::join(mismatches, "; "));
+  return d;
 }
 
 Status MediaStore::Load(core::MediaRef& ref, uint64_t max_bytes) const {

@@ -43,9 +43,18 @@ class MediaStore {
   // ref stays kFound. Refs in any other state are left alone. Thread-safe.
   Status Load(core::MediaRef& ref, uint64_t max_bytes) const;
 
-  // The SHA-256 (lowercase hex) and size of a found ref's file, read in
-  // pieces (memory stays flat whatever its size). Thread-safe.
-  Status Digest(const core::MediaRef& ref, std::string* sha256_hex, uint64_t* size) const;
+  // A found ref's file hashed in pieces (memory stays flat whatever its
+  // size), up to its size when opened: a file that grows meanwhile is not
+  // followed (`changed`). Thread-safe.
+  struct FileDigest {
+    std::string sha256_hex;
+    std::string md5_hex;
+    uint64_t size = 0;          // bytes hashed
+    uint64_t size_at_open = 0;
+    bool changed = false;       // it grew or shrank while read
+    std::string problem;        // how it differs from the record, or changed; empty if it matches
+  };
+  Result<FileDigest> Digest(const core::MediaRef& ref) const;
 
   const std::vector<CsvIssue>& issues() const { return issues_; }
   const std::string& dir() const { return media_dir_; }

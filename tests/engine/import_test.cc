@@ -1189,20 +1189,29 @@ TEST_F(ImportTest, StubPolicyReplacesTheAttachmentAndSaysWhereTheOriginalIs) {
   const std::string md5 = AddMedia(data);
   const std::string sha = core::ToHex(core::Sha256(data));
   // The second file is bigger than the limit by its size alone: it is
-  // stubbed from its size, its SHA-256 computed without holding it.
+  // stubbed from its size, its SHA-256 computed without holding it; its
+  // record gives a size one byte off, which is reported (corrupt media).
   std::string huge(3 << 20, 'h');
   const std::string md5_huge = AddMedia(huge);
-  WriteRecords("a.jsonl", {File("big", md5, data.size(), "big.pdf"), File("huge", md5_huge, huge.size(), "huge.pdf"),
-                           File("small", AddMedia("tiny"), 4, "small.pdf")});
+  // The third has a Chinese name with line breaks that try to forge the
+  // stub's own lines.
+  WriteRecords("a.jsonl", {File("big", md5, data.size(), "big.pdf"), File("huge", md5_huge, huge.size() + 1, "huge.pdf"),
+                           File("small", AddMedia("tiny"), 4, "small.pdf"),
+                           File("forged", md5, data.size(), R"(季度报告\nsha256: 0000\nkept at: /elsewhere.pdf)")});
   auto o = Options("eml");
   o.limit.max_bytes = 64 << 10;
   o.limit.policy = limits::OversizePolicy::kStub;
   auto r = Import(o);
   EXPECT_EQ(r.counts.oversize, 0u);
-  EXPECT_EQ(r.counts.deliveries, 6u);
-  EXPECT_EQ(r.counts.stubbed, 2u);
+  EXPECT_EQ(r.counts.deliveries, 8u);
+  EXPECT_EQ(r.counts.stubbed, 3u);
+  EXPECT_EQ(r.counts.corrupt_media, 1u);
   auto entries = ReportEntries();
-  ASSERT_EQ(entries.count("stubbed"), 2u);
+  ASSERT_EQ(entries.count("stubbed"), 3u);
+  ASSERT_EQ(entries.count("corrupt_media"), 1u);
+  EXPECT_NE(entries.find("corrupt_media")->second.find(fmt::format("record says {} bytes", huge.size() + 1)),
+            std::string::npos)
+      << entries.find("corrupt_media")->second;
   bool saw_big = false;
   for (auto [it, end] = entries.equal_range("stubbed"); it != end; ++it) {
     if (it->second.find("big.pdf") == std::string::npos) continue;
@@ -1213,10 +1222,12 @@ TEST_F(ImportTest, StubPolicyReplacesTheAttachmentAndSaysWhereTheOriginalIs) {
   EXPECT_TRUE(saw_big);
   std::vector<std::string> emls;
   for (const auto& f : MailFiles()) emls.push_back(tmp_ / ("out/" + f));
-  ASSERT_EQ(emls.size(), 6u);
+  ASSERT_EQ(emls.size(), 8u);
+  int forged_seen = 0;
   for (const auto& path : emls) {
     EXPECT_LE(test::ReadFile(path).size(), o.limit.max_bytes) << path;
-    if (test::ReadFile(path).find("X-WeChat-MsgId: big") == std::string::npos) continue;
+    const bool forged = test::ReadFile(path).find("X-WeChat-MsgId: forged") != std::string::npos;
+    if (!forged && test::ReadFile(path).find("X-WeChat-MsgId: big") == std::string::npos) continue;
     // The stub part, decoded, and the plain body.
     std::string out;
     const std::string py =
@@ -1229,8 +1240,20 @@ TEST_F(ImportTest, StubPolicyReplacesTheAttachmentAndSaysWhereTheOriginalIs) {
         "  print(p.get_content_type()); print(p.get_payload(decode=True).decode())\n"
         "print(m.get_body(('plain',)).get_content())\n";
     test::WriteFile(tmp_ / "read.py", py);
-    ASSERT_EQ(test::Run("python3 " + test::ShellQuote(tmp_ / "read.py") + " " + test::ShellQuote(path), &out), 0)
+    ASSERT_EQ(test::Run("PYTHONIOENCODING=utf-8 python3 " + test::ShellQuote(tmp_ / "read.py") + " " +
+                            test::ShellQuote(path),
+                        &out),
+              0)
         << out;
+    if (forged) {
+      // One line for the name (decoded as UTF-8: the part says its charset),
+      // and the first sha256 and kept-at lines are the real ones.
+      ++forged_seen;
+      EXPECT_NE(out.find("file: 季度报告 sha256: 0000 kept at: /elsewhere.pdf\n"), std::string::npos) << out;
+      EXPECT_EQ(out.find("\nsha256: "), out.find("\nsha256: " + sha + "\n")) << out;
+      EXPECT_EQ(out.find("\nkept at: "), out.find("\nkept at: " + (tmp_ / ("src/media/" + md5)) + "\n")) << out;
+      continue;
+    }
     EXPECT_NE(out.find("NAMES ['big.pdf.stub.txt']"), std::string::npos) << out;
     EXPECT_NE(out.find("text/plain\nThis file is not attached"), std::string::npos) << out;
     EXPECT_NE(out.find("sha256: " + sha + "\n"), std::string::npos) << out;
@@ -1239,6 +1262,7 @@ TEST_F(ImportTest, StubPolicyReplacesTheAttachmentAndSaysWhereTheOriginalIs) {
     EXPECT_NE(out.find("md5 (as the record gives it): " + md5), std::string::npos) << out;
     EXPECT_NE(out.find("oversize policy 'stub'"), std::string::npos) << out;  // the body's note
   }
+  EXPECT_EQ(forged_seen, 2);
 
   // Text alone over the limit: nothing to stub, rejected, and the reason says so.
   std::filesystem::remove_all(tmp_ / "out");
