@@ -1,6 +1,7 @@
 #include "engine/pipeline/report.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -65,6 +66,20 @@ static Result<core::UniqueFd> CreateFresh(core::Env* env, const std::string& pat
   return std::move(*fd);
 }
 
+// The side file is locked (flock) for as long as a run writes it: a second
+// run with the same report path (and another index) would otherwise replace
+// or carry over the entries of the first while it runs.
+static Status LockSideFile(int fd, const std::string& path) {
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status::Ok();
+  if (errno == EWOULDBLOCK) {
+    return Status::AlreadyExists(fmt::format(
+        "another run is writing the report with this path (its side file {} is locked); give this run another "
+        "--report path",
+        path));
+  }
+  return Status::FromErrno("flock", path, errno);
+}
+
 Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env) {
   ReportWriter w;
   w.env_ = env != nullptr ? env : core::Env::Default();
@@ -76,8 +91,16 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   // the old one whole).
   struct stat st;
   if (::lstat(w.entries_path_.c_str(), &st) == 0) {
+    // Held until the copy is renamed over it (then the copy's lock holds).
+    core::UniqueFd old(::open(w.entries_path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (old.valid()) WXA_RETURN_IF_ERROR(LockSideFile(old.get(), w.entries_path_));
     const std::string next = w.entries_path_ + ".new";
     WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
+    Status locked = LockSideFile(w.entries_fd_.get(), next);
+    if (!locked.ok()) {
+      w.entries_fd_.Reset();
+      return locked;
+    }
     // Synced before the rename: a power cut must leave the old file or a
     // whole copy, never a renamed file without its data.
     Status s = w.CarryOver(w.entries_path_, w.entries_fd_.get(), next);
@@ -92,6 +115,11 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
     return w;
   }
   WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, w.entries_path_));
+  Status locked = LockSideFile(w.entries_fd_.get(), w.entries_path_);
+  if (!locked.ok()) {
+    w.entries_fd_.Reset();  // (not ours to remove: the other run has it)
+    return locked;
+  }
   return w;
 }
 
@@ -248,12 +276,13 @@ Status ReportWriter::Finish(const std::string& summary_json) {
   // Its removal durable too (best effort): else a power cut could bring the
   // side file back, and the next report would repeat its entries.
   if (env_->Remove(entries_path_).ok()) (void)SyncDirIfPossible(env_, DirOf(path_));
+  entries_fd_.Reset();  // its lock goes with it
   return s;
 }
 
 Status ReportWriter::WriteWhole(const std::string& summary_json, const std::string& tmp) {
   WXA_RETURN_IF_ERROR(Flush());
-  entries_fd_.Reset();
+  // (The side file stays open, and locked, until Finish has removed it.)
   core::Env* env = env_;
   WXA_ASSIGN_OR_RETURN(core::UniqueFd out, CreateFresh(env, tmp));
   std::string head = "{" + summary_json + (summary_json.empty() ? "" : ",\n");

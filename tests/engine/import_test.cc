@@ -466,6 +466,34 @@ TEST(ReportWriter, ADirectoryThatCannotBeOpenedForItsFsyncIsNoFailure) {
   }
 }
 
+// Two runs with one report path (and two indexes): the second is refused
+// while the first writes it, fresh or carrying over, and the first's
+// entries stay whole; once the first has finished, the path is free.
+TEST(ReportWriter, ASecondRunWithTheSameReportPathIsRefused) {
+  for (bool stale : {false, true}) {
+    SCOPED_TRACE(stale ? "carrying over" : "fresh");
+    test::TempDir dir;
+    const std::string path = dir / "r.json";
+    if (stale) test::WriteFile(path + ".entries.tmp", "{\"outcome\":\"malformed\",\"reason\":\"old\"},\n");
+    auto first = ReportWriter::Open(path);
+    ASSERT_TRUE(first.ok()) << first.status().ToString();
+    ReportEntry e;
+    e.reason = "the first run's";
+    ASSERT_TRUE(first->Add(e).ok());
+    ASSERT_TRUE(first->Flush(/*durable=*/true).ok());
+    auto second = ReportWriter::Open(path);
+    ASSERT_FALSE(second.ok());
+    EXPECT_NE(second.status().message().find("another run is writing the report"), std::string::npos)
+        << second.status().ToString();
+    ASSERT_TRUE(first->Finish("").ok());
+    const std::string report = test::ReadFile(path);
+    EXPECT_NE(report.find("the first run's"), std::string::npos) << report;
+    EXPECT_EQ(report.find("old") != std::string::npos, stale) << report;
+    EXPECT_FALSE(core::PathExists(path + ".entries.tmp"));
+    EXPECT_TRUE(ReportWriter::Open(path).ok());
+  }
+}
+
 // Only our own side file is carried over: a symlink planted in its place
 // (to a file of well-formed entries) is replaced, its target not read.
 TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {
