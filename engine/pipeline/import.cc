@@ -463,13 +463,7 @@ class ImportRun {
       core::RepairUtf8(name, &fixed);
       name = std::move(fixed);
     }
-    name = core::OneLine(name);
-    constexpr size_t kMaxNameBytes = 150;
-    if (name.size() > kMaxNameBytes) {
-      size_t cut = kMaxNameBytes;
-      while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;  // a UTF-8 boundary
-      name.resize(cut);
-    }
+    name = core::TruncateUtf8(core::OneLine(name), 150);
     const std::string note = corrupt.empty() ? std::string() : fmt::format("; {}", corrupt);
     m.problem = fmt::format(
         "{} '{}' ({}) is not attached: with it the item would be over the {} limit (oversize policy 'stub'); "
@@ -522,6 +516,11 @@ class ImportRun {
     const bool stub = o_.limit.policy == limits::OversizePolicy::kStub;
     constexpr uint64_t kStubSaves = 2048;  // a stub is about 600 bytes of base64; it must save more than that
     std::vector<std::string> stubbed;
+    auto stub_one = [&](core::MediaRef& m) {
+      std::string corrupt = Stub(m);
+      if (m.stubbed) stubbed.push_back(m.problem);
+      if (!corrupt.empty()) p.warnings.push_back(EntryFor(head, Outcome::kCorruptMedia, std::move(corrupt)));
+    };
     auto b64 = [](uint64_t n) { return (n + 2) / 3 * 4 + (n + 56) / 57 * 2; };
     auto stub_for = [&](uint64_t excess) {
       std::vector<core::MediaRef*> order;
@@ -533,9 +532,7 @@ class ImportRun {
       for (core::MediaRef* m : order) {
         if (saved >= excess) break;
         saved += b64(m->size) - kStubSaves;
-        std::string corrupt = Stub(*m);
-        if (m->stubbed) stubbed.push_back(m->problem);
-        if (!corrupt.empty()) p.warnings.push_back(EntryFor(head, Outcome::kCorruptMedia, std::move(corrupt)));
+        stub_one(*m);
       }
       return saved > 0;
     };
@@ -554,9 +551,7 @@ class ImportRun {
       Status ls = media_.Load(m, limit);
       if (ls.code() == Status::Code::kTooLarge) {  // grew past the limit since it was found
         if (stub) {
-          std::string corrupt = Stub(m);
-          if (m.stubbed) stubbed.push_back(m.problem);
-          if (!corrupt.empty()) p.warnings.push_back(EntryFor(head, Outcome::kCorruptMedia, std::move(corrupt)));
+          stub_one(m);
           continue;
         }
         uint64_t size = std::max(mime::RenderedSizeLowerBound(item), limit + 1);

@@ -1,5 +1,7 @@
 #include "formats/core/hash.h"
 
+#include <type_traits>
+
 #include <openssl/evp.h>
 
 namespace wxa::core {
@@ -53,30 +55,35 @@ std::string ToHex(const unsigned char* data, size_t n) {
   return s;
 }
 
-Sha256Stream::Sha256Stream() : ctx_(EVP_MD_CTX_new()) {
-  EVP_DigestInit_ex2(static_cast<EVP_MD_CTX*>(ctx_), Sha256Md(), nullptr);
-}
-Sha256Stream::~Sha256Stream() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
-void Sha256Stream::Update(std::string_view data) {
-  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data.data(), data.size());
-}
-Sha256Digest Sha256Stream::Finish() {
-  Sha256Digest out{};
-  unsigned int n = 0;
-  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), out.data(), &n);
-  return out;
+template <typename DigestT>
+static const EVP_MD* MdFor() {
+  if constexpr (std::is_same_v<DigestT, Sha256Digest>) {
+    return Sha256Md();
+  } else {
+    return Md5Md();
+  }
 }
 
-Md5Stream::Md5Stream() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex2(static_cast<EVP_MD_CTX*>(ctx_), Md5Md(), nullptr); }
-Md5Stream::~Md5Stream() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
-void Md5Stream::Update(std::string_view data) {
+template <typename DigestT>
+HashStream<DigestT>::HashStream() : ctx_(EVP_MD_CTX_new()) {
+  EVP_DigestInit_ex2(static_cast<EVP_MD_CTX*>(ctx_), MdFor<DigestT>(), nullptr);
+}
+template <typename DigestT>
+HashStream<DigestT>::~HashStream() {
+  EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+}
+template <typename DigestT>
+void HashStream<DigestT>::Update(std::string_view data) {
   EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data.data(), data.size());
 }
-Md5Digest Md5Stream::Finish() {
-  Md5Digest out{};
+template <typename DigestT>
+DigestT HashStream<DigestT>::Finish() {
+  DigestT out{};
   unsigned int n = 0;
   EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), out.data(), &n);
   return out;
 }
+template class HashStream<Sha256Digest>;
+template class HashStream<Md5Digest>;
 
 }  // namespace wxa::core

@@ -22,32 +22,22 @@ std::string ToHex(const std::array<unsigned char, N>& a) {
   return ToHex(a.data(), N);
 }
 
-// Incremental SHA-256 for data that arrives in pieces.
-class Sha256Stream {
+// Incremental hashing for data that arrives in pieces: SHA-256, and MD5
+// (media checked against the record's md5sum).
+template <typename DigestT>
+class HashStream {
  public:
-  Sha256Stream();
-  ~Sha256Stream();
-  Sha256Stream(const Sha256Stream&) = delete;
-  Sha256Stream& operator=(const Sha256Stream&) = delete;
+  HashStream();
+  ~HashStream();
+  HashStream(const HashStream&) = delete;
+  HashStream& operator=(const HashStream&) = delete;
   void Update(std::string_view data);
-  Sha256Digest Finish();
+  DigestT Finish();
 
  private:
   void* ctx_;  // EVP_MD_CTX*, owned
 };
-
-// Incremental MD5, likewise (media checked against the record's md5sum).
-class Md5Stream {
- public:
-  Md5Stream();
-  ~Md5Stream();
-  Md5Stream(const Md5Stream&) = delete;
-  Md5Stream& operator=(const Md5Stream&) = delete;
-  void Update(std::string_view data);
-  Md5Digest Finish();
-
- private:
-  void* ctx_;  // EVP_MD_CTX*, owned
-};
+using Sha256Stream = HashStream<Sha256Digest>;
+using Md5Stream = HashStream<Md5Digest>;
 
 }  // namespace wxa::core

@@ -168,6 +168,23 @@ void MediaStore::Resolve(core::MediaRef& ref) const {
   ref.state = core::MediaState::kFound;
 }
 
+// How a file read differs from its record: `got` bytes of the `at_open`
+// it had when opened, their MD5 (hex; empty when the record gives none).
+static std::vector<std::string> Mismatches(const core::MediaRef& ref, uint64_t at_open, uint64_t got,
+                                           std::string_view md5_hex) {
+  std::vector<std::string> out;
+  if (got != at_open) {
+    out.push_back(fmt::format("the file changed while it was read ({} bytes when opened, {} read)", at_open, got));
+  }
+  if (ref.declared_size && *ref.declared_size != got) {
+    out.push_back(fmt::format("record says {} bytes, file has {}", *ref.declared_size, got));
+  }
+  if (!md5_hex.empty() && core::AsciiLower(ref.md5sum) != md5_hex) {
+    out.push_back(fmt::format("record says MD5 {}, file has {}", core::AsciiLower(ref.md5sum), md5_hex));
+  }
+  return out;
+}
+
 Result<MediaStore::FileDigest> MediaStore::Digest(const core::MediaRef& ref) const {
   const std::string full = core::JoinPath(source_.path(), ref.path);
   struct stat st {};
@@ -193,19 +210,9 @@ Result<MediaStore::FileDigest> MediaStore::Digest(const core::MediaRef& ref) con
   if (d.size != d.size_at_open) d.changed = true;
   d.sha256_hex = core::ToHex(sha.Finish());
   d.md5_hex = core::ToHex(md5.Finish());
-  // The checks Load makes, in its words.
-  std::vector<std::string> mismatches;
-  if (d.changed) {
-    mismatches.push_back(fmt::format("the file changed while it was read ({} bytes when opened, {} hashed)",
-                                     d.size_at_open, d.size));
-  }
-  if (ref.declared_size && *ref.declared_size != d.size_at_open) {
-    mismatches.push_back(fmt::format("record says {} bytes, file has {}", *ref.declared_size, d.size_at_open));
-  }
-  if (!d.changed && IsMd5Hex(ref.md5sum) && core::AsciiLower(ref.md5sum) != d.md5_hex) {
-    mismatches.push_back(fmt::format("record says MD5 {}, file has {}", core::AsciiLower(ref.md5sum), d.md5_hex));
-  }
-  d.problem = fmt::format("{}", fmt::join(mismatches, "; "));
+  d.problem = fmt::format("{}", fmt::join(Mismatches(ref, d.size_at_open, d.size,
+                                                     IsMd5Hex(ref.md5sum) ? d.md5_hex : std::string()),
+                                          "; "));
   return d;
 }
 
@@ -238,21 +245,8 @@ Status MediaStore::Load(core::MediaRef& ref, uint64_t max_bytes) const {
   ref.bytes = std::move(bytes);
   ref.size = ref.bytes.size();
   ref.state = core::MediaState::kOk;
-  std::vector<std::string> mismatches;
-  if (ref.size != at_open) {
-    mismatches.push_back(fmt::format("the file changed while it was read ({} bytes when opened, {} read)",
-                                     at_open, ref.size));
-  }
-  if (ref.declared_size && *ref.declared_size != ref.size) {
-    mismatches.push_back(fmt::format("record says {} bytes, file has {}", *ref.declared_size, ref.size));
-  }
-  if (IsMd5Hex(ref.md5sum)) {
-    std::string actual = core::ToHex(core::Md5(ref.bytes));
-    if (core::AsciiLower(ref.md5sum) != actual) {
-      mismatches.push_back(
-          fmt::format("record says MD5 {}, file has {}", core::AsciiLower(ref.md5sum), actual));
-    }
-  }
+  const std::vector<std::string> mismatches = Mismatches(
+      ref, at_open, ref.size, IsMd5Hex(ref.md5sum) ? core::ToHex(core::Md5(ref.bytes)) : std::string());
   if (!mismatches.empty()) {
     ref.state = core::MediaState::kCorrupt;
     ref.problem = fmt::format("media corrupt ({}): {}; attached as read", ref.path,

@@ -1305,6 +1305,34 @@ TEST_F(ImportTest, StubPolicyReplacesTheAttachmentAndSaysWhereTheOriginalIs) {
   EXPECT_NE(entry.find("even with every attachment stubbed"), std::string::npos) << entry;
 }
 
+// A file stubbed from its size (never loaded) that reads shorter than
+// fstat said when opened: its stub is made from what was read, and it is
+// reported corrupt, in Load's words (the shared check).
+TEST_F(ImportTest, AStubbedFileThatShrinksWhileHashedIsReportedCorrupt) {
+  std::string huge(3 << 20, 'h');
+  const std::string md5 = AddMedia(huge);
+  WriteRecords("a.jsonl", {File("huge", md5, huge.size(), "huge.pdf")});
+  test::FaultEnv env;
+  env.read_paths_containing = "/" + md5;
+  env.shrink_reads_to = 1 << 20;
+  auto o = Options("eml");
+  o.env = &env;
+  o.limit.max_bytes = 64 << 10;
+  o.limit.policy = limits::OversizePolicy::kStub;
+  auto r = Import(o);
+  EXPECT_EQ(r.counts.stubbed, 1u);
+  EXPECT_EQ(r.counts.corrupt_media, 1u);
+  auto entries = ReportEntries();
+  ASSERT_EQ(entries.count("corrupt_media"), 1u);
+  EXPECT_NE(entries.find("corrupt_media")->second.find(
+                fmt::format("the file changed while it was read ({} bytes when opened, {} read)", huge.size(), 1 << 20)),
+            std::string::npos)
+      << entries.find("corrupt_media")->second;
+  ASSERT_EQ(entries.count("stubbed"), 1u);
+  EXPECT_NE(entries.find("stubbed")->second.find(core::ToHex(core::Sha256(huge.substr(0, 1 << 20)))), std::string::npos)
+      << entries.find("stubbed")->second;
+}
+
 TEST_F(ImportTest, EmptySourceAndClearStartErrors) {
   auto s = Import(Options());
   EXPECT_EQ(s.counts.records, 0u);

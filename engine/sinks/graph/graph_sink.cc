@@ -1762,11 +1762,6 @@ class GraphSink final : public Sink {
     Finish(std::move(job), Completion::ItemBad(Status::InvalidArgument(why)));
   }
 
-  // A chunk that ends its attachment: once it lands, the attachment exists.
-  static bool IsLastChunk(const Request& r, const Job& job) {
-    return r.chunk_end == job.d.pst_message->attachments[job.later[job.part]].data.size();
-  }
-
   // extprops, after the create: attachments, upload sessions and chunks.
   // The item exists on the server from here on, so every way out that does
   // not finish it either removes it (kDiscard, then the outcome) or leaves
@@ -1799,7 +1794,8 @@ class GraphSink final : public Sink {
     // attachment POST or a last chunk that may have been stored is in doubt:
     // the probe decides (it counts the attachments). Opening a session
     // again is harmless (an unused one expires).
-    const bool last_chunk = r.purpose == Purpose::kChunk && IsLastChunk(r, *job);
+    const bool last_chunk = r.purpose == Purpose::kChunk &&
+                            r.chunk_end == job->d.pst_message->attachments[job->later[job->part]].data.size();
     auto in_doubt = [&]() {
       const milliseconds after = rc == CURLE_OPERATION_TIMEDOUT ? milliseconds(o_.request_timeout_ms) : milliseconds(0);
       Finish(std::move(job), Completion::Transient(Status::IOError(why), after, true));
