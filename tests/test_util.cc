@@ -313,10 +313,14 @@ Status PowerCutEnv::CreateDirs(const std::string& path) {
 Status PowerCutEnv::Remove(const std::string& path) {
   Status s;
   if (!Step("unlink", path, &s)) return s;
+  // Its bytes, to bring it back if the removal is undone.
+  std::optional<std::string> bytes = ReadIfThere(path);
   s = Env::Remove(path);
   if (s.ok()) {
     std::lock_guard<std::mutex> l(mu_);
-    ops_.push_back({EntryOp::kUnlink, path, "", ++seq_, std::nullopt, std::nullopt});
+    std::optional<FileState> state;
+    if (auto f = files_.find(path); f != files_.end()) state = f->second;
+    ops_.push_back({EntryOp::kUnlink, path, "", ++seq_, std::move(bytes), state});
     files_.erase(path);
   }
   return s;
@@ -528,9 +532,19 @@ void PowerCutEnv::ApplyPowerCut(Outcome outcome) {
         }
         break;
       case EntryOp::kUnlink:
-        // The name comes back only if we still had its bytes; a removed temp
-        // file coming back would be garbage the next run cleans, so leaving
-        // it removed is the harder case for the engine.
+        // A removal by path (Remove) no fsync of its directory covered is
+        // undone: the file is back, with what of it was synced. (UnlinkAt
+        // keeps no bytes: a removed temp file coming back would be garbage
+        // the next run cleans, so leaving it removed is the harder case
+        // there.)
+        if (op.replaced && !durable_in(Parent(op.from), op.seq)) {
+          WriteFile(op.from, *op.replaced);
+          if (op.replaced_state) {
+            files_[op.from] = *op.replaced_state;
+          } else {
+            files_.erase(op.from);
+          }
+        }
         break;
       case EntryOp::kRename: {
         const bool in = durable_in(Parent(op.to), op.seq);

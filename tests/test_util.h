@@ -237,8 +237,9 @@ class PowerCutEnv : public core::Env {
     std::string from;  // full paths
     std::string to;
     uint64_t seq;
-    // A rename over an existing file: its bytes and state, put back when
-    // the rename is undone (POSIX: the old name then still holds the old file).
+    // A rename over an existing file, or a file removed by path: its bytes
+    // and state, put back when the rename or removal is undone (POSIX: the
+    // old name then still holds the old file).
     std::optional<std::string> replaced;
     std::optional<FileState> replaced_state;  // none: it was durable
   };

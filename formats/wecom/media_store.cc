@@ -194,25 +194,34 @@ Result<MediaStore::FileDigest> MediaStore::Digest(const core::MediaRef& ref) con
   core::Sha256Stream sha;
   core::Md5Stream md5;
   std::string buf(1 << 20, '\0');
+  bool grew = false;
   while (true) {
-    // One byte past the size at open says it grew; no more is read.
+    // One byte past the size at open says it grew; no more is read (a file
+    // still being written is not followed).
     const uint64_t want = std::min<uint64_t>(buf.size(), d.size_at_open + 1 - d.size);
     WXA_ASSIGN_OR_RETURN(size_t n, env_->Read(fd.get(), buf.data(), static_cast<size_t>(want), full));
     if (n == 0) break;
     if (d.size + n > d.size_at_open) {
-      d.changed = true;
-      break;
+      n = static_cast<size_t>(d.size_at_open - d.size);  // hashed up to the size at open
+      grew = true;
     }
     sha.Update(std::string_view(buf.data(), n));
     md5.Update(std::string_view(buf.data(), n));
     d.size += n;
+    if (grew) break;
   }
-  if (d.size != d.size_at_open) d.changed = true;
   d.sha256_hex = core::ToHex(sha.Finish());
   d.md5_hex = core::ToHex(md5.Finish());
-  d.problem = fmt::format("{}", fmt::join(Mismatches(ref, d.size_at_open, d.size,
-                                                     IsMd5Hex(ref.md5sum) ? d.md5_hex : std::string()),
-                                          "; "));
+  std::vector<std::string> problems =
+      Mismatches(ref, d.size_at_open, d.size, IsMd5Hex(ref.md5sum) ? d.md5_hex : std::string());
+  if (grew) {
+    // Its first bytes may match the record, but the file kept is no longer
+    // what the stub's SHA-256 names.
+    problems.insert(problems.begin(),
+                    fmt::format("the file grew while it was read ({} bytes when opened, those hashed)",
+                                d.size_at_open));
+  }
+  d.problem = fmt::format("{}", fmt::join(problems, "; "));
   return d;
 }
 

@@ -45,14 +45,13 @@ class MediaStore {
 
   // A found ref's file hashed in pieces (memory stays flat whatever its
   // size), up to its size when opened: a file that grows meanwhile is not
-  // followed (`changed`). Thread-safe.
+  // followed (it is hashed to that size, and `problem` says it grew). Thread-safe.
   struct FileDigest {
     std::string sha256_hex;
     std::string md5_hex;
-    uint64_t size = 0;          // bytes hashed
+    uint64_t size = 0;          // bytes hashed: at most size_at_open
     uint64_t size_at_open = 0;
-    bool changed = false;       // it grew or shrank while read
-    std::string problem;        // how it differs from the record, or changed; empty if it matches
+    std::string problem;        // how it differs from the record, or that it changed while read; empty if neither
   };
   Result<FileDigest> Digest(const core::MediaRef& ref) const;
 

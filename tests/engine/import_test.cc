@@ -11,6 +11,7 @@
 #include <thread>
 #include <mutex>
 #include <condition_variable>
+#include <atomic>
 
 #include <fmt/format.h>
 #include <simdjson.h>
@@ -492,6 +493,49 @@ TEST(ReportWriter, ASecondRunWithTheSameReportPathIsRefused) {
     EXPECT_FALSE(core::PathExists(path + ".entries.tmp"));
     EXPECT_TRUE(ReportWriter::Open(path).ok());
   }
+}
+
+// The lock holds through Finish: a second run started at any of Finish's
+// steps before the side file is removed (the report being assembled from
+// it, renamed into place, its directory synced) is refused.
+TEST(ReportWriter, ASecondRunDuringFinishIsRefused) {
+  struct SecondRunDuringFinish : core::Env {
+    std::string path;
+    bool armed = false;
+    int tries = 0;
+    std::vector<std::string> let_in;
+    void Try(const std::string& at) {
+      if (!armed) return;
+      ++tries;
+      if (ReportWriter::Open(path).ok()) let_in.push_back(at);
+    }
+    Status Rename(const std::string& from, const std::string& to) override {
+      Try("rename " + to);
+      return core::Env::Rename(from, to);
+    }
+    Status SyncDir(const std::string& dir) override {
+      Try("sync " + dir);
+      return core::Env::SyncDir(dir);
+    }
+    Status Remove(const std::string& p) override {
+      Try("remove " + p);
+      if (p == path + ".entries.tmp") armed = false;  // from here the report holds the entries
+      return core::Env::Remove(p);
+    }
+  };
+  test::TempDir dir;
+  SecondRunDuringFinish env;
+  env.path = dir / "r.json";
+  auto w = ReportWriter::Open(env.path, &env);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ReportEntry e;
+  e.reason = "the first run's";
+  ASSERT_TRUE(w->Add(e).ok());
+  env.armed = true;
+  ASSERT_TRUE(w->Finish("").ok());
+  EXPECT_GE(env.tries, 4);  // the tmp file's removal, its rename, the dir sync, the side file's removal
+  EXPECT_TRUE(env.let_in.empty()) << "a second run got in at: " << fmt::format("{}", fmt::join(env.let_in, "; "));
+  EXPECT_NE(test::ReadFile(env.path).find("the first run's"), std::string::npos);
 }
 
 // Only our own side file is carried over: a symlink planted in its place
@@ -1330,6 +1374,56 @@ TEST_F(ImportTest, AStubbedFileThatShrinksWhileHashedIsReportedCorrupt) {
       << entries.find("corrupt_media")->second;
   ASSERT_EQ(entries.count("stubbed"), 1u);
   EXPECT_NE(entries.find("stubbed")->second.find(core::ToHex(core::Sha256(huge.substr(0, 1 << 20)))), std::string::npos)
+      << entries.find("stubbed")->second;
+}
+
+// A stubbed file still being written (it grows at every read) is hashed up
+// to its size when opened, and no further: the stub names those bytes, and
+// the report says the file grew. Without the bound the hashing followed the
+// writer.
+TEST_F(ImportTest, AStubbedFileThatGrowsWhileHashedIsHashedToItsSizeAtOpen) {
+  struct GrowsAtEachRead : core::Env {
+    std::string name;
+    std::atomic<uint64_t> read{0};
+    std::atomic<int> grown{0};
+    Result<size_t> Read(int fd, char* buf, size_t n, const std::string& path) override {
+      if (path.find(name) != std::string::npos) {
+        if (grown < 8) {  // 1 MiB more at each of the first reads
+          ++grown;
+          std::FILE* f = std::fopen(path.c_str(), "ab");
+          if (f != nullptr) {
+            const std::string more(1 << 20, 'g');
+            std::fwrite(more.data(), 1, more.size(), f);
+            std::fclose(f);
+          }
+        }
+        auto r = core::Env::Read(fd, buf, n, path);
+        if (r.ok()) read += *r;
+        return r;
+      }
+      return core::Env::Read(fd, buf, n, path);
+    }
+  };
+  const std::string huge(3 << 20, 'h');
+  const std::string md5 = AddMedia(huge);
+  WriteRecords("a.jsonl", {File("huge", md5, huge.size(), "huge.pdf")});
+  GrowsAtEachRead env;
+  env.name = "/" + md5;
+  auto o = Options("eml");
+  o.env = &env;
+  o.limit.max_bytes = 64 << 10;
+  o.limit.policy = limits::OversizePolicy::kStub;
+  auto r = Import(o);
+  EXPECT_EQ(r.counts.stubbed, 1u);
+  EXPECT_LE(env.read.load(), huge.size() + 1);
+  auto entries = ReportEntries();
+  ASSERT_EQ(entries.count("corrupt_media"), 1u);
+  EXPECT_NE(entries.find("corrupt_media")->second.find(
+                fmt::format("the file grew while it was read ({} bytes when opened, those hashed)", huge.size())),
+            std::string::npos)
+      << entries.find("corrupt_media")->second;
+  ASSERT_EQ(entries.count("stubbed"), 1u);
+  EXPECT_NE(entries.find("stubbed")->second.find(core::ToHex(core::Sha256(huge))), std::string::npos)
       << entries.find("stubbed")->second;
 }
 

@@ -143,8 +143,9 @@ TEST_P(PowerCut, AtEveryStepNothingDoneIsLost) {
 // report. Also when the cut run was itself carrying over the entries of an
 // earlier killed run. Fails without the side file's fsync or its
 // directory's, without the fsync of a carried-over copy before its rename,
-// and without the directory fsync between the report's rename and the side
-// file's removal.
+// without the directory fsync between the report's rename and the side
+// file's removal, and without the one after that removal (a finished run's
+// side file would come back, and the rerun repeat its entries).
 // (The report does not depend on --sync: one mode is enough, and it is
 // --sync file, whose per-file fsyncs do not cover the report the way a
 // syncfs of the same file system would.)
@@ -236,6 +237,12 @@ TEST_P(PowerCutReport, EveryRecordNotImportedIsReportedAfterAnyCut) {
             << " is in no report";
       }
       EXPECT_FALSE(core::PathExists(report_of(out) + ".entries.tmp")) << k;
+      if (k == total) {
+        // The cut run finished: its side file's removal survives the cut,
+        // so the rerun repeats none of its entries.
+        EXPECT_EQ(second.find("from_interrupted_run"), std::string::npos)
+            << "cut after the last step" << (step % 2 ? " (entries kept)" : "") << ": " << second;
+      }
       ++checked;
     }
     std::printf("power cuts with a report (%s): %ld steps, each cut checked\n",
