@@ -96,6 +96,8 @@ struct FakeGraphFaults {
   // URLs are eligible too; /_fake/* never is.
   std::string path_filter;
   std::string method_filter;
+  // ... and whose path does not contain `path_exclude` (empty: none).
+  std::string path_exclude;
   // An error answer instead of processing (the item is NOT stored).
   FakeGraphFaultRule error;
   int error_status = 503;        // 503, 504, 500, 429 ...

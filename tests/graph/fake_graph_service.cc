@@ -606,6 +606,7 @@ void GraphService::ChooseFaults(const HttpRequest& req, const ParsedTarget& t, P
   const FakeGraphFaults& f = options_.faults;
   if (!f.path_filter.empty() && t.raw_path.find(f.path_filter) == std::string::npos) return;
   if (!f.method_filter.empty() && !IEquals(f.method_filter, req.method)) return;
+  if (!f.path_exclude.empty() && t.raw_path.find(f.path_exclude) != std::string::npos) return;
   uint64_t seq = ++fault_seq_;
   bool error = RuleFires(f.error, seq);
   bool delay = RuleFires(f.delay, seq);
