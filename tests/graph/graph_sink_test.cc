@@ -705,6 +705,10 @@ class GraphExtPropsFaults : public GraphExtPropsTest, public ::testing::WithPara
 
 std::vector<FaultCase> ExtPropsFaultCases() {
   return {
+      // The three Attachment* cases: on this corpus (one attachment per
+      // item) the POSTs under /attachments are upload-session creations;
+      // attachments POSTed whole meet the same faults in
+      // AnAttachmentStoredThenNotAnsweredOkIsNotSentAgain.
       {"AttachmentAnswersLost",
        [](test::FakeGraphFaults& f) {
          f.drop_after.every_nth = 2;
@@ -740,7 +744,6 @@ std::vector<FaultCase> ExtPropsFaultCases() {
        }},
       {"AttachmentDoneThenServiceUnavailable",
        [](test::FakeGraphFaults& f) {
-         // Sent again after the 503, the attachment would be there twice.
          f.error_after.every_nth = 3;
          f.error_after_status = 503;
          f.path_filter = "/attachments";
