@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <functional>
+#include <random>
 
 #include <fmt/format.h>
 #include <simdjson.h>
@@ -80,16 +81,78 @@ static Status LockSideFile(int fd, const std::string& path) {
   return Status::FromErrno("flock", path, errno);
 }
 
+// The side file's first line: {"report_run":"<32 hex digits>"} and a newline.
+static constexpr std::string_view kRunHead = "{\"report_run\":\"";
+static constexpr size_t kRunIdLen = 32;
+static constexpr size_t kRunLineLen = kRunHead.size() + kRunIdLen + 3;
+
+static std::string NewRunId() {
+  std::random_device rd;  // /dev/urandom
+  std::string id;
+  for (int i = 0; i < 4; ++i) id += fmt::format("{:08x}", static_cast<uint32_t>(rd()));
+  return id;
+}
+
+// The run id on the first line of side file `fd` (empty: none, as in a side
+// file of a version before ids, or one cut short).
+static std::string RunIdOf(int fd) {
+  char line[kRunLineLen];
+  ssize_t n;
+  do {
+    n = ::pread(fd, line, sizeof line, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(sizeof line)) return {};
+  const std::string_view v(line, sizeof line);
+  if (v.substr(0, kRunHead.size()) != kRunHead || v.substr(kRunHead.size() + kRunIdLen) != "\"}\n") return {};
+  const std::string_view id = v.substr(kRunHead.size(), kRunIdLen);
+  for (char c : id) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return {};
+  }
+  return std::string(id);
+}
+
+// The report's first member: {"report_run":"<id>", then the summary.
+static std::string ReportStart(const std::string& id) { return fmt::format("{}{}\",\n", kRunHead, id); }
+static std::string RunLine(const std::string& id) { return fmt::format("{}{}\"}}\n", kRunHead, id); }
+
+// Whether the report at `path` (a regular file, not followed through a
+// symlink) is run `id`'s: it starts by saying so.
+static bool ReportNamesRun(const std::string& path, const std::string& id) {
+  core::UniqueFd in(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  struct stat st;
+  if (!in.valid() || ::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  const std::string want = ReportStart(id);
+  std::string head(want.size(), '\0');
+  ssize_t n;
+  do {
+    n = ::pread(in.get(), head.data(), head.size(), 0);
+  } while (n < 0 && errno == EINTR);
+  return n == static_cast<ssize_t>(want.size()) && head == want;
+}
+
 Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env) {
   ReportWriter w;
   w.env_ = env != nullptr ? env : core::Env::Default();
   if (path.empty()) return w;
   w.path_ = path;
   w.entries_path_ = path + ".entries.tmp";
+  w.run_id_ = NewRunId();
   // A side file left by a killed run: its complete entries start this
   // run's, written to a new file renamed over it (a kill meanwhile leaves
   // the old one whole).
   struct stat st;
+  if (::lstat(w.entries_path_.c_str(), &st) == 0) {
+    core::UniqueFd old(::open(w.entries_path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (old.valid()) WXA_RETURN_IF_ERROR(LockSideFile(old.get(), w.entries_path_));
+    // Killed after its report was in place: every entry is in that report.
+    const std::string old_id = old.valid() && S_ISREG(st.st_mode) ? RunIdOf(old.get()) : std::string();
+    const bool reported = !old_id.empty() && ReportNamesRun(path, old_id);
+    if (reported) {
+      Status rm = w.env_->Remove(w.entries_path_);
+      if (!rm.ok() && !rm.IsNotFound()) return rm.WithContext("remove the side file of a run already reported");
+      old.Reset();
+    }
+  }
   if (::lstat(w.entries_path_.c_str(), &st) == 0) {
     // Held until the copy is renamed over it (then the copy's lock holds).
     core::UniqueFd old(::open(w.entries_path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
@@ -103,7 +166,8 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
     }
     // Synced before the rename: a power cut must leave the old file or a
     // whole copy, never a renamed file without its data.
-    Status s = w.CarryOver(w.entries_path_, w.entries_fd_.get(), next);
+    Status s = w.env_->WriteAll(w.entries_fd_.get(), RunLine(w.run_id_), next);
+    if (s.ok()) s = w.CarryOver(w.entries_path_, w.entries_fd_.get(), next);
     if (s.ok()) s = w.env_->Sync(w.entries_fd_.get(), next);
     if (s.ok()) s = w.env_->Rename(next, w.entries_path_);
     if (!s.ok()) {
@@ -120,6 +184,9 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
     w.entries_fd_.Reset();  // (not ours to remove: the other run has it)
     return locked;
   }
+  // The run's line goes with the first flush (a side file that cannot be
+  // written fails there, as for any entry).
+  w.buf_ = RunLine(w.run_id_);
   return w;
 }
 
@@ -285,13 +352,17 @@ Status ReportWriter::WriteWhole(const std::string& summary_json, const std::stri
   // (The side file stays open, and locked, until Finish has removed it.)
   core::Env* env = env_;
   WXA_ASSIGN_OR_RETURN(core::UniqueFd out, CreateFresh(env, tmp));
-  std::string head = "{" + summary_json + (summary_json.empty() ? "" : ",\n");
+  std::string head = ReportStart(run_id_) + summary_json + (summary_json.empty() ? "" : ",\n");
   if (carried_ > 0) head += fmt::format("\"entries_from_interrupted_run\":{},\n", carried_);
   head += "\"entries\":[\n";
   WXA_RETURN_IF_ERROR(env->WriteAll(out.get(), head, tmp));
   {
     core::UniqueFd in(::open(entries_path_.c_str(), O_RDONLY | O_CLOEXEC));
     if (!in.valid()) return Status::FromErrno("open", entries_path_, errno);
+    // Past the run's line: the entries follow it.
+    if (::lseek(in.get(), static_cast<off_t>(kRunLineLen), SEEK_SET) < 0) {
+      return Status::FromErrno("lseek", entries_path_, errno);
+    }
     WXA_RETURN_IF_ERROR(ForEachChunk(in.get(), entries_path_, [&](std::string_view chunk) {
       return env->WriteAll(out.get(), chunk, tmp);
     }));

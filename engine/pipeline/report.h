@@ -115,6 +115,11 @@ class ReportWriter {
   Status write_error_;  // a failed write to the side file: no report from it
   bool unsynced_ = false;       // written since the last fsync
   bool dir_synced_ = false;     // the side file's directory entry is durable
+  // This run's id (32 hex digits), on the side file's first line and in the
+  // report: a side file whose id the report at `path` carries was reported
+  // whole (a run killed between the report's rename and the side file's
+  // removal), and is removed instead of carried over.
+  std::string run_id_;
   Status CarryOver(const std::string& stale, int to, const std::string& to_path);
   Status WriteWhole(const std::string& summary_json, const std::string& tmp);
 };

@@ -542,6 +542,54 @@ TEST(ReportWriter, ASecondRunDuringFinishIsRefused) {
   EXPECT_NE(test::ReadFile(env.path).find("the first run's"), std::string::npos);
 }
 
+// A run killed after its report was renamed into place, before its side
+// file was removed: the next run finds the side file's run named in the
+// report, removes it and carries nothing over (its entries would be
+// reported twice). A side file of another run beside that report is
+// carried over as before.
+TEST(ReportWriter, ASideFileWhoseReportIsInPlaceIsNotCarriedOver) {
+  struct KilledBeforeTheSideFileGoes : core::Env {
+    bool armed = false;  // (Open removes a stale side file by the same name)
+    Status Remove(const std::string& p) override {
+      if (armed && p.size() > 12 && p.compare(p.size() - 12, 12, ".entries.tmp") == 0) {
+        return Status::IOError("killed");
+      }
+      return core::Env::Remove(p);
+    }
+  };
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  KilledBeforeTheSideFileGoes env;
+  std::string first_side;
+  {
+    auto w = ReportWriter::Open(path, &env);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    ReportEntry e;
+    e.reason = "the first run's";
+    ASSERT_TRUE(w->Add(e).ok());
+    env.armed = true;
+    ASSERT_TRUE(w->Finish("").ok());
+    ASSERT_TRUE(core::PathExists(path + ".entries.tmp"));
+    first_side = test::ReadFile(path + ".entries.tmp");
+  }
+  const std::string first = test::ReadFile(path);
+  ASSERT_NE(first.find("the first run's"), std::string::npos) << first;
+  {
+    auto w = ReportWriter::Open(path);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    EXPECT_EQ(w->carried(), 0u);
+    ASSERT_TRUE(w->Finish("").ok());
+    EXPECT_EQ(test::ReadFile(path).find("the first run's"), std::string::npos) << test::ReadFile(path);
+  }
+  // The same side file beside a report of another run: carried over.
+  test::WriteFile(path + ".entries.tmp", first_side);
+  auto w = ReportWriter::Open(path);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_EQ(w->carried(), 1u);
+  ASSERT_TRUE(w->Finish("").ok());
+  EXPECT_NE(test::ReadFile(path).find("the first run's"), std::string::npos);
+}
+
 // Only our own side file is carried over: a symlink planted in its place
 // (to a file of well-formed entries) is replaced, its target not read.
 TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {
