@@ -130,6 +130,13 @@ static bool ReportNamesRun(const std::string& path, const std::string& id) {
   return n == static_cast<ssize_t>(want.size()) && head == want;
 }
 
+// Whether open file `fd` is still the file at `path` (not removed, nor
+// replaced by a rename, since it was opened).
+static bool StillAt(int fd, const std::string& path) {
+  struct stat a, b;
+  return ::fstat(fd, &a) == 0 && ::lstat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env) {
   ReportWriter w;
   w.env_ = env != nullptr ? env : core::Env::Default();
@@ -137,26 +144,48 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   w.path_ = path;
   w.entries_path_ = path + ".entries.tmp";
   w.run_id_ = NewRunId();
-  // A side file left by a killed run: its complete entries start this
-  // run's, written to a new file renamed over it (a kill meanwhile leaves
-  // the old one whole).
-  struct stat st;
-  if (::lstat(w.entries_path_.c_str(), &st) == 0) {
-    core::UniqueFd old(::open(w.entries_path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-    if (old.valid()) WXA_RETURN_IF_ERROR(LockSideFile(old.get(), w.entries_path_));
-    // Killed after its report was in place: every entry is in that report.
-    const std::string old_id = old.valid() && S_ISREG(st.st_mode) ? RunIdOf(old.get()) : std::string();
-    const bool reported = !old_id.empty() && ReportNamesRun(path, old_id);
-    if (reported) {
-      Status rm = w.env_->Remove(w.entries_path_);
-      if (!rm.ok() && !rm.IsNotFound()) return rm.WithContext("remove the side file of a run already reported");
-      old.Reset();
+  // Another run may be at the same path (refused: the side file is locked
+  // while a run writes it), or finishing: a side file opened here may be
+  // removed or replaced before its lock is taken, so what was locked is
+  // checked to be still at the path, else all is looked at again.
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    struct stat st;
+    if (::lstat(w.entries_path_.c_str(), &st) != 0) {
+      if (errno != ENOENT) return Status::FromErrno("lstat", w.entries_path_, errno).WithContext("create report");
+      // None: this run's, created here (never over another run's).
+      auto fd = w.env_->CreateExclusive(w.entries_path_);
+      if (!fd.ok() && fd.status().code() == Status::Code::kAlreadyExists) continue;
+      if (!fd.ok()) return fd.status().WithContext("create report");
+      w.entries_fd_ = std::move(*fd);
+      Status locked = LockSideFile(w.entries_fd_.get(), w.entries_path_);
+      if (!locked.ok()) {
+        w.entries_fd_.Reset();  // (not ours to remove: the other run has it)
+        return locked;
+      }
+      // The run's line goes with the first flush (a side file that cannot
+      // be written fails there, as for any entry).
+      w.buf_ = RunLine(w.run_id_);
+      return w;
     }
-  }
-  if (::lstat(w.entries_path_.c_str(), &st) == 0) {
-    // Held until the copy is renamed over it (then the copy's lock holds).
-    core::UniqueFd old(::open(w.entries_path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-    if (old.valid()) WXA_RETURN_IF_ERROR(LockSideFile(old.get(), w.entries_path_));
+    // A side file left by a killed run. Held (locked) until the copy is
+    // renamed over it, then the copy's lock holds.
+    auto opened = w.env_->OpenNoFollow(w.entries_path_);
+    if (!opened.ok() && opened.status().IsNotFound()) continue;
+    core::UniqueFd old = opened.ok() ? std::move(*opened) : core::UniqueFd();  // (else not ours: replaced)
+    if (old.valid()) {
+      WXA_RETURN_IF_ERROR(LockSideFile(old.get(), w.entries_path_));
+      if (!StillAt(old.get(), w.entries_path_)) continue;
+      // Killed after its report was in place: every entry is in that
+      // report, and the side file goes instead of being carried over.
+      const std::string old_id = S_ISREG(st.st_mode) ? RunIdOf(old.get()) : std::string();
+      if (!old_id.empty() && ReportNamesRun(path, old_id)) {
+        Status rm = w.env_->Remove(w.entries_path_);
+        if (!rm.ok() && !rm.IsNotFound()) return rm.WithContext("remove the side file of a run already reported");
+        continue;
+      }
+    }
+    // Its complete entries start this run's, written to a new file renamed
+    // over it (a kill meanwhile leaves the old one whole).
     const std::string next = w.entries_path_ + ".new";
     WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
     Status locked = LockSideFile(w.entries_fd_.get(), next);
@@ -178,16 +207,8 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
     }
     return w;
   }
-  WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, w.entries_path_));
-  Status locked = LockSideFile(w.entries_fd_.get(), w.entries_path_);
-  if (!locked.ok()) {
-    w.entries_fd_.Reset();  // (not ours to remove: the other run has it)
-    return locked;
-  }
-  // The run's line goes with the first flush (a side file that cannot be
-  // written fails there, as for any entry).
-  w.buf_ = RunLine(w.run_id_);
-  return w;
+  return Status::Aborted(fmt::format(
+      "the report's side file {} keeps being replaced: another run is using this --report path", w.entries_path_));
 }
 
 // Reads `fd` to its end, fn(chunk) for each chunk read.
@@ -339,7 +360,13 @@ Status ReportWriter::Finish(const std::string& summary_json) {
   // The report's name is made durable before the side file goes: a power
   // cut between them must not leave neither.
   s = SyncDirIfPossible(env_, DirOf(path_));
-  if (!s.ok()) return s.WithContext("sync the report's directory (the entries stay in the side file)");
+  if (!s.ok()) {
+    // Not known to be durable: the report goes (it names this run, and
+    // would make the next run drop the side file), and the entries stay in
+    // the side file for the next run to carry over, as said.
+    (void)env_->Remove(path_);
+    return s.WithContext("sync the report's directory (the entries stay in the side file)");
+  }
   // Its removal durable too (best effort): else a power cut could bring the
   // side file back, and the next report would repeat its entries.
   if (env_->Remove(entries_path_).ok()) (void)SyncDirIfPossible(env_, DirOf(path_));

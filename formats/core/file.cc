@@ -549,6 +549,15 @@ constexpr decltype(statfs::f_type) kPipeFsMagic = 0x50495045;
 
 Result<RootedDir> Env::OpenRoot(const std::string& path) { return RootedDir::Open(path); }
 
+Result<UniqueFd> Env::OpenNoFollow(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return Status::NotFound(fmt::format("{} does not exist", path));
+    return Status::FromErrno("open", path, errno);
+  }
+  return fd;
+}
+
 Result<UniqueFd> Env::OpenUserFile(const std::string& path, struct stat* st) {
   struct stat local {};
   if (st == nullptr) st = &local;

@@ -221,6 +221,10 @@ class Env {
   // symlink out of it, opened O_NONBLOCK (a FIFO cannot block), refused
   // unless a regular file; *st (when non-null) gets its fstat.
   virtual Result<UniqueFd> OpenFileBeneath(const RootedDir& root, std::string_view rel, struct stat* st);
+  // open(O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC) of a file of our own (a
+  // run report's side file): kNotFound when absent; a symlink there is an
+  // error (ELOOP), never followed; a FIFO does not block.
+  virtual Result<UniqueFd> OpenNoFollow(const std::string& path);
   // read(2) of at most n bytes at the file position, retrying EINTR: the
   // count read (0 at the end of the file); an error is "read <path>: ...".
   virtual Result<size_t> Read(int fd, char* buf, size_t n, const std::string& path);

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <future>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 #include <mutex>
@@ -471,6 +472,35 @@ TEST(ReportWriter, ADirectoryThatCannotBeOpenedForItsFsyncIsNoFailure) {
   }
 }
 
+// The report's directory cannot be fsynced after the report was renamed
+// into place (EIO): the run fails saying its entries stay in the side file
+// for the next run, so the report (which names this run, and would make the
+// next run drop the side file) is removed, and the next run carries them.
+TEST(ReportWriter, AReportWhoseRenameIsNotDurableGivesWayToItsSideFile) {
+  struct DirSyncFails : core::Env {
+    Status SyncDir(const std::string& dir) override { return Status::FromErrno("fsync", dir, EIO); }
+  };
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  DirSyncFails env;
+  {
+    auto w = ReportWriter::Open(path, &env);
+    ASSERT_TRUE(w.ok());
+    ReportEntry e;
+    e.reason = "kept for the next run";
+    ASSERT_TRUE(w->Add(e).ok());
+    Status s = w->Finish("");
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("the entries stay in the side file"), std::string::npos) << s.ToString();
+  }
+  EXPECT_FALSE(core::PathExists(path));
+  auto next = ReportWriter::Open(path);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->carried(), 1u);
+  ASSERT_TRUE(next->Finish("").ok());
+  EXPECT_NE(test::ReadFile(path).find("kept for the next run"), std::string::npos);
+}
+
 // Two runs with one report path (and two indexes): the second is refused
 // while the first writes it, fresh or carrying over, and the first's
 // entries stay whole; once the first has finished, the path is free.
@@ -592,6 +622,69 @@ TEST(ReportWriter, ASideFileWhoseReportIsInPlaceIsNotCarriedOver) {
   EXPECT_EQ(w->carried(), 1u);
   ASSERT_TRUE(w->Finish("").ok());
   EXPECT_NE(test::ReadFile(path).find("the first run's"), std::string::npos);
+}
+
+// Two runs racing for one report path, at the two moments a run looks at
+// the side file before it holds its lock. Each time the other run gets the
+// side file (and its lock) in between: this run must be refused, and the
+// other run's side file left alone (a review found both: the side file
+// opened here was removed and another run's put in place before the lock
+// was taken, and the one-time removal of a stale file before creating this
+// run's could remove another run's just created).
+TEST(ReportWriter, ARunThatLosesTheRaceForTheSideFileLeavesTheWinnersAlone) {
+  struct Racing : core::Env {
+    std::string path;
+    bool at_open = false;  // else: when this run goes to create the side file
+    bool fired = false;
+    std::optional<ReportWriter> other;
+    void Race(const std::string& p, bool remove_first) {
+      if (fired || p != path + ".entries.tmp") return;
+      fired = true;
+      if (remove_first) (void)core::Env::Remove(p);  // a killed run's, removed by a third run
+      auto o = ReportWriter::Open(path);
+      if (o.ok()) other.emplace(std::move(*o));
+    }
+    Result<core::UniqueFd> OpenNoFollow(const std::string& p) override {
+      auto fd = core::Env::OpenNoFollow(p);
+      if (at_open && fd.ok()) Race(p, true);
+      return fd;
+    }
+    Result<core::UniqueFd> CreateExclusive(const std::string& p) override {
+      if (!at_open) Race(p, false);
+      return core::Env::CreateExclusive(p);
+    }
+    Status Remove(const std::string& p) override {
+      if (!at_open) Race(p, false);
+      return core::Env::Remove(p);
+    }
+  };
+  for (bool at_open : {true, false}) {
+    SCOPED_TRACE(at_open ? "side file replaced before its lock" : "side file created by the other run first");
+    test::TempDir dir;
+    const std::string path = dir / "r.json";
+    if (at_open) {
+      // A run killed after its report was in place: its side file is one
+      // this run would remove.
+      const std::string id = "0123456789abcdef0123456789abcdef";
+      test::WriteFile(path, "{\"report_run\":\"" + id + "\",\n\"entries\":[\n]}\n");
+      test::WriteFile(path + ".entries.tmp", "{\"report_run\":\"" + id + "\"}\n{\"outcome\":\"malformed\",\"reason\":\"x\"}");
+    }
+    Racing env;
+    env.path = path;
+    env.at_open = at_open;
+    auto w = ReportWriter::Open(path, &env);
+    ASSERT_TRUE(env.other.has_value());
+    EXPECT_FALSE(w.ok()) << "both runs got the side file";
+    if (!w.ok()) {
+      EXPECT_NE(w.status().message().find("another run is writing the report"), std::string::npos)
+          << w.status().ToString();
+    }
+    ReportEntry e;
+    e.reason = "the winner's";
+    ASSERT_TRUE(env.other->Add(e).ok());
+    ASSERT_TRUE(env.other->Finish("").ok());
+    EXPECT_NE(test::ReadFile(path).find("the winner's"), std::string::npos);
+  }
 }
 
 // Only our own side file is carried over: a symlink planted in its place
