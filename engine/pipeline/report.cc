@@ -67,18 +67,35 @@ static Result<core::UniqueFd> CreateFresh(core::Env* env, const std::string& pat
   return std::move(*fd);
 }
 
-// The side file is locked (flock) for as long as a run writes it: a second
-// run with the same report path (and another index) would otherwise replace
-// or carry over the entries of the first while it runs.
-static Status LockSideFile(int fd, const std::string& path) {
-  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status::Ok();
-  if (errno == EWOULDBLOCK) {
-    return Status::AlreadyExists(fmt::format(
-        "another run is writing the report with this path (its side file {} is locked); give this run another "
-        "--report path",
-        path));
+// Whether open file `fd` is still the file at `path` (not removed, nor
+// replaced by a rename, since it was opened).
+static bool StillAt(int fd, const std::string& path) {
+  struct stat a, b;
+  return ::fstat(fd, &a) == 0 && ::lstat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+// The report path's lock: "<report>.lock", locked (flock) by the run
+// writing the report from Open until Finish has removed its side file, then
+// removed. Everything done to the side file (created, carried over,
+// removed) is done under it: a second run with the same --report path (and
+// another index) is refused at its start, where it would replace or carry
+// over the entries of the first while that run writes them. The file is
+// removed by its holder, so a lock taken may be on a file no longer at the
+// path: it is checked, and the lock taken again on the file there.
+static Result<core::UniqueFd> LockReportPath(core::Env* env, const std::string& lock_path) {
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    WXA_ASSIGN_OR_RETURN(core::UniqueFd fd, env->OpenLockFile(lock_path));
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      if (errno == EWOULDBLOCK) {
+        return Status::AlreadyExists(fmt::format(
+            "another run is writing the report with this path ({} is locked); give this run another --report path",
+            lock_path));
+      }
+      return Status::FromErrno("flock", lock_path, errno);
+    }
+    if (StillAt(fd.get(), lock_path)) return fd;
   }
-  return Status::FromErrno("flock", path, errno);
+  return Status::Aborted(fmt::format("the report's lock file {} keeps being replaced", lock_path));
 }
 
 // The side file's first line: {"report_run":"<32 hex digits>"} and a newline.
@@ -130,13 +147,6 @@ static bool ReportNamesRun(const std::string& path, const std::string& id) {
   return n == static_cast<ssize_t>(want.size()) && head == want;
 }
 
-// Whether open file `fd` is still the file at `path` (not removed, nor
-// replaced by a rename, since it was opened).
-static bool StillAt(int fd, const std::string& path) {
-  struct stat a, b;
-  return ::fstat(fd, &a) == 0 && ::lstat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
-}
-
 Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env) {
   ReportWriter w;
   w.env_ = env != nullptr ? env : core::Env::Default();
@@ -144,71 +154,50 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   w.path_ = path;
   w.entries_path_ = path + ".entries.tmp";
   w.run_id_ = NewRunId();
-  // Another run may be at the same path (refused: the side file is locked
-  // while a run writes it), or finishing: a side file opened here may be
-  // removed or replaced before its lock is taken, so what was locked is
-  // checked to be still at the path, else all is looked at again.
-  for (int attempt = 0; attempt < 16; ++attempt) {
-    struct stat st;
-    if (::lstat(w.entries_path_.c_str(), &st) != 0) {
-      if (errno != ENOENT) return Status::FromErrno("lstat", w.entries_path_, errno).WithContext("create report");
-      // None: this run's, created here (never over another run's).
-      auto fd = w.env_->CreateExclusive(w.entries_path_);
-      if (!fd.ok() && fd.status().code() == Status::Code::kAlreadyExists) continue;
-      if (!fd.ok()) return fd.status().WithContext("create report");
-      w.entries_fd_ = std::move(*fd);
-      Status locked = LockSideFile(w.entries_fd_.get(), w.entries_path_);
-      if (!locked.ok()) {
-        w.entries_fd_.Reset();  // (not ours to remove: the other run has it)
-        return locked;
+  WXA_ASSIGN_OR_RETURN(w.lock_fd_, LockReportPath(w.env_, path + ".lock"));
+  struct stat st;
+  if (::lstat(w.entries_path_.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) {
+      return Status::InvalidArgument(
+          fmt::format("{} is a directory, where the report's side file goes; move it away", w.entries_path_));
+    }
+    // A side file left by a killed run (anything else there is not ours,
+    // and is replaced).
+    auto old = w.env_->OpenNoFollow(w.entries_path_);
+    struct stat ost;
+    const bool ours = old.ok() && ::fstat(old->get(), &ost) == 0 && S_ISREG(ost.st_mode);
+    // Killed after its report was in place: every entry is in that report,
+    // and the side file goes instead of being carried over.
+    const std::string old_id = ours ? RunIdOf(old->get()) : std::string();
+    if (!old_id.empty() && ReportNamesRun(path, old_id)) {
+      Status rm = w.env_->Remove(w.entries_path_);
+      if (!rm.ok() && !rm.IsNotFound()) return rm.WithContext("remove the side file of a run already reported");
+    } else {
+      // Its complete entries start this run's, written to a new file
+      // renamed over it (a kill meanwhile leaves the old one whole).
+      const std::string next = w.entries_path_ + ".new";
+      WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
+      // Synced before the rename: a power cut must leave the old file or a
+      // whole copy, never a renamed file without its data.
+      Status s = w.env_->WriteAll(w.entries_fd_.get(), RunLine(w.run_id_), next);
+      if (s.ok() && ours) s = w.CarryOver(old->get(), w.entries_path_, w.entries_fd_.get(), next);
+      if (s.ok()) s = w.env_->Sync(w.entries_fd_.get(), next);
+      if (s.ok()) s = w.env_->Rename(next, w.entries_path_);
+      if (!s.ok()) {
+        // The old side file stays whole for the next try; the copy goes.
+        w.entries_fd_.Reset();
+        (void)w.env_->Remove(next);
+        return s.WithContext("carry over the entries of an interrupted run");
       }
-      // The run's line goes with the first flush (a side file that cannot
-      // be written fails there, as for any entry).
-      w.buf_ = RunLine(w.run_id_);
       return w;
     }
-    // A side file left by a killed run. Held (locked) until the copy is
-    // renamed over it, then the copy's lock holds.
-    auto opened = w.env_->OpenNoFollow(w.entries_path_);
-    if (!opened.ok() && opened.status().IsNotFound()) continue;
-    core::UniqueFd old = opened.ok() ? std::move(*opened) : core::UniqueFd();  // (else not ours: replaced)
-    if (old.valid()) {
-      WXA_RETURN_IF_ERROR(LockSideFile(old.get(), w.entries_path_));
-      if (!StillAt(old.get(), w.entries_path_)) continue;
-      // Killed after its report was in place: every entry is in that
-      // report, and the side file goes instead of being carried over.
-      const std::string old_id = S_ISREG(st.st_mode) ? RunIdOf(old.get()) : std::string();
-      if (!old_id.empty() && ReportNamesRun(path, old_id)) {
-        Status rm = w.env_->Remove(w.entries_path_);
-        if (!rm.ok() && !rm.IsNotFound()) return rm.WithContext("remove the side file of a run already reported");
-        continue;
-      }
-    }
-    // Its complete entries start this run's, written to a new file renamed
-    // over it (a kill meanwhile leaves the old one whole).
-    const std::string next = w.entries_path_ + ".new";
-    WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
-    Status locked = LockSideFile(w.entries_fd_.get(), next);
-    if (!locked.ok()) {
-      w.entries_fd_.Reset();
-      return locked;
-    }
-    // Synced before the rename: a power cut must leave the old file or a
-    // whole copy, never a renamed file without its data.
-    Status s = w.env_->WriteAll(w.entries_fd_.get(), RunLine(w.run_id_), next);
-    if (s.ok()) s = w.CarryOver(w.entries_path_, w.entries_fd_.get(), next);
-    if (s.ok()) s = w.env_->Sync(w.entries_fd_.get(), next);
-    if (s.ok()) s = w.env_->Rename(next, w.entries_path_);
-    if (!s.ok()) {
-      // The old side file stays whole for the next try; the copy goes.
-      w.entries_fd_.Reset();
-      (void)w.env_->Remove(next);
-      return s.WithContext("carry over the entries of an interrupted run");
-    }
-    return w;
   }
-  return Status::Aborted(fmt::format(
-      "the report's side file {} keeps being replaced: another run is using this --report path", w.entries_path_));
+  // This run's own, fresh (a stale one from a stopped run is replaced).
+  WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, w.entries_path_));
+  // The run's line goes with the first flush (a side file that cannot be
+  // written fails there, as for any entry).
+  w.buf_ = RunLine(w.run_id_);
+  return w;
 }
 
 // Reads `fd` to its end, fn(chunk) for each chunk read.
@@ -225,12 +214,9 @@ static Status ForEachChunk(int fd, const std::string& path, const std::function<
 
 // Copies the complete entries of `stale` (one JSON object a line, lines
 // joined by ",\n"; the last may be cut short by the kill) to `to`, each
-// marked. Only a regular file is read (never through a symlink): anything
-// else there is not ours, and is replaced.
-Status ReportWriter::CarryOver(const std::string& stale, int to, const std::string& to_path) {
-  core::UniqueFd in(::open(stale.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-  struct stat st;
-  if (!in.valid() || ::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) return Status::Ok();
+// marked. `in` is the stale file, open, read from where it stands (the
+// caller read only its first line, with pread).
+Status ReportWriter::CarryOver(int in, const std::string& stale, int to, const std::string& to_path) {
   simdjson::dom::parser parser;
   std::string pending, out;
   auto take = [&](std::string_view line) -> Status {
@@ -255,7 +241,7 @@ Status ReportWriter::CarryOver(const std::string& stale, int to, const std::stri
     }
     return Status::Ok();
   };
-  WXA_RETURN_IF_ERROR(ForEachChunk(in.get(), stale, [&](std::string_view chunk) -> Status {
+  WXA_RETURN_IF_ERROR(ForEachChunk(in, stale, [&](std::string_view chunk) -> Status {
     pending.append(chunk);
     size_t start = 0;
     for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
@@ -277,6 +263,15 @@ ReportWriter::~ReportWriter() {
     entries_fd_.Reset();
     if (entries_ == 0) (void)env_->Remove(entries_path_);
   }
+  Unlock();
+}
+
+// Removed while still held: a run that opened it meanwhile finds, once it
+// has the lock, that it is no longer at the path, and looks again.
+void ReportWriter::Unlock() {
+  if (!lock_fd_.valid()) return;
+  (void)::unlink((path_ + ".lock").c_str());
+  lock_fd_.Reset();
 }
 
 Status ReportWriter::Flush(bool durable) {
@@ -341,6 +336,12 @@ Status ReportWriter::Add(const ReportEntry& e) {
 }
 
 Status ReportWriter::Finish(const std::string& summary_json) {
+  Status s = FinishLocked(summary_json);
+  Unlock();  // the run's report is done with, whatever became of it
+  return s;
+}
+
+Status ReportWriter::FinishLocked(const std::string& summary_json) {
   if (path_.empty()) return Status::Ok();
   if (!write_error_.ok()) {
     // The side file may end in a torn entry: no report from it. It stays
@@ -370,13 +371,13 @@ Status ReportWriter::Finish(const std::string& summary_json) {
   // Its removal durable too (best effort): else a power cut could bring the
   // side file back, and the next report would repeat its entries.
   if (env_->Remove(entries_path_).ok()) (void)SyncDirIfPossible(env_, DirOf(path_));
-  entries_fd_.Reset();  // its lock goes with it
+  entries_fd_.Reset();
   return s;
 }
 
 Status ReportWriter::WriteWhole(const std::string& summary_json, const std::string& tmp) {
   WXA_RETURN_IF_ERROR(Flush());
-  // (The side file stays open, and locked, until Finish has removed it.)
+  // (The report path stays locked until Finish has removed the side file.)
   core::Env* env = env_;
   WXA_ASSIGN_OR_RETURN(core::UniqueFd out, CreateFresh(env, tmp));
   std::string head = ReportStart(run_id_) + summary_json + (summary_json.empty() ? "" : ",\n");

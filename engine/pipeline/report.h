@@ -108,6 +108,7 @@ class ReportWriter {
   core::Env* env_ = nullptr;
   std::string path_;
   std::string entries_path_;
+  core::UniqueFd lock_fd_;  // "<path>.lock", locked from Open until Finish (or the end)
   core::UniqueFd entries_fd_;
   std::string buf_;
   uint64_t entries_ = 0;
@@ -120,7 +121,9 @@ class ReportWriter {
   // whole (a run killed between the report's rename and the side file's
   // removal), and is removed instead of carried over.
   std::string run_id_;
-  Status CarryOver(const std::string& stale, int to, const std::string& to_path);
+  Status CarryOver(int in, const std::string& stale, int to, const std::string& to_path);
+  Status FinishLocked(const std::string& summary_json);
+  void Unlock();
   Status WriteWhole(const std::string& summary_json, const std::string& tmp);
 };
 

@@ -558,6 +558,17 @@ Result<UniqueFd> Env::OpenNoFollow(const std::string& path) {
   return fd;
 }
 
+Result<UniqueFd> Env::OpenLockFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::FromErrno("open", path, errno);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("fstat", path, errno);
+  if (!S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(fmt::format("{} is {}, not a regular file (a lock file)", path, FileTypeName(st.st_mode)));
+  }
+  return fd;
+}
+
 Result<UniqueFd> Env::OpenUserFile(const std::string& path, struct stat* st) {
   struct stat local {};
   if (st == nullptr) st = &local;

@@ -225,6 +225,9 @@ class Env {
   // run report's side file): kNotFound when absent; a symlink there is an
   // error (ELOOP), never followed; a FIFO does not block.
   virtual Result<UniqueFd> OpenNoFollow(const std::string& path);
+  // A lock file of our own: open(O_RDWR|O_CREAT|O_NOFOLLOW|O_NONBLOCK|
+  // O_CLOEXEC, 0600), refused unless a regular file. Not locked here.
+  virtual Result<UniqueFd> OpenLockFile(const std::string& path);
   // read(2) of at most n bytes at the file position, retrying EINTR: the
   // count read (0 at the end of the file); an error is "read <path>: ...".
   virtual Result<size_t> Read(int fd, char* buf, size_t n, const std::string& path);

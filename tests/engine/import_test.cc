@@ -624,71 +624,118 @@ TEST(ReportWriter, ASideFileWhoseReportIsInPlaceIsNotCarriedOver) {
   EXPECT_NE(test::ReadFile(path).find("the first run's"), std::string::npos);
 }
 
-// Two runs racing for one report path, at the two moments a run looks at
-// the side file before it holds its lock. Each time the other run gets the
-// side file (and its lock) in between: this run must be refused, and the
-// other run's side file left alone (a review found both: the side file
-// opened here was removed and another run's put in place before the lock
-// was taken, and the one-time removal of a stale file before creating this
-// run's could remove another run's just created).
-TEST(ReportWriter, ARunThatLosesTheRaceForTheSideFileLeavesTheWinnersAlone) {
+// Two runs racing for one report path: exactly one writes it. The other
+// run starts (1) between this run's open of the lock file and its lock,
+// after the lock file was removed (as its holder removes it at its end):
+// the other run then holds a new lock file and this run must see that what
+// it locked is no longer at the path, and be refused; (2) while this run,
+// holding the lock, looks at a killed run's side file, or (3) creates its
+// own: the other run is refused. (A review found the side file taken by
+// both runs at such moments when each side file carried its own lock.)
+TEST(ReportWriter, OfTwoRunsRacingForOneReportPathExactlyOneWritesIt) {
+  enum Moment { kLockFileReplaced, kAtTheKilledRunsSideFile, kCreatingTheSideFile };
   struct Racing : core::Env {
     std::string path;
-    bool at_open = false;  // else: when this run goes to create the side file
+    Moment moment{};
     bool fired = false;
-    std::optional<ReportWriter> other;
-    void Race(const std::string& p, bool remove_first) {
-      if (fired || p != path + ".entries.tmp") return;
+    std::optional<Result<ReportWriter>> other;
+    void Race() {
+      if (fired) return;
       fired = true;
-      if (remove_first) (void)core::Env::Remove(p);  // a killed run's, removed by a third run
-      auto o = ReportWriter::Open(path);
-      if (o.ok()) other.emplace(std::move(*o));
+      other.emplace(ReportWriter::Open(path));
     }
-    Result<core::UniqueFd> OpenNoFollow(const std::string& p) override {
-      auto fd = core::Env::OpenNoFollow(p);
-      if (at_open && fd.ok()) Race(p, true);
+    Result<core::UniqueFd> OpenLockFile(const std::string& p) override {
+      auto fd = core::Env::OpenLockFile(p);
+      if (moment == kLockFileReplaced && !fired) {
+        (void)::unlink(p.c_str());
+        Race();
+      }
       return fd;
     }
+    Result<core::UniqueFd> OpenNoFollow(const std::string& p) override {
+      if (moment == kAtTheKilledRunsSideFile) Race();
+      return core::Env::OpenNoFollow(p);
+    }
     Result<core::UniqueFd> CreateExclusive(const std::string& p) override {
-      if (!at_open) Race(p, false);
+      if (moment == kCreatingTheSideFile) Race();
       return core::Env::CreateExclusive(p);
     }
-    Status Remove(const std::string& p) override {
-      if (!at_open) Race(p, false);
-      return core::Env::Remove(p);
-    }
   };
-  for (bool at_open : {true, false}) {
-    SCOPED_TRACE(at_open ? "side file replaced before its lock" : "side file created by the other run first");
+  for (Moment m : {kLockFileReplaced, kAtTheKilledRunsSideFile, kCreatingTheSideFile}) {
+    SCOPED_TRACE(static_cast<int>(m));
     test::TempDir dir;
     const std::string path = dir / "r.json";
-    if (at_open) {
-      // A run killed after its report was in place: its side file is one
-      // this run would remove.
-      const std::string id = "0123456789abcdef0123456789abcdef";
-      test::WriteFile(path, "{\"report_run\":\"" + id + "\",\n\"entries\":[\n]}\n");
-      test::WriteFile(path + ".entries.tmp", "{\"report_run\":\"" + id + "\"}\n{\"outcome\":\"malformed\",\"reason\":\"x\"}");
+    if (m == kAtTheKilledRunsSideFile) {
+      test::WriteFile(path + ".entries.tmp", "{\"outcome\":\"malformed\",\"reason\":\"the killed run's\"}");
     }
     Racing env;
     env.path = path;
-    env.at_open = at_open;
-    auto w = ReportWriter::Open(path, &env);
-    ASSERT_TRUE(env.other.has_value());
-    EXPECT_FALSE(w.ok()) << "both runs got the side file";
-    if (!w.ok()) {
-      EXPECT_NE(w.status().message().find("another run is writing the report"), std::string::npos)
-          << w.status().ToString();
-    }
+    env.moment = m;
+    auto mine = ReportWriter::Open(path, &env);
+    ASSERT_TRUE(env.other.has_value()) << "the race never ran";
+    Result<ReportWriter>& other = *env.other;
+    ASSERT_NE(mine.ok(), other.ok()) << (mine.ok() ? "both runs got the report path" : "neither run got it");
+    const Result<ReportWriter>& loser = mine.ok() ? other : mine;
+    EXPECT_NE(loser.status().message().find("another run is writing the report"), std::string::npos)
+        << loser.status().ToString();
+    EXPECT_EQ(mine.ok(), m != kLockFileReplaced);
+    ReportWriter& winner = mine.ok() ? *mine : *other;
     ReportEntry e;
     e.reason = "the winner's";
-    ASSERT_TRUE(env.other->Add(e).ok());
-    ASSERT_TRUE(env.other->Finish("").ok());
-    EXPECT_NE(test::ReadFile(path).find("the winner's"), std::string::npos);
+    ASSERT_TRUE(winner.Add(e).ok());
+    ASSERT_TRUE(winner.Finish("").ok());
+    const std::string report = test::ReadFile(path);
+    EXPECT_NE(report.find("the winner's"), std::string::npos) << report;
+    EXPECT_EQ(report.find("the killed run's") != std::string::npos, m == kAtTheKilledRunsSideFile) << report;
+    EXPECT_FALSE(core::PathExists(path + ".lock"));
+    EXPECT_FALSE(core::PathExists(path + ".entries.tmp"));
   }
+}
+
+// A run that ends without Finish (an error on the way) and wrote no entry
+// removes its empty side file before it lets go of the report path: a run
+// started at that removal is refused (it would carry the file over, and the
+// removal take the new run's side file).
+TEST(ReportWriter, ARunEndingWithoutFinishHoldsThePathUntilItsSideFileIsGone) {
+  struct SecondRunAtRemoval : core::Env {
+    std::string path;
+    bool armed = false;  // (Open removes a stale side file too)
+    int tries = 0, let_in = 0;
+    Status Remove(const std::string& p) override {
+      if (armed && p == path + ".entries.tmp") {
+        ++tries;
+        let_in += ReportWriter::Open(path).ok();
+      }
+      return core::Env::Remove(p);
+    }
+  };
+  test::TempDir dir;
+  SecondRunAtRemoval env;
+  env.path = dir / "r.json";
+  {
+    auto w = ReportWriter::Open(env.path, &env);
+    ASSERT_TRUE(w.ok());
+    env.armed = true;
+  }  // ends here, without an entry or Finish
+  EXPECT_EQ(env.tries, 1);
+  EXPECT_EQ(env.let_in, 0);
+  EXPECT_FALSE(core::PathExists(env.path + ".entries.tmp"));
+  EXPECT_FALSE(core::PathExists(env.path + ".lock"));
+  EXPECT_TRUE(ReportWriter::Open(env.path).ok());
 }
 
 // Only our own side file is carried over: a symlink planted in its place
 // (to a file of well-formed entries) is replaced, its target not read.
+TEST(ReportWriter, ADirectoryInPlaceOfTheSideFileIsAClearError) {
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  ASSERT_EQ(::mkdir((path + ".entries.tmp").c_str(), 0700), 0);
+  auto w = ReportWriter::Open(path);
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find(path + ".entries.tmp is a directory"), std::string::npos) << w.status().ToString();
+  EXPECT_FALSE(core::PathExists(path + ".lock"));
+}
+
 TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {
   test::TempDir dir;
   const std::string path = dir / "r.json";
