@@ -84,7 +84,12 @@ static bool StillAt(int fd, const std::string& path) {
 // path: it is checked, and the lock taken again on the file there.
 static Result<core::UniqueFd> LockReportPath(core::Env* env, const std::string& lock_path) {
   for (int attempt = 0; attempt < 16; ++attempt) {
-    WXA_ASSIGN_OR_RETURN(core::UniqueFd fd, env->OpenLockFile(lock_path));
+    auto opened = env->OpenLockFile(lock_path);
+    if (!opened.ok()) {
+      return opened.status().WithContext(
+          "lock the report path (if no run uses this --report path, remove what is there)");
+    }
+    core::UniqueFd fd = std::move(*opened);
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
       if (errno == EWOULDBLOCK) {
         return Status::AlreadyExists(fmt::format(
@@ -161,11 +166,24 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
       return Status::InvalidArgument(
           fmt::format("{} is a directory, where the report's side file goes; move it away", w.entries_path_));
     }
-    // A side file left by a killed run (anything else there is not ours,
-    // and is replaced).
+    // A side file left by a killed run. Anything else there is not ours,
+    // and is replaced: a symlink, a FIFO or socket, a hard link to some
+    // other file. A side file that cannot be read is an error (its
+    // entries would be lost).
     auto old = w.env_->OpenNoFollow(w.entries_path_);
+    if (!old.ok() && !old.status().IsNotFound() && old.status().os_errno() != ELOOP &&
+        old.status().os_errno() != ENXIO) {
+      return old.status().WithContext("read the report's side file left by an interrupted run");
+    }
     struct stat ost;
-    const bool ours = old.ok() && ::fstat(old->get(), &ost) == 0 && S_ISREG(ost.st_mode);
+    const bool ours = old.ok() && ::fstat(old->get(), &ost) == 0 && S_ISREG(ost.st_mode) && ost.st_nlink == 1;
+    // A run of a version that locked the side file itself may be writing it.
+    if (old.ok() && ::flock(old->get(), LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+      return Status::AlreadyExists(fmt::format(
+          "another run is writing the report with this path (its side file {} is locked); give this run another "
+          "--report path",
+          w.entries_path_));
+    }
     // Killed after its report was in place: every entry is in that report,
     // and the side file goes instead of being carried over.
     const std::string old_id = ours ? RunIdOf(old->get()) : std::string();
@@ -258,7 +276,7 @@ Status ReportWriter::CarryOver(int in, const std::string& stale, int to, const s
 // A run that ends without Finish (an error on the way) leaves its entries
 // for the next run to carry over; an empty side file goes.
 ReportWriter::~ReportWriter() {
-  if (entries_fd_.valid()) {
+  if (entries_fd_.valid() && lock_fd_.valid()) {
     (void)Flush();
     entries_fd_.Reset();
     if (entries_ == 0) (void)env_->Remove(entries_path_);
@@ -270,7 +288,8 @@ ReportWriter::~ReportWriter() {
 // has the lock, that it is no longer at the path, and looks again.
 void ReportWriter::Unlock() {
   if (!lock_fd_.valid()) return;
-  (void)::unlink((path_ + ".lock").c_str());
+  const std::string lock_path = path_ + ".lock";
+  if (StillAt(lock_fd_.get(), lock_path)) (void)::unlink(lock_path.c_str());
   lock_fd_.Reset();
 }
 
@@ -337,7 +356,11 @@ Status ReportWriter::Add(const ReportEntry& e) {
 
 Status ReportWriter::Finish(const std::string& summary_json) {
   Status s = FinishLocked(summary_json);
-  Unlock();  // the run's report is done with, whatever became of it
+  // The run's report is done with, whatever became of it: nothing touches
+  // the side file after the lock goes (another run may have it then).
+  entries_fd_.Reset();
+  buf_.clear();
+  Unlock();
   return s;
 }
 

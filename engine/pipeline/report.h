@@ -84,7 +84,7 @@ class ReportWriter {
   static Result<ReportWriter> Open(const std::string& path, core::Env* env = nullptr);
   ReportWriter() = default;
   ReportWriter(ReportWriter&&) = default;
-  ReportWriter& operator=(ReportWriter&&) = default;
+  ReportWriter& operator=(ReportWriter&&) = delete;  // (a live writer would lose its lock and entries)
   ~ReportWriter();
 
   // Not thread-safe: called from the pipeline's serial stage.

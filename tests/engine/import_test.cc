@@ -2,6 +2,8 @@
 // outcomes, the JSON report, the output tree, reruns and failures.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
@@ -724,8 +726,6 @@ TEST(ReportWriter, ARunEndingWithoutFinishHoldsThePathUntilItsSideFileIsGone) {
   EXPECT_TRUE(ReportWriter::Open(env.path).ok());
 }
 
-// Only our own side file is carried over: a symlink planted in its place
-// (to a file of well-formed entries) is replaced, its target not read.
 TEST(ReportWriter, ADirectoryInPlaceOfTheSideFileIsAClearError) {
   test::TempDir dir;
   const std::string path = dir / "r.json";
@@ -736,6 +736,97 @@ TEST(ReportWriter, ADirectoryInPlaceOfTheSideFileIsAClearError) {
   EXPECT_FALSE(core::PathExists(path + ".lock"));
 }
 
+// A run whose Finish fails (here: the report cannot be renamed into place)
+// lets go of the report path, and touches its side file no more: another
+// run that starts before the first one's writer is gone keeps its own side
+// file (the writer's end removed it, by name, when the first run had no
+// entry).
+TEST(ReportWriter, AFailedFinishLeavesTheNextRunsSideFileAlone) {
+  struct RenameFails : core::Env {
+    Status Rename(const std::string& from, const std::string& to) override {
+      return Status::FromErrno("rename", to, EIO);
+    }
+  };
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  RenameFails env;
+  std::optional<Result<ReportWriter>> first(ReportWriter::Open(path, &env));
+  ASSERT_TRUE(first->ok());
+  EXPECT_FALSE((*first)->Finish("").ok());
+  auto second = ReportWriter::Open(path);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  ReportEntry e;
+  e.reason = "the second run's";
+  ASSERT_TRUE(second->Add(e).ok());
+  ASSERT_TRUE(second->Flush().ok());
+  first.reset();  // the first run's writer goes
+  ASSERT_TRUE(core::PathExists(path + ".entries.tmp"));
+  ASSERT_TRUE(second->Finish("").ok());
+  EXPECT_NE(test::ReadFile(path).find("the second run's"), std::string::npos);
+}
+
+// A killed run's side file that cannot be read (EIO here) stops the run
+// with that said: replaced by an empty copy, its entries would be lost.
+// One locked by a run of a version that locked the side file itself is
+// that run's: refused. A hard link in its place is not ours: replaced,
+// the file it links to left as it was and not read.
+TEST(ReportWriter, ASideFileThatCannotBeReadIsKeptAndOthersAreNotTaken) {
+  struct ReadFails : core::Env {
+    Result<core::UniqueFd> OpenNoFollow(const std::string& p) override { return Status::FromErrno("open", p, EIO); }
+  };
+  const std::string entry = "{\"outcome\":\"malformed\",\"reason\":\"the killed run's\"}";
+  {
+    test::TempDir dir;
+    const std::string path = dir / "r.json";
+    test::WriteFile(path + ".entries.tmp", entry);
+    ReadFails env;
+    auto w = ReportWriter::Open(path, &env);
+    ASSERT_FALSE(w.ok());
+    EXPECT_NE(w.status().message().find("read the report's side file"), std::string::npos) << w.status().ToString();
+    EXPECT_EQ(test::ReadFile(path + ".entries.tmp"), entry);
+  }
+  {
+    test::TempDir dir;
+    const std::string path = dir / "r.json";
+    test::WriteFile(path + ".entries.tmp", entry);
+    core::UniqueFd older(::open((path + ".entries.tmp").c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_EQ(::flock(older.get(), LOCK_EX | LOCK_NB), 0);
+    auto w = ReportWriter::Open(path);
+    ASSERT_FALSE(w.ok());
+    EXPECT_NE(w.status().message().find("another run is writing the report"), std::string::npos) << w.status().ToString();
+    EXPECT_EQ(test::ReadFile(path + ".entries.tmp"), entry);
+  }
+  {
+    test::TempDir dir;
+    const std::string path = dir / "r.json";
+    test::WriteFile(dir / "elsewhere", entry);
+    ASSERT_EQ(::link((dir / "elsewhere").c_str(), (path + ".entries.tmp").c_str()), 0);
+    auto w = ReportWriter::Open(path);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    EXPECT_EQ(w->carried(), 0u);
+    ASSERT_TRUE(w->Finish("").ok());
+    EXPECT_EQ(test::ReadFile(path).find("the killed run's"), std::string::npos);
+    EXPECT_EQ(test::ReadFile(dir / "elsewhere"), entry);
+  }
+}
+
+// A run removes its own lock file at its end, never one put in its place
+// (after someone removed the live one by hand, another run's).
+TEST(ReportWriter, ARunRemovesOnlyItsOwnLockFile) {
+  test::TempDir dir;
+  const std::string path = dir / "r.json";
+  auto first = ReportWriter::Open(path);
+  ASSERT_TRUE(first.ok());
+  ASSERT_EQ(::unlink((path + ".lock").c_str()), 0);
+  auto second = ReportWriter::Open(dir / "other.json");  // (another path: only its lock file is borrowed)
+  ASSERT_TRUE(second.ok());
+  ASSERT_EQ(::rename((dir / "other.json.lock").c_str(), (path + ".lock").c_str()), 0);
+  ASSERT_TRUE(first->Finish("").ok());
+  EXPECT_TRUE(core::PathExists(path + ".lock")) << "the first run removed a lock file not its own";
+}
+
+// Only our own side file is carried over: a symlink planted in its place
+// (to a file of well-formed entries) is replaced, its target not read.
 TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {
   test::TempDir dir;
   const std::string path = dir / "r.json";
