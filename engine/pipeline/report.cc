@@ -86,8 +86,13 @@ static Result<core::UniqueFd> LockReportPath(core::Env* env, const std::string& 
   for (int attempt = 0; attempt < 16; ++attempt) {
     auto opened = env->OpenLockFile(lock_path);
     if (!opened.ok()) {
-      return opened.status().WithContext(
-          "lock the report path (if no run uses this --report path, remove what is there)");
+      const int err = opened.status().os_errno();
+      const char* hint = err == ENOENT || err == ENOTDIR ? "the report's directory does not exist"
+                         : err == EACCES || err == EPERM || err == EROFS
+                             ? "files cannot be created in the report's directory"
+                             : "something else is where the lock file goes; if no run uses this --report path, "
+                               "remove it";
+      return opened.status().WithContext(fmt::format("lock the report path ({})", hint));
     }
     core::UniqueFd fd = std::move(*opened);
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
@@ -156,6 +161,10 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
   ReportWriter w;
   w.env_ = env != nullptr ? env : core::Env::Default();
   if (path.empty()) return w;
+  struct stat pst;
+  if (path.back() == '/' || (::stat(path.c_str(), &pst) == 0 && S_ISDIR(pst.st_mode))) {
+    return Status::InvalidArgument(fmt::format("--report {} is a directory; give a file name for the report", path));
+  }
   w.path_ = path;
   w.entries_path_ = path + ".entries.tmp";
   w.run_id_ = NewRunId();
@@ -195,6 +204,7 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
       // renamed over it (a kill meanwhile leaves the old one whole).
       const std::string next = w.entries_path_ + ".new";
       WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, next));
+      (void)::flock(w.entries_fd_.get(), LOCK_EX | LOCK_NB);  // (as below, for earlier versions)
       // Synced before the rename: a power cut must leave the old file or a
       // whole copy, never a renamed file without its data.
       Status s = w.env_->WriteAll(w.entries_fd_.get(), RunLine(w.run_id_), next);
@@ -210,8 +220,10 @@ Result<ReportWriter> ReportWriter::Open(const std::string& path, core::Env* env)
       return w;
     }
   }
-  // This run's own, fresh (a stale one from a stopped run is replaced).
+  // This run's own, fresh (a stale one from a stopped run is replaced),
+  // locked too, for runs of the version that locked the side file itself.
   WXA_ASSIGN_OR_RETURN(w.entries_fd_, CreateFresh(w.env_, w.entries_path_));
+  (void)::flock(w.entries_fd_.get(), LOCK_EX | LOCK_NB);
   // The run's line goes with the first flush (a side file that cannot be
   // written fails there, as for any entry).
   w.buf_ = RunLine(w.run_id_);
@@ -238,13 +250,20 @@ Status ReportWriter::CarryOver(int in, const std::string& stale, int to, const s
   simdjson::dom::parser parser;
   std::string pending, out;
   auto take = [&](std::string_view line) -> Status {
+    // A power cut can leave a file's tail zero-filled (its size durable,
+    // its data not): what follows a whole entry is not part of it.
+    while (!line.empty() && line.back() == '\0') line.remove_suffix(1);
     if (!line.empty() && line.back() == ',') line.remove_suffix(1);
     simdjson::dom::element e;
     simdjson::padded_string copy(line);
+    std::string_view outcome;
     if (line.size() < 2 || line.front() != '{' || parser.parse(copy).get(e) != simdjson::SUCCESS ||
-        !e.is_object() || e["outcome"].error() != simdjson::SUCCESS) {
+        !e.is_object() || e["outcome"].get(outcome) != simdjson::SUCCESS) {
       return Status::Ok();  // cut short by the kill (or not an entry): dropped
     }
+    // Issues of the inputs (the CSV files, source files skipped) are
+    // reported again by this run, which reads the same inputs.
+    if (outcome == "input_issue") return Status::Ok();
     if (carried_ > 0) out += ",\n";
     constexpr std::string_view kMark = "{\"from_interrupted_run\":true,";
     if (line.substr(0, kMark.size()) != kMark) {  // (carried once already: marked)
@@ -366,6 +385,7 @@ Status ReportWriter::Finish(const std::string& summary_json) {
 
 Status ReportWriter::FinishLocked(const std::string& summary_json) {
   if (path_.empty()) return Status::Ok();
+  if (!lock_fd_.valid()) return Status::InvalidArgument(fmt::format("report {}: finished already", path_));
   if (!write_error_.ok()) {
     // The side file may end in a torn entry: no report from it. It stays
     // for the next run, which carries its complete entries over.

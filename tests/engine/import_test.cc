@@ -825,6 +825,61 @@ TEST(ReportWriter, ARunRemovesOnlyItsOwnLockFile) {
   EXPECT_TRUE(core::PathExists(path + ".lock")) << "the first run removed a lock file not its own";
 }
 
+// Paths a report cannot have are refused at the start, saying why: a
+// directory (or a path ending in '/'), a directory that does not exist. A
+// writer finished once refuses a second Finish (it no longer holds the
+// path). A killed run's side file whose last entry is followed by the zeros
+// a power cut can leave keeps that entry; its input issues are not carried
+// (the run reports its inputs again).
+TEST(ReportWriter, ClearErrorsForPathsAndCarriedEntriesAsTheyWere) {
+  test::TempDir dir;
+  for (const std::string& bad : {dir.path(), dir / "sub/"}) {
+    if (bad.back() == '/') ASSERT_EQ(::mkdir(bad.c_str(), 0700), 0);
+    auto w = ReportWriter::Open(bad);
+    ASSERT_FALSE(w.ok()) << bad;
+    EXPECT_NE(w.status().message().find("is a directory; give a file name"), std::string::npos) << w.status().ToString();
+  }
+  auto missing = ReportWriter::Open(dir / "nope/r.json");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("the report's directory does not exist"), std::string::npos)
+      << missing.status().ToString();
+
+  const std::string path = dir / "r.json";
+  test::WriteFile(path + ".entries.tmp",
+                  std::string("{\"outcome\":\"input_issue\",\"reason\":\"a CSV issue\"},\n"
+                              "{\"outcome\":\"malformed\",\"reason\":\"the killed run's\"}") +
+                      std::string(4096, '\0'));
+  auto w = ReportWriter::Open(path);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_EQ(w->carried(), 1u);
+  ASSERT_TRUE(w->Finish("").ok());
+  const std::string report = test::ReadFile(path);
+  EXPECT_NE(report.find("the killed run's"), std::string::npos) << report;
+  EXPECT_EQ(report.find("a CSV issue"), std::string::npos) << report;
+  Status again = w->Finish("");
+  EXPECT_FALSE(again.ok());
+  EXPECT_NE(again.message().find("finished already"), std::string::npos) << again.ToString();
+  EXPECT_EQ(test::ReadFile(path), report);
+}
+
+// A run of the version that locked the side file itself (not the report
+// path's lock file) must find the side file locked, fresh or carried over.
+TEST(ReportWriter, TheSideFileIsLockedForRunsOfTheEarlierVersion) {
+  for (bool carried : {false, true}) {
+    SCOPED_TRACE(carried ? "carried over" : "fresh");
+    test::TempDir dir;
+    const std::string path = dir / "r.json";
+    if (carried) test::WriteFile(path + ".entries.tmp", "{\"outcome\":\"malformed\",\"reason\":\"old\"}");
+    auto w = ReportWriter::Open(path);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    ASSERT_TRUE(w->Flush(/*durable=*/true).ok());
+    core::UniqueFd older(::open((path + ".entries.tmp").c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(older.valid());
+    EXPECT_NE(::flock(older.get(), LOCK_EX | LOCK_NB), 0);
+    EXPECT_EQ(errno, EWOULDBLOCK);
+  }
+}
+
 // Only our own side file is carried over: a symlink planted in its place
 // (to a file of well-formed entries) is replaced, its target not read.
 TEST(ReportWriter, ASymlinkInPlaceOfTheSideFileIsNotRead) {
