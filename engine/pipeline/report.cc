@@ -389,7 +389,6 @@ Status ReportWriter::FinishLocked(const std::string& summary_json) {
   if (!write_error_.ok()) {
     // The side file may end in a torn entry: no report from it. It stays
     // for the next run, which carries its complete entries over.
-    entries_fd_.Reset();
     return write_error_;
   }
   const std::string tmp = path_ + ".tmp";
@@ -414,7 +413,6 @@ Status ReportWriter::FinishLocked(const std::string& summary_json) {
   // Its removal durable too (best effort): else a power cut could bring the
   // side file back, and the next report would repeat its entries.
   if (env_->Remove(entries_path_).ok()) (void)SyncDirIfPossible(env_, DirOf(path_));
-  entries_fd_.Reset();
   return s;
 }
 
